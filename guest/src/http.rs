@@ -1,0 +1,98 @@
+//! A minimal blocking HTTP client over `wasi:http/outgoing-handler`.
+//!
+//! Whether a request may leave the sandbox is decided by the host, per request,
+//! against the operator's grant; a refused request comes back as an error here.
+//! Redirects are never followed implicitly: a caller that wants to follow one makes
+//! a new request, which the host checks again.
+use alloc::format;
+use alloc::string::{String, ToString};
+use alloc::vec::Vec;
+
+use wasip2::http::outgoing_handler;
+use wasip2::http::types::{Fields, Method, OutgoingRequest, Scheme};
+use wasip2::io::streams::StreamError;
+
+pub struct Response {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+    /// The body was longer than the caller's limit and was cut there.
+    pub truncated: bool,
+}
+
+impl Response {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// GET `url` (`http://` or `https://`), reading at most `max_body` bytes of body.
+pub fn get(url: &str, headers: &[(&str, &str)], max_body: usize) -> Result<Response, String> {
+    let (scheme, rest) = if let Some(rest) = url.strip_prefix("https://") {
+        (Scheme::Https, rest)
+    } else if let Some(rest) = url.strip_prefix("http://") {
+        (Scheme::Http, rest)
+    } else {
+        return Err(format!("unsupported URL {url:?}: only http:// and https://"));
+    };
+    let (authority, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, "/"),
+    };
+
+    let fields = Fields::new();
+    for (name, value) in headers {
+        fields
+            .append(&name.to_string(), &value.as_bytes().to_vec())
+            .map_err(|e| format!("header {name}: {e:?}"))?;
+    }
+    let request = OutgoingRequest::new(fields);
+    let set = request.set_method(&Method::Get).is_ok()
+        && request.set_scheme(Some(&scheme)).is_ok()
+        && request.set_authority(Some(authority)).is_ok()
+        && request.set_path_with_query(Some(path)).is_ok();
+    if !set {
+        return Err(format!("invalid URL {url:?}"));
+    }
+
+    let pending = outgoing_handler::handle(request, None).map_err(|e| format!("{e:?}"))?;
+    pending.subscribe().block();
+    let response = match pending.get() {
+        Some(Ok(Ok(response))) => response,
+        Some(Ok(Err(e))) => return Err(format!("{e:?}")),
+        Some(Err(())) | None => return Err("response already taken".into()),
+    };
+
+    let status = response.status();
+    let headers = response
+        .headers()
+        .entries()
+        .into_iter()
+        .map(|(k, v)| (k, String::from_utf8_lossy(&v).into_owned()))
+        .collect();
+    let body = response.consume().map_err(|()| String::from("body already taken"))?;
+    let stream = body.stream().map_err(|()| String::from("body stream already taken"))?;
+    let mut bytes = Vec::new();
+    let mut truncated = false;
+    loop {
+        match stream.blocking_read(64 * 1024) {
+            Ok(chunk) => {
+                if bytes.len() + chunk.len() > max_body {
+                    let room = max_body - bytes.len();
+                    bytes.extend_from_slice(&chunk[..room]);
+                    truncated = true;
+                    break;
+                }
+                bytes.extend_from_slice(&chunk);
+            }
+            Err(StreamError::Closed) => break,
+            Err(StreamError::LastOperationFailed(e)) => {
+                return Err(format!("reading body: {}", e.to_debug_string()));
+            }
+        }
+    }
+    Ok(Response { status, headers, body: bytes, truncated })
+}

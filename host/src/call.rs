@@ -1,0 +1,220 @@
+//! The governed call: resolve the tool, validate the input against its schema,
+//! evaluate every policy in scope, combine, and run the tool only if allowed.
+//!
+//! Owns the order of those steps and the shape of the result. It must never run a
+//! tool that a policy denied or held, nor one whose input failed validation.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use serde::Serialize;
+use serde_json::Value;
+use thiserror::Error;
+
+use crate::bindings::Action;
+use crate::interfaces::host::ProgressUpdate;
+use crate::interfaces::log::LogLine;
+use crate::plugin::Failure;
+use crate::policy::{self, Combined, Hold, PolicyDecision};
+use crate::runtime::Runtime;
+
+/// What the caller asks for.
+#[derive(Debug, Clone, Copy)]
+pub struct CallRequest<'a> {
+    /// The authenticated principal making the call.
+    pub principal: &'a str,
+    pub tool: &'a str,
+    /// The input, as JSON text.
+    pub input: &'a str,
+}
+
+/// A call refused before anything ran: the caller must fix the request.
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum CallError {
+    #[error("unknown tool `{tool}`{hint}")]
+    UnknownTool { tool: String, hint: String },
+    #[error("input is not valid JSON: {0}")]
+    InvalidJson(String),
+    #[error("input does not match the schema of `{tool}`: {}", errors.join("; "))]
+    InvalidInput { tool: String, errors: Vec<String> },
+}
+
+/// How the call ended.
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "status", rename_all = "kebab-case")]
+pub enum Outcome {
+    /// The tool ran and returned this output.
+    Ok { output: Value },
+    /// A policy denied the call; the tool did not run.
+    Denied { reasons: Vec<String> },
+    /// The call needs approval; the tool did not run (yet).
+    Held { tier: Hold, reasons: Vec<String>, approvers: Vec<String>, timeout_secs: Option<u32> },
+    /// The tool ran and failed, or was stopped at a limit.
+    Failed {
+        #[serde(serialize_with = "failure_kind")]
+        kind: Failure,
+        error: String,
+    },
+}
+
+fn failure_kind<S: serde::Serializer>(failure: &Failure, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(match failure {
+        Failure::Tool { .. } => "tool-error",
+        Failure::Limit(crate::limits::LimitExceeded::Timeout(_)) => "timed-out",
+        Failure::Limit(crate::limits::LimitExceeded::Memory(_)) => "memory-limit",
+        Failure::Limit(crate::limits::LimitExceeded::Fuel(_)) => "fuel-exhausted",
+        Failure::Trap { .. } => "trapped",
+        Failure::BadOutput(_) => "bad-output",
+    })
+}
+
+/// Time spent in each step.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct Timings {
+    pub policy_us: u64,
+    pub instantiate_us: u64,
+    pub execute_us: u64,
+    pub total_us: u64,
+}
+
+/// Everything known about one governed call.
+#[derive(Debug, Clone, Serialize)]
+pub struct CallReport {
+    pub run_id: String,
+    pub principal: String,
+    pub tool: String,
+    pub plugin: String,
+    pub plugin_digest: String,
+    #[serde(flatten)]
+    pub outcome: Outcome,
+    pub decisions: Vec<PolicyDecision>,
+    pub log: Vec<LogLine>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub progress: Vec<ProgressUpdate>,
+    /// Outgoing requests the HTTP grant refused.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub denied_requests: Vec<String>,
+    pub peak_memory_bytes: usize,
+    pub timings: Timings,
+}
+
+impl Runtime {
+    /// Run one governed call.
+    pub async fn call(&self, request: CallRequest<'_>) -> Result<CallReport, CallError> {
+        let started = Instant::now();
+        let time_ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+
+        let plugin = self.plugin_for(request.tool).ok_or_else(|| CallError::UnknownTool {
+            tool: request.tool.to_string(),
+            hint: suggest(request.tool, &self.tool_names()),
+        })?;
+        let tool = plugin.tool(request.tool).ok_or_else(|| CallError::UnknownTool {
+            tool: request.tool.to_string(),
+            hint: String::new(),
+        })?;
+        let input: Value = serde_json::from_str(request.input).map_err(|e| CallError::InvalidJson(e.to_string()))?;
+        let errors: Vec<String> = tool
+            .validator
+            .iter_errors(&input)
+            .map(|e| {
+                let at = e.instance_path.to_string();
+                if at.is_empty() { e.to_string() } else { format!("{at}: {e}") }
+            })
+            .collect();
+        if !errors.is_empty() {
+            return Err(CallError::InvalidInput { tool: tool.name.clone(), errors });
+        }
+
+        let mut report = CallReport {
+            run_id: new_run_id(),
+            principal: request.principal.to_string(),
+            tool: tool.name.clone(),
+            plugin: plugin.id.clone(),
+            plugin_digest: plugin.digest.clone(),
+            outcome: Outcome::Denied { reasons: vec![] },
+            decisions: Vec::new(),
+            log: Vec::new(),
+            progress: Vec::new(),
+            denied_requests: Vec::new(),
+            peak_memory_bytes: 0,
+            timings: Timings::default(),
+        };
+
+        let canonical_input = input.to_string();
+        let mut action = Action {
+            principal: request.principal.to_string(),
+            tool: tool.name.clone(),
+            plugin: plugin.id.clone(),
+            plugin_digest: plugin.digest.clone(),
+            input: canonical_input,
+            annotations: tool.annotations,
+            time_ms,
+            config: String::new(),
+            usage: "{}".to_string(),
+        };
+        for policy in self.policies_for(request.tool) {
+            action.config.clone_from(&policy.config);
+            report.decisions.push(policy.evaluate(&action).await);
+        }
+        report.timings.policy_us = micros(started.elapsed());
+
+        match policy::combine(&report.decisions) {
+            Combined::Deny { reasons } => report.outcome = Outcome::Denied { reasons },
+            Combined::Hold { tier, reasons, approvers, timeout_secs } => {
+                report.outcome = Outcome::Held { tier, reasons, approvers, timeout_secs };
+            }
+            Combined::Allow => {
+                let run = plugin.invoke(&tool.name, &action.input).await;
+                report.outcome = match run.result {
+                    Ok(output) => Outcome::Ok { output },
+                    Err(failure) => Outcome::Failed { error: failure.to_string(), kind: failure },
+                };
+                report.log = run.log;
+                report.progress = run.progress;
+                report.denied_requests = run.denied_requests;
+                report.peak_memory_bytes = run.peak_memory;
+                report.timings.instantiate_us = micros(run.instantiate);
+                report.timings.execute_us = micros(run.execute);
+            }
+        }
+        report.timings.total_us = micros(started.elapsed());
+        Ok(report)
+    }
+}
+
+fn micros(d: Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
+}
+
+/// A run id unique within this host: time, process and a counter.
+fn new_run_id() -> String {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    format!("run-{nanos:016x}-{:05x}-{n:x}", std::process::id() & 0xfffff)
+}
+
+/// ", did you mean `x`?" for the closest known tool name, if any is close.
+fn suggest(tool: &str, known: &[&str]) -> String {
+    let best = known.iter().map(|k| (edit_distance(tool, k), *k)).min();
+    match best {
+        Some((d, name)) if d <= 3 || name.contains(tool) => format!(", did you mean `{name}`?"),
+        _ if known.is_empty() => " (no tools are loaded)".to_string(),
+        _ => format!(" (known tools: {})", known.join(", ")),
+    }
+}
+
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut prev = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let cur = row[j + 1];
+            row[j + 1] = if ca == *cb { prev } else { 1 + prev.min(row[j]).min(cur) };
+            prev = cur;
+        }
+    }
+    row[b.len()]
+}

@@ -1,0 +1,428 @@
+//! `warden.toml`: the operator's configuration, parsed strictly.
+//!
+//! Owns the file format, its defaults and every check that can be made without
+//! loading a component. Every error names the file, line, column and key. It must
+//! never accept a key it does not understand or return a half-validated config.
+
+use std::collections::{BTreeMap, HashSet};
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use crate::egress::HttpGrant;
+
+/// Default limits for a plugin that sets none. A plugin with no `[plugin.limits]`
+/// must not get 4 GiB and unbounded time.
+pub const DEFAULT_PLUGIN_LIMITS: Limits = Limits {
+    memory_mb: 64,
+    timeout_ms: 5_000,
+    max_output_kb: 256,
+    max_log_kb: 64,
+    fuel: None,
+};
+
+/// Default limits for a policy: decisions are small and quick.
+pub const DEFAULT_POLICY_LIMITS: Limits = Limits {
+    memory_mb: 32,
+    timeout_ms: 200,
+    max_output_kb: 64,
+    max_log_kb: 16,
+    fuel: None,
+};
+
+/// Largest values a config may ask for.
+const MAX_MEMORY_MB: u64 = 4096;
+const MAX_TIMEOUT_MS: u64 = 600_000;
+const MAX_OUTPUT_KB: u64 = 64 * 1024;
+
+/// A config error, located in its file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub file: PathBuf,
+    pub line: usize,
+    pub column: usize,
+    /// The key the error is about, e.g. `plugin[1].grants.http[0]`; empty for syntax errors.
+    pub key: String,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}:{}: ", self.file.display(), self.line, self.column)?;
+        if !self.key.is_empty() {
+            write!(f, "{}: ", self.key)?;
+        }
+        write!(f, "{}", self.message)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// The validated configuration: every path resolved, every default applied.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub file: PathBuf,
+    pub data_dir: PathBuf,
+    pub plugins: Vec<PluginConfig>,
+    pub policies: Vec<PolicyConfig>,
+    /// The config file's text, kept to locate errors found while loading components.
+    source: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct PluginConfig {
+    pub id: String,
+    pub component: PathBuf,
+    pub sha256: Option<String>,
+    pub grants: Grants,
+    pub limits: Limits,
+    /// Byte offset of this plugin's `id` in the file, for errors found later.
+    pub span: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct PolicyConfig {
+    pub id: String,
+    pub component: PathBuf,
+    pub sha256: Option<String>,
+    /// Tool-name patterns (`*` wildcard) this policy applies to.
+    pub tools: Vec<String>,
+    /// The policy's own `config` table, as JSON.
+    pub config: serde_json::Value,
+    pub limits: Limits,
+    pub span: usize,
+}
+
+/// What a plugin may touch. Everything not listed is denied.
+#[derive(Debug, Clone, Default)]
+pub struct Grants {
+    pub http: Vec<HttpGrant>,
+    pub files: Vec<FileGrant>,
+    pub env: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileGrant {
+    /// Absolute, canonical host directory.
+    pub host: PathBuf,
+    /// Absolute path the guest sees.
+    pub guest: String,
+    pub writable: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Linear memory of the whole instance, in MiB.
+    pub memory_mb: u64,
+    /// Wall-clock time for one call, in milliseconds.
+    pub timeout_ms: u64,
+    /// Largest output a call may return, in KiB.
+    pub max_output_kb: u64,
+    /// Largest amount of log (and captured stdout/stderr) kept per call, in KiB.
+    pub max_log_kb: u64,
+    /// Optional instruction budget per call (wasmtime fuel).
+    pub fuel: Option<u64>,
+}
+
+// ---- the file format, exactly as written ----
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    data_dir: Option<Spanned<String>>,
+    #[serde(default, rename = "plugin")]
+    plugins: Vec<RawPlugin>,
+    #[serde(default, rename = "policy")]
+    policies: Vec<RawPolicy>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPlugin {
+    id: Spanned<String>,
+    component: Spanned<String>,
+    sha256: Option<Spanned<String>>,
+    #[serde(default)]
+    grants: RawGrants,
+    limits: Option<RawLimits>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawGrants {
+    #[serde(default)]
+    http: Vec<Spanned<String>>,
+    #[serde(default)]
+    files: Vec<Spanned<RawFileGrant>>,
+    #[serde(default)]
+    env: BTreeMap<Spanned<String>, String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFileGrant {
+    host: String,
+    guest: String,
+    mode: Mode,
+}
+
+#[derive(Deserialize, Clone, Copy)]
+#[serde(rename_all = "lowercase")]
+enum Mode {
+    Ro,
+    Rw,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawLimits {
+    memory_mb: Option<Spanned<u64>>,
+    timeout_ms: Option<Spanned<u64>>,
+    max_output_kb: Option<Spanned<u64>>,
+    max_log_kb: Option<Spanned<u64>>,
+    fuel: Option<Spanned<u64>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPolicy {
+    id: Spanned<String>,
+    component: Spanned<String>,
+    sha256: Option<Spanned<String>>,
+    tools: Option<Vec<Spanned<String>>>,
+    #[serde(default)]
+    config: toml::Table,
+    limits: Option<RawLimits>,
+}
+
+impl Config {
+    /// Read and validate `path`. Relative paths inside are relative to the file's directory.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: path.to_path_buf(),
+            line: 0,
+            column: 0,
+            key: String::new(),
+            message: format!("cannot read config: {e}"),
+        })?;
+        Config::parse(path, &text)
+    }
+
+    /// Validate `text` as if read from `path`.
+    pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
+        let locate = Locator { file: path, text };
+        let raw: RawConfig = toml::from_str(text).map_err(|e| {
+            let offset = e.span().map(|s| s.start).unwrap_or(0);
+            locate.error(offset, "", e.message().trim_end())
+        })?;
+        let base = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+
+        let data_dir = match &raw.data_dir {
+            Some(dir) if dir.get_ref().trim().is_empty() => {
+                return Err(locate.error(dir.span().start, "data_dir", "must not be empty"));
+            }
+            Some(dir) => base.join(dir.get_ref()),
+            None => base.join("data"),
+        };
+
+        let mut ids = HashSet::new();
+        let mut plugins = Vec::new();
+        for (i, raw) in raw.plugins.iter().enumerate() {
+            let key = format!("plugin[{i}]");
+            let id = check_id(&locate, &raw.id, &key, &mut ids)?;
+            let component = check_component(&locate, base, &raw.component, &key)?;
+            let sha256 = check_sha256(&locate, raw.sha256.as_ref(), &key)?;
+            let grants = check_grants(&locate, base, &raw.grants, &key)?;
+            let limits = check_limits(&locate, raw.limits.as_ref(), DEFAULT_PLUGIN_LIMITS, &key)?;
+            plugins.push(PluginConfig { id, component, sha256, grants, limits, span: raw.id.span().start });
+        }
+
+        let mut policies = Vec::new();
+        for (i, raw) in raw.policies.iter().enumerate() {
+            let key = format!("policy[{i}]");
+            let id = check_id(&locate, &raw.id, &key, &mut ids)?;
+            let component = check_component(&locate, base, &raw.component, &key)?;
+            let sha256 = check_sha256(&locate, raw.sha256.as_ref(), &key)?;
+            let tools = match &raw.tools {
+                None => vec!["*".to_string()],
+                Some(list) if list.is_empty() => {
+                    return Err(locate.error(raw.id.span().start, &format!("{key}.tools"), "must name at least one tool pattern (use [\"*\"] for all)"));
+                }
+                Some(list) => {
+                    let mut out = Vec::new();
+                    for (j, pattern) in list.iter().enumerate() {
+                        let p = pattern.get_ref();
+                        if p.is_empty() || !p.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '*')) {
+                            return Err(locate.error(pattern.span().start, &format!("{key}.tools[{j}]"), &format!("invalid tool pattern {p:?}: use tool names and `*`")));
+                        }
+                        out.push(p.clone());
+                    }
+                    out
+                }
+            };
+            let config = serde_json::to_value(&raw.config).map_err(|e| locate.error(raw.id.span().start, &format!("{key}.config"), &e.to_string()))?;
+            let limits = check_limits(&locate, raw.limits.as_ref(), DEFAULT_POLICY_LIMITS, &key)?;
+            policies.push(PolicyConfig { id, component, sha256, tools, config, limits, span: raw.id.span().start });
+        }
+
+        Ok(Config { file: path.to_path_buf(), data_dir, plugins, policies, source: text.to_string() })
+    }
+
+    /// An error about something at byte `offset` of the config file, found after parsing
+    /// (e.g. while loading the component a plugin names).
+    pub fn error_at(&self, offset: usize, key: &str, message: impl fmt::Display) -> ConfigError {
+        Locator { file: &self.file, text: &self.source }.error(offset, key, &message.to_string())
+    }
+}
+
+/// Does `pattern` (with `*` wildcards) match `name`?
+pub fn pattern_matches(pattern: &str, name: &str) -> bool {
+    let parts: Vec<&str> = pattern.split('*').collect();
+    if parts.len() == 1 {
+        return pattern == name;
+    }
+    let (first, last) = (parts[0], parts[parts.len() - 1]);
+    if !name.starts_with(first) || name.len() < first.len() + last.len() || !name.ends_with(last) {
+        return false;
+    }
+    let mut rest = &name[first.len()..name.len() - last.len()];
+    for middle in &parts[1..parts.len() - 1] {
+        match rest.find(middle) {
+            Some(i) => rest = &rest[i + middle.len()..],
+            None => return false,
+        }
+    }
+    true
+}
+
+struct Locator<'a> {
+    file: &'a Path,
+    text: &'a str,
+}
+
+impl Locator<'_> {
+    fn error(&self, offset: usize, key: &str, message: &str) -> ConfigError {
+        let before = &self.text[..offset.min(self.text.len())];
+        let line = before.matches('\n').count() + 1;
+        let column = before.rfind('\n').map_or(before.len(), |i| before.len() - i - 1) + 1;
+        ConfigError { file: self.file.to_path_buf(), line, column, key: key.to_string(), message: message.to_string() }
+    }
+}
+
+fn check_id(locate: &Locator, id: &Spanned<String>, key: &str, seen: &mut HashSet<String>) -> Result<String, ConfigError> {
+    let value = id.get_ref();
+    let valid = !value.is_empty()
+        && value.len() <= 64
+        && value.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
+        && value.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_');
+    if !valid {
+        return Err(locate.error(id.span().start, &format!("{key}.id"), &format!("invalid id {value:?}: use 1-64 of a-z, 0-9, '-' and '_'")));
+    }
+    if !seen.insert(value.clone()) {
+        return Err(locate.error(id.span().start, &format!("{key}.id"), &format!("duplicate id {value:?}: plugin and policy ids must be unique")));
+    }
+    Ok(value.clone())
+}
+
+fn check_component(locate: &Locator, base: &Path, component: &Spanned<String>, key: &str) -> Result<PathBuf, ConfigError> {
+    let path = base.join(component.get_ref());
+    if !path.is_file() {
+        return Err(locate.error(component.span().start, &format!("{key}.component"), &format!("component file not found: {}", path.display())));
+    }
+    Ok(path)
+}
+
+fn check_sha256(locate: &Locator, sha: Option<&Spanned<String>>, key: &str) -> Result<Option<String>, ConfigError> {
+    let Some(sha) = sha else { return Ok(None) };
+    let value = sha.get_ref().strip_prefix("sha256:").unwrap_or(sha.get_ref()).to_ascii_lowercase();
+    if value.len() != 64 || !value.chars().all(|c| c.is_ascii_hexdigit()) {
+        return Err(locate.error(sha.span().start, &format!("{key}.sha256"), "must be 64 hex digits (the SHA-256 of the component file)"));
+    }
+    Ok(Some(value))
+}
+
+fn check_grants(locate: &Locator, base: &Path, raw: &RawGrants, key: &str) -> Result<Grants, ConfigError> {
+    let mut grants = Grants::default();
+    for (i, pattern) in raw.http.iter().enumerate() {
+        let grant = HttpGrant::parse(pattern.get_ref())
+            .map_err(|e| locate.error(pattern.span().start, &format!("{key}.grants.http[{i}]"), &e))?;
+        grants.http.push(grant);
+    }
+    for (i, file) in raw.files.iter().enumerate() {
+        let at = file.span().start;
+        let fkey = format!("{key}.grants.files[{i}]");
+        let f = file.get_ref();
+        let host = base.join(&f.host);
+        let host = host.canonicalize().map_err(|e| {
+            locate.error(at, &format!("{fkey}.host"), &format!("cannot use directory {}: {e}", host.display()))
+        })?;
+        if !host.is_dir() {
+            return Err(locate.error(at, &format!("{fkey}.host"), &format!("{} is not a directory", host.display())));
+        }
+        let guest = f.guest.trim_end_matches('/');
+        if !f.guest.starts_with('/') || guest.split('/').any(|c| c == ".." || c == ".") {
+            return Err(locate.error(at, &format!("{fkey}.guest"), &format!("must be an absolute path without `.` or `..`, got {:?}", f.guest)));
+        }
+        let guest = if guest.is_empty() { "/".to_string() } else { guest.to_string() };
+        if grants.files.iter().any(|g: &FileGrant| g.guest == guest) {
+            return Err(locate.error(at, &format!("{fkey}.guest"), &format!("{guest} is granted twice")));
+        }
+        grants.files.push(FileGrant { host, guest, writable: matches!(f.mode, Mode::Rw) });
+    }
+    for (name, value) in &raw.env {
+        let n = name.get_ref();
+        if n.is_empty() || n.contains(['=', '\0']) || value.contains('\0') {
+            return Err(locate.error(name.span().start, &format!("{key}.grants.env.{n}"), "invalid environment variable"));
+        }
+        grants.env.insert(n.clone(), value.clone());
+    }
+    Ok(grants)
+}
+
+fn check_limits(locate: &Locator, raw: Option<&RawLimits>, defaults: Limits, key: &str) -> Result<Limits, ConfigError> {
+    let Some(raw) = raw else { return Ok(defaults) };
+    let range = |value: &Option<Spanned<u64>>, name: &str, max: u64, default: u64| -> Result<u64, ConfigError> {
+        match value {
+            None => Ok(default),
+            Some(v) if (1..=max).contains(v.get_ref()) => Ok(*v.get_ref()),
+            Some(v) => Err(locate.error(v.span().start, &format!("{key}.limits.{name}"), &format!("must be between 1 and {max}, got {}", v.get_ref()))),
+        }
+    };
+    Ok(Limits {
+        memory_mb: range(&raw.memory_mb, "memory_mb", MAX_MEMORY_MB, defaults.memory_mb)?,
+        timeout_ms: range(&raw.timeout_ms, "timeout_ms", MAX_TIMEOUT_MS, defaults.timeout_ms)?,
+        max_output_kb: range(&raw.max_output_kb, "max_output_kb", MAX_OUTPUT_KB, defaults.max_output_kb)?,
+        max_log_kb: range(&raw.max_log_kb, "max_log_kb", MAX_OUTPUT_KB, defaults.max_log_kb)?,
+        fuel: match &raw.fuel {
+            None => defaults.fuel,
+            Some(v) => Some(range(&Some(v.clone()), "fuel", u64::MAX, 0)?),
+        },
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wildcard_patterns() {
+        assert!(pattern_matches("*", "anything"));
+        assert!(pattern_matches("notes_*", "notes_write"));
+        assert!(!pattern_matches("notes_*", "http_get"));
+        assert!(pattern_matches("*_write", "notes_write"));
+        assert!(pattern_matches("a*b*c", "aXXbYYc"));
+        assert!(!pattern_matches("a*b*c", "acb"));
+        assert!(!pattern_matches("ab*ba", "aba"));
+        assert!(pattern_matches("http_get", "http_get"));
+    }
+
+    #[test]
+    fn errors_name_line_column_and_key() {
+        let text = "[[plugin]]\nid = \"x\"\ncomponent = \"x.wasm\"\nbogus = 1\n";
+        let err = Config::parse(Path::new("w.toml"), text).unwrap_err();
+        assert_eq!((err.line, err.column), (4, 1), "{err}");
+        assert!(err.message.contains("bogus"), "{err}");
+    }
+}

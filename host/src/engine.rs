@@ -1,0 +1,84 @@
+//! The one shared wasmtime [`Engine`] and the ticker that drives its epochs.
+//!
+//! Owns the engine configuration (pooling allocator, epoch interruption, optional
+//! fuel). It must never be configured per call: per-call limits live on the `Store`.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use anyhow::Result;
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
+
+/// How often the epoch advances. A call's wall-clock deadline is checked on each
+/// tick, so a spinning guest is stopped within one tick of its timeout.
+pub const EPOCH_TICK: Duration = Duration::from_millis(5);
+
+/// Engine settings that vary with the loaded config.
+#[derive(Debug, Clone, Copy)]
+pub struct EngineOptions {
+    /// Instrument code with fuel counting (only when some component has a fuel limit:
+    /// it costs every call a little).
+    pub fuel: bool,
+    /// Largest linear memory any component may get, in bytes (per-store limits are
+    /// enforced separately and are usually much smaller).
+    pub max_memory_bytes: usize,
+    /// Instances that may be live at once across all concurrent calls.
+    pub max_instances: u32,
+}
+
+impl Default for EngineOptions {
+    fn default() -> Self {
+        EngineOptions { fuel: false, max_memory_bytes: 4096 << 20, max_instances: 1000 }
+    }
+}
+
+/// The shared engine plus its epoch ticker, which stops when this is dropped.
+pub struct SharedEngine {
+    pub engine: Engine,
+    stop: Arc<AtomicBool>,
+}
+
+impl SharedEngine {
+    pub fn new(options: EngineOptions) -> Result<SharedEngine> {
+        let mut pool = PoolingAllocationConfig::new();
+        pool.total_component_instances(options.max_instances)
+            .total_core_instances(options.max_instances * 4)
+            .total_memories(options.max_instances * 2)
+            .total_tables(options.max_instances * 4)
+            .total_stacks(options.max_instances)
+            .max_memory_size(options.max_memory_bytes)
+            // Keep the first pages of each slot resident and reset them with memset
+            // instead of madvise: a fresh instance then starts without page faults.
+            .linear_memory_keep_resident(1 << 20)
+            .table_keep_resident(64 << 10);
+
+        let mut config = Config::new();
+        config
+            .epoch_interruption(true)
+            .consume_fuel(options.fuel)
+            .memory_init_cow(true)
+            .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+        let engine = Engine::new(&config)?;
+
+        let stop = Arc::new(AtomicBool::new(false));
+        let ticker = engine.weak();
+        let stopped = stop.clone();
+        std::thread::Builder::new().name("warden-epoch".into()).spawn(move || {
+            while !stopped.load(Ordering::Relaxed) {
+                std::thread::sleep(EPOCH_TICK);
+                match ticker.upgrade() {
+                    Some(engine) => engine.increment_epoch(),
+                    None => break,
+                }
+            }
+        })?;
+        Ok(SharedEngine { engine, stop })
+    }
+}
+
+impl Drop for SharedEngine {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}

@@ -1,0 +1,23 @@
+//! warden: a WebAssembly policy-and-plugin runtime for governed AI agent tools.
+//!
+//! The path of one governed call (see `call`): resolve the tool, validate its input,
+//! evaluate every policy in scope (`policy`), then run the tool in a fresh sandbox
+//! (`sandbox`, `plugin`) with only the grants the operator configured (`config`).
+
+pub mod bindings;
+pub mod cache;
+pub mod call;
+pub mod component;
+pub mod config;
+pub mod egress;
+pub mod engine;
+pub mod interfaces;
+pub mod limits;
+pub mod plugin;
+pub mod policy;
+pub mod runtime;
+pub mod sandbox;
+
+pub use call::{CallError, CallReport, Outcome};
+pub use config::Config;
+pub use runtime::Runtime;

@@ -1,0 +1,353 @@
+//! The `warden` command line.
+
+use std::io::{IsTerminal, Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use serde_json::{Value, json};
+
+use warden::call::{CallRequest, Outcome};
+use warden::component::{self, World};
+use warden::config::Config;
+use warden::engine::EngineOptions;
+use warden::runtime::{Runtime, Shared};
+
+mod bench;
+
+/// Exit codes, stable for scripts.
+mod exit {
+    /// The command succeeded (for `call`: the tool ran and returned output).
+    pub const OK: u8 = 0;
+    /// The tool ran and failed: a tool error, a trap, or a limit (time, memory, fuel, output).
+    pub const TOOL_ERROR: u8 = 1;
+    /// Bad usage, config, component or input; nothing ran.
+    pub const USAGE: u8 = 2;
+    /// A policy denied the call; the tool did not run.
+    pub const DENIED: u8 = 3;
+    /// The call needs approval; the tool did not run.
+    pub const HELD: u8 = 4;
+}
+
+const EXIT_CODES: &str = "\
+Exit codes:
+  0  success (call: the tool ran and returned output)
+  1  the tool failed: a tool error, a trap, or a limit (time, memory, fuel, output size)
+  2  bad usage, config, component or input; nothing ran
+  3  denied by a policy; the tool did not run
+  4  held for approval; the tool did not run";
+
+/// warden runs AI agents' tools as sandboxed WebAssembly components, behind approval
+/// policies that are components too.
+#[derive(Parser)]
+#[command(name = "warden", version, about, after_help = EXIT_CODES)]
+struct Cli {
+    /// The operator config.
+    #[arg(long, short, global = true, env = "WARDEN_CONFIG", default_value = "warden.toml")]
+    config: PathBuf,
+
+    /// Print plugin and policy log lines (and host diagnostics) to stderr.
+    #[arg(long, short, global = true)]
+    verbose: bool,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Validate the config, load every component, and print tools, policies and each
+    /// plugin's effective grants and limits.
+    Check,
+    /// List every tool with its description, annotations and input schema.
+    Tools {
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show what a component file is: its world, imports, exports and declared tools.
+    Inspect {
+        /// A `.wasm` component.
+        file: PathBuf,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Make one governed call: validate, evaluate policies, run the tool if allowed.
+    /// The tool's output JSON goes to stdout.
+    Call {
+        /// The tool to call.
+        tool: String,
+        /// Input JSON; `-` reads stdin, `@FILE` reads a file.
+        #[arg(long, short, default_value = "{}")]
+        input: String,
+        /// The principal the call is made as.
+        #[arg(long = "as", default_value = "local-operator")]
+        principal: String,
+        /// Print the whole call report (decisions, log, timings) as JSON instead of the output.
+        #[arg(long)]
+        report: bool,
+    },
+    /// Measure governed calls and policy decisions in process.
+    Bench(bench::BenchArgs),
+}
+
+fn main() -> ExitCode {
+    match run() {
+        Ok(code) => code,
+        Err(error) => {
+            if is_broken_pipe(&error) {
+                return ExitCode::from(exit::OK);
+            }
+            eprintln!("warden: {error:#}");
+            ExitCode::from(exit::USAGE)
+        }
+    }
+}
+
+fn run() -> Result<ExitCode> {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let code = if e.use_stderr() { exit::USAGE } else { exit::OK };
+            let _ = e.print();
+            return Ok(ExitCode::from(code));
+        }
+    };
+    let filter = if cli.verbose { "warden=debug" } else { "warden=warn" };
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("WARDEN_LOG").unwrap_or_else(|_| filter.into()))
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting tokio")?;
+    runtime.block_on(async {
+        match cli.command {
+            Command::Check => check(&cli.config).await.context("check"),
+            Command::Tools { json } => tools(&cli.config, json).await.context("tools"),
+            Command::Inspect { ref file, json } => inspect(file, json).await.context("inspect"),
+            Command::Call { ref tool, ref input, ref principal, report } => {
+                call(&cli.config, tool, input, principal, report, cli.verbose).await.context("call")
+            }
+            Command::Bench(ref args) => bench::run(&cli.config, args).await.context("bench"),
+        }
+    })
+}
+
+async fn load(config: &Path) -> Result<Runtime> {
+    let config = Config::load(config)?;
+    Ok(Runtime::load(config).await?)
+}
+
+async fn check(config: &Path) -> Result<ExitCode> {
+    let started = Instant::now();
+    let rt = load(config).await?;
+    let mut out = String::new();
+    let c = &rt.config;
+    out += &format!("config {} is valid (loaded in {} ms)\n", c.file.display(), started.elapsed().as_millis());
+    out += &format!("data dir: {}\n\nplugins ({}):\n", c.data_dir.display(), rt.plugins.len());
+    for p in &rt.plugins {
+        let g = &p.sandbox.grants;
+        let l = &p.sandbox.limits;
+        out += &format!("  {}  {}  {}\n", p.id, p.digest, p.path.display());
+        out += &format!("    tools:  {}\n", p.tools.iter().map(|t| t.name.as_str()).collect::<Vec<_>>().join(", "));
+        let http: Vec<String> = g.http.iter().map(ToString::to_string).collect();
+        out += &format!("    http:   {}\n", if http.is_empty() { "none".into() } else { http.join(", ") });
+        let files: Vec<String> = g
+            .files
+            .iter()
+            .map(|f| format!("{} -> {} ({})", f.guest, f.host.display(), if f.writable { "rw" } else { "ro" }))
+            .collect();
+        out += &format!("    files:  {}\n", if files.is_empty() { "none".into() } else { files.join(", ") });
+        let env: Vec<&str> = g.env.keys().map(String::as_str).collect();
+        out += &format!("    env:    {}\n", if env.is_empty() { "none".into() } else { env.join(", ") });
+        out += "    sockets, DNS, host env/args/cwd/stdio: denied\n";
+        out += &format!("    limits: {}\n", limits_text(l));
+    }
+    out += &format!("\npolicies ({}):\n", rt.policies.len());
+    for p in &rt.policies {
+        out += &format!("  {}  {}  {}\n", p.id, p.digest, p.path.display());
+        out += &format!("    applies to: {}\n    limits: {}\n", p.tools.join(", "), limits_text(&p.limits));
+    }
+    print(&out)?;
+    Ok(ExitCode::from(exit::OK))
+}
+
+fn limits_text(l: &warden::config::Limits) -> String {
+    let fuel = l.fuel.map_or("unlimited".to_string(), |f| f.to_string());
+    format!(
+        "memory {} MiB, timeout {} ms, output {} KiB, log {} KiB, fuel {fuel}",
+        l.memory_mb, l.timeout_ms, l.max_output_kb, l.max_log_kb
+    )
+}
+
+async fn tools(config: &Path, json: bool) -> Result<ExitCode> {
+    let rt = load(config).await?;
+    let mut list = Vec::new();
+    for name in rt.tool_names() {
+        let Some(plugin) = rt.plugin_for(name) else { continue };
+        let Some(tool) = plugin.tool(name) else { continue };
+        let a = tool.annotations;
+        list.push(json!({
+            "name": tool.name,
+            "plugin": plugin.id,
+            "description": tool.description,
+            "annotations": {
+                "readOnlyHint": a.read_only,
+                "destructiveHint": a.destructive,
+                "idempotentHint": a.idempotent,
+                "openWorldHint": a.open_world,
+            },
+            "inputSchema": tool.schema,
+        }));
+    }
+    if json {
+        print(&format!("{}\n", serde_json::to_string_pretty(&list)?))?;
+    } else {
+        let mut out = String::new();
+        for t in &list {
+            let hints: Vec<&str> = [("readOnlyHint", "read-only"), ("destructiveHint", "destructive"), ("idempotentHint", "idempotent"), ("openWorldHint", "open-world")]
+                .into_iter()
+                .filter(|(k, _)| t["annotations"][k].as_bool() == Some(true))
+                .map(|(_, v)| v)
+                .collect();
+            out += &format!(
+                "{} ({})  [{}]\n  {}\n  input: {}\n",
+                t["name"].as_str().unwrap_or_default(),
+                t["plugin"].as_str().unwrap_or_default(),
+                hints.join(", "),
+                t["description"].as_str().unwrap_or_default(),
+                t["inputSchema"]
+            );
+        }
+        print(&out)?;
+    }
+    Ok(ExitCode::from(exit::OK))
+}
+
+async fn inspect(file: &Path, json: bool) -> Result<ExitCode> {
+    let shared = Shared::new(EngineOptions::default(), None)?;
+    let loaded = component::load(&shared.engine, &shared.cache, file, None)?;
+    let world = loaded.world();
+    let problems = match world {
+        Some(w) => loaded.expect_world(file, w).err().map(|e| e.to_string()),
+        None => Some(format!("{}: exports neither a warden tool nor a policy", file.display())),
+    };
+    let mut tools = Vec::new();
+    if world == Some(World::Tool) && problems.is_none() {
+        let plugin = warden::plugin::Plugin::load(
+            &shared,
+            &warden::config::PluginConfig {
+                id: "inspect".into(),
+                component: file.to_path_buf(),
+                sha256: None,
+                grants: Default::default(),
+                limits: warden::config::DEFAULT_PLUGIN_LIMITS,
+                span: 0,
+            },
+        )
+        .await?;
+        for t in &plugin.tools {
+            tools.push(json!({ "name": t.name, "description": t.description, "inputSchema": t.schema }));
+        }
+    }
+    let report = json!({
+        "file": file.display().to_string(),
+        "digest": loaded.digest,
+        "world": world.map(|w| format!("{}/{}@{}", component::PACKAGE, w.name(), component::PACKAGE_VERSION)),
+        "problems": problems,
+        "imports": loaded.imports,
+        "exports": loaded.exports,
+        "tools": tools,
+    });
+    if json {
+        print(&format!("{}\n", serde_json::to_string_pretty(&report)?))?;
+    } else {
+        let mut out = format!("{}\n  digest:  {}\n", file.display(), loaded.digest);
+        out += &format!("  world:   {}\n", report["world"].as_str().unwrap_or("none (not a warden component)"));
+        if let Some(p) = &problems {
+            out += &format!("  problem: {p}\n");
+        }
+        out += &format!("  imports: {}\n", loaded.imports.join("\n           "));
+        out += &format!("  exports: {}\n", loaded.exports.join(", "));
+        for t in &tools {
+            out += &format!("  tool:    {}: {}\n", t["name"].as_str().unwrap_or_default(), t["description"].as_str().unwrap_or_default());
+        }
+        print(&out)?;
+    }
+    Ok(ExitCode::from(if problems.is_some() { exit::USAGE } else { exit::OK }))
+}
+
+async fn call(config: &Path, tool: &str, input: &str, principal: &str, full_report: bool, verbose: bool) -> Result<ExitCode> {
+    let input = read_input(input)?;
+    let rt = load(config).await?;
+    let report = match rt.call(CallRequest { principal, tool, input: &input }).await {
+        Ok(report) => report,
+        Err(e) => {
+            eprintln!("warden call: {e}");
+            return Ok(ExitCode::from(exit::USAGE));
+        }
+    };
+    if verbose {
+        for d in &report.decisions {
+            for line in &d.log {
+                eprintln!("[policy {}] {} {}", d.policy, line.level, line.message);
+            }
+        }
+        for line in &report.log {
+            eprintln!("[{} {}] {} {}", report.plugin, line.source, line.level, line.message);
+        }
+    }
+    let (code, stdout) = match &report.outcome {
+        Outcome::Ok { output } => (exit::OK, output.clone()),
+        Outcome::Denied { reasons } => {
+            eprintln!("warden call: {tool} denied: {}", reasons.join("; "));
+            (exit::DENIED, json!({ "status": "denied", "run_id": report.run_id, "reasons": reasons }))
+        }
+        Outcome::Held { tier, reasons, approvers, timeout_secs } => {
+            let tier = serde_json::to_value(tier)?;
+            eprintln!("warden call: {tool} held for {} approval (not executed): {}", tier.as_str().unwrap_or_default(), reasons.join("; "));
+            let v = json!({ "status": "held", "run_id": report.run_id, "tier": tier, "reasons": reasons, "approvers": approvers, "timeout_secs": timeout_secs });
+            (exit::HELD, v)
+        }
+        Outcome::Failed { kind, error } => {
+            eprintln!("warden call: {tool} failed: {error}");
+            if let warden::plugin::Failure::Trap { backtrace, .. } = kind
+                && verbose
+                && !backtrace.is_empty()
+            {
+                eprintln!("{backtrace}");
+            }
+            let v: Value = serde_json::to_value(&report.outcome)?;
+            (exit::TOOL_ERROR, json!({ "status": v["status"], "kind": v["kind"], "error": error, "run_id": report.run_id }))
+        }
+    };
+    let text = if full_report { serde_json::to_string_pretty(&report)? } else { serde_json::to_string_pretty(&stdout)? };
+    print(&format!("{text}\n"))?;
+    Ok(ExitCode::from(code))
+}
+
+fn read_input(arg: &str) -> Result<String> {
+    if arg == "-" {
+        let mut s = String::new();
+        std::io::stdin().read_to_string(&mut s).context("reading input from stdin")?;
+        Ok(s)
+    } else if let Some(path) = arg.strip_prefix('@') {
+        std::fs::read_to_string(path).with_context(|| format!("reading input from {path}"))
+    } else {
+        Ok(arg.to_string())
+    }
+}
+
+fn print(text: &str) -> Result<()> {
+    let mut stdout = std::io::stdout().lock();
+    stdout.write_all(text.as_bytes())?;
+    stdout.flush()?;
+    Ok(())
+}
+
+fn is_broken_pipe(error: &anyhow::Error) -> bool {
+    error.chain().any(|e| e.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe))
+}

@@ -1,0 +1,221 @@
+//! A loaded tool plugin: its compiled component, the tools it declares (with their
+//! compiled input schemas) and its sandbox. Owns running one tool call in a fresh
+//! instance. It must never reuse a store or instance between calls.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use jsonschema::Validator;
+use serde_json::Value;
+use wasmtime::Store;
+
+use crate::bindings::tool::ToolPre;
+use crate::bindings::{Annotations, ToolSpec};
+use crate::component::{self, World};
+use crate::config::PluginConfig;
+use crate::interfaces::host::ProgressUpdate;
+use crate::interfaces::log::LogLine;
+use crate::limits::{self, LimitExceeded};
+use crate::runtime::Shared;
+use crate::sandbox::{ToolSandbox, ToolState};
+
+/// One tool a plugin exports, validated at load.
+pub struct Tool {
+    pub name: String,
+    pub description: String,
+    pub schema: Value,
+    pub annotations: Annotations,
+    pub validator: Validator,
+}
+
+pub struct Plugin {
+    pub id: String,
+    pub digest: String,
+    pub path: PathBuf,
+    pub sandbox: ToolSandbox,
+    pub tools: Vec<Tool>,
+    pre: ToolPre<ToolState>,
+    fuel: bool,
+}
+
+/// Why a call did not produce output.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Failure {
+    /// The tool returned an error on purpose.
+    Tool { code: String, message: String },
+    /// The host stopped it at a limit.
+    Limit(LimitExceeded),
+    /// The guest trapped (a panic, `unreachable`, a bad memory access...).
+    Trap { message: String, backtrace: String },
+    /// The output broke the contract (not JSON, too large).
+    BadOutput(String),
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Failure::Tool { code, message } => write!(f, "tool error ({code}): {message}"),
+            Failure::Limit(limit) => write!(f, "stopped: {limit}"),
+            Failure::Trap { message, .. } => write!(f, "trapped: {message}"),
+            Failure::BadOutput(why) => write!(f, "bad output: {why}"),
+        }
+    }
+}
+
+/// Everything one tool call produced.
+pub struct Invocation {
+    pub result: Result<Value, Failure>,
+    pub log: Vec<LogLine>,
+    pub progress: Vec<ProgressUpdate>,
+    /// Outgoing HTTP requests refused by the grant.
+    pub denied_requests: Vec<String>,
+    pub peak_memory: usize,
+    pub instantiate: Duration,
+    pub execute: Duration,
+}
+
+impl Plugin {
+    /// Compile `config.component`, check its world, and ask it to describe its tools
+    /// (in a sandbox with no grants).
+    pub async fn load(shared: &Shared, config: &PluginConfig) -> anyhow::Result<Plugin> {
+        let loaded = component::load(&shared.engine, &shared.cache, &config.component, config.sha256.as_deref())?;
+        loaded.expect_world(&config.component, World::Tool)?;
+        let instance_pre = shared.tool_linker.instantiate_pre(&loaded.component)?;
+        let pre = ToolPre::new(instance_pre)?;
+        let mut plugin = Plugin {
+            id: config.id.clone(),
+            digest: loaded.digest,
+            path: config.component.clone(),
+            sandbox: ToolSandbox::new(config.grants.clone(), config.limits),
+            tools: Vec::new(),
+            pre,
+            fuel: shared.fuel,
+        };
+        let specs = plugin.describe().await?;
+        if specs.is_empty() {
+            anyhow::bail!("describe returned no tools");
+        }
+        for spec in specs {
+            let tool = check_spec(spec)?;
+            if plugin.tools.iter().any(|t| t.name == tool.name) {
+                anyhow::bail!("describe lists tool `{}` twice", tool.name);
+            }
+            plugin.tools.push(tool);
+        }
+        Ok(plugin)
+    }
+
+    async fn describe(&self) -> anyhow::Result<Vec<ToolSpec>> {
+        let sandbox = ToolSandbox::deny_all(self.sandbox.limits);
+        let mut store = Store::new(self.pre.engine(), sandbox.state()?);
+        limits::apply(&mut store, &sandbox.limits, self.fuel)?;
+        let run = async {
+            let instance = self.pre.instantiate_async(&mut store).await?;
+            instance.call_describe(&mut store).await
+        };
+        match tokio::time::timeout(limits::call_budget(&sandbox.limits), run).await {
+            Ok(Ok(specs)) => Ok(specs),
+            Ok(Err(e)) => Err(anyhow::Error::from(e).context("describe failed")),
+            Err(_) => anyhow::bail!("describe timed out after {} ms", sandbox.limits.timeout_ms),
+        }
+    }
+
+    pub fn tool(&self, name: &str) -> Option<&Tool> {
+        self.tools.iter().find(|t| t.name == name)
+    }
+
+    /// Run `tool` with `input` (already validated) in a fresh instance.
+    pub async fn invoke(&self, tool: &str, input: &str) -> Invocation {
+        let limits = self.sandbox.limits;
+        let mut invocation = Invocation {
+            result: Err(Failure::Limit(LimitExceeded::Timeout(limits.timeout_ms))),
+            log: Vec::new(),
+            progress: Vec::new(),
+            denied_requests: Vec::new(),
+            peak_memory: 0,
+            instantiate: Duration::ZERO,
+            execute: Duration::ZERO,
+        };
+        let state = match self.sandbox.state() {
+            Ok(state) => state,
+            Err(e) => {
+                invocation.result = Err(Failure::Trap { message: format!("{e:#}"), backtrace: String::new() });
+                return invocation;
+            }
+        };
+        let denied = state.egress.denied.clone();
+        let mut store = Store::new(self.pre.engine(), state);
+        if let Err(e) = limits::apply(&mut store, &limits, self.fuel) {
+            invocation.result = Err(Failure::Trap { message: format!("{e:#}"), backtrace: String::new() });
+            return invocation;
+        }
+
+        let started = Instant::now();
+        let mut instantiated = started;
+        let (tool, input) = (tool.to_string(), input.to_string());
+        let run = async {
+            let instance = self.pre.instantiate_async(&mut store).await?;
+            instantiated = Instant::now();
+            instance.call_invoke(&mut store, &tool, &input).await
+        };
+        let outcome = tokio::time::timeout(limits::call_budget(&limits), run).await;
+        let finished = Instant::now();
+        invocation.instantiate = instantiated - started;
+        invocation.execute = finished.saturating_duration_since(instantiated);
+
+        invocation.result = match outcome {
+            Err(_elapsed) => Err(Failure::Limit(LimitExceeded::Timeout(limits.timeout_ms))),
+            Ok(Err(error)) => Err(match limits::classify(&error, &limits, store.data().limiter.hit) {
+                Some(limit) => Failure::Limit(limit),
+                None => trap(&error),
+            }),
+            Ok(Ok(Err(e))) => Err(Failure::Tool { code: e.code, message: e.message }),
+            Ok(Ok(Ok(output))) => check_output(&output, limits.max_output_kb),
+        };
+        let state = store.data_mut();
+        invocation.peak_memory = state.limiter.peak;
+        invocation.progress = std::mem::take(&mut state.progress.updates);
+        invocation.log = state.finish_log();
+        invocation.denied_requests = denied.lock().map(|d| d.clone()).unwrap_or_default();
+        invocation
+    }
+}
+
+fn trap(error: &wasmtime::Error) -> Failure {
+    let backtrace = error
+        .downcast_ref::<wasmtime::WasmBacktrace>()
+        .map(|bt| bt.to_string())
+        .unwrap_or_default();
+    let message = match error.downcast_ref::<wasmtime::Trap>() {
+        Some(trap) => trap.to_string(),
+        None => format!("{error:#}"),
+    };
+    Failure::Trap { message, backtrace }
+}
+
+fn check_output(output: &str, max_kb: u64) -> Result<Value, Failure> {
+    let max = (max_kb as usize) << 10;
+    if output.len() > max {
+        return Err(Failure::BadOutput(format!("output is {} bytes, over the {max_kb} KiB limit (max_output_kb)", output.len())));
+    }
+    serde_json::from_str(output).map_err(|e| Failure::BadOutput(format!("output is not valid JSON: {e}")))
+}
+
+fn check_spec(spec: ToolSpec) -> anyhow::Result<Tool> {
+    let name = spec.name;
+    let valid = (1..=64).contains(&name.len()) && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+    if !valid {
+        anyhow::bail!("tool name {name:?} is invalid: use 1-64 of A-Z, a-z, 0-9, '_' and '-'");
+    }
+    if spec.description.trim().is_empty() {
+        anyhow::bail!("tool `{name}` has no description");
+    }
+    let schema: Value = serde_json::from_str(&spec.input_schema)
+        .map_err(|e| anyhow::anyhow!("tool `{name}`: input schema is not JSON: {e}"))?;
+    if schema.get("type").and_then(Value::as_str) != Some("object") {
+        anyhow::bail!("tool `{name}`: input schema must have \"type\": \"object\"");
+    }
+    let validator = jsonschema::validator_for(&schema)
+        .map_err(|e| anyhow::anyhow!("tool `{name}`: input schema is not a valid JSON Schema: {e}"))?;
+    Ok(Tool { name, description: spec.description, schema, annotations: spec.annotations, validator })
+}

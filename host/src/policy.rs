@@ -1,0 +1,253 @@
+//! Approval policies: loading them, evaluating one decision in a fresh sandbox, and
+//! combining the decisions of every policy in scope.
+//!
+//! Fail closed: a policy that traps, runs out of time or memory, or returns a
+//! malformed decision denies the call. It must never let an error become an allow.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use wasmtime::Store;
+
+use crate::bindings::policy::PolicyPre;
+use crate::bindings::{Action, Decision, Tier};
+use crate::component::{self, World};
+use crate::config::{Limits, PolicyConfig, pattern_matches};
+use crate::interfaces::log::LogLine;
+use crate::limits;
+use crate::runtime::Shared;
+use crate::sandbox::PolicyState;
+
+/// Bounds on a well-formed decision.
+const MAX_REASON: usize = 2048;
+const MAX_APPROVERS: usize = 64;
+const MAX_PRINCIPAL: usize = 128;
+const MAX_TIMEOUT_SECS: u32 = 30 * 24 * 3600;
+
+pub struct Policy {
+    pub id: String,
+    pub digest: String,
+    pub path: PathBuf,
+    /// Tool-name patterns this policy applies to.
+    pub tools: Vec<String>,
+    /// The policy's config table as JSON text, passed in every action.
+    pub config: String,
+    pub limits: Limits,
+    pre: PolicyPre<PolicyState>,
+    fuel: bool,
+}
+
+/// The tier of a held call. Ordered: the highest wins when policies combine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Hold {
+    Soft,
+    Hard,
+}
+
+/// A validated decision.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "decision", rename_all = "kebab-case")]
+pub enum Verdict {
+    Allow,
+    RequireApproval { tier: Hold, reason: String, approvers: Vec<String>, timeout_secs: Option<u32> },
+    Deny { reason: String },
+}
+
+/// One policy's decision on one call, with what it logged.
+#[derive(Debug, Clone, Serialize)]
+pub struct PolicyDecision {
+    pub policy: String,
+    pub digest: String,
+    #[serde(flatten)]
+    pub verdict: Verdict,
+    /// Set when the verdict is a deny because the policy itself failed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub failure: Option<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub log: Vec<LogLine>,
+    #[serde(skip)]
+    pub elapsed: Duration,
+}
+
+/// The combination of every decision in scope.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Combined {
+    Allow,
+    Hold { tier: Hold, reasons: Vec<String>, approvers: Vec<String>, timeout_secs: Option<u32> },
+    Deny { reasons: Vec<String> },
+}
+
+impl Policy {
+    pub fn load(shared: &Shared, config: &PolicyConfig) -> anyhow::Result<Policy> {
+        let loaded = component::load(&shared.engine, &shared.cache, &config.component, config.sha256.as_deref())?;
+        loaded.expect_world(&config.component, World::Policy)?;
+        let pre = PolicyPre::new(shared.policy_linker.instantiate_pre(&loaded.component)?)?;
+        Ok(Policy {
+            id: config.id.clone(),
+            digest: loaded.digest,
+            path: config.component.clone(),
+            tools: config.tools.clone(),
+            config: config.config.to_string(),
+            limits: config.limits,
+            pre,
+            fuel: shared.fuel,
+        })
+    }
+
+    pub fn applies_to(&self, tool: &str) -> bool {
+        self.tools.iter().any(|p| pattern_matches(p, tool))
+    }
+
+    /// Decide on `action` in a fresh instance. Never fails: failure is a deny.
+    pub async fn evaluate(&self, action: &Action) -> PolicyDecision {
+        let started = Instant::now();
+        let mut store = Store::new(self.pre.engine(), PolicyState::new(&self.limits, action.time_ms));
+        let result = match limits::apply(&mut store, &self.limits, self.fuel) {
+            Err(e) => Err(format!("{e:#}")),
+            Ok(()) => {
+                let run = async {
+                    let instance = self.pre.instantiate_async(&mut store).await?;
+                    instance.call_evaluate(&mut store, action).await
+                };
+                match tokio::time::timeout(limits::call_budget(&self.limits), run).await {
+                    Err(_) => Err(format!("timed out after {} ms", self.limits.timeout_ms)),
+                    Ok(Err(e)) => Err(match limits::classify(&e, &self.limits, store.data().limiter.hit) {
+                        Some(limit) => limit.to_string(),
+                        None => match e.downcast_ref::<wasmtime::Trap>() {
+                            Some(trap) => format!("trapped: {trap}"),
+                            None => format!("{e:#}"),
+                        },
+                    }),
+                    Ok(Ok(decision)) => validate(decision),
+                }
+            }
+        };
+        let log = std::mem::take(&mut store.data_mut().log).into_lines();
+        let (verdict, failure) = match result {
+            Ok(verdict) => (verdict, None),
+            Err(why) => {
+                let reason = format!("policy {} failed, denying: {why}", self.id);
+                (Verdict::Deny { reason }, Some(why))
+            }
+        };
+        PolicyDecision { policy: self.id.clone(), digest: self.digest.clone(), verdict, failure, log, elapsed: started.elapsed() }
+    }
+}
+
+/// Check a decision is well formed; anything else is a failure (and so a deny).
+fn validate(decision: Decision) -> Result<Verdict, String> {
+    let text = |what: &str, s: &str| -> Result<(), String> {
+        if s.trim().is_empty() {
+            return Err(format!("malformed decision: empty {what}"));
+        }
+        if s.len() > MAX_REASON {
+            return Err(format!("malformed decision: {what} longer than {MAX_REASON} bytes"));
+        }
+        if s.chars().any(|c| c.is_control() && c != '\n' && c != '\t') {
+            return Err(format!("malformed decision: control characters in {what}"));
+        }
+        Ok(())
+    };
+    match decision {
+        Decision::Allow => Ok(Verdict::Allow),
+        Decision::Deny(reason) => {
+            text("deny reason", &reason)?;
+            Ok(Verdict::Deny { reason })
+        }
+        Decision::RequireApproval(spec) => {
+            text("approval reason", &spec.reason)?;
+            if spec.approvers.len() > MAX_APPROVERS {
+                return Err(format!("malformed decision: more than {MAX_APPROVERS} approvers"));
+            }
+            for approver in &spec.approvers {
+                let ok = !approver.is_empty()
+                    && approver.len() <= MAX_PRINCIPAL
+                    && !approver.chars().any(|c| c.is_control() || c.is_whitespace());
+                if !ok {
+                    return Err(format!("malformed decision: invalid approver {approver:?}"));
+                }
+            }
+            if let Some(t) = spec.timeout_secs
+                && !(1..=MAX_TIMEOUT_SECS).contains(&t)
+            {
+                return Err(format!("malformed decision: timeout-secs {t} outside 1..={MAX_TIMEOUT_SECS}"));
+            }
+            let tier = match spec.tier {
+                Tier::Soft => Hold::Soft,
+                Tier::Hard => Hold::Hard,
+            };
+            Ok(Verdict::RequireApproval { tier, reason: spec.reason, approvers: spec.approvers, timeout_secs: spec.timeout_secs })
+        }
+    }
+}
+
+/// Any deny denies; otherwise the highest tier holds; otherwise allow.
+pub fn combine(decisions: &[PolicyDecision]) -> Combined {
+    let mut denies = Vec::new();
+    let mut hold: Option<Hold> = None;
+    let mut reasons = Vec::new();
+    let mut approvers: Vec<String> = Vec::new();
+    let mut timeout: Option<u32> = None;
+    for d in decisions {
+        match &d.verdict {
+            Verdict::Allow => {}
+            Verdict::Deny { reason } => denies.push(format!("{}: {reason}", d.policy)),
+            Verdict::RequireApproval { tier, reason, approvers: who, timeout_secs } => {
+                hold = hold.max(Some(*tier));
+                reasons.push(format!("{}: {reason}", d.policy));
+                for a in who {
+                    if !approvers.contains(a) {
+                        approvers.push(a.clone());
+                    }
+                }
+                // The strictest (shortest) timeout any policy asked for.
+                timeout = match (timeout, timeout_secs) {
+                    (Some(a), Some(b)) => Some(a.min(*b)),
+                    (a, b) => a.or(*b),
+                };
+            }
+        }
+    }
+    if !denies.is_empty() {
+        return Combined::Deny { reasons: denies };
+    }
+    match hold {
+        Some(tier) => Combined::Hold { tier, reasons, approvers, timeout_secs: timeout },
+        None => Combined::Allow,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn decision(policy: &str, verdict: Verdict) -> PolicyDecision {
+        PolicyDecision { policy: policy.into(), digest: String::new(), verdict, failure: None, log: vec![], elapsed: Duration::ZERO }
+    }
+
+    fn hold(tier: Hold, timeout: Option<u32>) -> Verdict {
+        Verdict::RequireApproval { tier, reason: "r".into(), approvers: vec!["ops".into()], timeout_secs: timeout }
+    }
+
+    #[test]
+    fn any_deny_denies_and_highest_tier_wins() {
+        assert_eq!(combine(&[]), Combined::Allow);
+        assert_eq!(combine(&[decision("a", Verdict::Allow)]), Combined::Allow);
+        let soft_hard = combine(&[decision("a", hold(Hold::Soft, Some(60))), decision("b", hold(Hold::Hard, Some(30)))]);
+        assert!(matches!(soft_hard, Combined::Hold { tier: Hold::Hard, timeout_secs: Some(30), .. }), "{soft_hard:?}");
+        let denied = combine(&[decision("a", hold(Hold::Hard, None)), decision("b", Verdict::Deny { reason: "no".into() })]);
+        assert_eq!(denied, Combined::Deny { reasons: vec!["b: no".into()] });
+    }
+
+    #[test]
+    fn malformed_decisions_are_refused() {
+        use crate::bindings::ApprovalSpec;
+        assert!(validate(Decision::Deny(String::new())).is_err());
+        let spec = |approvers: Vec<String>, timeout| ApprovalSpec { tier: Tier::Soft, reason: "ok".into(), approvers, timeout_secs: timeout };
+        assert!(validate(Decision::RequireApproval(spec(vec!["".into()], None))).is_err());
+        assert!(validate(Decision::RequireApproval(spec(vec![], Some(0)))).is_err());
+        assert!(validate(Decision::RequireApproval(spec(vec!["group:ops".into()], Some(60)))).is_ok());
+    }
+}

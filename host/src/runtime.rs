@@ -1,0 +1,130 @@
+//! The loaded runtime: the shared engine, every plugin and policy from one config,
+//! and the index from tool name to plugin.
+//!
+//! Loading is all or nothing: any bad component, duplicate tool or policy scope that
+//! matches no tool fails the whole load with an error located in warden.toml. It
+//! must never serve a partly loaded config.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use wasmtime::Engine;
+use wasmtime::component::Linker;
+
+use crate::cache::CompileCache;
+use crate::config::{Config, ConfigError};
+use crate::engine::{EngineOptions, SharedEngine};
+use crate::plugin::Plugin;
+use crate::policy::Policy;
+use crate::sandbox::{self, PolicyState, ToolState};
+
+/// What every component load and every call shares: one engine, its linkers, the cache.
+pub struct Shared {
+    pub engine: Engine,
+    pub cache: CompileCache,
+    pub tool_linker: Linker<ToolState>,
+    pub policy_linker: Linker<PolicyState>,
+    /// The engine counts fuel (some component has a fuel limit).
+    pub fuel: bool,
+    // Last: dropping it stops the epoch ticker.
+    _ticker: SharedEngine,
+}
+
+impl Shared {
+    /// An engine with `options`, caching compiled components under `cache_dir`.
+    pub fn new(options: EngineOptions, cache_dir: Option<&Path>) -> anyhow::Result<Shared> {
+        let ticker = SharedEngine::new(options)?;
+        let engine = ticker.engine.clone();
+        Ok(Shared {
+            cache: CompileCache::new(&engine, cache_dir),
+            tool_linker: sandbox::tool_linker(&engine)?,
+            policy_linker: sandbox::policy_linker(&engine)?,
+            fuel: options.fuel,
+            engine,
+            _ticker: ticker,
+        })
+    }
+}
+
+pub struct Runtime {
+    pub config: Config,
+    pub shared: Shared,
+    pub plugins: Vec<Plugin>,
+    pub policies: Vec<Policy>,
+    /// Tool name -> index into `plugins`.
+    tools: HashMap<String, usize>,
+}
+
+impl Runtime {
+    /// Load every component `config` names. Compiled components are cached under
+    /// `<data_dir>/cache`.
+    pub async fn load(config: Config) -> Result<Runtime, ConfigError> {
+        let all_limits = config.plugins.iter().map(|p| p.limits).chain(config.policies.iter().map(|p| p.limits));
+        let options = EngineOptions {
+            fuel: all_limits.clone().any(|l| l.fuel.is_some()),
+            max_memory_bytes: (all_limits.map(|l| l.memory_mb).max().unwrap_or(64) as usize) << 20,
+            ..EngineOptions::default()
+        };
+        let cache_dir = config.data_dir.join("cache");
+        let shared = Shared::new(options, Some(&cache_dir))
+            .map_err(|e| config.error_at(0, "", format!("cannot start the wasm engine: {e:#}")))?;
+
+        let mut plugins = Vec::new();
+        let mut tools: HashMap<String, usize> = HashMap::new();
+        for (i, pc) in config.plugins.iter().enumerate() {
+            let key = format!("plugin[{i}]");
+            let plugin = Plugin::load(&shared, pc)
+                .await
+                .map_err(|e| config.error_at(pc.span, &key, format!("plugin {:?}: {e:#}", pc.id)))?;
+            for tool in &plugin.tools {
+                if let Some(&other) = tools.get(&tool.name) {
+                    let other: &Plugin = &plugins[other];
+                    return Err(config.error_at(
+                        pc.span,
+                        &key,
+                        format!("plugin {:?} exports tool `{}`, which plugin {:?} already exports", pc.id, tool.name, other.id),
+                    ));
+                }
+                tools.insert(tool.name.clone(), plugins.len());
+            }
+            plugins.push(plugin);
+        }
+
+        let mut policies = Vec::new();
+        for (i, pc) in config.policies.iter().enumerate() {
+            let key = format!("policy[{i}]");
+            let policy = Policy::load(&shared, pc)
+                .map_err(|e| config.error_at(pc.span, &key, format!("policy {:?}: {e:#}", pc.id)))?;
+            // A scope that matches nothing is almost always a typo that would silently
+            // switch the policy off.
+            for pattern in &policy.tools {
+                if !tools.keys().any(|t| crate::config::pattern_matches(pattern, t)) {
+                    return Err(config.error_at(
+                        pc.span,
+                        &format!("{key}.tools"),
+                        format!("policy {:?} applies to `{pattern}`, which matches no loaded tool", pc.id),
+                    ));
+                }
+            }
+            policies.push(policy);
+        }
+        Ok(Runtime { config, shared, plugins, policies, tools })
+    }
+
+    /// The plugin exporting `tool`.
+    pub fn plugin_for(&self, tool: &str) -> Option<&Plugin> {
+        self.tools.get(tool).map(|&i| &self.plugins[i])
+    }
+
+    /// Every tool name, sorted.
+    pub fn tool_names(&self) -> Vec<&str> {
+        let mut names: Vec<&str> = self.tools.keys().map(String::as_str).collect();
+        names.sort_unstable();
+        names
+    }
+
+    /// The policies that apply to `tool`, in config order.
+    pub fn policies_for<'a>(&'a self, tool: &'a str) -> impl Iterator<Item = &'a Policy> + 'a {
+        self.policies.iter().filter(move |p| p.applies_to(tool))
+    }
+}
