@@ -65,6 +65,8 @@ impl std::error::Error for ConfigError {}
 pub struct Config {
     pub file: PathBuf,
     pub data_dir: PathBuf,
+    /// Compiled components; `<data_dir>/cache` unless set. Several configs may share one.
+    pub cache_dir: PathBuf,
     pub plugins: Vec<PluginConfig>,
     pub policies: Vec<PolicyConfig>,
     /// The config file's text, kept to locate errors found while loading components.
@@ -132,6 +134,7 @@ pub struct Limits {
 #[serde(deny_unknown_fields)]
 struct RawConfig {
     data_dir: Option<Spanned<String>>,
+    cache_dir: Option<Spanned<String>>,
     #[serde(default, rename = "plugin")]
     plugins: Vec<RawPlugin>,
     #[serde(default, rename = "policy")]
@@ -215,7 +218,9 @@ impl Config {
         let locate = Locator { file: path, text };
         let raw: RawConfig = toml::from_str(text).map_err(|e| {
             let offset = e.span().map(|s| s.start).unwrap_or(0);
-            locate.error(offset, "", e.message().trim_end())
+            let line = text[..offset.min(text.len())].rfind('\n').map_or(0, |i| i + 1);
+            let line = text[line..].lines().next().unwrap_or_default().trim();
+            locate.error(offset, "", &format!("{} (in `{line}`)", e.message().trim_end()))
         })?;
         let base = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
 
@@ -225,6 +230,13 @@ impl Config {
             }
             Some(dir) => base.join(dir.get_ref()),
             None => base.join("data"),
+        };
+        let cache_dir = match &raw.cache_dir {
+            Some(dir) if dir.get_ref().trim().is_empty() => {
+                return Err(locate.error(dir.span().start, "cache_dir", "must not be empty"));
+            }
+            Some(dir) => base.join(dir.get_ref()),
+            None => data_dir.join("cache"),
         };
 
         let mut ids = HashSet::new();
@@ -267,7 +279,7 @@ impl Config {
             policies.push(PolicyConfig { id, component, sha256, tools, config, limits, span: raw.id.span().start });
         }
 
-        Ok(Config { file: path.to_path_buf(), data_dir, plugins, policies, source: text.to_string() })
+        Ok(Config { file: path.to_path_buf(), data_dir, cache_dir, plugins, policies, source: text.to_string() })
     }
 
     /// An error about something at byte `offset` of the config file, found after parsing

@@ -56,8 +56,7 @@ pub struct Runtime {
 }
 
 impl Runtime {
-    /// Load every component `config` names. Compiled components are cached under
-    /// `<data_dir>/cache`.
+    /// Load every component `config` names, compiling through the cache in `cache_dir`.
     pub async fn load(config: Config) -> Result<Runtime, ConfigError> {
         let all_limits = config.plugins.iter().map(|p| p.limits).chain(config.policies.iter().map(|p| p.limits));
         let options = EngineOptions {
@@ -65,8 +64,7 @@ impl Runtime {
             max_memory_bytes: (all_limits.map(|l| l.memory_mb).max().unwrap_or(64) as usize) << 20,
             ..EngineOptions::default()
         };
-        let cache_dir = config.data_dir.join("cache");
-        let shared = Shared::new(options, Some(&cache_dir))
+        let shared = Shared::new(options, Some(&config.cache_dir))
             .map_err(|e| config.error_at(0, "", format!("cannot start the wasm engine: {e:#}")))?;
 
         let mut plugins = Vec::new();

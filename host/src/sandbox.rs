@@ -102,32 +102,23 @@ impl ToolSandbox {
 }
 
 impl ToolState {
-    /// The call's log with captured stdout and stderr appended.
+    /// The call's log with captured stdout and stderr appended. `max_log_kb` bounds each
+    /// of the three separately.
     pub fn finish_log(&mut self) -> Vec<LogLine> {
         let mut log = std::mem::take(&mut self.log);
+        let note = |source, message| LogLine { level: "warn", source, message, fields: vec![] };
+        if log.dropped > 0 {
+            let message = format!("{} log lines were dropped (max_log_kb)", log.dropped);
+            log.push_unbudgeted(note("log", message));
+        }
         for (source, capture) in [("stdout", &self.stdout), ("stderr", &self.stderr)] {
             let (text, dropped) = capture.take();
             if !text.is_empty() {
-                log.push(LogLine { level: "info", source, message: text, fields: vec![] });
+                log.push_unbudgeted(LogLine { level: "info", source, message: text, fields: vec![] });
             }
             if dropped > 0 {
-                log.push(LogLine {
-                    level: "warn",
-                    source,
-                    message: format!("{dropped} more bytes of {source} were dropped (max_log_kb)"),
-                    fields: vec![],
-                });
+                log.push_unbudgeted(note(source, format!("{dropped} more bytes of {source} were dropped (max_log_kb)")));
             }
-        }
-        if log.dropped > 0 {
-            let dropped = log.dropped;
-            log.dropped = 0;
-            log.push(LogLine {
-                level: "warn",
-                source: "log",
-                message: format!("{dropped} log lines were dropped (max_log_kb)"),
-                fields: vec![],
-            });
         }
         log.into_lines()
     }

@@ -42,6 +42,12 @@ impl GuestLog {
         self.lines.push(line);
     }
 
+    /// Append a line outside the budget: captured output (bounded by its own budget)
+    /// and the host's notes about what was dropped.
+    pub fn push_unbudgeted(&mut self, line: LogLine) {
+        self.lines.push(line);
+    }
+
     pub fn into_lines(self) -> Vec<LogLine> {
         self.lines
     }

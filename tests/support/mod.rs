@@ -1,0 +1,217 @@
+//! Test helpers: build the guest components once, write configs into temp dirs, run
+//! the real `warden` binary, and stand up loopback HTTP/TCP listeners.
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use serde_json::Value;
+
+pub fn repo_root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("host/ has a parent")
+}
+
+/// Build every guest component (plugins, policies, fixtures) once per test process.
+/// Cargo makes this a no-op when nothing changed.
+pub fn guests() -> &'static Path {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    BUILT.get_or_init(|| {
+        let root = repo_root();
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        ensure_wasm_target();
+        let status = Command::new(&cargo)
+            .current_dir(root)
+            .args(["build", "--workspace", "--exclude", "warden", "--target", "wasm32-wasip2", "--profile", "guest"])
+            .arg("--target-dir")
+            .arg(root.join("target/guests"))
+            .env_remove("CARGO_TARGET_DIR")
+            .env_remove("RUSTFLAGS")
+            .status()
+            .expect("run cargo to build the guest components");
+        assert!(status.success(), "building the guest components failed");
+        root.join("target/guests/wasm32-wasip2/guest")
+    })
+}
+
+/// rustup installs the target listed in rust-toolchain.toml when it installs the
+/// toolchain; a toolchain that was already present may lack it.
+fn ensure_wasm_target() {
+    let libdir = Command::new("rustc").args(["--print", "target-libdir", "--target", "wasm32-wasip2"]).output();
+    let present = libdir.is_ok_and(|o| o.status.success() && Path::new(String::from_utf8_lossy(&o.stdout).trim()).is_dir());
+    if !present {
+        let _ = Command::new("rustup").args(["target", "add", "wasm32-wasip2"]).status();
+    }
+}
+
+/// Path of a built guest component, e.g. `wasm("hostile")`.
+pub fn wasm(name: &str) -> PathBuf {
+    guests().join(format!("{}.wasm", name.replace('-', "_")))
+}
+
+/// Compiled components shared by every test's config (each test has its own data dir).
+pub fn shared_cache() -> PathBuf {
+    repo_root().join("target/guests/compile-cache")
+}
+
+/// A temp dir holding a `warden.toml`.
+pub struct Env {
+    pub dir: tempfile::TempDir,
+}
+
+impl Env {
+    /// Write `body` as warden.toml, after a header setting a data dir and the shared
+    /// compile cache. `{hostile}`-style placeholders name built components.
+    pub fn new(body: &str) -> Env {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let env = Env { dir };
+        env.write_config(body);
+        env
+    }
+
+    pub fn write_config(&self, body: &str) {
+        let mut text = format!("data_dir = \"data\"\ncache_dir = {:?}\n", shared_cache().display().to_string());
+        text += &expand(body);
+        std::fs::write(self.config(), text).expect("write config");
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn config(&self) -> PathBuf {
+        self.dir.path().join("warden.toml")
+    }
+
+    /// Run `warden -c <config> ARGS` with a clean environment plus `envs`.
+    pub fn warden(&self, args: &[&str]) -> Run {
+        self.warden_with_env(args, &[])
+    }
+
+    pub fn warden_with_env(&self, args: &[&str], envs: &[(&str, &str)]) -> Run {
+        let output = Command::new(env!("CARGO_BIN_EXE_warden"))
+            .arg("-c")
+            .arg(self.config())
+            .args(args)
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .envs(envs.iter().copied())
+            .current_dir(self.path())
+            .stdin(Stdio::null())
+            .output()
+            .expect("run warden");
+        Run::from(output)
+    }
+
+    /// `warden call TOOL --input INPUT --report`, returning the parsed report.
+    pub fn call(&self, tool: &str, input: &str) -> (Run, Value) {
+        let run = self.warden(&["call", tool, "--input", input, "--report"]);
+        let report = serde_json::from_str(&run.stdout).unwrap_or(Value::Null);
+        (run, report)
+    }
+}
+
+/// Replace `{name}` with the path of built component `name`.
+pub fn expand(body: &str) -> String {
+    let mut out = body.to_string();
+    for name in ["hostile", "hostile-policy", "text-stats", "notes", "http-fetch", "tiered-approval", "business-hours"] {
+        out = out.replace(&format!("{{{name}}}"), &wasm(name).display().to_string());
+    }
+    out
+}
+
+pub struct Run {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl From<Output> for Run {
+    fn from(o: Output) -> Run {
+        Run {
+            code: o.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+        }
+    }
+}
+
+impl std::fmt::Debug for Run {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let cut = |s: &str| s.chars().take(3000).collect::<String>();
+        write!(f, "exit {}\n--- stdout\n{}\n--- stderr\n{}", self.code, cut(&self.stdout), cut(&self.stderr))
+    }
+}
+
+/// A loopback listener that counts the connections it accepts. As an HTTP server it
+/// answers `/redirect?to=URL` with a 302 to URL and anything else with 200 `hello from
+/// <path>`, echoing the request head in an `x-request` header.
+pub struct Listener {
+    pub port: u16,
+    pub connections: Arc<AtomicUsize>,
+}
+
+impl Listener {
+    pub fn http() -> Listener {
+        Listener::start(true)
+    }
+
+    /// A listener that accepts and closes connections without speaking HTTP.
+    pub fn raw() -> Listener {
+        Listener::start(false)
+    }
+
+    fn start(http: bool) -> Listener {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind loopback");
+        let port = listener.local_addr().expect("local addr").port();
+        let connections = Arc::new(AtomicUsize::new(0));
+        let counter = connections.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(stream) = stream else { continue };
+                counter.fetch_add(1, Ordering::SeqCst);
+                if http {
+                    std::thread::spawn(move || serve(stream));
+                }
+            }
+        });
+        Listener { port, connections }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    pub fn count(&self) -> usize {
+        // Give a connection that is in flight a moment to be accepted.
+        std::thread::sleep(Duration::from_millis(50));
+        self.connections.load(Ordering::SeqCst)
+    }
+}
+
+fn serve(mut stream: TcpStream) {
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+    let mut head = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        match stream.read(&mut buf) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => head.extend_from_slice(&buf[..n]),
+        }
+    }
+    let head = String::from_utf8_lossy(&head).into_owned();
+    let path = head.split_whitespace().nth(1).unwrap_or("/").to_string();
+    let response = if let Some(to) = path.strip_prefix("/redirect?to=") {
+        format!("HTTP/1.1 302 Found\r\nlocation: {to}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
+    } else {
+        let body = format!("hello from {path}");
+        format!(
+            "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+            body.len()
+        )
+    };
+    let _ = stream.write_all(response.as_bytes());
+}
