@@ -45,7 +45,8 @@ component = "{{text-stats}}"
     env
 }
 
-const HOSTILE_LIMITS: &str = "memory_mb = 32\ntimeout_ms = 500\nmax_output_kb = 64\nmax_log_kb = 16";
+const HOSTILE_LIMITS: &str =
+    "memory_mb = 32\ntimeout_ms = 500\nmax_output_kb = 64\nmax_log_kb = 16";
 
 fn status(report: &Value) -> &str {
     report["status"].as_str().unwrap_or("<none>")
@@ -94,8 +95,15 @@ tools = { notes_read = "soft", notes_list = "auto" }
     assert_eq!(report["approvers"][0], "group:oncall");
 
     let (run, report) = env.call("notes_write", r#"{"name":"a","text":"x"}"#);
-    assert_eq!((run.code, report["tier"].as_str()), (HELD, Some("hard")), "{run:?}");
-    assert!(!env.path().join("notes/a").exists(), "a held call must not run");
+    assert_eq!(
+        (run.code, report["tier"].as_str()),
+        (HELD, Some("hard")),
+        "{run:?}"
+    );
+    assert!(
+        !env.path().join("notes/a").exists(),
+        "a held call must not run"
+    );
 }
 
 #[test]
@@ -126,21 +134,37 @@ end = "24:00"
     env.write_config(&config("[]"));
     let (run, report) = env.call("notes_write", r#"{"name":"a","text":"x"}"#);
     assert_eq!((run.code, status(&report)), (DENIED, "denied"), "{run:?}");
-    assert!(report["reasons"][0].as_str().unwrap().contains("outside business hours"), "{run:?}");
+    assert!(
+        report["reasons"][0]
+            .as_str()
+            .unwrap()
+            .contains("outside business hours"),
+        "{run:?}"
+    );
     assert!(!env.path().join("notes/a").exists());
     let (run, _) = env.call("notes_list", "{}");
     assert_eq!(run.code, OK, "{run:?}");
 
     // Always inside business hours: the write runs.
-    env.write_config(&config(r#"["sun", "mon", "tue", "wed", "thu", "fri", "sat"]"#));
+    env.write_config(&config(
+        r#"["sun", "mon", "tue", "wed", "thu", "fri", "sat"]"#,
+    ));
     let (run, _) = env.call("notes_write", r#"{"name":"a","text":"x"}"#);
     assert_eq!(run.code, OK, "{run:?}");
-    assert_eq!(std::fs::read_to_string(env.path().join("notes/a")).unwrap(), "x");
+    assert_eq!(
+        std::fs::read_to_string(env.path().join("notes/a")).unwrap(),
+        "x"
+    );
 }
 
 #[test]
 fn misbehaving_policies_deny_the_call() {
-    for (mode, expect) in [("trap", "trapped"), ("loop", "timed out"), ("nonsense", "malformed decision"), ("alloc", "memory limit")] {
+    for (mode, expect) in [
+        ("trap", "trapped"),
+        ("loop", "timed out"),
+        ("nonsense", "malformed decision"),
+        ("alloc", "memory limit"),
+    ] {
         let env = Env::new(&format!(
             r#"
 [[plugin]]
@@ -158,8 +182,14 @@ memory_mb = 16
 "#
         ));
         let (run, report) = env.call("text_stats", r#"{"text":"x"}"#);
-        assert_eq!((run.code, status(&report)), (DENIED, "denied"), "mode {mode}: {run:?}");
-        let failure = report["decisions"][0]["failure"].as_str().unwrap_or_default();
+        assert_eq!(
+            (run.code, status(&report)),
+            (DENIED, "denied"),
+            "mode {mode}: {run:?}"
+        );
+        let failure = report["decisions"][0]["failure"]
+            .as_str()
+            .unwrap_or_default();
         assert!(failure.contains(expect), "mode {mode}: failure {failure:?}");
         assert!(report.get("output").is_none(), "the tool must not run");
     }
@@ -180,9 +210,16 @@ fn a_well_behaved_policy_fixture_allows() {
 fn infinite_loop_is_stopped_at_its_timeout_and_the_next_call_succeeds() {
     let env = hostile_env(1, HOSTILE_LIMITS);
     let (run, report) = env.call("spin", "{}");
-    assert_eq!((run.code, report["kind"].as_str()), (TOOL_ERROR, Some("timed-out")), "{run:?}");
+    assert_eq!(
+        (run.code, report["kind"].as_str()),
+        (TOOL_ERROR, Some("timed-out")),
+        "{run:?}"
+    );
     let total_ms = report["timings"]["total_us"].as_u64().unwrap() / 1000;
-    assert!((500..=600).contains(&total_ms), "stopped after {total_ms} ms, timeout 500 ms");
+    assert!(
+        (500..=600).contains(&total_ms),
+        "stopped after {total_ms} ms, timeout 500 ms"
+    );
     let (run, _) = env.call("text_stats", r#"{"text":"still fine"}"#);
     assert_eq!(run.code, OK, "{run:?}");
 }
@@ -190,21 +227,57 @@ fn infinite_loop_is_stopped_at_its_timeout_and_the_next_call_succeeds() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn host_keeps_serving_while_several_plugins_spin() {
     let env = hostile_env(1, HOSTILE_LIMITS);
-    let rt = std::sync::Arc::new(Runtime::load(Config::load(&env.config()).unwrap()).await.unwrap());
+    let rt = std::sync::Arc::new(
+        Runtime::load(Config::load(&env.config()).unwrap())
+            .await
+            .unwrap(),
+    );
     let spinners: Vec<_> = (0..4)
         .map(|_| {
             let rt = rt.clone();
-            tokio::spawn(async move { rt.call(CallRequest { principal: "t", tool: "spin", input: "{}" }).await })
+            tokio::spawn(async move {
+                rt.call(CallRequest {
+                    principal: "t",
+                    tool: "spin",
+                    input: "{}",
+                })
+                .await
+            })
         })
         .collect();
     tokio::time::sleep(Duration::from_millis(50)).await;
     let started = Instant::now();
-    let report = rt.call(CallRequest { principal: "t", tool: "text_stats", input: r#"{"text":"x"}"# }).await.unwrap();
-    assert!(matches!(report.outcome, Outcome::Ok { .. }), "{:?}", report.outcome);
-    assert!(started.elapsed() < Duration::from_millis(450), "a pure call waited {:?} behind spinners", started.elapsed());
+    let report = rt
+        .call(CallRequest {
+            principal: "t",
+            tool: "text_stats",
+            input: r#"{"text":"x"}"#,
+        })
+        .await
+        .unwrap();
+    assert!(
+        matches!(report.outcome, Outcome::Ok { .. }),
+        "{:?}",
+        report.outcome
+    );
+    assert!(
+        started.elapsed() < Duration::from_millis(450),
+        "a pure call waited {:?} behind spinners",
+        started.elapsed()
+    );
     for spinner in spinners {
         let report = spinner.await.unwrap().unwrap();
-        assert!(matches!(report.outcome, Outcome::Failed { kind: Failure::Limit(_), .. }), "{:?}", report.outcome);
+        assert!(
+            matches!(
+                report.outcome,
+                Outcome::Failed {
+                    kind: Failure::Limit(_),
+                    ..
+                }
+            ),
+            "{:?}",
+            report.outcome
+        );
     }
 }
 
@@ -212,7 +285,11 @@ async fn host_keeps_serving_while_several_plugins_spin() {
 fn memory_bomb_is_refused_at_its_limit() {
     let env = hostile_env(1, HOSTILE_LIMITS);
     let (run, report) = env.call("alloc", r#"{"mb": 256}"#);
-    assert_eq!((run.code, report["kind"].as_str()), (TOOL_ERROR, Some("memory-limit")), "{run:?}");
+    assert_eq!(
+        (run.code, report["kind"].as_str()),
+        (TOOL_ERROR, Some("memory-limit")),
+        "{run:?}"
+    );
     assert!(report["peak_memory_bytes"].as_u64().unwrap() <= 32 << 20);
     // Within the limit is fine.
     let (run, report) = env.call("alloc", r#"{"mb": 8}"#);
@@ -224,14 +301,22 @@ fn memory_bomb_is_refused_at_its_limit() {
 fn fuel_budget_stops_a_busy_guest() {
     let env = hostile_env(1, "fuel = 1000000\ntimeout_ms = 5000");
     let (run, report) = env.call("spin", "{}");
-    assert_eq!((run.code, report["kind"].as_str()), (TOOL_ERROR, Some("fuel-exhausted")), "{run:?}");
+    assert_eq!(
+        (run.code, report["kind"].as_str()),
+        (TOOL_ERROR, Some("fuel-exhausted")),
+        "{run:?}"
+    );
 }
 
 #[test]
 fn oversized_output_is_refused() {
     let env = hostile_env(1, HOSTILE_LIMITS);
     let (run, report) = env.call("big_output", r#"{"bytes": 200000}"#);
-    assert_eq!((run.code, report["kind"].as_str()), (TOOL_ERROR, Some("bad-output")), "{run:?}");
+    assert_eq!(
+        (run.code, report["kind"].as_str()),
+        (TOOL_ERROR, Some("bad-output")),
+        "{run:?}"
+    );
     let (run, _) = env.call("big_output", r#"{"bytes": 1000}"#);
     assert_eq!(run.code, OK, "{run:?}");
 }
@@ -242,23 +327,42 @@ fn stdout_flood_is_bounded_and_never_reaches_the_host_stdout() {
     let (run, report) = env.call("flood", r#"{"bytes": 8000000}"#);
     assert_eq!(run.code, OK, "{run:?}");
     let log = report["log"].as_array().unwrap();
-    let kept: usize = log.iter().map(|l| l["message"].as_str().unwrap().len()).sum();
+    let kept: usize = log
+        .iter()
+        .map(|l| l["message"].as_str().unwrap().len())
+        .sum();
     assert!(kept <= 2 * (16 << 10) + 1024, "kept {kept} bytes of log");
-    assert!(log.iter().any(|l| l["source"] == "stderr"), "stderr is captured too");
-    assert!(log.iter().any(|l| l["message"].as_str().unwrap().contains("were dropped")));
+    assert!(
+        log.iter().any(|l| l["source"] == "stderr"),
+        "stderr is captured too"
+    );
+    assert!(
+        log.iter()
+            .any(|l| l["message"].as_str().unwrap().contains("were dropped"))
+    );
     // Without --report the host's stdout is the tool's output alone.
     let run = env.warden(&["call", "flood", "--input", r#"{"bytes": 100000}"#]);
     assert_eq!(run.code, OK);
-    assert!(!run.stdout.contains("xxxx") && !run.stderr.contains("xxxx"), "{run:?}");
+    assert!(
+        !run.stdout.contains("xxxx") && !run.stderr.contains("xxxx"),
+        "{run:?}"
+    );
 }
 
 #[test]
 fn a_trapping_tool_gets_a_clean_error_with_a_backtrace() {
     let env = hostile_env(1, HOSTILE_LIMITS);
     let (run, report) = env.call("panic", "{}");
-    assert_eq!((run.code, report["kind"].as_str()), (TOOL_ERROR, Some("trapped")), "{run:?}");
+    assert_eq!(
+        (run.code, report["kind"].as_str()),
+        (TOOL_ERROR, Some("trapped")),
+        "{run:?}"
+    );
     let log = serde_json::to_string(&report["log"]).unwrap();
-    assert!(log.contains("panicked on purpose"), "panic message is captured from stderr: {log}");
+    assert!(
+        log.contains("panicked on purpose"),
+        "panic message is captured from stderr: {log}"
+    );
 }
 
 // ---- files ----
@@ -269,30 +373,69 @@ fn files_are_reachable_only_inside_granted_directories() {
     // Allowed: read-write and read-only grants.
     let (run, _) = env.call("write_file", r#"{"path":"/data/new.txt","text":"hi"}"#);
     assert_eq!(run.code, OK, "{run:?}");
-    assert_eq!(std::fs::read_to_string(env.path().join("granted/new.txt")).unwrap(), "hi");
+    assert_eq!(
+        std::fs::read_to_string(env.path().join("granted/new.txt")).unwrap(),
+        "hi"
+    );
     let (run, report) = env.call("read_file", r#"{"path":"/ro/inside.txt"}"#);
-    assert_eq!((run.code, report["output"]["text"].as_str()), (OK, Some("inside")), "{run:?}");
+    assert_eq!(
+        (run.code, report["output"]["text"].as_str()),
+        (OK, Some("inside")),
+        "{run:?}"
+    );
 
     // Denied: writing a read-only grant.
-    let (run, _) = env.call("write_file", r#"{"path":"/ro/inside.txt","text":"changed"}"#);
+    let (run, _) = env.call(
+        "write_file",
+        r#"{"path":"/ro/inside.txt","text":"changed"}"#,
+    );
     assert_eq!(run.code, TOOL_ERROR, "{run:?}");
-    assert_eq!(std::fs::read_to_string(env.path().join("readonly/inside.txt")).unwrap(), "inside");
+    assert_eq!(
+        std::fs::read_to_string(env.path().join("readonly/inside.txt")).unwrap(),
+        "inside"
+    );
 
     // Denied: `..`, absolute paths outside, and a symlink pointing outside.
-    std::os::unix::fs::symlink(env.path().join("outside.txt"), env.path().join("granted/link")).unwrap();
+    std::os::unix::fs::symlink(
+        env.path().join("outside.txt"),
+        env.path().join("granted/link"),
+    )
+    .unwrap();
     std::os::unix::fs::symlink(env.path(), env.path().join("granted/dirlink")).unwrap();
     let outside = env.path().join("outside.txt").display().to_string();
-    for path in ["/data/../outside.txt", "/data/../../etc/passwd", "/etc/passwd", &outside, "/data/link", "/data/dirlink/outside.txt"] {
-        let (run, report) = env.call("read_file", &serde_json::json!({ "path": path }).to_string());
+    for path in [
+        "/data/../outside.txt",
+        "/data/../../etc/passwd",
+        "/etc/passwd",
+        &outside,
+        "/data/link",
+        "/data/dirlink/outside.txt",
+    ] {
+        let (run, report) = env.call(
+            "read_file",
+            &serde_json::json!({ "path": path }).to_string(),
+        );
         assert_eq!(run.code, TOOL_ERROR, "{path}: {run:?}");
-        assert!(!run.stdout.contains("TOP-SECRET") && !run.stdout.contains("root:"), "{path} leaked: {run:?}");
+        assert!(
+            !run.stdout.contains("TOP-SECRET") && !run.stdout.contains("root:"),
+            "{path} leaked: {run:?}"
+        );
         assert_eq!(report["kind"], "tool-error", "{path}");
     }
-    let (run, _) = env.call("write_file", r#"{"path":"/data/../escaped.txt","text":"x"}"#);
+    let (run, _) = env.call(
+        "write_file",
+        r#"{"path":"/data/../escaped.txt","text":"x"}"#,
+    );
     assert_eq!(run.code, TOOL_ERROR, "{run:?}");
     assert!(!env.path().join("escaped.txt").exists());
     let (run, report) = env.call("list_dir", r#"{"path":"/"}"#);
-    assert!(run.code == TOOL_ERROR || report["output"]["entries"].as_array().is_some_and(|e| e.is_empty()), "{run:?}");
+    assert!(
+        run.code == TOOL_ERROR
+            || report["output"]["entries"]
+                .as_array()
+                .is_some_and(|e| e.is_empty()),
+        "{run:?}"
+    );
 }
 
 // ---- network ----
@@ -303,15 +446,34 @@ fn http_reaches_granted_hosts_only() {
     let other = Listener::http();
     let env = hostile_env(granted.port, HOSTILE_LIMITS);
 
-    let (run, report) = env.call("http_get", &format!(r#"{{"url":"{}"}}"#, granted.url("/hello")));
+    let (run, report) = env.call(
+        "http_get",
+        &format!(r#"{{"url":"{}"}}"#, granted.url("/hello")),
+    );
     assert_eq!(run.code, OK, "{run:?}");
     assert_eq!(report["output"]["body"], "hello from /hello");
 
-    let (run, report) = env.call("http_get", &format!(r#"{{"url":"{}"}}"#, other.url("/steal")));
+    let (run, report) = env.call(
+        "http_get",
+        &format!(r#"{{"url":"{}"}}"#, other.url("/steal")),
+    );
     assert_eq!(run.code, TOOL_ERROR, "{run:?}");
-    assert!(report["error"].as_str().unwrap().contains("HttpRequestDenied"), "{run:?}");
-    assert_eq!(report["denied_requests"][0], format!("GET {}", other.url("/steal")));
-    assert_eq!(other.count(), 0, "no TCP connection may reach a host outside the grant");
+    assert!(
+        report["error"]
+            .as_str()
+            .unwrap()
+            .contains("HttpRequestDenied"),
+        "{run:?}"
+    );
+    assert_eq!(
+        report["denied_requests"][0],
+        format!("GET {}", other.url("/steal"))
+    );
+    assert_eq!(
+        other.count(),
+        0,
+        "no TCP connection may reach a host outside the grant"
+    );
 }
 
 #[test]
@@ -320,22 +482,38 @@ fn redirect_to_a_host_outside_the_grant_is_not_followed() {
     let other = Listener::http();
     let env = hostile_env(granted.port, HOSTILE_LIMITS);
     let url = granted.url(&format!("/redirect?to={}", other.url("/exfil")));
-    let (run, report) = env.call("http_get", &serde_json::json!({ "url": url, "follow": true }).to_string());
+    let (run, report) = env.call(
+        "http_get",
+        &serde_json::json!({ "url": url, "follow": true }).to_string(),
+    );
     assert_eq!(run.code, TOOL_ERROR, "{run:?}");
-    assert!(report["error"].as_str().unwrap().contains("HttpRequestDenied"), "{run:?}");
+    assert!(
+        report["error"]
+            .as_str()
+            .unwrap()
+            .contains("HttpRequestDenied"),
+        "{run:?}"
+    );
     assert_eq!(other.count(), 0);
     assert_eq!(granted.count(), 1);
 
     // Not following: the plugin just sees the 302.
     let (run, report) = env.call("http_get", &serde_json::json!({ "url": url }).to_string());
-    assert_eq!((run.code, report["output"]["status"].as_u64()), (OK, Some(302)), "{run:?}");
+    assert_eq!(
+        (run.code, report["output"]["status"].as_u64()),
+        (OK, Some(302)),
+        "{run:?}"
+    );
 }
 
 #[test]
 fn raw_sockets_and_dns_are_denied() {
     let listener = Listener::raw();
     let env = hostile_env(listener.port, HOSTILE_LIMITS);
-    let (run, _) = env.call("tcp_connect", &format!(r#"{{"addr":"127.0.0.1:{}"}}"#, listener.port));
+    let (run, _) = env.call(
+        "tcp_connect",
+        &format!(r#"{{"addr":"127.0.0.1:{}"}}"#, listener.port),
+    );
     assert_eq!(run.code, TOOL_ERROR, "{run:?}");
     assert_eq!(listener.count(), 0, "a raw TCP connection got through");
     for host in ["localhost", "example.com"] {
@@ -352,14 +530,20 @@ fn host_environment_is_invisible_and_only_granted_env_is_set() {
     let env = hostile_env(1, HOSTILE_LIMITS);
     let run = env.warden_with_env(
         &["call", "env", "--report"],
-        &[("WARDEN_TEST_HOST_SECRET", "hunter2-host-env"), ("HOME", "/root")],
+        &[
+            ("WARDEN_TEST_HOST_SECRET", "hunter2-host-env"),
+            ("HOME", "/root"),
+        ],
     );
     assert_eq!(run.code, OK, "{run:?}");
     let report: Value = serde_json::from_str(&run.stdout).unwrap();
     let output = &report["output"];
     assert_eq!(output["vars"], serde_json::json!([["GRANTED", "yes"]]));
     assert_eq!(output["args"], serde_json::json!([]));
-    assert!(!run.stdout.contains("hunter2-host-env") && !run.stdout.contains("/root"), "{run:?}");
+    assert!(
+        !run.stdout.contains("hunter2-host-env") && !run.stdout.contains("/root"),
+        "{run:?}"
+    );
 }
 
 // ---- bad config, components and input ----
@@ -369,18 +553,33 @@ fn expect_config_error(body: &str, needles: &[&str]) {
     let run = env.warden(&["check"]);
     assert_eq!(run.code, USAGE, "{run:?}");
     for needle in needles {
-        assert!(run.stderr.contains(needle), "stderr lacks {needle:?}: {run:?}");
+        assert!(
+            run.stderr.contains(needle),
+            "stderr lacks {needle:?}: {run:?}"
+        );
     }
-    assert!(run.stderr.contains("warden.toml:"), "error names the file: {run:?}");
+    assert!(
+        run.stderr.contains("warden.toml:"),
+        "error names the file: {run:?}"
+    );
 }
 
 #[test]
 fn malformed_config_gets_a_located_error() {
     // Line numbers count the two header lines Env writes.
-    expect_config_error("[[plugin]]\nid = \"a\"\ncomponent = \"{text-stats}\"\nbogus = 1\n", &["warden.toml:6:1", "bogus"]);
+    expect_config_error(
+        "[[plugin]]\nid = \"a\"\ncomponent = \"{text-stats}\"\nbogus = 1\n",
+        &["warden.toml:6:1", "bogus"],
+    );
     expect_config_error("[[plugin]\nid = 1\n", &["warden.toml:3:"]);
-    expect_config_error("[[plugin]]\nid = \"a\"\ncomponent = 7\n", &["warden.toml:5:", "component"]);
-    expect_config_error("[[plugin]]\nid = \"a\"\ncomponent = \"missing.wasm\"\n", &["plugin[0].component", "not found"]);
+    expect_config_error(
+        "[[plugin]]\nid = \"a\"\ncomponent = 7\n",
+        &["warden.toml:5:", "component"],
+    );
+    expect_config_error(
+        "[[plugin]]\nid = \"a\"\ncomponent = \"missing.wasm\"\n",
+        &["plugin[0].component", "not found"],
+    );
     expect_config_error(
         "[[plugin]]\nid = \"a\"\ncomponent = \"{text-stats}\"\n[[plugin]]\nid = \"a\"\ncomponent = \"{notes}\"\n",
         &["warden.toml:7:", "duplicate id"],
@@ -419,31 +618,57 @@ fn bad_components_are_refused_with_what_is_wrong() {
     let cases = [
         ("text.wasm", "not a WebAssembly file"),
         ("core.wasm", "core WebAssembly module, not a component"),
-        ("{tiered-approval}", "it is a policy component; missing export `describe`"),
+        (
+            "{tiered-approval}",
+            "it is a policy component; missing export `describe`",
+        ),
     ];
     for (component, needle) in cases {
-        env.write_config(&format!("[[plugin]]\nid = \"a\"\ncomponent = \"{component}\"\n"));
+        env.write_config(&format!(
+            "[[plugin]]\nid = \"a\"\ncomponent = \"{component}\"\n"
+        ));
         let run = env.warden(&["check"]);
         assert_eq!(run.code, USAGE, "{run:?}");
-        assert!(run.stderr.contains(needle) && run.stderr.contains("warden.toml:4:"), "{needle}: {run:?}");
+        assert!(
+            run.stderr.contains(needle) && run.stderr.contains("warden.toml:4:"),
+            "{needle}: {run:?}"
+        );
     }
     env.write_config("[[plugin]]\nid = \"a\"\ncomponent = \"{text-stats}\"\n[[policy]]\nid = \"p\"\ncomponent = \"{http-fetch}\"\n");
     let run = env.warden(&["check"]);
     assert_eq!(run.code, USAGE, "{run:?}");
-    assert!(run.stderr.contains("it is a tool component; missing export `evaluate`"), "{run:?}");
-    assert!(run.stderr.contains("imports `wasi:http/outgoing-handler@"), "{run:?}");
-    assert!(run.stderr.contains("which warden does not provide to a policy"), "{run:?}");
+    assert!(
+        run.stderr
+            .contains("it is a tool component; missing export `evaluate`"),
+        "{run:?}"
+    );
+    assert!(
+        run.stderr.contains("imports `wasi:http/outgoing-handler@"),
+        "{run:?}"
+    );
+    assert!(
+        run.stderr
+            .contains("which warden does not provide to a policy"),
+        "{run:?}"
+    );
 }
 
 #[test]
 fn sha256_pin_mismatch_refuses_to_load() {
     let digest = {
         use sha2::Digest;
-        hex::encode(sha2::Sha256::digest(std::fs::read(wasm("text-stats")).unwrap()))
+        hex::encode(sha2::Sha256::digest(
+            std::fs::read(wasm("text-stats")).unwrap(),
+        ))
     };
-    let env = Env::new(&format!("[[plugin]]\nid = \"a\"\ncomponent = \"{{text-stats}}\"\nsha256 = \"{digest}\"\n"));
+    let env = Env::new(&format!(
+        "[[plugin]]\nid = \"a\"\ncomponent = \"{{text-stats}}\"\nsha256 = \"{digest}\"\n"
+    ));
     assert_eq!(env.warden(&["check"]).code, OK);
-    env.write_config(&format!("[[plugin]]\nid = \"a\"\ncomponent = \"{{text-stats}}\"\nsha256 = \"{}\"\n", "0".repeat(64)));
+    env.write_config(&format!(
+        "[[plugin]]\nid = \"a\"\ncomponent = \"{{text-stats}}\"\nsha256 = \"{}\"\n",
+        "0".repeat(64)
+    ));
     let run = env.warden(&["check"]);
     assert_eq!(run.code, USAGE, "{run:?}");
     assert!(run.stderr.contains("refusing to load"), "{run:?}");
@@ -454,8 +679,16 @@ fn input_is_validated_against_the_tool_schema_before_anything_runs() {
     let env = Env::new("[[plugin]]\nid = \"a\"\ncomponent = \"{text-stats}\"\n");
     let run = env.warden(&["call", "text_stats", "--input", r#"{"text": 5}"#]);
     assert_eq!(run.code, USAGE, "{run:?}");
-    assert!(run.stderr.contains("/text") && run.stderr.contains("not of type"), "{run:?}");
-    let run = env.warden(&["call", "text_stats", "--input", r#"{"text": "x", "extra": 1}"#]);
+    assert!(
+        run.stderr.contains("/text") && run.stderr.contains("not of type"),
+        "{run:?}"
+    );
+    let run = env.warden(&[
+        "call",
+        "text_stats",
+        "--input",
+        r#"{"text": "x", "extra": 1}"#,
+    ]);
     assert_eq!(run.code, USAGE, "{run:?}");
     let run = env.warden(&["call", "text_stats", "--input", "{not json"]);
     assert_eq!(run.code, USAGE, "{run:?}");
@@ -472,8 +705,22 @@ fn check_prints_tools_policies_and_effective_grants() {
     let env = hostile_env(8080, HOSTILE_LIMITS);
     let run = env.warden(&["check"]);
     assert_eq!(run.code, OK, "{run:?}");
-    for needle in ["hostile", "http://127.0.0.1:8080", "/data ->", "(rw)", "(ro)", "GRANTED", "memory 32 MiB", "timeout 500 ms", "text_stats", "memory 64 MiB, timeout 5000 ms"] {
-        assert!(run.stdout.contains(needle), "check output lacks {needle:?}: {run:?}");
+    for needle in [
+        "hostile",
+        "http://127.0.0.1:8080",
+        "/data ->",
+        "(rw)",
+        "(ro)",
+        "GRANTED",
+        "memory 32 MiB",
+        "timeout 500 ms",
+        "text_stats",
+        "memory 64 MiB, timeout 5000 ms",
+    ] {
+        assert!(
+            run.stdout.contains(needle),
+            "check output lacks {needle:?}: {run:?}"
+        );
     }
 }
 
@@ -495,18 +742,36 @@ fn inspect_describes_tools_policies_and_rejects_non_components() {
     assert_eq!(run.code, OK, "{run:?}");
     let info: Value = serde_json::from_str(&run.stdout).unwrap();
     assert_eq!(info["world"], "warden:plugin/tool@0.1.0");
-    let names: Vec<&str> = info["tools"].as_array().unwrap().iter().map(|t| t["name"].as_str().unwrap()).collect();
+    let names: Vec<&str> = info["tools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["name"].as_str().unwrap())
+        .collect();
     assert_eq!(names, ["notes_list", "notes_read", "notes_write"]);
-    assert!(info["imports"].as_array().unwrap().iter().any(|i| i == "warden:plugin/log@0.1.0"));
+    assert!(
+        info["imports"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|i| i == "warden:plugin/log@0.1.0")
+    );
 
     let run = env.warden(&["inspect", &wasm("tiered-approval").display().to_string()]);
     assert_eq!(run.code, OK, "{run:?}");
-    assert!(run.stdout.contains("warden:plugin/policy@0.1.0") && run.stdout.contains("evaluate"), "{run:?}");
+    assert!(
+        run.stdout.contains("warden:plugin/policy@0.1.0") && run.stdout.contains("evaluate"),
+        "{run:?}"
+    );
 
     std::fs::write(env.path().join("x.wasm"), "hello").unwrap();
     let run = env.warden(&["inspect", "x.wasm"]);
     assert_eq!(run.code, USAGE, "{run:?}");
-    assert!(run.stderr.starts_with("warden: inspect: ") && run.stderr.contains("not a WebAssembly file"), "{run:?}");
+    assert!(
+        run.stderr.starts_with("warden: inspect: ")
+            && run.stderr.contains("not a WebAssembly file"),
+        "{run:?}"
+    );
 }
 
 #[test]
@@ -514,7 +779,14 @@ fn help_documents_commands_and_exit_codes() {
     let env = Env::new("");
     let run = env.warden(&["--help"]);
     assert_eq!(run.code, OK, "{run:?}");
-    for needle in ["check", "tools", "inspect", "call", "Exit codes", "held for approval"] {
+    for needle in [
+        "check",
+        "tools",
+        "inspect",
+        "call",
+        "Exit codes",
+        "held for approval",
+    ] {
         assert!(run.stdout.contains(needle), "{needle}: {run:?}");
     }
     let run = env.warden(&["call"]);
@@ -523,18 +795,29 @@ fn help_documents_commands_and_exit_codes() {
 
 #[test]
 fn compiled_components_are_cached_and_a_corrupt_entry_is_recompiled() {
-    let env = Env::new("[[plugin]]\nid = \"a\"\ncomponent = \"{text-stats}\"\ncache_dir = \"own-cache\"\n");
+    let env = Env::new(
+        "[[plugin]]\nid = \"a\"\ncomponent = \"{text-stats}\"\ncache_dir = \"own-cache\"\n",
+    );
     // `cache_dir` is a top-level key; the one above belongs to the plugin and is refused.
     assert_eq!(env.warden(&["check"]).code, USAGE);
     let cache = env.path().join("own-cache");
-    let body = format!("[[plugin]]\nid = \"a\"\ncomponent = {:?}\n", wasm("text-stats").display().to_string());
+    let body = format!(
+        "[[plugin]]\nid = \"a\"\ncomponent = {:?}\n",
+        wasm("text-stats").display().to_string()
+    );
     std::fs::write(env.config(), format!("cache_dir = \"own-cache\"\n{body}")).unwrap();
     assert_eq!(env.warden(&["check"]).code, OK);
-    let entries: Vec<_> = std::fs::read_dir(&cache).unwrap().map(|e| e.unwrap().path()).collect();
+    let entries: Vec<_> = std::fs::read_dir(&cache)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
     assert_eq!(entries.len(), 1, "{entries:?}");
     assert!(entries[0].extension().is_some_and(|e| e == "cwasm"));
     std::fs::write(&entries[0], b"garbage").unwrap();
     let run = env.warden(&["call", "text_stats", "--input", r#"{"text":"x"}"#]);
     assert_eq!(run.code, OK, "{run:?}");
-    assert!(std::fs::metadata(&entries[0]).unwrap().len() > 1000, "the entry was rewritten");
+    assert!(
+        std::fs::metadata(&entries[0]).unwrap().len() > 1000,
+        "the entry was rewritten"
+    );
 }

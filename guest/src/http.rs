@@ -36,7 +36,9 @@ pub fn get(url: &str, headers: &[(&str, &str)], max_body: usize) -> Result<Respo
     } else if let Some(rest) = url.strip_prefix("http://") {
         (Scheme::Http, rest)
     } else {
-        return Err(format!("unsupported URL {url:?}: only http:// and https://"));
+        return Err(format!(
+            "unsupported URL {url:?}: only http:// and https://"
+        ));
     };
     let (authority, path) = match rest.find('/') {
         Some(i) => (&rest[..i], &rest[i..]),
@@ -73,8 +75,12 @@ pub fn get(url: &str, headers: &[(&str, &str)], max_body: usize) -> Result<Respo
         .into_iter()
         .map(|(k, v)| (k, String::from_utf8_lossy(&v).into_owned()))
         .collect();
-    let body = response.consume().map_err(|()| String::from("body already taken"))?;
-    let stream = body.stream().map_err(|()| String::from("body stream already taken"))?;
+    let body = response
+        .consume()
+        .map_err(|()| String::from("body already taken"))?;
+    let stream = body
+        .stream()
+        .map_err(|()| String::from("body stream already taken"))?;
     let mut bytes = Vec::new();
     let mut truncated = false;
     loop {
@@ -94,5 +100,10 @@ pub fn get(url: &str, headers: &[(&str, &str)], max_body: usize) -> Result<Respo
             }
         }
     }
-    Ok(Response { status, headers, body: bytes, truncated })
+    Ok(Response {
+        status,
+        headers,
+        body: bytes,
+        truncated,
+    })
 }

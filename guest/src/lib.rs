@@ -65,7 +65,10 @@ pub fn log_fields(level: Level, message: &str, fields: &[(&str, &str)]) {
 impl tool::ToolError {
     /// A tool error with a short machine-readable `code` and a human message.
     pub fn new(code: &str, message: impl Into<alloc::string::String>) -> Self {
-        Self { code: code.into(), message: message.into() }
+        Self {
+            code: code.into(),
+            message: message.into(),
+        }
     }
 }
 

@@ -19,7 +19,10 @@ pub struct BenchArgs {
     #[arg(long, default_value = "text_stats")]
     tool: String,
     /// Input JSON for the tool.
-    #[arg(long, default_value = r#"{"text":"the quick brown fox jumps over the lazy dog"}"#)]
+    #[arg(
+        long,
+        default_value = r#"{"text":"the quick brown fox jumps over the lazy dog"}"#
+    )]
     input: String,
     /// Measured iterations per scenario (after a warm-up).
     #[arg(long, default_value_t = 5000)]
@@ -38,7 +41,11 @@ struct Stats {
 fn stats(mut samples: Vec<Duration>) -> Stats {
     samples.sort_unstable();
     let at = |q: f64| samples[((samples.len() as f64 - 1.0) * q).round() as usize];
-    Stats { p50: at(0.5), p90: at(0.9), p99: at(0.99) }
+    Stats {
+        p50: at(0.5),
+        p90: at(0.9),
+        p99: at(0.99),
+    }
 }
 
 fn line(name: &str, s: &Stats) {
@@ -53,15 +60,34 @@ fn line(name: &str, s: &Stats) {
 pub async fn run(config: &Path, args: &BenchArgs) -> Result<ExitCode> {
     let started = Instant::now();
     let rt = Arc::new(Runtime::load(Config::load(config)?).await?);
-    println!("loaded {} in {} ms", config.display(), started.elapsed().as_millis());
-    let plugin = rt.plugin_for(&args.tool).with_context(|| format!("no tool {}", args.tool))?;
+    println!(
+        "loaded {} in {} ms",
+        config.display(),
+        started.elapsed().as_millis()
+    );
+    let plugin = rt
+        .plugin_for(&args.tool)
+        .with_context(|| format!("no tool {}", args.tool))?;
     let tool = plugin.tool(&args.tool).context("tool vanished")?;
     let policies: Vec<_> = rt.policies_for(&args.tool).collect();
-    println!("tool {} (plugin {}), {} policies in scope, {} iterations", args.tool, plugin.id, policies.len(), args.iterations);
-    let request = CallRequest { principal: "bench", tool: &args.tool, input: &args.input };
+    println!(
+        "tool {} (plugin {}), {} policies in scope, {} iterations",
+        args.tool,
+        plugin.id,
+        policies.len(),
+        args.iterations
+    );
+    let request = CallRequest {
+        principal: "bench",
+        tool: &args.tool,
+        input: &args.input,
+    };
     let first = rt.call(request).await?;
     if !matches!(first.outcome, Outcome::Ok { .. }) {
-        bail!("the benchmark call does not succeed: {}", serde_json::to_string(&first.outcome)?);
+        bail!(
+            "the benchmark call does not succeed: {}",
+            serde_json::to_string(&first.outcome)?
+        );
     }
     let warmup = (args.iterations / 10).max(50);
 
@@ -88,7 +114,10 @@ pub async fn run(config: &Path, args: &BenchArgs) -> Result<ExitCode> {
                 bail!("policy {} failed: {:?}", policy.id, decision.failure);
             }
         }
-        line(&format!("policy decision alone ({}, fresh instance)", policy.id), &stats(samples));
+        line(
+            &format!("policy decision alone ({}, fresh instance)", policy.id),
+            &stats(samples),
+        );
     }
 
     let mut samples = Vec::with_capacity(args.iterations);
@@ -100,7 +129,10 @@ pub async fn run(config: &Path, args: &BenchArgs) -> Result<ExitCode> {
         }
         run.result.map_err(|f| anyhow::anyhow!("{f}"))?;
     }
-    line("tool call alone (fresh instance, no policy)", &stats(samples));
+    line(
+        "tool call alone (fresh instance, no policy)",
+        &stats(samples),
+    );
 
     let mut samples = Vec::with_capacity(args.iterations);
     for i in 0..warmup + args.iterations {
@@ -113,7 +145,13 @@ pub async fn run(config: &Path, args: &BenchArgs) -> Result<ExitCode> {
             bail!("call failed during the benchmark");
         }
     }
-    line(&format!("governed call ({} policies + fresh tool instance)", policies.len()), &stats(samples));
+    line(
+        &format!(
+            "governed call ({} policies + fresh tool instance)",
+            policies.len()
+        ),
+        &stats(samples),
+    );
 
     for &threads in &args.threads {
         let per_thread = args.iterations.max(threads) / threads;
@@ -123,7 +161,9 @@ pub async fn run(config: &Path, args: &BenchArgs) -> Result<ExitCode> {
                 .map(|_| {
                     let rt = rt.clone();
                     scope.spawn(move || -> Result<()> {
-                        let local = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+                        let local = tokio::runtime::Builder::new_current_thread()
+                            .enable_all()
+                            .build()?;
                         local.block_on(async {
                             for _ in 0..per_thread {
                                 rt.call(request).await?;
@@ -133,7 +173,13 @@ pub async fn run(config: &Path, args: &BenchArgs) -> Result<ExitCode> {
                     })
                 })
                 .collect();
-            handles.into_iter().map(|h| h.join().unwrap_or_else(|_| Err(anyhow::anyhow!("thread panicked")))).collect()
+            handles
+                .into_iter()
+                .map(|h| {
+                    h.join()
+                        .unwrap_or_else(|_| Err(anyhow::anyhow!("thread panicked")))
+                })
+                .collect()
         });
         for r in results {
             r?;

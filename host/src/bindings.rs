@@ -24,5 +24,7 @@ pub mod tool {
 }
 
 pub use policy::warden::plugin::log::{Host as LogHost, Level};
-pub use policy::warden::plugin::types::{Action, Annotations, ApprovalSpec, Decision, Tier, ToolError, ToolSpec};
+pub use policy::warden::plugin::types::{
+    Action, Annotations, ApprovalSpec, Decision, Tier, ToolError, ToolSpec,
+};
 pub use tool::warden::plugin::host::Host as ToolHost;

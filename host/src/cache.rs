@@ -39,7 +39,10 @@ impl CompileCache {
         engine.precompile_compatibility_hash().hash(&mut hasher);
         env!("CARGO_PKG_VERSION").hash(&mut hasher);
         let engine_key = hex::encode(&hasher.0.finalize()[..8]);
-        CompileCache { dir: dir.map(Path::to_path_buf), engine_key }
+        CompileCache {
+            dir: dir.map(Path::to_path_buf),
+            engine_key,
+        }
     }
 
     /// Compile `bytes` (whose SHA-256 is `digest`, hex), or load the cached result.
@@ -54,7 +57,9 @@ impl CompileCache {
             // engine configuration; the data dir is trusted like the binary itself.
             match unsafe { Component::deserialize_file(engine, &path) } {
                 Ok(component) => return Ok(component),
-                Err(e) => tracing::warn!(path = %path.display(), "recompiling unusable cache entry: {e:#}"),
+                Err(e) => {
+                    tracing::warn!(path = %path.display(), "recompiling unusable cache entry: {e:#}")
+                }
             }
         }
         let compiled = engine.precompile_component(bytes)?;

@@ -48,7 +48,12 @@ pub enum Outcome {
     /// A policy denied the call; the tool did not run.
     Denied { reasons: Vec<String> },
     /// The call needs approval; the tool did not run (yet).
-    Held { tier: Hold, reasons: Vec<String>, approvers: Vec<String>, timeout_secs: Option<u32> },
+    Held {
+        tier: Hold,
+        reasons: Vec<String>,
+        approvers: Vec<String>,
+        timeout_secs: Option<u32>,
+    },
     /// The tool ran and failed, or was stopped at a limit.
     Failed {
         #[serde(serialize_with = "failure_kind")]
@@ -102,27 +107,41 @@ impl Runtime {
     /// Run one governed call.
     pub async fn call(&self, request: CallRequest<'_>) -> Result<CallReport, CallError> {
         let started = Instant::now();
-        let time_ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+        let time_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
 
-        let plugin = self.plugin_for(request.tool).ok_or_else(|| CallError::UnknownTool {
-            tool: request.tool.to_string(),
-            hint: suggest(request.tool, &self.tool_names()),
-        })?;
-        let tool = plugin.tool(request.tool).ok_or_else(|| CallError::UnknownTool {
-            tool: request.tool.to_string(),
-            hint: String::new(),
-        })?;
-        let input: Value = serde_json::from_str(request.input).map_err(|e| CallError::InvalidJson(e.to_string()))?;
+        let plugin = self
+            .plugin_for(request.tool)
+            .ok_or_else(|| CallError::UnknownTool {
+                tool: request.tool.to_string(),
+                hint: suggest(request.tool, &self.tool_names()),
+            })?;
+        let tool = plugin
+            .tool(request.tool)
+            .ok_or_else(|| CallError::UnknownTool {
+                tool: request.tool.to_string(),
+                hint: String::new(),
+            })?;
+        let input: Value = serde_json::from_str(request.input)
+            .map_err(|e| CallError::InvalidJson(e.to_string()))?;
         let errors: Vec<String> = tool
             .validator
             .iter_errors(&input)
             .map(|e| {
                 let at = e.instance_path.to_string();
-                if at.is_empty() { e.to_string() } else { format!("{at}: {e}") }
+                if at.is_empty() {
+                    e.to_string()
+                } else {
+                    format!("{at}: {e}")
+                }
             })
             .collect();
         if !errors.is_empty() {
-            return Err(CallError::InvalidInput { tool: tool.name.clone(), errors });
+            return Err(CallError::InvalidInput {
+                tool: tool.name.clone(),
+                errors,
+            });
         }
 
         let mut report = CallReport {
@@ -160,14 +179,27 @@ impl Runtime {
 
         match policy::combine(&report.decisions) {
             Combined::Deny { reasons } => report.outcome = Outcome::Denied { reasons },
-            Combined::Hold { tier, reasons, approvers, timeout_secs } => {
-                report.outcome = Outcome::Held { tier, reasons, approvers, timeout_secs };
+            Combined::Hold {
+                tier,
+                reasons,
+                approvers,
+                timeout_secs,
+            } => {
+                report.outcome = Outcome::Held {
+                    tier,
+                    reasons,
+                    approvers,
+                    timeout_secs,
+                };
             }
             Combined::Allow => {
                 let run = plugin.invoke(&tool.name, &action.input).await;
                 report.outcome = match run.result {
                     Ok(output) => Outcome::Ok { output },
-                    Err(failure) => Outcome::Failed { error: failure.to_string(), kind: failure },
+                    Err(failure) => Outcome::Failed {
+                        error: failure.to_string(),
+                        kind: failure,
+                    },
                 };
                 report.log = run.log;
                 report.progress = run.progress;
@@ -189,9 +221,14 @@ fn micros(d: Duration) -> u64 {
 /// A run id unique within this host: time, process and a counter.
 fn new_run_id() -> String {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    format!("run-{nanos:016x}-{:05x}-{n:x}", std::process::id() & 0xfffff)
+    format!(
+        "run-{nanos:016x}-{:05x}-{n:x}",
+        std::process::id() & 0xfffff
+    )
 }
 
 /// ", did you mean `x`?" for the closest known tool name, if any is close.
@@ -212,7 +249,11 @@ fn edit_distance(a: &str, b: &str) -> usize {
         row[0] = i + 1;
         for (j, cb) in b.iter().enumerate() {
             let cur = row[j + 1];
-            row[j + 1] = if ca == *cb { prev } else { 1 + prev.min(row[j]).min(cur) };
+            row[j + 1] = if ca == *cb {
+                prev
+            } else {
+                1 + prev.min(row[j]).min(cur)
+            };
             prev = cur;
         }
     }

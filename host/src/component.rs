@@ -49,13 +49,14 @@ impl World {
 
     /// Does this world's linker provide `import` (a WASI or warden interface name)?
     fn provides(self, import: &str) -> bool {
-        let Some((package, rest)) = import.split_once('/') else { return false };
+        let Some((package, rest)) = import.split_once('/') else {
+            return false;
+        };
         let (interface, version) = rest.split_once('@').unwrap_or((rest, ""));
         match package {
             "wasi:http" => self == World::Tool && version.starts_with("0.2"),
-            "wasi:io" | "wasi:clocks" | "wasi:random" | "wasi:cli" | "wasi:filesystem" | "wasi:sockets" => {
-                version.starts_with("0.2")
-            }
+            "wasi:io" | "wasi:clocks" | "wasi:random" | "wasi:cli" | "wasi:filesystem"
+            | "wasi:sockets" => version.starts_with("0.2"),
             PACKAGE => self.own_imports().contains(&interface) && version == PACKAGE_VERSION,
             _ => false,
         }
@@ -65,7 +66,10 @@ impl World {
 #[derive(Debug, Error)]
 pub enum ComponentError {
     #[error("{path}: cannot read: {source}")]
-    Read { path: String, source: std::io::Error },
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("{path}: not a WebAssembly file (no `\\0asm` header)")]
     NotWasm { path: String },
     #[error(
@@ -73,11 +77,21 @@ pub enum ComponentError {
     )]
     CoreModule { path: String },
     #[error("{path}: sha256 is {actual}, but the config pins {expected}; refusing to load")]
-    DigestMismatch { path: String, expected: String, actual: String },
+    DigestMismatch {
+        path: String,
+        expected: String,
+        actual: String,
+    },
     #[error("{path}: invalid component: {message}")]
     Invalid { path: String, message: String },
-    #[error("{path}: does not implement the warden `{world}` world ({PACKAGE}@{PACKAGE_VERSION}): {problems}")]
-    WrongWorld { path: String, world: &'static str, problems: String },
+    #[error(
+        "{path}: does not implement the warden `{world}` world ({PACKAGE}@{PACKAGE_VERSION}): {problems}"
+    )]
+    WrongWorld {
+        path: String,
+        world: &'static str,
+        problems: String,
+    },
 }
 
 /// A compiled component and what is known about it.
@@ -92,9 +106,11 @@ pub struct Loaded {
 impl Loaded {
     /// The warden world this component's exports name, if any.
     pub fn world(&self) -> Option<World> {
-        [World::Tool, World::Policy]
-            .into_iter()
-            .find(|w| w.exports().iter().all(|e| self.exports.iter().any(|x| x == e)))
+        [World::Tool, World::Policy].into_iter().find(|w| {
+            w.exports()
+                .iter()
+                .all(|e| self.exports.iter().any(|x| x == e))
+        })
     }
 
     /// Check the component against `world`, naming everything missing or extra.
@@ -115,21 +131,36 @@ impl Loaded {
         }
         for import in &self.imports {
             if !world.provides(import) {
-                problems.push(format!("imports `{import}`, which warden does not provide to a {}", world.name()));
+                problems.push(format!(
+                    "imports `{import}`, which warden does not provide to a {}",
+                    world.name()
+                ));
             }
         }
         if problems.is_empty() {
             Ok(())
         } else {
-            Err(ComponentError::WrongWorld { path: path.display().to_string(), world: world.name(), problems: problems.join("; ") })
+            Err(ComponentError::WrongWorld {
+                path: path.display().to_string(),
+                world: world.name(),
+                problems: problems.join("; "),
+            })
         }
     }
 }
 
 /// Read, identify, pin-check and compile the component at `path`.
-pub fn load(engine: &Engine, cache: &CompileCache, path: &Path, pin: Option<&str>) -> Result<Loaded, ComponentError> {
+pub fn load(
+    engine: &Engine,
+    cache: &CompileCache,
+    path: &Path,
+    pin: Option<&str>,
+) -> Result<Loaded, ComponentError> {
     let shown = path.display().to_string();
-    let bytes = std::fs::read(path).map_err(|source| ComponentError::Read { path: shown.clone(), source })?;
+    let bytes = std::fs::read(path).map_err(|source| ComponentError::Read {
+        path: shown.clone(),
+        source,
+    })?;
     if bytes.len() < 8 || &bytes[..4] != b"\0asm" {
         return Err(ComponentError::NotWasm { path: shown });
     }
@@ -141,14 +172,25 @@ pub fn load(engine: &Engine, cache: &CompileCache, path: &Path, pin: Option<&str
     if let Some(expected) = pin
         && expected != digest
     {
-        return Err(ComponentError::DigestMismatch { path: shown, expected: expected.to_string(), actual: digest });
+        return Err(ComponentError::DigestMismatch {
+            path: shown,
+            expected: expected.to_string(),
+            actual: digest,
+        });
     }
-    let component = cache
-        .component(engine, &bytes, &digest)
-        .map_err(|e| ComponentError::Invalid { path: shown.clone(), message: format!("{e:#}") })?;
+    let component =
+        cache
+            .component(engine, &bytes, &digest)
+            .map_err(|e| ComponentError::Invalid {
+                path: shown.clone(),
+                message: format!("{e:#}"),
+            })?;
 
     let ty = component.component_type();
-    let imports = ty.imports(engine).map(|(name, _)| name.to_string()).collect();
+    let imports = ty
+        .imports(engine)
+        .map(|(name, _)| name.to_string())
+        .collect();
     let exports = ty
         .exports(engine)
         .map(|(name, item)| match item.ty {
@@ -156,5 +198,10 @@ pub fn load(engine: &Engine, cache: &CompileCache, path: &Path, pin: Option<&str
             _ => format!("{name} (not a function)"),
         })
         .collect();
-    Ok(Loaded { component, digest: format!("sha256:{digest}"), imports, exports })
+    Ok(Loaded {
+        component,
+        digest: format!("sha256:{digest}"),
+        imports,
+        exports,
+    })
 }

@@ -218,11 +218,20 @@ impl Config {
         let locate = Locator { file: path, text };
         let raw: RawConfig = toml::from_str(text).map_err(|e| {
             let offset = e.span().map(|s| s.start).unwrap_or(0);
-            let line = text[..offset.min(text.len())].rfind('\n').map_or(0, |i| i + 1);
+            let line = text[..offset.min(text.len())]
+                .rfind('\n')
+                .map_or(0, |i| i + 1);
             let line = text[line..].lines().next().unwrap_or_default().trim();
-            locate.error(offset, "", &format!("{} (in `{line}`)", e.message().trim_end()))
+            locate.error(
+                offset,
+                "",
+                &format!("{} (in `{line}`)", e.message().trim_end()),
+            )
         })?;
-        let base = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        let base = path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
 
         let data_dir = match &raw.data_dir {
             Some(dir) if dir.get_ref().trim().is_empty() => {
@@ -248,7 +257,14 @@ impl Config {
             let sha256 = check_sha256(&locate, raw.sha256.as_ref(), &key)?;
             let grants = check_grants(&locate, base, &raw.grants, &key)?;
             let limits = check_limits(&locate, raw.limits.as_ref(), DEFAULT_PLUGIN_LIMITS, &key)?;
-            plugins.push(PluginConfig { id, component, sha256, grants, limits, span: raw.id.span().start });
+            plugins.push(PluginConfig {
+                id,
+                component,
+                sha256,
+                grants,
+                limits,
+                span: raw.id.span().start,
+            });
         }
 
         let mut policies = Vec::new();
@@ -260,32 +276,69 @@ impl Config {
             let tools = match &raw.tools {
                 None => vec!["*".to_string()],
                 Some(list) if list.is_empty() => {
-                    return Err(locate.error(raw.id.span().start, &format!("{key}.tools"), "must name at least one tool pattern (use [\"*\"] for all)"));
+                    return Err(locate.error(
+                        raw.id.span().start,
+                        &format!("{key}.tools"),
+                        "must name at least one tool pattern (use [\"*\"] for all)",
+                    ));
                 }
                 Some(list) => {
                     let mut out = Vec::new();
                     for (j, pattern) in list.iter().enumerate() {
                         let p = pattern.get_ref();
-                        if p.is_empty() || !p.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '*')) {
-                            return Err(locate.error(pattern.span().start, &format!("{key}.tools[{j}]"), &format!("invalid tool pattern {p:?}: use tool names and `*`")));
+                        if p.is_empty()
+                            || !p
+                                .chars()
+                                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '*'))
+                        {
+                            return Err(locate.error(
+                                pattern.span().start,
+                                &format!("{key}.tools[{j}]"),
+                                &format!("invalid tool pattern {p:?}: use tool names and `*`"),
+                            ));
                         }
                         out.push(p.clone());
                     }
                     out
                 }
             };
-            let config = serde_json::to_value(&raw.config).map_err(|e| locate.error(raw.id.span().start, &format!("{key}.config"), &e.to_string()))?;
+            let config = serde_json::to_value(&raw.config).map_err(|e| {
+                locate.error(
+                    raw.id.span().start,
+                    &format!("{key}.config"),
+                    &e.to_string(),
+                )
+            })?;
             let limits = check_limits(&locate, raw.limits.as_ref(), DEFAULT_POLICY_LIMITS, &key)?;
-            policies.push(PolicyConfig { id, component, sha256, tools, config, limits, span: raw.id.span().start });
+            policies.push(PolicyConfig {
+                id,
+                component,
+                sha256,
+                tools,
+                config,
+                limits,
+                span: raw.id.span().start,
+            });
         }
 
-        Ok(Config { file: path.to_path_buf(), data_dir, cache_dir, plugins, policies, source: text.to_string() })
+        Ok(Config {
+            file: path.to_path_buf(),
+            data_dir,
+            cache_dir,
+            plugins,
+            policies,
+            source: text.to_string(),
+        })
     }
 
     /// An error about something at byte `offset` of the config file, found after parsing
     /// (e.g. while loading the component a plugin names).
     pub fn error_at(&self, offset: usize, key: &str, message: impl fmt::Display) -> ConfigError {
-        Locator { file: &self.file, text: &self.source }.error(offset, key, &message.to_string())
+        Locator {
+            file: &self.file,
+            text: &self.source,
+        }
+        .error(offset, key, &message.to_string())
     }
 }
 
@@ -318,48 +371,99 @@ impl Locator<'_> {
     fn error(&self, offset: usize, key: &str, message: &str) -> ConfigError {
         let before = &self.text[..offset.min(self.text.len())];
         let line = before.matches('\n').count() + 1;
-        let column = before.rfind('\n').map_or(before.len(), |i| before.len() - i - 1) + 1;
-        ConfigError { file: self.file.to_path_buf(), line, column, key: key.to_string(), message: message.to_string() }
+        let column = before
+            .rfind('\n')
+            .map_or(before.len(), |i| before.len() - i - 1)
+            + 1;
+        ConfigError {
+            file: self.file.to_path_buf(),
+            line,
+            column,
+            key: key.to_string(),
+            message: message.to_string(),
+        }
     }
 }
 
-fn check_id(locate: &Locator, id: &Spanned<String>, key: &str, seen: &mut HashSet<String>) -> Result<String, ConfigError> {
+fn check_id(
+    locate: &Locator,
+    id: &Spanned<String>,
+    key: &str,
+    seen: &mut HashSet<String>,
+) -> Result<String, ConfigError> {
     let value = id.get_ref();
     let valid = !value.is_empty()
         && value.len() <= 64
         && value.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
-        && value.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_');
+        && value
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_');
     if !valid {
-        return Err(locate.error(id.span().start, &format!("{key}.id"), &format!("invalid id {value:?}: use 1-64 of a-z, 0-9, '-' and '_'")));
+        return Err(locate.error(
+            id.span().start,
+            &format!("{key}.id"),
+            &format!("invalid id {value:?}: use 1-64 of a-z, 0-9, '-' and '_'"),
+        ));
     }
     if !seen.insert(value.clone()) {
-        return Err(locate.error(id.span().start, &format!("{key}.id"), &format!("duplicate id {value:?}: plugin and policy ids must be unique")));
+        return Err(locate.error(
+            id.span().start,
+            &format!("{key}.id"),
+            &format!("duplicate id {value:?}: plugin and policy ids must be unique"),
+        ));
     }
     Ok(value.clone())
 }
 
-fn check_component(locate: &Locator, base: &Path, component: &Spanned<String>, key: &str) -> Result<PathBuf, ConfigError> {
+fn check_component(
+    locate: &Locator,
+    base: &Path,
+    component: &Spanned<String>,
+    key: &str,
+) -> Result<PathBuf, ConfigError> {
     let path = base.join(component.get_ref());
     if !path.is_file() {
-        return Err(locate.error(component.span().start, &format!("{key}.component"), &format!("component file not found: {}", path.display())));
+        return Err(locate.error(
+            component.span().start,
+            &format!("{key}.component"),
+            &format!("component file not found: {}", path.display()),
+        ));
     }
     Ok(path)
 }
 
-fn check_sha256(locate: &Locator, sha: Option<&Spanned<String>>, key: &str) -> Result<Option<String>, ConfigError> {
+fn check_sha256(
+    locate: &Locator,
+    sha: Option<&Spanned<String>>,
+    key: &str,
+) -> Result<Option<String>, ConfigError> {
     let Some(sha) = sha else { return Ok(None) };
-    let value = sha.get_ref().strip_prefix("sha256:").unwrap_or(sha.get_ref()).to_ascii_lowercase();
+    let value = sha
+        .get_ref()
+        .strip_prefix("sha256:")
+        .unwrap_or(sha.get_ref())
+        .to_ascii_lowercase();
     if value.len() != 64 || !value.chars().all(|c| c.is_ascii_hexdigit()) {
-        return Err(locate.error(sha.span().start, &format!("{key}.sha256"), "must be 64 hex digits (the SHA-256 of the component file)"));
+        return Err(locate.error(
+            sha.span().start,
+            &format!("{key}.sha256"),
+            "must be 64 hex digits (the SHA-256 of the component file)",
+        ));
     }
     Ok(Some(value))
 }
 
-fn check_grants(locate: &Locator, base: &Path, raw: &RawGrants, key: &str) -> Result<Grants, ConfigError> {
+fn check_grants(
+    locate: &Locator,
+    base: &Path,
+    raw: &RawGrants,
+    key: &str,
+) -> Result<Grants, ConfigError> {
     let mut grants = Grants::default();
     for (i, pattern) in raw.http.iter().enumerate() {
-        let grant = HttpGrant::parse(pattern.get_ref())
-            .map_err(|e| locate.error(pattern.span().start, &format!("{key}.grants.http[{i}]"), &e))?;
+        let grant = HttpGrant::parse(pattern.get_ref()).map_err(|e| {
+            locate.error(pattern.span().start, &format!("{key}.grants.http[{i}]"), &e)
+        })?;
         grants.http.push(grant);
     }
     for (i, file) in raw.files.iter().enumerate() {
@@ -368,45 +472,109 @@ fn check_grants(locate: &Locator, base: &Path, raw: &RawGrants, key: &str) -> Re
         let f = file.get_ref();
         let host = base.join(&f.host);
         let host = host.canonicalize().map_err(|e| {
-            locate.error(at, &format!("{fkey}.host"), &format!("cannot use directory {}: {e}", host.display()))
+            locate.error(
+                at,
+                &format!("{fkey}.host"),
+                &format!("cannot use directory {}: {e}", host.display()),
+            )
         })?;
         if !host.is_dir() {
-            return Err(locate.error(at, &format!("{fkey}.host"), &format!("{} is not a directory", host.display())));
+            return Err(locate.error(
+                at,
+                &format!("{fkey}.host"),
+                &format!("{} is not a directory", host.display()),
+            ));
         }
         let guest = f.guest.trim_end_matches('/');
         if !f.guest.starts_with('/') || guest.split('/').any(|c| c == ".." || c == ".") {
-            return Err(locate.error(at, &format!("{fkey}.guest"), &format!("must be an absolute path without `.` or `..`, got {:?}", f.guest)));
+            return Err(locate.error(
+                at,
+                &format!("{fkey}.guest"),
+                &format!(
+                    "must be an absolute path without `.` or `..`, got {:?}",
+                    f.guest
+                ),
+            ));
         }
-        let guest = if guest.is_empty() { "/".to_string() } else { guest.to_string() };
+        let guest = if guest.is_empty() {
+            "/".to_string()
+        } else {
+            guest.to_string()
+        };
         if grants.files.iter().any(|g: &FileGrant| g.guest == guest) {
-            return Err(locate.error(at, &format!("{fkey}.guest"), &format!("{guest} is granted twice")));
+            return Err(locate.error(
+                at,
+                &format!("{fkey}.guest"),
+                &format!("{guest} is granted twice"),
+            ));
         }
-        grants.files.push(FileGrant { host, guest, writable: matches!(f.mode, Mode::Rw) });
+        grants.files.push(FileGrant {
+            host,
+            guest,
+            writable: matches!(f.mode, Mode::Rw),
+        });
     }
     for (name, value) in &raw.env {
         let n = name.get_ref();
         if n.is_empty() || n.contains(['=', '\0']) || value.contains('\0') {
-            return Err(locate.error(name.span().start, &format!("{key}.grants.env.{n}"), "invalid environment variable"));
+            return Err(locate.error(
+                name.span().start,
+                &format!("{key}.grants.env.{n}"),
+                "invalid environment variable",
+            ));
         }
         grants.env.insert(n.clone(), value.clone());
     }
     Ok(grants)
 }
 
-fn check_limits(locate: &Locator, raw: Option<&RawLimits>, defaults: Limits, key: &str) -> Result<Limits, ConfigError> {
+fn check_limits(
+    locate: &Locator,
+    raw: Option<&RawLimits>,
+    defaults: Limits,
+    key: &str,
+) -> Result<Limits, ConfigError> {
     let Some(raw) = raw else { return Ok(defaults) };
-    let range = |value: &Option<Spanned<u64>>, name: &str, max: u64, default: u64| -> Result<u64, ConfigError> {
+    let range = |value: &Option<Spanned<u64>>,
+                 name: &str,
+                 max: u64,
+                 default: u64|
+     -> Result<u64, ConfigError> {
         match value {
             None => Ok(default),
             Some(v) if (1..=max).contains(v.get_ref()) => Ok(*v.get_ref()),
-            Some(v) => Err(locate.error(v.span().start, &format!("{key}.limits.{name}"), &format!("must be between 1 and {max}, got {}", v.get_ref()))),
+            Some(v) => Err(locate.error(
+                v.span().start,
+                &format!("{key}.limits.{name}"),
+                &format!("must be between 1 and {max}, got {}", v.get_ref()),
+            )),
         }
     };
     Ok(Limits {
-        memory_mb: range(&raw.memory_mb, "memory_mb", MAX_MEMORY_MB, defaults.memory_mb)?,
-        timeout_ms: range(&raw.timeout_ms, "timeout_ms", MAX_TIMEOUT_MS, defaults.timeout_ms)?,
-        max_output_kb: range(&raw.max_output_kb, "max_output_kb", MAX_OUTPUT_KB, defaults.max_output_kb)?,
-        max_log_kb: range(&raw.max_log_kb, "max_log_kb", MAX_OUTPUT_KB, defaults.max_log_kb)?,
+        memory_mb: range(
+            &raw.memory_mb,
+            "memory_mb",
+            MAX_MEMORY_MB,
+            defaults.memory_mb,
+        )?,
+        timeout_ms: range(
+            &raw.timeout_ms,
+            "timeout_ms",
+            MAX_TIMEOUT_MS,
+            defaults.timeout_ms,
+        )?,
+        max_output_kb: range(
+            &raw.max_output_kb,
+            "max_output_kb",
+            MAX_OUTPUT_KB,
+            defaults.max_output_kb,
+        )?,
+        max_log_kb: range(
+            &raw.max_log_kb,
+            "max_log_kb",
+            MAX_OUTPUT_KB,
+            defaults.max_log_kb,
+        )?,
         fuel: match &raw.fuel {
             None => defaults.fuel,
             Some(v) => Some(range(&Some(v.clone()), "fuel", u64::MAX, 0)?),

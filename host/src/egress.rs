@@ -25,7 +25,9 @@ pub struct HttpGrant {
 impl HttpGrant {
     /// Parse `https://api.example.com`, `http://127.0.0.1:8080` or `https://*.example.com`.
     pub fn parse(pattern: &str) -> Result<HttpGrant, String> {
-        let bad = |why: &str| format!("invalid HTTP grant {pattern:?}: {why} (expected scheme://host[:port])");
+        let bad = |why: &str| {
+            format!("invalid HTTP grant {pattern:?}: {why} (expected scheme://host[:port])")
+        };
         let (https, rest) = if let Some(rest) = pattern.strip_prefix("https://") {
             (true, rest)
         } else if let Some(rest) = pattern.strip_prefix("http://") {
@@ -66,7 +68,12 @@ impl HttpGrant {
         if host.is_empty() || host.contains('*') {
             return Err(bad("`*` is only allowed as a leading `*.` label"));
         }
-        Ok(HttpGrant { https, host, wildcard, port })
+        Ok(HttpGrant {
+            https,
+            host,
+            wildcard,
+            port,
+        })
     }
 
     fn permits(&self, https: bool, host: &str, port: u16) -> bool {
@@ -99,7 +106,10 @@ pub fn permitted(grants: &[HttpGrant], uri: &http::Uri) -> bool {
         _ => return false,
     };
     let Some(host) = uri.host() else { return false };
-    let host = host.trim_start_matches('[').trim_end_matches(']').to_ascii_lowercase();
+    let host = host
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_ascii_lowercase();
     let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
     grants.iter().any(|g| g.permits(https, &host, port))
 }
@@ -113,14 +123,20 @@ pub struct Egress {
 
 impl Egress {
     pub fn new(grants: Arc<[HttpGrant]>) -> Egress {
-        Egress { grants, denied: Arc::default() }
+        Egress {
+            grants,
+            denied: Arc::default(),
+        }
     }
 }
 
 type SendFuture = Box<
     dyn Future<
             Output = Result<
-                (http::Response<WasiBody>, Box<dyn Future<Output = Result<(), HttpError>> + Send>),
+                (
+                    http::Response<WasiBody>,
+                    Box<dyn Future<Output = Result<(), HttpError>> + Send>,
+                ),
                 HttpError,
             >,
         > + Send,
@@ -162,12 +178,27 @@ mod tests {
 
     #[test]
     fn grants_match_scheme_host_and_port() {
-        assert!(allows("https://api.github.com", "https://api.github.com/repos"));
-        assert!(allows("https://api.github.com", "https://API.github.com:443/"));
+        assert!(allows(
+            "https://api.github.com",
+            "https://api.github.com/repos"
+        ));
+        assert!(allows(
+            "https://api.github.com",
+            "https://API.github.com:443/"
+        ));
         assert!(!allows("https://api.github.com", "http://api.github.com/"));
-        assert!(!allows("https://api.github.com", "https://api.github.com:8443/"));
-        assert!(!allows("https://api.github.com", "https://api.github.com.evil.com/"));
-        assert!(!allows("https://api.github.com", "https://evil.com@api.github.co/"));
+        assert!(!allows(
+            "https://api.github.com",
+            "https://api.github.com:8443/"
+        ));
+        assert!(!allows(
+            "https://api.github.com",
+            "https://api.github.com.evil.com/"
+        ));
+        assert!(!allows(
+            "https://api.github.com",
+            "https://evil.com@api.github.co/"
+        ));
         assert!(allows("http://127.0.0.1:8080", "http://127.0.0.1:8080/x"));
         assert!(!allows("http://127.0.0.1:8080", "http://127.0.0.1:8081/x"));
         assert!(allows("http://[::1]:8080", "http://[::1]:8080/x"));
@@ -184,7 +215,15 @@ mod tests {
 
     #[test]
     fn bad_patterns_are_rejected() {
-        for bad in ["ftp://x", "https://", "https://x/path", "https://a.*.com", "https://x:0", "https://u@x", "x.com"] {
+        for bad in [
+            "ftp://x",
+            "https://",
+            "https://x/path",
+            "https://a.*.com",
+            "https://x:0",
+            "https://u@x",
+            "x.com",
+        ] {
             assert!(HttpGrant::parse(bad).is_err(), "{bad}");
         }
     }

@@ -29,7 +29,11 @@ pub struct EngineOptions {
 
 impl Default for EngineOptions {
     fn default() -> Self {
-        EngineOptions { fuel: false, max_memory_bytes: 4096 << 20, max_instances: 1000 }
+        EngineOptions {
+            fuel: false,
+            max_memory_bytes: 4096 << 20,
+            max_instances: 1000,
+        }
     }
 }
 
@@ -64,15 +68,17 @@ impl SharedEngine {
         let stop = Arc::new(AtomicBool::new(false));
         let ticker = engine.weak();
         let stopped = stop.clone();
-        std::thread::Builder::new().name("warden-epoch".into()).spawn(move || {
-            while !stopped.load(Ordering::Relaxed) {
-                std::thread::sleep(EPOCH_TICK);
-                match ticker.upgrade() {
-                    Some(engine) => engine.increment_epoch(),
-                    None => break,
+        std::thread::Builder::new()
+            .name("warden-epoch".into())
+            .spawn(move || {
+                while !stopped.load(Ordering::Relaxed) {
+                    std::thread::sleep(EPOCH_TICK);
+                    match ticker.upgrade() {
+                        Some(engine) => engine.increment_epoch(),
+                        None => break,
+                    }
                 }
-            }
-        })?;
+            })?;
         Ok(SharedEngine { engine, stop })
     }
 }

@@ -32,12 +32,22 @@ pub struct MemoryLimiter {
 
 impl MemoryLimiter {
     pub fn new(limit_mb: u64) -> MemoryLimiter {
-        MemoryLimiter { limit: (limit_mb as usize) << 20, used: 0, peak: 0, hit: false }
+        MemoryLimiter {
+            limit: (limit_mb as usize) << 20,
+            used: 0,
+            peak: 0,
+            hit: false,
+        }
     }
 }
 
 impl ResourceLimiter for MemoryLimiter {
-    fn memory_growing(&mut self, current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+    fn memory_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
         let next = self.used.saturating_sub(current).saturating_add(desired);
         if next > self.limit {
             self.hit = true;
@@ -48,7 +58,12 @@ impl ResourceLimiter for MemoryLimiter {
         Ok(true)
     }
 
-    fn table_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
         Ok(desired <= 1 << 20)
     }
 
@@ -71,7 +86,11 @@ pub trait Limited: Send + 'static {
 /// Apply `limits` to a fresh store: memory, deadline (checked every epoch tick, with
 /// a yield to the executor so spinning guests share threads fairly), and fuel when
 /// the engine counts it.
-pub fn apply<T: Limited>(store: &mut Store<T>, limits: &Limits, engine_counts_fuel: bool) -> wasmtime::Result<()> {
+pub fn apply<T: Limited>(
+    store: &mut Store<T>,
+    limits: &Limits,
+    engine_counts_fuel: bool,
+) -> wasmtime::Result<()> {
     store.limiter(|state| state.limiter());
     let timeout = limits.timeout_ms;
     let deadline = Instant::now() + Duration::from_millis(timeout);
@@ -97,7 +116,11 @@ pub fn call_budget(limits: &Limits) -> Duration {
 }
 
 /// Classify a call error: a limit, or something else (a trap, a host error).
-pub fn classify(error: &wasmtime::Error, limits: &Limits, memory_hit: bool) -> Option<LimitExceeded> {
+pub fn classify(
+    error: &wasmtime::Error,
+    limits: &Limits,
+    memory_hit: bool,
+) -> Option<LimitExceeded> {
     if let Some(limit) = error.downcast_ref::<LimitExceeded>() {
         return Some(*limit);
     }

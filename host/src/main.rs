@@ -45,7 +45,13 @@ Exit codes:
 #[command(name = "warden", version, about, after_help = EXIT_CODES)]
 struct Cli {
     /// The operator config.
-    #[arg(long, short, global = true, env = "WARDEN_CONFIG", default_value = "warden.toml")]
+    #[arg(
+        long,
+        short,
+        global = true,
+        env = "WARDEN_CONFIG",
+        default_value = "warden.toml"
+    )]
     config: PathBuf,
 
     /// Print plugin and policy log lines (and host diagnostics) to stderr.
@@ -111,26 +117,45 @@ fn run() -> Result<ExitCode> {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {
-            let code = if e.use_stderr() { exit::USAGE } else { exit::OK };
+            let code = if e.use_stderr() {
+                exit::USAGE
+            } else {
+                exit::OK
+            };
             let _ = e.print();
             return Ok(ExitCode::from(code));
         }
     };
-    let filter = if cli.verbose { "warden=debug" } else { "warden=warn" };
+    let filter = if cli.verbose {
+        "warden=debug"
+    } else {
+        "warden=warn"
+    };
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("WARDEN_LOG").unwrap_or_else(|_| filter.into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("WARDEN_LOG")
+                .unwrap_or_else(|_| filter.into()),
+        )
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
         .init();
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting tokio")?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting tokio")?;
     runtime.block_on(async {
         match cli.command {
             Command::Check => check(&cli.config).await.context("check"),
             Command::Tools { json } => tools(&cli.config, json).await.context("tools"),
             Command::Inspect { ref file, json } => inspect(file, json).await.context("inspect"),
-            Command::Call { ref tool, ref input, ref principal, report } => {
-                call(&cli.config, tool, input, principal, report, cli.verbose).await.context("call")
-            }
+            Command::Call {
+                ref tool,
+                ref input,
+                ref principal,
+                report,
+            } => call(&cli.config, tool, input, principal, report, cli.verbose)
+                .await
+                .context("call"),
             Command::Bench(ref args) => bench::run(&cli.config, args).await.context("bench"),
         }
     })
@@ -146,30 +171,77 @@ async fn check(config: &Path) -> Result<ExitCode> {
     let rt = load(config).await?;
     let mut out = String::new();
     let c = &rt.config;
-    out += &format!("config {} is valid (loaded in {} ms)\n", c.file.display(), started.elapsed().as_millis());
-    out += &format!("data dir: {}\n\nplugins ({}):\n", c.data_dir.display(), rt.plugins.len());
+    out += &format!(
+        "config {} is valid (loaded in {} ms)\n",
+        c.file.display(),
+        started.elapsed().as_millis()
+    );
+    out += &format!(
+        "data dir: {}\n\nplugins ({}):\n",
+        c.data_dir.display(),
+        rt.plugins.len()
+    );
     for p in &rt.plugins {
         let g = &p.sandbox.grants;
         let l = &p.sandbox.limits;
         out += &format!("  {}  {}  {}\n", p.id, p.digest, p.path.display());
-        out += &format!("    tools:  {}\n", p.tools.iter().map(|t| t.name.as_str()).collect::<Vec<_>>().join(", "));
+        out += &format!(
+            "    tools:  {}\n",
+            p.tools
+                .iter()
+                .map(|t| t.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
         let http: Vec<String> = g.http.iter().map(ToString::to_string).collect();
-        out += &format!("    http:   {}\n", if http.is_empty() { "none".into() } else { http.join(", ") });
+        out += &format!(
+            "    http:   {}\n",
+            if http.is_empty() {
+                "none".into()
+            } else {
+                http.join(", ")
+            }
+        );
         let files: Vec<String> = g
             .files
             .iter()
-            .map(|f| format!("{} -> {} ({})", f.guest, f.host.display(), if f.writable { "rw" } else { "ro" }))
+            .map(|f| {
+                format!(
+                    "{} -> {} ({})",
+                    f.guest,
+                    f.host.display(),
+                    if f.writable { "rw" } else { "ro" }
+                )
+            })
             .collect();
-        out += &format!("    files:  {}\n", if files.is_empty() { "none".into() } else { files.join(", ") });
+        out += &format!(
+            "    files:  {}\n",
+            if files.is_empty() {
+                "none".into()
+            } else {
+                files.join(", ")
+            }
+        );
         let env: Vec<&str> = g.env.keys().map(String::as_str).collect();
-        out += &format!("    env:    {}\n", if env.is_empty() { "none".into() } else { env.join(", ") });
+        out += &format!(
+            "    env:    {}\n",
+            if env.is_empty() {
+                "none".into()
+            } else {
+                env.join(", ")
+            }
+        );
         out += "    sockets, DNS, host env/args/cwd/stdio: denied\n";
         out += &format!("    limits: {}\n", limits_text(l));
     }
     out += &format!("\npolicies ({}):\n", rt.policies.len());
     for p in &rt.policies {
         out += &format!("  {}  {}  {}\n", p.id, p.digest, p.path.display());
-        out += &format!("    applies to: {}\n    limits: {}\n", p.tools.join(", "), limits_text(&p.limits));
+        out += &format!(
+            "    applies to: {}\n    limits: {}\n",
+            p.tools.join(", "),
+            limits_text(&p.limits)
+        );
     }
     print(&out)?;
     Ok(ExitCode::from(exit::OK))
@@ -187,8 +259,12 @@ async fn tools(config: &Path, json: bool) -> Result<ExitCode> {
     let rt = load(config).await?;
     let mut list = Vec::new();
     for name in rt.tool_names() {
-        let Some(plugin) = rt.plugin_for(name) else { continue };
-        let Some(tool) = plugin.tool(name) else { continue };
+        let Some(plugin) = rt.plugin_for(name) else {
+            continue;
+        };
+        let Some(tool) = plugin.tool(name) else {
+            continue;
+        };
         let a = tool.annotations;
         list.push(json!({
             "name": tool.name,
@@ -208,11 +284,16 @@ async fn tools(config: &Path, json: bool) -> Result<ExitCode> {
     } else {
         let mut out = String::new();
         for t in &list {
-            let hints: Vec<&str> = [("readOnlyHint", "read-only"), ("destructiveHint", "destructive"), ("idempotentHint", "idempotent"), ("openWorldHint", "open-world")]
-                .into_iter()
-                .filter(|(k, _)| t["annotations"][k].as_bool() == Some(true))
-                .map(|(_, v)| v)
-                .collect();
+            let hints: Vec<&str> = [
+                ("readOnlyHint", "read-only"),
+                ("destructiveHint", "destructive"),
+                ("idempotentHint", "idempotent"),
+                ("openWorldHint", "open-world"),
+            ]
+            .into_iter()
+            .filter(|(k, _)| t["annotations"][k].as_bool() == Some(true))
+            .map(|(_, v)| v)
+            .collect();
             out += &format!(
                 "{} ({})  [{}]\n  {}\n  input: {}\n",
                 t["name"].as_str().unwrap_or_default(),
@@ -233,7 +314,10 @@ async fn inspect(file: &Path, json: bool) -> Result<ExitCode> {
     let world = loaded.world();
     let problems = match world {
         Some(w) => loaded.expect_world(file, w).err().map(|e| e.to_string()),
-        None => Some(format!("{}: exports neither a warden tool nor a policy", file.display())),
+        None => Some(format!(
+            "{}: exports neither a warden tool nor a policy",
+            file.display()
+        )),
     };
     let mut tools = Vec::new();
     if world == Some(World::Tool) && problems.is_none() {
@@ -250,7 +334,9 @@ async fn inspect(file: &Path, json: bool) -> Result<ExitCode> {
         )
         .await?;
         for t in &plugin.tools {
-            tools.push(json!({ "name": t.name, "description": t.description, "inputSchema": t.schema }));
+            tools.push(
+                json!({ "name": t.name, "description": t.description, "inputSchema": t.schema }),
+            );
         }
     }
     let report = json!({
@@ -266,24 +352,51 @@ async fn inspect(file: &Path, json: bool) -> Result<ExitCode> {
         print(&format!("{}\n", serde_json::to_string_pretty(&report)?))?;
     } else {
         let mut out = format!("{}\n  digest:  {}\n", file.display(), loaded.digest);
-        out += &format!("  world:   {}\n", report["world"].as_str().unwrap_or("none (not a warden component)"));
+        out += &format!(
+            "  world:   {}\n",
+            report["world"]
+                .as_str()
+                .unwrap_or("none (not a warden component)")
+        );
         if let Some(p) = &problems {
             out += &format!("  problem: {p}\n");
         }
         out += &format!("  imports: {}\n", loaded.imports.join("\n           "));
         out += &format!("  exports: {}\n", loaded.exports.join(", "));
         for t in &tools {
-            out += &format!("  tool:    {}: {}\n", t["name"].as_str().unwrap_or_default(), t["description"].as_str().unwrap_or_default());
+            out += &format!(
+                "  tool:    {}: {}\n",
+                t["name"].as_str().unwrap_or_default(),
+                t["description"].as_str().unwrap_or_default()
+            );
         }
         print(&out)?;
     }
-    Ok(ExitCode::from(if problems.is_some() { exit::USAGE } else { exit::OK }))
+    Ok(ExitCode::from(if problems.is_some() {
+        exit::USAGE
+    } else {
+        exit::OK
+    }))
 }
 
-async fn call(config: &Path, tool: &str, input: &str, principal: &str, full_report: bool, verbose: bool) -> Result<ExitCode> {
+async fn call(
+    config: &Path,
+    tool: &str,
+    input: &str,
+    principal: &str,
+    full_report: bool,
+    verbose: bool,
+) -> Result<ExitCode> {
     let input = read_input(input)?;
     let rt = load(config).await?;
-    let report = match rt.call(CallRequest { principal, tool, input: &input }).await {
+    let report = match rt
+        .call(CallRequest {
+            principal,
+            tool,
+            input: &input,
+        })
+        .await
+    {
         Ok(report) => report,
         Err(e) => {
             eprintln!("warden call: {e}");
@@ -297,18 +410,33 @@ async fn call(config: &Path, tool: &str, input: &str, principal: &str, full_repo
             }
         }
         for line in &report.log {
-            eprintln!("[{} {}] {} {}", report.plugin, line.source, line.level, line.message);
+            eprintln!(
+                "[{} {}] {} {}",
+                report.plugin, line.source, line.level, line.message
+            );
         }
     }
     let (code, stdout) = match &report.outcome {
         Outcome::Ok { output } => (exit::OK, output.clone()),
         Outcome::Denied { reasons } => {
             eprintln!("warden call: {tool} denied: {}", reasons.join("; "));
-            (exit::DENIED, json!({ "status": "denied", "run_id": report.run_id, "reasons": reasons }))
+            (
+                exit::DENIED,
+                json!({ "status": "denied", "run_id": report.run_id, "reasons": reasons }),
+            )
         }
-        Outcome::Held { tier, reasons, approvers, timeout_secs } => {
+        Outcome::Held {
+            tier,
+            reasons,
+            approvers,
+            timeout_secs,
+        } => {
             let tier = serde_json::to_value(tier)?;
-            eprintln!("warden call: {tool} held for {} approval (not executed): {}", tier.as_str().unwrap_or_default(), reasons.join("; "));
+            eprintln!(
+                "warden call: {tool} held for {} approval (not executed): {}",
+                tier.as_str().unwrap_or_default(),
+                reasons.join("; ")
+            );
             let v = json!({ "status": "held", "run_id": report.run_id, "tier": tier, "reasons": reasons, "approvers": approvers, "timeout_secs": timeout_secs });
             (exit::HELD, v)
         }
@@ -321,10 +449,17 @@ async fn call(config: &Path, tool: &str, input: &str, principal: &str, full_repo
                 eprintln!("{backtrace}");
             }
             let v: Value = serde_json::to_value(&report.outcome)?;
-            (exit::TOOL_ERROR, json!({ "status": v["status"], "kind": v["kind"], "error": error, "run_id": report.run_id }))
+            (
+                exit::TOOL_ERROR,
+                json!({ "status": v["status"], "kind": v["kind"], "error": error, "run_id": report.run_id }),
+            )
         }
     };
-    let text = if full_report { serde_json::to_string_pretty(&report)? } else { serde_json::to_string_pretty(&stdout)? };
+    let text = if full_report {
+        serde_json::to_string_pretty(&report)?
+    } else {
+        serde_json::to_string_pretty(&stdout)?
+    };
     print(&format!("{text}\n"))?;
     Ok(ExitCode::from(code))
 }
@@ -332,7 +467,9 @@ async fn call(config: &Path, tool: &str, input: &str, principal: &str, full_repo
 fn read_input(arg: &str) -> Result<String> {
     if arg == "-" {
         let mut s = String::new();
-        std::io::stdin().read_to_string(&mut s).context("reading input from stdin")?;
+        std::io::stdin()
+            .read_to_string(&mut s)
+            .context("reading input from stdin")?;
         Ok(s)
     } else if let Some(path) = arg.strip_prefix('@') {
         std::fs::read_to_string(path).with_context(|| format!("reading input from {path}"))
@@ -349,5 +486,8 @@ fn print(text: &str) -> Result<()> {
 }
 
 fn is_broken_pipe(error: &anyhow::Error) -> bool {
-    error.chain().any(|e| e.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe))
+    error.chain().any(|e| {
+        e.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
 }

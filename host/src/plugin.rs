@@ -78,7 +78,12 @@ impl Plugin {
     /// Compile `config.component`, check its world, and ask it to describe its tools
     /// (in a sandbox with no grants).
     pub async fn load(shared: &Shared, config: &PluginConfig) -> anyhow::Result<Plugin> {
-        let loaded = component::load(&shared.engine, &shared.cache, &config.component, config.sha256.as_deref())?;
+        let loaded = component::load(
+            &shared.engine,
+            &shared.cache,
+            &config.component,
+            config.sha256.as_deref(),
+        )?;
         loaded.expect_world(&config.component, World::Tool)?;
         let instance_pre = shared.tool_linker.instantiate_pre(&loaded.component)?;
         let pre = ToolPre::new(instance_pre)?;
@@ -139,14 +144,20 @@ impl Plugin {
         let state = match self.sandbox.state() {
             Ok(state) => state,
             Err(e) => {
-                invocation.result = Err(Failure::Trap { message: format!("{e:#}"), backtrace: String::new() });
+                invocation.result = Err(Failure::Trap {
+                    message: format!("{e:#}"),
+                    backtrace: String::new(),
+                });
                 return invocation;
             }
         };
         let denied = state.egress.denied.clone();
         let mut store = Store::new(self.pre.engine(), state);
         if let Err(e) = limits::apply(&mut store, &limits, self.fuel) {
-            invocation.result = Err(Failure::Trap { message: format!("{e:#}"), backtrace: String::new() });
+            invocation.result = Err(Failure::Trap {
+                message: format!("{e:#}"),
+                backtrace: String::new(),
+            });
             return invocation;
         }
 
@@ -165,11 +176,16 @@ impl Plugin {
 
         invocation.result = match outcome {
             Err(_elapsed) => Err(Failure::Limit(LimitExceeded::Timeout(limits.timeout_ms))),
-            Ok(Err(error)) => Err(match limits::classify(&error, &limits, store.data().limiter.hit) {
-                Some(limit) => Failure::Limit(limit),
-                None => trap(&error),
+            Ok(Err(error)) => Err(
+                match limits::classify(&error, &limits, store.data().limiter.hit) {
+                    Some(limit) => Failure::Limit(limit),
+                    None => trap(&error),
+                },
+            ),
+            Ok(Ok(Err(e))) => Err(Failure::Tool {
+                code: e.code,
+                message: e.message,
             }),
-            Ok(Ok(Err(e))) => Err(Failure::Tool { code: e.code, message: e.message }),
             Ok(Ok(Ok(output))) => check_output(&output, limits.max_output_kb),
         };
         let state = store.data_mut();
@@ -196,14 +212,21 @@ fn trap(error: &wasmtime::Error) -> Failure {
 fn check_output(output: &str, max_kb: u64) -> Result<Value, Failure> {
     let max = (max_kb as usize) << 10;
     if output.len() > max {
-        return Err(Failure::BadOutput(format!("output is {} bytes, over the {max_kb} KiB limit (max_output_kb)", output.len())));
+        return Err(Failure::BadOutput(format!(
+            "output is {} bytes, over the {max_kb} KiB limit (max_output_kb)",
+            output.len()
+        )));
     }
-    serde_json::from_str(output).map_err(|e| Failure::BadOutput(format!("output is not valid JSON: {e}")))
+    serde_json::from_str(output)
+        .map_err(|e| Failure::BadOutput(format!("output is not valid JSON: {e}")))
 }
 
 fn check_spec(spec: ToolSpec) -> anyhow::Result<Tool> {
     let name = spec.name;
-    let valid = (1..=64).contains(&name.len()) && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+    let valid = (1..=64).contains(&name.len())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
     if !valid {
         anyhow::bail!("tool name {name:?} is invalid: use 1-64 of A-Z, a-z, 0-9, '_' and '-'");
     }
@@ -215,7 +238,14 @@ fn check_spec(spec: ToolSpec) -> anyhow::Result<Tool> {
     if schema.get("type").and_then(Value::as_str) != Some("object") {
         anyhow::bail!("tool `{name}`: input schema must have \"type\": \"object\"");
     }
-    let validator = jsonschema::validator_for(&schema)
-        .map_err(|e| anyhow::anyhow!("tool `{name}`: input schema is not a valid JSON Schema: {e}"))?;
-    Ok(Tool { name, description: spec.description, schema, annotations: spec.annotations, validator })
+    let validator = jsonschema::validator_for(&schema).map_err(|e| {
+        anyhow::anyhow!("tool `{name}`: input schema is not a valid JSON Schema: {e}")
+    })?;
+    Ok(Tool {
+        name,
+        description: spec.description,
+        schema,
+        annotations: spec.annotations,
+        validator,
+    })
 }

@@ -51,8 +51,15 @@ pub enum Hold {
 #[serde(tag = "decision", rename_all = "kebab-case")]
 pub enum Verdict {
     Allow,
-    RequireApproval { tier: Hold, reason: String, approvers: Vec<String>, timeout_secs: Option<u32> },
-    Deny { reason: String },
+    RequireApproval {
+        tier: Hold,
+        reason: String,
+        approvers: Vec<String>,
+        timeout_secs: Option<u32>,
+    },
+    Deny {
+        reason: String,
+    },
 }
 
 /// One policy's decision on one call, with what it logged.
@@ -75,13 +82,25 @@ pub struct PolicyDecision {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Combined {
     Allow,
-    Hold { tier: Hold, reasons: Vec<String>, approvers: Vec<String>, timeout_secs: Option<u32> },
-    Deny { reasons: Vec<String> },
+    Hold {
+        tier: Hold,
+        reasons: Vec<String>,
+        approvers: Vec<String>,
+        timeout_secs: Option<u32>,
+    },
+    Deny {
+        reasons: Vec<String>,
+    },
 }
 
 impl Policy {
     pub fn load(shared: &Shared, config: &PolicyConfig) -> anyhow::Result<Policy> {
-        let loaded = component::load(&shared.engine, &shared.cache, &config.component, config.sha256.as_deref())?;
+        let loaded = component::load(
+            &shared.engine,
+            &shared.cache,
+            &config.component,
+            config.sha256.as_deref(),
+        )?;
         loaded.expect_world(&config.component, World::Policy)?;
         let pre = PolicyPre::new(shared.policy_linker.instantiate_pre(&loaded.component)?)?;
         Ok(Policy {
@@ -103,7 +122,10 @@ impl Policy {
     /// Decide on `action` in a fresh instance. Never fails: failure is a deny.
     pub async fn evaluate(&self, action: &Action) -> PolicyDecision {
         let started = Instant::now();
-        let mut store = Store::new(self.pre.engine(), PolicyState::new(&self.limits, action.time_ms));
+        let mut store = Store::new(
+            self.pre.engine(),
+            PolicyState::new(&self.limits, action.time_ms),
+        );
         let result = match limits::apply(&mut store, &self.limits, self.fuel) {
             Err(e) => Err(format!("{e:#}")),
             Ok(()) => {
@@ -113,13 +135,15 @@ impl Policy {
                 };
                 match tokio::time::timeout(limits::call_budget(&self.limits), run).await {
                     Err(_) => Err(format!("timed out after {} ms", self.limits.timeout_ms)),
-                    Ok(Err(e)) => Err(match limits::classify(&e, &self.limits, store.data().limiter.hit) {
-                        Some(limit) => limit.to_string(),
-                        None => match e.downcast_ref::<wasmtime::Trap>() {
-                            Some(trap) => format!("trapped: {trap}"),
-                            None => format!("{e:#}"),
+                    Ok(Err(e)) => Err(
+                        match limits::classify(&e, &self.limits, store.data().limiter.hit) {
+                            Some(limit) => limit.to_string(),
+                            None => match e.downcast_ref::<wasmtime::Trap>() {
+                                Some(trap) => format!("trapped: {trap}"),
+                                None => format!("{e:#}"),
+                            },
                         },
-                    }),
+                    ),
                     Ok(Ok(decision)) => validate(decision),
                 }
             }
@@ -132,7 +156,14 @@ impl Policy {
                 (Verdict::Deny { reason }, Some(why))
             }
         };
-        PolicyDecision { policy: self.id.clone(), digest: self.digest.clone(), verdict, failure, log, elapsed: started.elapsed() }
+        PolicyDecision {
+            policy: self.id.clone(),
+            digest: self.digest.clone(),
+            verdict,
+            failure,
+            log,
+            elapsed: started.elapsed(),
+        }
     }
 }
 
@@ -143,7 +174,9 @@ fn validate(decision: Decision) -> Result<Verdict, String> {
             return Err(format!("malformed decision: empty {what}"));
         }
         if s.len() > MAX_REASON {
-            return Err(format!("malformed decision: {what} longer than {MAX_REASON} bytes"));
+            return Err(format!(
+                "malformed decision: {what} longer than {MAX_REASON} bytes"
+            ));
         }
         if s.chars().any(|c| c.is_control() && c != '\n' && c != '\t') {
             return Err(format!("malformed decision: control characters in {what}"));
@@ -159,12 +192,16 @@ fn validate(decision: Decision) -> Result<Verdict, String> {
         Decision::RequireApproval(spec) => {
             text("approval reason", &spec.reason)?;
             if spec.approvers.len() > MAX_APPROVERS {
-                return Err(format!("malformed decision: more than {MAX_APPROVERS} approvers"));
+                return Err(format!(
+                    "malformed decision: more than {MAX_APPROVERS} approvers"
+                ));
             }
             for approver in &spec.approvers {
                 let ok = !approver.is_empty()
                     && approver.len() <= MAX_PRINCIPAL
-                    && !approver.chars().any(|c| c.is_control() || c.is_whitespace());
+                    && !approver
+                        .chars()
+                        .any(|c| c.is_control() || c.is_whitespace());
                 if !ok {
                     return Err(format!("malformed decision: invalid approver {approver:?}"));
                 }
@@ -172,13 +209,20 @@ fn validate(decision: Decision) -> Result<Verdict, String> {
             if let Some(t) = spec.timeout_secs
                 && !(1..=MAX_TIMEOUT_SECS).contains(&t)
             {
-                return Err(format!("malformed decision: timeout-secs {t} outside 1..={MAX_TIMEOUT_SECS}"));
+                return Err(format!(
+                    "malformed decision: timeout-secs {t} outside 1..={MAX_TIMEOUT_SECS}"
+                ));
             }
             let tier = match spec.tier {
                 Tier::Soft => Hold::Soft,
                 Tier::Hard => Hold::Hard,
             };
-            Ok(Verdict::RequireApproval { tier, reason: spec.reason, approvers: spec.approvers, timeout_secs: spec.timeout_secs })
+            Ok(Verdict::RequireApproval {
+                tier,
+                reason: spec.reason,
+                approvers: spec.approvers,
+                timeout_secs: spec.timeout_secs,
+            })
         }
     }
 }
@@ -194,7 +238,12 @@ pub fn combine(decisions: &[PolicyDecision]) -> Combined {
         match &d.verdict {
             Verdict::Allow => {}
             Verdict::Deny { reason } => denies.push(format!("{}: {reason}", d.policy)),
-            Verdict::RequireApproval { tier, reason, approvers: who, timeout_secs } => {
+            Verdict::RequireApproval {
+                tier,
+                reason,
+                approvers: who,
+                timeout_secs,
+            } => {
                 hold = hold.max(Some(*tier));
                 reasons.push(format!("{}: {reason}", d.policy));
                 for a in who {
@@ -214,7 +263,12 @@ pub fn combine(decisions: &[PolicyDecision]) -> Combined {
         return Combined::Deny { reasons: denies };
     }
     match hold {
-        Some(tier) => Combined::Hold { tier, reasons, approvers, timeout_secs: timeout },
+        Some(tier) => Combined::Hold {
+            tier,
+            reasons,
+            approvers,
+            timeout_secs: timeout,
+        },
         None => Combined::Allow,
     }
 }
@@ -224,30 +278,79 @@ mod tests {
     use super::*;
 
     fn decision(policy: &str, verdict: Verdict) -> PolicyDecision {
-        PolicyDecision { policy: policy.into(), digest: String::new(), verdict, failure: None, log: vec![], elapsed: Duration::ZERO }
+        PolicyDecision {
+            policy: policy.into(),
+            digest: String::new(),
+            verdict,
+            failure: None,
+            log: vec![],
+            elapsed: Duration::ZERO,
+        }
     }
 
     fn hold(tier: Hold, timeout: Option<u32>) -> Verdict {
-        Verdict::RequireApproval { tier, reason: "r".into(), approvers: vec!["ops".into()], timeout_secs: timeout }
+        Verdict::RequireApproval {
+            tier,
+            reason: "r".into(),
+            approvers: vec!["ops".into()],
+            timeout_secs: timeout,
+        }
     }
 
     #[test]
     fn any_deny_denies_and_highest_tier_wins() {
         assert_eq!(combine(&[]), Combined::Allow);
         assert_eq!(combine(&[decision("a", Verdict::Allow)]), Combined::Allow);
-        let soft_hard = combine(&[decision("a", hold(Hold::Soft, Some(60))), decision("b", hold(Hold::Hard, Some(30)))]);
-        assert!(matches!(soft_hard, Combined::Hold { tier: Hold::Hard, timeout_secs: Some(30), .. }), "{soft_hard:?}");
-        let denied = combine(&[decision("a", hold(Hold::Hard, None)), decision("b", Verdict::Deny { reason: "no".into() })]);
-        assert_eq!(denied, Combined::Deny { reasons: vec!["b: no".into()] });
+        let soft_hard = combine(&[
+            decision("a", hold(Hold::Soft, Some(60))),
+            decision("b", hold(Hold::Hard, Some(30))),
+        ]);
+        assert!(
+            matches!(
+                soft_hard,
+                Combined::Hold {
+                    tier: Hold::Hard,
+                    timeout_secs: Some(30),
+                    ..
+                }
+            ),
+            "{soft_hard:?}"
+        );
+        let denied = combine(&[
+            decision("a", hold(Hold::Hard, None)),
+            decision(
+                "b",
+                Verdict::Deny {
+                    reason: "no".into(),
+                },
+            ),
+        ]);
+        assert_eq!(
+            denied,
+            Combined::Deny {
+                reasons: vec!["b: no".into()]
+            }
+        );
     }
 
     #[test]
     fn malformed_decisions_are_refused() {
         use crate::bindings::ApprovalSpec;
         assert!(validate(Decision::Deny(String::new())).is_err());
-        let spec = |approvers: Vec<String>, timeout| ApprovalSpec { tier: Tier::Soft, reason: "ok".into(), approvers, timeout_secs: timeout };
+        let spec = |approvers: Vec<String>, timeout| ApprovalSpec {
+            tier: Tier::Soft,
+            reason: "ok".into(),
+            approvers,
+            timeout_secs: timeout,
+        };
         assert!(validate(Decision::RequireApproval(spec(vec!["".into()], None))).is_err());
         assert!(validate(Decision::RequireApproval(spec(vec![], Some(0)))).is_err());
-        assert!(validate(Decision::RequireApproval(spec(vec!["group:ops".into()], Some(60)))).is_ok());
+        assert!(
+            validate(Decision::RequireApproval(spec(
+                vec!["group:ops".into()],
+                Some(60)
+            )))
+            .is_ok()
+        );
     }
 }

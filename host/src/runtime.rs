@@ -58,7 +58,11 @@ pub struct Runtime {
 impl Runtime {
     /// Load every component `config` names, compiling through the cache in `cache_dir`.
     pub async fn load(config: Config) -> Result<Runtime, ConfigError> {
-        let all_limits = config.plugins.iter().map(|p| p.limits).chain(config.policies.iter().map(|p| p.limits));
+        let all_limits = config
+            .plugins
+            .iter()
+            .map(|p| p.limits)
+            .chain(config.policies.iter().map(|p| p.limits));
         let options = EngineOptions {
             fuel: all_limits.clone().any(|l| l.fuel.is_some()),
             max_memory_bytes: (all_limits.map(|l| l.memory_mb).max().unwrap_or(64) as usize) << 20,
@@ -71,16 +75,19 @@ impl Runtime {
         let mut tools: HashMap<String, usize> = HashMap::new();
         for (i, pc) in config.plugins.iter().enumerate() {
             let key = format!("plugin[{i}]");
-            let plugin = Plugin::load(&shared, pc)
-                .await
-                .map_err(|e| config.error_at(pc.span, &key, format!("plugin {:?}: {e:#}", pc.id)))?;
+            let plugin = Plugin::load(&shared, pc).await.map_err(|e| {
+                config.error_at(pc.span, &key, format!("plugin {:?}: {e:#}", pc.id))
+            })?;
             for tool in &plugin.tools {
                 if let Some(&other) = tools.get(&tool.name) {
                     let other: &Plugin = &plugins[other];
                     return Err(config.error_at(
                         pc.span,
                         &key,
-                        format!("plugin {:?} exports tool `{}`, which plugin {:?} already exports", pc.id, tool.name, other.id),
+                        format!(
+                            "plugin {:?} exports tool `{}`, which plugin {:?} already exports",
+                            pc.id, tool.name, other.id
+                        ),
                     ));
                 }
                 tools.insert(tool.name.clone(), plugins.len());
@@ -91,22 +98,35 @@ impl Runtime {
         let mut policies = Vec::new();
         for (i, pc) in config.policies.iter().enumerate() {
             let key = format!("policy[{i}]");
-            let policy = Policy::load(&shared, pc)
-                .map_err(|e| config.error_at(pc.span, &key, format!("policy {:?}: {e:#}", pc.id)))?;
+            let policy = Policy::load(&shared, pc).map_err(|e| {
+                config.error_at(pc.span, &key, format!("policy {:?}: {e:#}", pc.id))
+            })?;
             // A scope that matches nothing is almost always a typo that would silently
             // switch the policy off.
             for pattern in &policy.tools {
-                if !tools.keys().any(|t| crate::config::pattern_matches(pattern, t)) {
+                if !tools
+                    .keys()
+                    .any(|t| crate::config::pattern_matches(pattern, t))
+                {
                     return Err(config.error_at(
                         pc.span,
                         &format!("{key}.tools"),
-                        format!("policy {:?} applies to `{pattern}`, which matches no loaded tool", pc.id),
+                        format!(
+                            "policy {:?} applies to `{pattern}`, which matches no loaded tool",
+                            pc.id
+                        ),
                     ));
                 }
             }
             policies.push(policy);
         }
-        Ok(Runtime { config, shared, plugins, policies, tools })
+        Ok(Runtime {
+            config,
+            shared,
+            plugins,
+            policies,
+            tools,
+        })
     }
 
     /// The plugin exporting `tool`.

@@ -21,7 +21,9 @@ use wasmtime::Engine;
 use wasmtime::component::{Linker, ResourceTable};
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 use wasmtime_wasi::p2::{OutputStream, Pollable, StreamResult};
-use wasmtime_wasi::{FsPerms, HostMonotonicClock, HostWallClock, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+use wasmtime_wasi::{
+    FsPerms, HostMonotonicClock, HostWallClock, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView,
+};
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
 use crate::bindings;
@@ -63,7 +65,11 @@ pub struct ToolSandbox {
 impl ToolSandbox {
     pub fn new(grants: Grants, limits: Limits) -> ToolSandbox {
         let http = grants.http.clone().into();
-        ToolSandbox { grants, http, limits }
+        ToolSandbox {
+            grants,
+            http,
+            limits,
+        }
     }
 
     /// A sandbox with no grants at all (used to ask a plugin to `describe` itself).
@@ -82,7 +88,11 @@ impl ToolSandbox {
             wasi.env(key, value);
         }
         for dir in &self.grants.files {
-            let perms = if dir.writable { FsPerms::ReadWrite } else { FsPerms::ReadOnly };
+            let perms = if dir.writable {
+                FsPerms::ReadWrite
+            } else {
+                FsPerms::ReadOnly
+            };
             wasi.preopened_dir(&dir.host, &dir.guest, perms)
                 .map_err(anyhow::Error::from)
                 .with_context(|| format!("opening granted directory {}", dir.host.display()))?;
@@ -106,7 +116,12 @@ impl ToolState {
     /// of the three separately.
     pub fn finish_log(&mut self) -> Vec<LogLine> {
         let mut log = std::mem::take(&mut self.log);
-        let note = |source, message| LogLine { level: "warn", source, message, fields: vec![] };
+        let note = |source, message| LogLine {
+            level: "warn",
+            source,
+            message,
+            fields: vec![],
+        };
         if log.dropped > 0 {
             let message = format!("{} log lines were dropped (max_log_kb)", log.dropped);
             log.push_unbudgeted(note("log", message));
@@ -114,10 +129,18 @@ impl ToolState {
         for (source, capture) in [("stdout", &self.stdout), ("stderr", &self.stderr)] {
             let (text, dropped) = capture.take();
             if !text.is_empty() {
-                log.push_unbudgeted(LogLine { level: "info", source, message: text, fields: vec![] });
+                log.push_unbudgeted(LogLine {
+                    level: "info",
+                    source,
+                    message: text,
+                    fields: vec![],
+                });
             }
             if dropped > 0 {
-                log.push_unbudgeted(note(source, format!("{dropped} more bytes of {source} were dropped (max_log_kb)")));
+                log.push_unbudgeted(note(
+                    source,
+                    format!("{dropped} more bytes of {source} were dropped (max_log_kb)"),
+                ));
             }
         }
         log.into_lines()
@@ -129,7 +152,8 @@ impl PolicyState {
     pub fn new(limits: &Limits, time_ms: u64) -> PolicyState {
         let mut wasi = deny_all_builder();
         let now = Duration::from_millis(time_ms);
-        wasi.wall_clock(FrozenClock(now)).monotonic_clock(FrozenClock(now));
+        wasi.wall_clock(FrozenClock(now))
+            .monotonic_clock(FrozenClock(now));
         PolicyState {
             wasi: wasi.build(),
             table: ResourceTable::new(),
@@ -142,7 +166,10 @@ impl PolicyState {
 /// The starting point of every context: nothing from the host process.
 fn deny_all_builder() -> WasiCtxBuilder {
     let mut builder = WasiCtxBuilder::new();
-    builder.allow_tcp(false).allow_udp(false).allow_ip_name_lookup(false);
+    builder
+        .allow_tcp(false)
+        .allow_udp(false)
+        .allow_ip_name_lookup(false);
     builder
 }
 
@@ -152,7 +179,9 @@ pub fn tool_linker(engine: &Engine) -> Result<Linker<ToolState>> {
     wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
     wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?;
     bindings::policy::warden::plugin::log::add_to_linker::<_, HasLog>(&mut linker, |s| &mut s.log)?;
-    bindings::tool::warden::plugin::host::add_to_linker::<_, HasProgress>(&mut linker, |s| &mut s.progress)?;
+    bindings::tool::warden::plugin::host::add_to_linker::<_, HasProgress>(&mut linker, |s| {
+        &mut s.progress
+    })?;
     Ok(linker)
 }
 
@@ -166,19 +195,29 @@ pub fn policy_linker(engine: &Engine) -> Result<Linker<PolicyState>> {
 
 impl WasiView for ToolState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
-        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
     }
 }
 
 impl WasiHttpView for ToolState {
     fn http(&mut self) -> WasiHttpCtxView<'_> {
-        WasiHttpCtxView { ctx: &mut self.http, table: &mut self.table, hooks: &mut self.egress }
+        WasiHttpCtxView {
+            ctx: &mut self.http,
+            table: &mut self.table,
+            hooks: &mut self.egress,
+        }
     }
 }
 
 impl WasiView for PolicyState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
-        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
     }
 }
 
@@ -229,7 +268,11 @@ struct CaptureBuf {
 
 impl Capture {
     fn new(budget: usize) -> Capture {
-        Capture(Arc::new(Mutex::new(CaptureBuf { bytes: Vec::new(), budget, dropped: 0 })))
+        Capture(Arc::new(Mutex::new(CaptureBuf {
+            bytes: Vec::new(),
+            budget,
+            dropped: 0,
+        })))
     }
 
     fn take(&self) -> (String, u64) {

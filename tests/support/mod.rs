@@ -12,7 +12,9 @@ use std::time::Duration;
 use serde_json::Value;
 
 pub fn repo_root() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("host/ has a parent")
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("host/ has a parent")
 }
 
 /// Build every guest component (plugins, policies, fixtures) once per test process.
@@ -25,7 +27,16 @@ pub fn guests() -> &'static Path {
         ensure_wasm_target();
         let status = Command::new(&cargo)
             .current_dir(root)
-            .args(["build", "--workspace", "--exclude", "warden", "--target", "wasm32-wasip2", "--profile", "guest"])
+            .args([
+                "build",
+                "--workspace",
+                "--exclude",
+                "warden",
+                "--target",
+                "wasm32-wasip2",
+                "--profile",
+                "guest",
+            ])
             .arg("--target-dir")
             .arg(root.join("target/guests"))
             .env_remove("CARGO_TARGET_DIR")
@@ -40,10 +51,16 @@ pub fn guests() -> &'static Path {
 /// rustup installs the target listed in rust-toolchain.toml when it installs the
 /// toolchain; a toolchain that was already present may lack it.
 fn ensure_wasm_target() {
-    let libdir = Command::new("rustc").args(["--print", "target-libdir", "--target", "wasm32-wasip2"]).output();
-    let present = libdir.is_ok_and(|o| o.status.success() && Path::new(String::from_utf8_lossy(&o.stdout).trim()).is_dir());
+    let libdir = Command::new("rustc")
+        .args(["--print", "target-libdir", "--target", "wasm32-wasip2"])
+        .output();
+    let present = libdir.is_ok_and(|o| {
+        o.status.success() && Path::new(String::from_utf8_lossy(&o.stdout).trim()).is_dir()
+    });
     if !present {
-        let _ = Command::new("rustup").args(["target", "add", "wasm32-wasip2"]).status();
+        let _ = Command::new("rustup")
+            .args(["target", "add", "wasm32-wasip2"])
+            .status();
     }
 }
 
@@ -73,7 +90,10 @@ impl Env {
     }
 
     pub fn write_config(&self, body: &str) {
-        let mut text = format!("data_dir = \"data\"\ncache_dir = {:?}\n", shared_cache().display().to_string());
+        let mut text = format!(
+            "data_dir = \"data\"\ncache_dir = {:?}\n",
+            shared_cache().display().to_string()
+        );
         text += &expand(body);
         std::fs::write(self.config(), text).expect("write config");
     }
@@ -117,7 +137,15 @@ impl Env {
 /// Replace `{name}` with the path of built component `name`.
 pub fn expand(body: &str) -> String {
     let mut out = body.to_string();
-    for name in ["hostile", "hostile-policy", "text-stats", "notes", "http-fetch", "tiered-approval", "business-hours"] {
+    for name in [
+        "hostile",
+        "hostile-policy",
+        "text-stats",
+        "notes",
+        "http-fetch",
+        "tiered-approval",
+        "business-hours",
+    ] {
         out = out.replace(&format!("{{{name}}}"), &wasm(name).display().to_string());
     }
     out
@@ -142,7 +170,13 @@ impl From<Output> for Run {
 impl std::fmt::Debug for Run {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let cut = |s: &str| s.chars().take(3000).collect::<String>();
-        write!(f, "exit {}\n--- stdout\n{}\n--- stderr\n{}", self.code, cut(&self.stdout), cut(&self.stderr))
+        write!(
+            f,
+            "exit {}\n--- stdout\n{}\n--- stderr\n{}",
+            self.code,
+            cut(&self.stdout),
+            cut(&self.stderr)
+        )
     }
 }
 
@@ -205,7 +239,9 @@ fn serve(mut stream: TcpStream) {
     let head = String::from_utf8_lossy(&head).into_owned();
     let path = head.split_whitespace().nth(1).unwrap_or("/").to_string();
     let response = if let Some(to) = path.strip_prefix("/redirect?to=") {
-        format!("HTTP/1.1 302 Found\r\nlocation: {to}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
+        format!(
+            "HTTP/1.1 302 Found\r\nlocation: {to}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+        )
     } else {
         let body = format!("hello from {path}");
         format!(

@@ -28,7 +28,11 @@ impl ToolHost for Progress {
             m.truncate(m.floor_char_boundary(1024));
             m
         });
-        let update = ProgressUpdate { done, total, message };
+        let update = ProgressUpdate {
+            done,
+            total,
+            message,
+        };
         if self.updates.len() < MAX_UPDATES {
             self.updates.push(update);
         } else if let Some(last) = self.updates.last_mut() {

@@ -29,11 +29,19 @@ pub struct GuestLog {
 
 impl GuestLog {
     pub fn new(budget_bytes: usize) -> GuestLog {
-        GuestLog { budget: budget_bytes, ..GuestLog::default() }
+        GuestLog {
+            budget: budget_bytes,
+            ..GuestLog::default()
+        }
     }
 
     pub fn push(&mut self, line: LogLine) {
-        let size = line.message.len() + line.fields.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>();
+        let size = line.message.len()
+            + line
+                .fields
+                .iter()
+                .map(|(k, v)| k.len() + v.len())
+                .sum::<usize>();
         if self.bytes + size > self.budget {
             self.dropped += 1;
             return;
@@ -65,7 +73,12 @@ fn level_name(level: Level) -> &'static str {
 
 impl LogHost for GuestLog {
     fn log(&mut self, level: Level, message: String, fields: Vec<(String, String)>) {
-        self.push(LogLine { level: level_name(level), source: "log", message, fields });
+        self.push(LogLine {
+            level: level_name(level),
+            source: "log",
+            message,
+            fields,
+        });
     }
 }
 

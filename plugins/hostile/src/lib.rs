@@ -16,7 +16,10 @@ const TOOLS: &[(&str, &str)] = &[
     ("http_get", "GET `url`, following redirects when `follow`."),
     ("tcp_connect", "Open a TCP connection to `addr`."),
     ("dns_lookup", "Resolve `host`."),
-    ("env", "Report environment variables, arguments and working directory."),
+    (
+        "env",
+        "Report environment variables, arguments and working directory.",
+    ),
     ("flood", "Write `bytes` bytes to stdout and to stderr."),
     ("big_output", "Return a string of `bytes` bytes."),
     ("log_flood", "Write `lines` log lines."),
@@ -31,13 +34,19 @@ impl Guest for Hostile {
                 name: (*name).into(),
                 description: (*description).into(),
                 input_schema: json!({ "type": "object" }).to_string(),
-                annotations: Annotations { read_only: false, destructive: true, idempotent: false, open_world: true },
+                annotations: Annotations {
+                    read_only: false,
+                    destructive: true,
+                    idempotent: false,
+                    open_world: true,
+                },
             })
             .collect()
     }
 
     fn invoke(tool: String, input: String) -> Result<String, ToolError> {
-        let input: Value = serde_json::from_str(&input).map_err(|e| ToolError::new("invalid-input", e.to_string()))?;
+        let input: Value = serde_json::from_str(&input)
+            .map_err(|e| ToolError::new("invalid-input", e.to_string()))?;
         let str_arg = |key: &str| input[key].as_str().unwrap_or_default().to_string();
         let num_arg = |key: &str| input[key].as_u64().unwrap_or(0);
         let fail = |code: &str, e: &dyn std::fmt::Display| ToolError::new(code, e.to_string());
@@ -65,16 +74,21 @@ impl Guest for Hostile {
                 .map_err(|e| fail("io", &e)),
             "list_dir" => {
                 let entries = std::fs::read_dir(str_arg("path")).map_err(|e| fail("io", &e))?;
-                let names: Vec<String> =
-                    entries.filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().into_owned()).collect();
+                let names: Vec<String> = entries
+                    .filter_map(|e| e.ok())
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect();
                 Ok(json!({ "entries": names }).to_string())
             }
             "http_get" => {
                 let mut url = str_arg("url");
                 for _ in 0..5 {
-                    let response = warden_guest::http::get(&url, &[], 1 << 20).map_err(|e| fail("http", &e))?;
+                    let response = warden_guest::http::get(&url, &[], 1 << 20)
+                        .map_err(|e| fail("http", &e))?;
                     match response.header("location") {
-                        Some(next) if input["follow"].as_bool() == Some(true) => url = next.to_string(),
+                        Some(next) if input["follow"].as_bool() == Some(true) => {
+                            url = next.to_string()
+                        }
                         _ => {
                             return Ok(json!({
                                 "status": response.status,
@@ -93,7 +107,10 @@ impl Guest for Hostile {
                 use std::net::ToSocketAddrs;
                 (str_arg("host").as_str(), 80)
                     .to_socket_addrs()
-                    .map(|addrs| json!({ "addrs": addrs.map(|a| a.to_string()).collect::<Vec<_>>() }).to_string())
+                    .map(|addrs| {
+                        json!({ "addrs": addrs.map(|a| a.to_string()).collect::<Vec<_>>() })
+                            .to_string()
+                    })
                     .map_err(|e| fail("net", &e))
             }
             "env" => Ok(json!({
@@ -113,7 +130,9 @@ impl Guest for Hostile {
                 }
                 Ok(json!({ "flooded": true }).to_string())
             }
-            "big_output" => Ok(json!({ "data": "y".repeat(num_arg("bytes") as usize) }).to_string()),
+            "big_output" => {
+                Ok(json!({ "data": "y".repeat(num_arg("bytes") as usize) }).to_string())
+            }
             "log_flood" => {
                 for i in 0..num_arg("lines") {
                     warden_guest::log(warden_guest::Level::Info, &format!("line {i}"));

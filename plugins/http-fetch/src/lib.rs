@@ -31,9 +31,13 @@ impl Guest for HttpFetch {
 
     fn invoke(tool: String, input: String) -> Result<String, ToolError> {
         if tool != "http_get" {
-            return Err(ToolError::new("unknown-tool", format!("no tool named {tool}")));
+            return Err(ToolError::new(
+                "unknown-tool",
+                format!("no tool named {tool}"),
+            ));
         }
-        let input: Value = serde_json::from_str(&input).map_err(|e| ToolError::new("invalid-input", e.to_string()))?;
+        let input: Value = serde_json::from_str(&input)
+            .map_err(|e| ToolError::new("invalid-input", e.to_string()))?;
         let mut url = input["url"].as_str().unwrap_or_default().to_string();
         let follow = input["follow_redirects"].as_bool().unwrap_or(true);
 

@@ -45,7 +45,8 @@ impl Guest for Notes {
     }
 
     fn invoke(tool: String, input: String) -> Result<String, ToolError> {
-        let input: Value = serde_json::from_str(&input).map_err(|e| ToolError::new("invalid-input", e.to_string()))?;
+        let input: Value = serde_json::from_str(&input)
+            .map_err(|e| ToolError::new("invalid-input", e.to_string()))?;
         match tool.as_str() {
             "notes_list" => {
                 let entries = fs::read_dir(ROOT).map_err(io_error)?;
@@ -72,7 +73,10 @@ impl Guest for Notes {
                 warden_guest::log(warden_guest::Level::Info, &format!("wrote note {name}"));
                 Ok(json!({ "name": name, "bytes": text.len() }).to_string())
             }
-            other => Err(ToolError::new("unknown-tool", format!("no tool named {other}"))),
+            other => Err(ToolError::new(
+                "unknown-tool",
+                format!("no tool named {other}"),
+            )),
         }
     }
 }
@@ -81,17 +85,31 @@ fn note_name(input: &Value) -> Result<&str, ToolError> {
     // The schema already restricts names; this keeps the plugin safe on its own.
     let name = input["name"].as_str().unwrap_or_default();
     if name.is_empty() || name.starts_with('.') || name.contains('/') {
-        return Err(ToolError::new("invalid-input", format!("bad note name {name:?}")));
+        return Err(ToolError::new(
+            "invalid-input",
+            format!("bad note name {name:?}"),
+        ));
     }
     Ok(name)
 }
 
-fn spec(name: &str, description: &str, schema: Value, read_only: bool, destructive: bool) -> ToolSpec {
+fn spec(
+    name: &str,
+    description: &str,
+    schema: Value,
+    read_only: bool,
+    destructive: bool,
+) -> ToolSpec {
     ToolSpec {
         name: name.into(),
         description: description.into(),
         input_schema: schema.to_string(),
-        annotations: Annotations { read_only, destructive, idempotent: true, open_world: false },
+        annotations: Annotations {
+            read_only,
+            destructive,
+            idempotent: true,
+            open_world: false,
+        },
     }
 }
 

@@ -10,7 +10,9 @@ impl Guest for TextStats {
     fn describe() -> Vec<ToolSpec> {
         vec![ToolSpec {
             name: "text_stats".into(),
-            description: "Count characters, words and lines of a text and list its most frequent words.".into(),
+            description:
+                "Count characters, words and lines of a text and list its most frequent words."
+                    .into(),
             input_schema: json!({
                 "type": "object",
                 "properties": {
@@ -32,7 +34,10 @@ impl Guest for TextStats {
 
     fn invoke(tool: String, input: String) -> Result<String, ToolError> {
         if tool != "text_stats" {
-            return Err(ToolError::new("unknown-tool", format!("no tool named {tool}")));
+            return Err(ToolError::new(
+                "unknown-tool",
+                format!("no tool named {tool}"),
+            ));
         }
         let input: Value = serde_json::from_str(&input)
             .map_err(|e| ToolError::new("invalid-input", e.to_string()))?;

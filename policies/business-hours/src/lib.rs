@@ -19,9 +19,13 @@ const DAYS: [&str; 7] = ["sun", "mon", "tue", "wed", "thu", "fri", "sat"];
 fn minutes(value: Option<&Value>, key: &str, default: &str) -> Result<i64, String> {
     let text = match value {
         None => default,
-        Some(v) => v.as_str().ok_or(format!("config {key} must be \"HH:MM\""))?,
+        Some(v) => v
+            .as_str()
+            .ok_or(format!("config {key} must be \"HH:MM\""))?,
     };
-    let (h, m) = text.split_once(':').ok_or(format!("config {key} must be \"HH:MM\""))?;
+    let (h, m) = text
+        .split_once(':')
+        .ok_or(format!("config {key} must be \"HH:MM\""))?;
     match (h.parse::<i64>(), m.parse::<i64>()) {
         (Ok(h), Ok(m)) if (0..=24).contains(&h) && (0..60).contains(&m) => Ok(h * 60 + m),
         _ => Err(format!("config {key} must be \"HH:MM\", got {text:?}")),
@@ -31,11 +35,17 @@ fn minutes(value: Option<&Value>, key: &str, default: &str) -> Result<i64, Strin
 fn decide(action: &Action) -> Result<Decision, String> {
     let config: Value = serde_json::from_str(&action.config).map_err(|e| format!("config: {e}"))?;
     for key in config.as_object().ok_or("config must be a table")?.keys() {
-        if !matches!(key.as_str(), "utc_offset_minutes" | "days" | "start" | "end" | "outside" | "applies_to") {
+        if !matches!(
+            key.as_str(),
+            "utc_offset_minutes" | "days" | "start" | "end" | "outside" | "applies_to"
+        ) {
             return Err(format!("config: unknown key {key:?}"));
         }
     }
-    let offset = config.get("utc_offset_minutes").map_or(Some(0), Value::as_i64).ok_or("config utc_offset_minutes must be an integer")?;
+    let offset = config
+        .get("utc_offset_minutes")
+        .map_or(Some(0), Value::as_i64)
+        .ok_or("config utc_offset_minutes must be an integer")?;
     let days: Vec<&str> = match config.get("days") {
         None => DAYS[1..6].to_vec(),
         Some(v) => v
@@ -51,7 +61,11 @@ fn decide(action: &Action) -> Result<Decision, String> {
     let writes_only = match config.get("applies_to").and_then(Value::as_str) {
         None | Some("writes") => true,
         Some("all") => false,
-        Some(other) => return Err(format!("config applies_to: expected \"writes\" or \"all\", got {other:?}")),
+        Some(other) => {
+            return Err(format!(
+                "config applies_to: expected \"writes\" or \"all\", got {other:?}"
+            ));
+        }
     };
     if writes_only && action.annotations.read_only {
         return Ok(Decision::Allow);
@@ -71,12 +85,21 @@ fn decide(action: &Action) -> Result<Decision, String> {
         minute % 60,
         offset
     );
-    let hold = |tier| ApprovalSpec { tier, reason: reason.clone(), approvers: vec![], timeout_secs: None };
+    let hold = |tier| ApprovalSpec {
+        tier,
+        reason: reason.clone(),
+        approvers: vec![],
+        timeout_secs: None,
+    };
     Ok(match config.get("outside").and_then(Value::as_str) {
         None | Some("deny") => Decision::Deny(reason),
         Some("soft") => Decision::RequireApproval(hold(Tier::Soft)),
         Some("hard") => Decision::RequireApproval(hold(Tier::Hard)),
-        Some(other) => return Err(format!("config outside: expected \"deny\", \"soft\" or \"hard\", got {other:?}")),
+        Some(other) => {
+            return Err(format!(
+                "config outside: expected \"deny\", \"soft\" or \"hard\", got {other:?}"
+            ));
+        }
     })
 }
 

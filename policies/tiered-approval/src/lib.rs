@@ -26,7 +26,9 @@ fn level(value: &Value, key: &str) -> Result<Level, String> {
         Some("soft") => Ok(Level::Soft),
         Some("hard") => Ok(Level::Hard),
         Some("deny") => Ok(Level::Deny),
-        _ => Err(format!("config {key}: expected \"auto\", \"soft\", \"hard\" or \"deny\", got {value}")),
+        _ => Err(format!(
+            "config {key}: expected \"auto\", \"soft\", \"hard\" or \"deny\", got {value}"
+        )),
     }
 }
 
@@ -34,7 +36,10 @@ fn decide(action: &Action) -> Result<Decision, String> {
     let config: Value = serde_json::from_str(&action.config).map_err(|e| format!("config: {e}"))?;
     let config = config.as_object().ok_or("config must be a table")?;
     for key in config.keys() {
-        if !matches!(key.as_str(), "default" | "approvers" | "timeout_secs" | "annotations" | "tools") {
+        if !matches!(
+            key.as_str(),
+            "default" | "approvers" | "timeout_secs" | "annotations" | "tools"
+        ) {
             return Err(format!("config: unknown key {key:?}"));
         }
     }
@@ -52,7 +57,9 @@ fn decide(action: &Action) -> Result<Decision, String> {
         ("open_world", a.open_world),
     ];
     if let Some(rules) = config.get("annotations") {
-        let rules = rules.as_object().ok_or("config annotations must be a table")?;
+        let rules = rules
+            .as_object()
+            .ok_or("config annotations must be a table")?;
         for (name, rule) in rules {
             let Some((_, set)) = flags.iter().find(|(flag, _)| flag == name) else {
                 return Err(format!("config annotations: unknown annotation {name:?}"));
@@ -70,24 +77,45 @@ fn decide(action: &Action) -> Result<Decision, String> {
             let rule = level(rule, &format!("tools.{}", action.tool))?;
             if rule > tier {
                 tier = rule;
-                why.push(format!("tool {} is configured {}", action.tool, rule_name(rule)));
+                why.push(format!(
+                    "tool {} is configured {}",
+                    action.tool,
+                    rule_name(rule)
+                ));
             }
         }
     }
 
-    let reason = if why.is_empty() { "default tier".to_string() } else { why.join("; ") };
+    let reason = if why.is_empty() {
+        "default tier".to_string()
+    } else {
+        why.join("; ")
+    };
     let approvers = match config.get("approvers") {
         None => vec![],
         Some(v) => v
             .as_array()
-            .and_then(|list| list.iter().map(|p| p.as_str().map(String::from)).collect::<Option<Vec<_>>>())
+            .and_then(|list| {
+                list.iter()
+                    .map(|p| p.as_str().map(String::from))
+                    .collect::<Option<Vec<_>>>()
+            })
             .ok_or("config approvers must be a list of strings")?,
     };
     let timeout_secs = match config.get("timeout_secs") {
         None => None,
-        Some(v) => Some(v.as_u64().and_then(|n| u32::try_from(n).ok()).ok_or("config timeout_secs must be a positive integer")?),
+        Some(v) => Some(
+            v.as_u64()
+                .and_then(|n| u32::try_from(n).ok())
+                .ok_or("config timeout_secs must be a positive integer")?,
+        ),
     };
-    let spec = |tier| ApprovalSpec { tier, reason: reason.clone(), approvers: approvers.clone(), timeout_secs };
+    let spec = |tier| ApprovalSpec {
+        tier,
+        reason: reason.clone(),
+        approvers: approvers.clone(),
+        timeout_secs,
+    };
     Ok(match tier {
         Level::Auto => Decision::Allow,
         Level::Soft => Decision::RequireApproval(spec(Tier::Soft)),
