@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::Result;
-use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
+use wasmtime::{Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
 /// How often the epoch advances. A call's wall-clock deadline is checked on each
 /// tick, so a spinning guest is stopped within one tick of its timeout.
@@ -52,9 +52,13 @@ impl SharedEngine {
             .total_tables(options.max_instances * 4)
             .total_stacks(options.max_instances)
             .max_memory_size(options.max_memory_bytes)
-            // Keep the first pages of each slot resident and reset them with memset
-            // instead of madvise: a fresh instance then starts without page faults.
-            .linear_memory_keep_resident(1 << 20)
+            // Reset a slot for reuse by rewriting only the pages the last instance
+            // dirtied (found with the PAGEMAP_SCAN ioctl where the kernel has it) and
+            // keep them resident: a fresh instance then starts without page faults or
+            // a TLB-flushing madvise. Isolation is unchanged: every page an instance
+            // can see is back to its initial contents.
+            .pagemap_scan(Enabled::Auto)
+            .linear_memory_keep_resident(2 << 20)
             .table_keep_resident(64 << 10);
 
         let mut config = Config::new();
