@@ -74,3 +74,5 @@ impl tool::ToolError {
 
 #[cfg(feature = "http")]
 pub mod http;
+
+pub mod lean;

@@ -30,6 +30,39 @@ pub struct BenchArgs {
     /// Thread counts for the throughput scenario, comma separated.
     #[arg(long, default_value = "1,2", value_delimiter = ',')]
     threads: Vec<usize>,
+    /// Run only these scenarios (to profile one of them).
+    #[arg(long, value_enum, value_delimiter = ',')]
+    only: Vec<Scenario>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Scenario {
+    /// One policy decision alone.
+    Policy,
+    /// One tool call alone, without policies.
+    Tool,
+    /// Governed calls, one after another.
+    Call,
+    /// Governed calls from several threads at once.
+    Throughput,
+}
+
+/// Time `iterations` runs of `f` after `warmup` untimed ones and print the percentiles.
+async fn measure<F, Fut>(name: &str, warmup: usize, iterations: usize, mut f: F) -> Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<()>>,
+{
+    let mut samples = Vec::with_capacity(iterations);
+    for i in 0..warmup + iterations {
+        let t = Instant::now();
+        f().await?;
+        if i >= warmup {
+            samples.push(t.elapsed());
+        }
+    }
+    line(name, &stats(samples));
+    Ok(())
 }
 
 struct Stats {
@@ -90,8 +123,9 @@ pub async fn run(config: &Path, args: &BenchArgs) -> Result<ExitCode> {
         );
     }
     let warmup = (args.iterations / 10).max(50);
+    let wanted = |s: Scenario| args.only.is_empty() || args.only.contains(&s);
 
-    if let Some(policy) = policies.first() {
+    if let Some(policy) = policies.first().filter(|_| wanted(Scenario::Policy)) {
         let action = Action {
             principal: "bench".into(),
             tool: args.tool.clone(),
@@ -103,57 +137,49 @@ pub async fn run(config: &Path, args: &BenchArgs) -> Result<ExitCode> {
             config: policy.config.clone(),
             usage: "{}".into(),
         };
-        let mut samples = Vec::with_capacity(args.iterations);
-        for i in 0..warmup + args.iterations {
-            let t = Instant::now();
-            let decision = policy.evaluate(&action).await;
-            if i >= warmup {
-                samples.push(t.elapsed());
+        let name = format!("policy decision alone ({}, fresh instance)", policy.id);
+        measure(&name, warmup, args.iterations, || async {
+            match policy.evaluate(&action).await.failure {
+                None => Ok(()),
+                Some(why) => Err(anyhow::anyhow!("policy {} failed: {why}", policy.id)),
             }
-            if decision.failure.is_some() {
-                bail!("policy {} failed: {:?}", policy.id, decision.failure);
-            }
-        }
-        line(
-            &format!("policy decision alone ({}, fresh instance)", policy.id),
-            &stats(samples),
-        );
+        })
+        .await?;
     }
-
-    let mut samples = Vec::with_capacity(args.iterations);
-    for i in 0..warmup + args.iterations {
-        let t = Instant::now();
-        let run = plugin.invoke(&args.tool, &args.input).await;
-        if i >= warmup {
-            samples.push(t.elapsed());
-        }
-        run.result.map_err(|f| anyhow::anyhow!("{f}"))?;
+    if wanted(Scenario::Tool) {
+        measure(
+            "tool call alone (fresh instance, no policy)",
+            warmup,
+            args.iterations,
+            || async {
+                plugin
+                    .invoke(&args.tool, &args.input)
+                    .await
+                    .result
+                    .map(drop)
+                    .map_err(|f| anyhow::anyhow!("{f}"))
+            },
+        )
+        .await?;
     }
-    line(
-        "tool call alone (fresh instance, no policy)",
-        &stats(samples),
-    );
-
-    let mut samples = Vec::with_capacity(args.iterations);
-    for i in 0..warmup + args.iterations {
-        let t = Instant::now();
-        let report = rt.call(request).await?;
-        if i >= warmup {
-            samples.push(t.elapsed());
-        }
-        if !matches!(report.outcome, Outcome::Ok { .. }) {
-            bail!("call failed during the benchmark");
-        }
-    }
-    line(
-        &format!(
+    if wanted(Scenario::Call) {
+        let name = format!(
             "governed call ({} policies + fresh tool instance)",
             policies.len()
-        ),
-        &stats(samples),
-    );
+        );
+        measure(&name, warmup, args.iterations, || async {
+            match rt.call(request).await?.outcome {
+                Outcome::Ok { .. } => Ok(()),
+                other => Err(anyhow::anyhow!(
+                    "call did not succeed: {}",
+                    serde_json::to_string(&other)?
+                )),
+            }
+        })
+        .await?;
+    }
 
-    for &threads in &args.threads {
+    for &threads in args.threads.iter().filter(|_| wanted(Scenario::Throughput)) {
         let per_thread = args.iterations.max(threads) / threads;
         let started = Instant::now();
         let results: Vec<Result<()>> = std::thread::scope(|scope| {

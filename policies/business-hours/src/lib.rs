@@ -11,6 +11,15 @@
 //! outside = "deny"                    # or "soft" / "hard": hold instead of deny
 //! applies_to = "writes"               # or "all"
 //! ```
+#![no_std]
+// no_std with warden's lean runtime: the component imports no WASI at all, which keeps
+// a fresh instance per decision cheap (see BENCHMARKS.md).
+
+extern crate alloc;
+
+use alloc::string::String;
+use alloc::vec::Vec;
+use alloc::{format, vec};
 use serde_json::Value;
 use warden_guest::policy::{Action, ApprovalSpec, Decision, Guest, Tier};
 
@@ -112,3 +121,4 @@ impl Guest for BusinessHours {
 }
 
 warden_guest::export_policy!(BusinessHours);
+warden_guest::lean_runtime!();

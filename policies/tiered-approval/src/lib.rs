@@ -9,6 +9,15 @@
 //! annotations = { destructive = "hard", open_world = "soft" }
 //! tools = { notes_write = "soft", http_get = "auto" }
 //! ```
+#![no_std]
+// no_std with warden's lean runtime: the component imports no WASI at all, which keeps
+// a fresh instance per decision cheap (see BENCHMARKS.md).
+
+extern crate alloc;
+
+use alloc::string::{String, ToString};
+use alloc::vec::Vec;
+use alloc::{format, vec};
 use serde_json::Value;
 use warden_guest::policy::{Action, ApprovalSpec, Decision, Guest, Tier};
 
@@ -143,3 +152,4 @@ impl Guest for TieredApproval {
 }
 
 warden_guest::export_policy!(TieredApproval);
+warden_guest::lean_runtime!();
