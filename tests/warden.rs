@@ -821,3 +821,49 @@ fn compiled_components_are_cached_and_a_corrupt_entry_is_recompiled() {
         "the entry was rewritten"
     );
 }
+
+// ---- isolation ----
+
+#[tokio::test]
+async fn no_state_carries_from_one_call_or_decision_to_the_next() {
+    let env = hostile_env(1, HOSTILE_LIMITS);
+    env.append_config("[[policy]]\nid = \"p\"\ncomponent = \"{hostile-policy}\"\ntools = [\"counter\"]\nconfig = { mode = \"stateful\" }\n");
+    let rt = Runtime::load(Config::load(&env.config()).unwrap())
+        .await
+        .unwrap();
+    for _ in 0..3 {
+        let report = rt
+            .call(CallRequest {
+                principal: "t",
+                tool: "counter",
+                input: "{}",
+            })
+            .await
+            .unwrap();
+        match &report.outcome {
+            Outcome::Ok { output } => assert_eq!(output["calls"], 1, "tool state leaked"),
+            other => panic!("policy state leaked or call failed: {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn policies_see_a_frozen_clock_no_env_and_no_files() {
+    let env = Env::new(
+        "[[plugin]]\nid = \"t\"\ncomponent = \"{text-stats}\"\n[[policy]]\nid = \"p\"\ncomponent = \"{hostile-policy}\"\nconfig = { mode = \"probe\" }\n",
+    );
+    let run = env.warden_with_env(
+        &[
+            "call",
+            "text_stats",
+            "--input",
+            r#"{"text":"x"}"#,
+            "--report",
+        ],
+        &[("LEAK", "1")],
+    );
+    assert_eq!(run.code, DENIED, "{run:?}");
+    let report: Value = serde_json::from_str(&run.stdout).unwrap();
+    let expected = format!("now={} env=0 files=false", report["time_ms"]);
+    assert_eq!(report["decisions"][0]["reason"], expected, "{run:?}");
+}

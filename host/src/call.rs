@@ -90,6 +90,8 @@ pub struct CallReport {
     pub tool: String,
     pub plugin: String,
     pub plugin_digest: String,
+    /// When the call was requested (ms since the Unix epoch); policies see this time.
+    pub time_ms: u64,
     #[serde(flatten)]
     pub outcome: Outcome,
     pub decisions: Vec<PolicyDecision>,
@@ -150,6 +152,7 @@ impl Runtime {
             tool: tool.name.clone(),
             plugin: plugin.id.clone(),
             plugin_digest: plugin.digest.clone(),
+            time_ms,
             outcome: Outcome::Denied { reasons: vec![] },
             decisions: Vec::new(),
             log: Vec::new(),

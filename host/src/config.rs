@@ -429,7 +429,7 @@ fn check_component(
             &format!("component file not found: {}", path.display()),
         ));
     }
-    Ok(path)
+    Ok(path.canonicalize().unwrap_or(path))
 }
 
 fn check_sha256(

@@ -98,6 +98,14 @@ impl Env {
         std::fs::write(self.config(), text).expect("write config");
     }
 
+    /// Add `body` (placeholders expanded) to the end of the config.
+    pub fn append_config(&self, body: &str) {
+        let mut text = std::fs::read_to_string(self.config()).expect("read config");
+        text += "\n";
+        text += &expand(body);
+        std::fs::write(self.config(), text).expect("write config");
+    }
+
     pub fn path(&self) -> &Path {
         self.dir.path()
     }

@@ -24,6 +24,10 @@ const TOOLS: &[(&str, &str)] = &[
     ("big_output", "Return a string of `bytes` bytes."),
     ("log_flood", "Write `lines` log lines."),
     ("panic", "Panic (a trap)."),
+    (
+        "counter",
+        "Count calls in a static (always 1: every call gets a fresh instance).",
+    ),
 ];
 
 impl Guest for Hostile {
@@ -140,6 +144,11 @@ impl Guest for Hostile {
                 Ok(json!({ "logged": num_arg("lines") }).to_string())
             }
             "panic" => panic!("hostile plugin panicked on purpose"),
+            "counter" => {
+                static CALLS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+                let n = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+                Ok(json!({ "calls": n }).to_string())
+            }
             other => Err(ToolError::new("unknown-tool", other)),
         }
     }

@@ -1,5 +1,7 @@
 //! Test fixture: a policy that misbehaves in the way its config's `mode` names.
 //! Every one of these must make warden deny the call (fail closed).
+use std::sync::atomic::{AtomicU32, Ordering};
+
 use serde_json::Value;
 use warden_guest::policy::{Action, ApprovalSpec, Decision, Guest, Tier};
 
@@ -16,6 +18,24 @@ impl Guest for HostilePolicy {
                 loop {
                     n = std::hint::black_box(n.wrapping_add(1));
                 }
+            }
+            // Must always allow: every decision gets a fresh instance.
+            "stateful" => {
+                static CALLS: AtomicU32 = AtomicU32::new(0);
+                match CALLS.fetch_add(1, Ordering::Relaxed) {
+                    0 => Decision::Allow,
+                    n => Decision::Deny(format!("state carried over from {n} earlier decisions")),
+                }
+            }
+            // Reports what the sandbox shows it: the clock, the environment, the files.
+            "probe" => {
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_millis());
+                let env = std::env::vars().count();
+                let files = std::fs::read_dir("/").is_ok()
+                    || std::fs::read_to_string("/etc/passwd").is_ok();
+                Decision::Deny(format!("now={now} env={env} files={files}"))
             }
             "alloc" => {
                 let blocks: Vec<Vec<u8>> = (0..4096).map(|_| vec![1u8; 1 << 20]).collect();
