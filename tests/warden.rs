@@ -206,15 +206,20 @@ fn a_well_behaved_policy_fixture_allows() {
 
 // ---- limits ----
 
+/// The tool ran and failed with `kind` (exit code 1).
+fn assert_failed(run: &support::Run, report: &Value, kind: &str) {
+    assert_eq!(
+        (run.code, report["kind"].as_str()),
+        (TOOL_ERROR, Some(kind)),
+        "{run:?}"
+    );
+}
+
 #[test]
 fn infinite_loop_is_stopped_at_its_timeout_and_the_next_call_succeeds() {
     let env = hostile_env(1, HOSTILE_LIMITS);
     let (run, report) = env.call("spin", "{}");
-    assert_eq!(
-        (run.code, report["kind"].as_str()),
-        (TOOL_ERROR, Some("timed-out")),
-        "{run:?}"
-    );
+    assert_failed(&run, &report, "timed-out");
     let total_ms = report["timings"]["total_us"].as_u64().unwrap() / 1000;
     assert!(
         (500..=600).contains(&total_ms),
@@ -285,11 +290,7 @@ async fn host_keeps_serving_while_several_plugins_spin() {
 fn memory_bomb_is_refused_at_its_limit() {
     let env = hostile_env(1, HOSTILE_LIMITS);
     let (run, report) = env.call("alloc", r#"{"mb": 256}"#);
-    assert_eq!(
-        (run.code, report["kind"].as_str()),
-        (TOOL_ERROR, Some("memory-limit")),
-        "{run:?}"
-    );
+    assert_failed(&run, &report, "memory-limit");
     assert!(report["peak_memory_bytes"].as_u64().unwrap() <= 32 << 20);
     // Within the limit is fine.
     let (run, report) = env.call("alloc", r#"{"mb": 8}"#);
@@ -301,24 +302,27 @@ fn memory_bomb_is_refused_at_its_limit() {
 fn fuel_budget_stops_a_busy_guest() {
     let env = hostile_env(1, "fuel = 1000000\ntimeout_ms = 5000");
     let (run, report) = env.call("spin", "{}");
-    assert_eq!(
-        (run.code, report["kind"].as_str()),
-        (TOOL_ERROR, Some("fuel-exhausted")),
-        "{run:?}"
-    );
+    assert_failed(&run, &report, "fuel-exhausted");
 }
 
 #[test]
 fn oversized_output_is_refused() {
     let env = hostile_env(1, HOSTILE_LIMITS);
     let (run, report) = env.call("big_output", r#"{"bytes": 200000}"#);
-    assert_eq!(
-        (run.code, report["kind"].as_str()),
-        (TOOL_ERROR, Some("bad-output")),
-        "{run:?}"
-    );
+    assert_failed(&run, &report, "bad-output");
     let (run, _) = env.call("big_output", r#"{"bytes": 1000}"#);
     assert_eq!(run.code, OK, "{run:?}");
+}
+
+#[test]
+fn output_that_breaks_its_declared_schema_is_refused() {
+    let env = hostile_env(1, HOSTILE_LIMITS);
+    let (run, report) = env.call("liar", "{}");
+    assert_failed(&run, &report, "bad-output");
+    assert!(
+        report["error"].as_str().unwrap().contains("output schema"),
+        "{run:?}"
+    );
 }
 
 #[test]
@@ -353,11 +357,7 @@ fn stdout_flood_is_bounded_and_never_reaches_the_host_stdout() {
 fn a_trapping_tool_gets_a_clean_error_with_a_backtrace() {
     let env = hostile_env(1, HOSTILE_LIMITS);
     let (run, report) = env.call("panic", "{}");
-    assert_eq!(
-        (run.code, report["kind"].as_str()),
-        (TOOL_ERROR, Some("trapped")),
-        "{run:?}"
-    );
+    assert_failed(&run, &report, "trapped");
     let log = serde_json::to_string(&report["log"]).unwrap();
     assert!(
         log.contains("panicked on purpose"),
@@ -440,6 +440,12 @@ fn files_are_reachable_only_inside_granted_directories() {
 
 // ---- network ----
 
+fn assert_http_denied(run: &support::Run, report: &Value) {
+    assert_eq!(run.code, TOOL_ERROR, "{run:?}");
+    let error = report["error"].as_str().unwrap_or_default();
+    assert!(error.contains("HttpRequestDenied"), "{run:?}");
+}
+
 #[test]
 fn http_reaches_granted_hosts_only() {
     let granted = Listener::http();
@@ -457,14 +463,7 @@ fn http_reaches_granted_hosts_only() {
         "http_get",
         &format!(r#"{{"url":"{}"}}"#, other.url("/steal")),
     );
-    assert_eq!(run.code, TOOL_ERROR, "{run:?}");
-    assert!(
-        report["error"]
-            .as_str()
-            .unwrap()
-            .contains("HttpRequestDenied"),
-        "{run:?}"
-    );
+    assert_http_denied(&run, &report);
     assert_eq!(
         report["denied_requests"][0],
         format!("GET {}", other.url("/steal"))
@@ -486,14 +485,7 @@ fn redirect_to_a_host_outside_the_grant_is_not_followed() {
         "http_get",
         &serde_json::json!({ "url": url, "follow": true }).to_string(),
     );
-    assert_eq!(run.code, TOOL_ERROR, "{run:?}");
-    assert!(
-        report["error"]
-            .as_str()
-            .unwrap()
-            .contains("HttpRequestDenied"),
-        "{run:?}"
-    );
+    assert_http_denied(&run, &report);
     assert_eq!(other.count(), 0);
     assert_eq!(granted.count(), 1);
 
@@ -733,6 +725,8 @@ fn tools_lists_schemas_and_annotations() {
     assert_eq!(tools[0]["name"], "text_stats");
     assert_eq!(tools[0]["annotations"]["readOnlyHint"], true);
     assert_eq!(tools[0]["inputSchema"]["required"][0], "text");
+    assert_eq!(tools[0]["title"], "Text statistics");
+    assert_eq!(tools[0]["outputSchema"]["type"], "object");
 }
 
 #[test]

@@ -218,7 +218,7 @@ impl Config {
         let locate = Locator { file: path, text };
         let raw: RawConfig = toml::from_str(text).map_err(|e| {
             let offset = e.span().map(|s| s.start).unwrap_or(0);
-            let line = text[..offset.min(text.len())]
+            let line = text[..text.floor_char_boundary(offset)]
                 .rfind('\n')
                 .map_or(0, |i| i + 1);
             let line = text[line..].lines().next().unwrap_or_default().trim();
@@ -369,7 +369,7 @@ struct Locator<'a> {
 
 impl Locator<'_> {
     fn error(&self, offset: usize, key: &str, message: &str) -> ConfigError {
-        let before = &self.text[..offset.min(self.text.len())];
+        let before = &self.text[..self.text.floor_char_boundary(offset)];
         let line = before.matches('\n').count() + 1;
         let column = before
             .rfind('\n')

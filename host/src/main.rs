@@ -185,52 +185,21 @@ async fn check(config: &Path) -> Result<ExitCode> {
         let g = &p.sandbox.grants;
         let l = &p.sandbox.limits;
         out += &format!("  {}  {}  {}\n", p.id, p.digest, p.path.display());
-        out += &format!(
-            "    tools:  {}\n",
-            p.tools
-                .iter()
-                .map(|t| t.name.as_str())
-                .collect::<Vec<_>>()
-                .join(", ")
-        );
-        let http: Vec<String> = g.http.iter().map(ToString::to_string).collect();
-        out += &format!(
-            "    http:   {}\n",
-            if http.is_empty() {
-                "none".into()
-            } else {
-                http.join(", ")
-            }
-        );
-        let files: Vec<String> = g
+        let tools = p.tools.iter().map(|t| t.name.clone()).collect();
+        let http = g.http.iter().map(ToString::to_string).collect();
+        let files = g
             .files
             .iter()
             .map(|f| {
-                format!(
-                    "{} -> {} ({})",
-                    f.guest,
-                    f.host.display(),
-                    if f.writable { "rw" } else { "ro" }
-                )
+                let mode = if f.writable { "rw" } else { "ro" };
+                format!("{} -> {} ({mode})", f.guest, f.host.display())
             })
             .collect();
-        out += &format!(
-            "    files:  {}\n",
-            if files.is_empty() {
-                "none".into()
-            } else {
-                files.join(", ")
-            }
-        );
-        let env: Vec<&str> = g.env.keys().map(String::as_str).collect();
-        out += &format!(
-            "    env:    {}\n",
-            if env.is_empty() {
-                "none".into()
-            } else {
-                env.join(", ")
-            }
-        );
+        let env = g.env.keys().cloned().collect();
+        out += &format!("    tools:  {}\n", list_or_none(tools));
+        out += &format!("    http:   {}\n", list_or_none(http));
+        out += &format!("    files:  {}\n", list_or_none(files));
+        out += &format!("    env:    {}\n", list_or_none(env));
         out += "    sockets, DNS, host env/args/cwd/stdio: denied\n";
         out += &format!("    limits: {}\n", limits_text(l));
     }
@@ -245,6 +214,14 @@ async fn check(config: &Path) -> Result<ExitCode> {
     }
     print(&out)?;
     Ok(ExitCode::from(exit::OK))
+}
+
+fn list_or_none(items: Vec<String>) -> String {
+    if items.is_empty() {
+        "none".into()
+    } else {
+        items.join(", ")
+    }
 }
 
 fn limits_text(l: &warden::config::Limits) -> String {
@@ -268,6 +245,7 @@ async fn tools(config: &Path, json: bool) -> Result<ExitCode> {
         let a = tool.annotations;
         list.push(json!({
             "name": tool.name,
+            "title": tool.title,
             "plugin": plugin.id,
             "description": tool.description,
             "annotations": {
@@ -277,6 +255,7 @@ async fn tools(config: &Path, json: bool) -> Result<ExitCode> {
                 "openWorldHint": a.open_world,
             },
             "inputSchema": tool.schema,
+            "outputSchema": tool.output_schema,
         }));
     }
     if json {

@@ -11,7 +11,7 @@ use wasmtime::Store;
 
 use crate::bindings::tool::ToolPre;
 use crate::bindings::{Annotations, ToolSpec};
-use crate::component::{self, World};
+use crate::component::World;
 use crate::config::PluginConfig;
 use crate::interfaces::host::ProgressUpdate;
 use crate::interfaces::log::LogLine;
@@ -22,10 +22,14 @@ use crate::sandbox::{ToolSandbox, ToolState};
 /// One tool a plugin exports, validated at load.
 pub struct Tool {
     pub name: String,
+    pub title: Option<String>,
     pub description: String,
     pub schema: Value,
+    pub output_schema: Option<Value>,
     pub annotations: Annotations,
     pub validator: Validator,
+    /// Output is checked against the declared output schema, if any.
+    output_validator: Option<Validator>,
 }
 
 pub struct Plugin {
@@ -78,13 +82,7 @@ impl Plugin {
     /// Compile `config.component`, check its world, and ask it to describe its tools
     /// (in a sandbox with no grants).
     pub async fn load(shared: &Shared, config: &PluginConfig) -> anyhow::Result<Plugin> {
-        let loaded = component::load(
-            &shared.engine,
-            &shared.cache,
-            &config.component,
-            config.sha256.as_deref(),
-        )?;
-        loaded.expect_world(&config.component, World::Tool)?;
+        let loaded = shared.component(&config.component, config.sha256.as_deref(), World::Tool)?;
         let instance_pre = shared.tool_linker.instantiate_pre(&loaded.component)?;
         let pre = ToolPre::new(instance_pre)?;
         let mut plugin = Plugin {
@@ -186,7 +184,8 @@ impl Plugin {
                 code: e.code,
                 message: e.message,
             }),
-            Ok(Ok(Ok(output))) => check_output(&output, limits.max_output_kb),
+            Ok(Ok(Ok(output))) => check_output(&output, limits.max_output_kb)
+                .and_then(|value| self.check_output_schema(&tool, value)),
         };
         let state = store.data_mut();
         invocation.peak_memory = state.limiter.peak;
@@ -194,6 +193,25 @@ impl Plugin {
         invocation.log = state.finish_log();
         invocation.denied_requests = denied.lock().map(|d| d.clone()).unwrap_or_default();
         invocation
+    }
+}
+
+impl Plugin {
+    /// Hold the tool to the output schema it declared, if any.
+    fn check_output_schema(&self, tool: &str, value: Value) -> Result<Value, Failure> {
+        let Some(validator) = self.tool(tool).and_then(|t| t.output_validator.as_ref()) else {
+            return Ok(value);
+        };
+        let error = validator.iter_errors(&value).next().map(|e| {
+            format!(
+                "output does not match the tool's output schema at `{}`: {e}",
+                e.instance_path
+            )
+        });
+        match error {
+            Some(why) => Err(Failure::BadOutput(why)),
+            None => Ok(value),
+        }
     }
 }
 
@@ -233,19 +251,42 @@ fn check_spec(spec: ToolSpec) -> anyhow::Result<Tool> {
     if spec.description.trim().is_empty() {
         anyhow::bail!("tool `{name}` has no description");
     }
-    let schema: Value = serde_json::from_str(&spec.input_schema)
-        .map_err(|e| anyhow::anyhow!("tool `{name}`: input schema is not JSON: {e}"))?;
-    if schema.get("type").and_then(Value::as_str) != Some("object") {
-        anyhow::bail!("tool `{name}`: input schema must have \"type\": \"object\"");
+    if spec
+        .title
+        .as_ref()
+        .is_some_and(|t| t.trim().is_empty() || t.len() > 128)
+    {
+        anyhow::bail!("tool `{name}`: title must be 1-128 bytes");
     }
-    let validator = jsonschema::validator_for(&schema).map_err(|e| {
-        anyhow::anyhow!("tool `{name}`: input schema is not a valid JSON Schema: {e}")
-    })?;
+    let (schema, validator) = object_schema(&name, "input", &spec.input_schema)?;
+    let (output_schema, output_validator) = match &spec.output_schema {
+        Some(text) => {
+            let (schema, validator) = object_schema(&name, "output", text)?;
+            (Some(schema), Some(validator))
+        }
+        None => (None, None),
+    };
     Ok(Tool {
         name,
+        title: spec.title,
         description: spec.description,
         schema,
+        output_schema,
         annotations: spec.annotations,
         validator,
+        output_validator,
     })
+}
+
+/// Parse and compile a schema that must describe a JSON object (as MCP requires).
+fn object_schema(tool: &str, which: &str, text: &str) -> anyhow::Result<(Value, Validator)> {
+    let schema: Value = serde_json::from_str(text)
+        .map_err(|e| anyhow::anyhow!("tool `{tool}`: {which} schema is not JSON: {e}"))?;
+    if schema.get("type").and_then(Value::as_str) != Some("object") {
+        anyhow::bail!("tool `{tool}`: {which} schema must have \"type\": \"object\"");
+    }
+    let validator = jsonschema::validator_for(&schema).map_err(|e| {
+        anyhow::anyhow!("tool `{tool}`: {which} schema is not a valid JSON Schema: {e}")
+    })?;
+    Ok((schema, validator))
 }

@@ -12,7 +12,7 @@ use wasmtime::Store;
 
 use crate::bindings::policy::PolicyPre;
 use crate::bindings::{Action, Decision, Tier};
-use crate::component::{self, World};
+use crate::component::World;
 use crate::config::{Limits, PolicyConfig, pattern_matches};
 use crate::interfaces::log::LogLine;
 use crate::limits;
@@ -95,13 +95,8 @@ pub enum Combined {
 
 impl Policy {
     pub fn load(shared: &Shared, config: &PolicyConfig) -> anyhow::Result<Policy> {
-        let loaded = component::load(
-            &shared.engine,
-            &shared.cache,
-            &config.component,
-            config.sha256.as_deref(),
-        )?;
-        loaded.expect_world(&config.component, World::Policy)?;
+        let loaded =
+            shared.component(&config.component, config.sha256.as_deref(), World::Policy)?;
         let pre = PolicyPre::new(shared.policy_linker.instantiate_pre(&loaded.component)?)?;
         Ok(Policy {
             id: config.id.clone(),

@@ -12,6 +12,7 @@ use wasmtime::Engine;
 use wasmtime::component::Linker;
 
 use crate::cache::CompileCache;
+use crate::component::{self, ComponentError, Loaded, World};
 use crate::config::{Config, ConfigError};
 use crate::engine::{EngineOptions, SharedEngine};
 use crate::plugin::Plugin;
@@ -31,6 +32,19 @@ pub struct Shared {
 }
 
 impl Shared {
+    /// Load the component at `path` (checking the `pin`, if any) and check it
+    /// implements `world`.
+    pub fn component(
+        &self,
+        path: &Path,
+        pin: Option<&str>,
+        world: World,
+    ) -> Result<Loaded, ComponentError> {
+        let loaded = component::load(&self.engine, &self.cache, path, pin)?;
+        loaded.expect_world(path, world)?;
+        Ok(loaded)
+    }
+
     /// An engine with `options`, caching compiled components under `cache_dir`.
     pub fn new(options: EngineOptions, cache_dir: Option<&Path>) -> anyhow::Result<Shared> {
         let ticker = SharedEngine::new(options)?;

@@ -25,6 +25,10 @@ const TOOLS: &[(&str, &str)] = &[
     ("log_flood", "Write `lines` log lines."),
     ("panic", "Panic (a trap)."),
     (
+        "liar",
+        "Declare an output schema and return output that breaks it.",
+    ),
+    (
         "counter",
         "Count calls in a static (always 1: every call gets a fresh instance).",
     ),
@@ -37,7 +41,12 @@ impl Guest for Hostile {
             .map(|(name, description)| ToolSpec {
                 name: (*name).into(),
                 description: (*description).into(),
+                title: None,
                 input_schema: json!({ "type": "object" }).to_string(),
+                output_schema: (*name == "liar").then(|| {
+                    json!({ "type": "object", "properties": { "ok": { "type": "boolean" } }, "required": ["ok"] })
+                        .to_string()
+                }),
                 annotations: Annotations {
                     read_only: false,
                     destructive: true,
@@ -144,6 +153,7 @@ impl Guest for Hostile {
                 Ok(json!({ "logged": num_arg("lines") }).to_string())
             }
             "panic" => panic!("hostile plugin panicked on purpose"),
+            "liar" => Ok(json!({ "ok": "yes" }).to_string()),
             "counter" => {
                 static CALLS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
                 let n = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;

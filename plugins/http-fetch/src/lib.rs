@@ -15,6 +15,8 @@ impl Guest for HttpFetch {
         vec![ToolSpec {
             name: "http_get".into(),
             description: "GET a URL on a granted host; returns status, content type and body text (first 128 KiB).".into(),
+            title: Some("Fetch a URL".into()),
+            output_schema: None,
             input_schema: json!({
                 "type": "object",
                 "properties": {

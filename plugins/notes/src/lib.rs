@@ -103,7 +103,9 @@ fn spec(
     ToolSpec {
         name: name.into(),
         description: description.into(),
+        title: None,
         input_schema: schema.to_string(),
+        output_schema: None,
         annotations: Annotations {
             read_only,
             destructive,

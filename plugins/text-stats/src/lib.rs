@@ -13,6 +13,28 @@ impl Guest for TextStats {
             description:
                 "Count characters, words and lines of a text and list its most frequent words."
                     .into(),
+            title: Some("Text statistics".into()),
+            output_schema: Some(
+                json!({
+                    "type": "object",
+                    "properties": {
+                        "chars": { "type": "integer" },
+                        "bytes": { "type": "integer" },
+                        "words": { "type": "integer" },
+                        "lines": { "type": "integer" },
+                        "top_words": {
+                            "type": "array",
+                            "items": {
+                                "type": "object",
+                                "properties": { "word": { "type": "string" }, "count": { "type": "integer" } },
+                                "required": ["word", "count"]
+                            }
+                        }
+                    },
+                    "required": ["chars", "bytes", "words", "lines", "top_words"]
+                })
+                .to_string(),
+            ),
             input_schema: json!({
                 "type": "object",
                 "properties": {
