@@ -9,7 +9,8 @@ use alloc::string::{String, ToString};
 use alloc::vec::Vec;
 
 use wasip2::http::outgoing_handler;
-use wasip2::http::types::{Fields, Method, OutgoingRequest, Scheme};
+pub use wasip2::http::types::Method;
+use wasip2::http::types::{Fields, OutgoingBody, OutgoingRequest, Scheme};
 use wasip2::io::streams::StreamError;
 
 pub struct Response {
@@ -31,6 +32,18 @@ impl Response {
 
 /// GET `url` (`http://` or `https://`), reading at most `max_body` bytes of body.
 pub fn get(url: &str, headers: &[(&str, &str)], max_body: usize) -> Result<Response, String> {
+    request(Method::Get, url, headers, None, max_body)
+}
+
+/// Send `method` to `url` with `headers` and an optional `body`, reading at most
+/// `max_body` bytes of the response body.
+pub fn request(
+    method: Method,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: Option<&[u8]>,
+    max_body: usize,
+) -> Result<Response, String> {
     let (scheme, rest) = if let Some(rest) = url.strip_prefix("https://") {
         (Scheme::Https, rest)
     } else if let Some(rest) = url.strip_prefix("http://") {
@@ -52,7 +65,7 @@ pub fn get(url: &str, headers: &[(&str, &str)], max_body: usize) -> Result<Respo
             .map_err(|e| format!("header {name}: {e:?}"))?;
     }
     let request = OutgoingRequest::new(fields);
-    let set = request.set_method(&Method::Get).is_ok()
+    let set = request.set_method(&method).is_ok()
         && request.set_scheme(Some(&scheme)).is_ok()
         && request.set_authority(Some(authority)).is_ok()
         && request.set_path_with_query(Some(path)).is_ok();
@@ -60,7 +73,30 @@ pub fn get(url: &str, headers: &[(&str, &str)], max_body: usize) -> Result<Respo
         return Err(format!("invalid URL {url:?}"));
     }
 
+    let outgoing = match body {
+        Some(_) => Some(
+            request
+                .body()
+                .map_err(|()| String::from("request body already taken"))?,
+        ),
+        None => None,
+    };
+    // Send first, then write: the host may read the body while the request is in flight.
     let pending = outgoing_handler::handle(request, None).map_err(|e| format!("{e:?}"))?;
+    if let (Some(outgoing), Some(bytes)) = (outgoing, body) {
+        {
+            let stream = outgoing
+                .write()
+                .map_err(|()| String::from("request body stream already taken"))?;
+            for chunk in bytes.chunks(4096) {
+                stream
+                    .blocking_write_and_flush(chunk)
+                    .map_err(|e| format!("writing request body: {e:?}"))?;
+            }
+        }
+        OutgoingBody::finish(outgoing, None)
+            .map_err(|e| format!("finishing request body: {e:?}"))?;
+    }
     pending.subscribe().block();
     let response = match pending.get() {
         Some(Ok(Ok(response))) => response,

@@ -23,7 +23,9 @@ pub mod tool {
         default_bindings_module: "warden_guest::tool",
         runtime_path: "warden_guest::wit_bindgen::rt",
     });
-    pub use self::warden::plugin::host::progress;
+    pub use self::warden::plugin::host::{
+        SecretError, progress, reveal_secret, secret_placeholder,
+    };
     pub use self::warden::plugin::types::Annotations;
 }
 

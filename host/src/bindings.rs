@@ -27,4 +27,4 @@ pub use policy::warden::plugin::log::{Host as LogHost, Level};
 pub use policy::warden::plugin::types::{
     Action, Annotations, ApprovalSpec, Decision, Tier, ToolError, ToolSpec,
 };
-pub use tool::warden::plugin::host::Host as ToolHost;
+pub use tool::warden::plugin::host::{Host as ToolHost, SecretError};

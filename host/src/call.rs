@@ -15,8 +15,9 @@ use crate::bindings::Action;
 use crate::interfaces::host::ProgressUpdate;
 use crate::interfaces::log::LogLine;
 use crate::plugin::Failure;
-use crate::policy::{self, Combined, Hold, PolicyDecision};
+use crate::policy::{self, Combined, Hold, PolicyDecision, Verdict};
 use crate::runtime::Runtime;
+use crate::secrets::Redactor;
 
 /// What the caller asks for.
 #[derive(Debug, Clone, Copy)]
@@ -101,6 +102,9 @@ pub struct CallReport {
     /// Outgoing requests the HTTP grant refused.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub denied_requests: Vec<String>,
+    /// Secrets revealed to the plugin (names only).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub secret_reveals: Vec<String>,
     pub peak_memory_bytes: usize,
     pub timings: Timings,
 }
@@ -158,6 +162,7 @@ impl Runtime {
             log: Vec::new(),
             progress: Vec::new(),
             denied_requests: Vec::new(),
+            secret_reveals: Vec::new(),
             peak_memory_bytes: 0,
             timings: Timings::default(),
         };
@@ -207,13 +212,73 @@ impl Runtime {
                 report.log = run.log;
                 report.progress = run.progress;
                 report.denied_requests = run.denied_requests;
+                report.secret_reveals = run.reveals;
                 report.peak_memory_bytes = run.peak_memory;
                 report.timings.instantiate_us = micros(run.instantiate);
                 report.timings.execute_us = micros(run.execute);
             }
         }
+        if self.redactor.is_active() {
+            scrub_report(&self.redactor, &mut report);
+        }
         report.timings.total_us = micros(started.elapsed());
         Ok(report)
+    }
+}
+
+/// Scrub secret values from every string a report carries out of the call.
+fn scrub_report(r: &Redactor, report: &mut CallReport) {
+    match &mut report.outcome {
+        Outcome::Ok { output } => r.scrub_value(output),
+        Outcome::Denied { reasons } | Outcome::Held { reasons, .. } => {
+            reasons.iter_mut().for_each(|s| r.scrub_string(s))
+        }
+        Outcome::Failed { kind, error } => {
+            r.scrub_string(error);
+            match kind {
+                Failure::Tool { code, message } => {
+                    r.scrub_string(code);
+                    r.scrub_string(message);
+                }
+                Failure::Trap { message, backtrace } => {
+                    r.scrub_string(message);
+                    r.scrub_string(backtrace);
+                }
+                Failure::BadOutput(why) => r.scrub_string(why),
+                Failure::Limit(_) => {}
+            }
+        }
+    }
+    let lines = report
+        .log
+        .iter_mut()
+        .chain(report.decisions.iter_mut().flat_map(|d| d.log.iter_mut()));
+    for line in lines {
+        r.scrub_string(&mut line.message);
+        for (k, v) in &mut line.fields {
+            r.scrub_string(k);
+            r.scrub_string(v);
+        }
+    }
+    for d in &mut report.decisions {
+        if let Some(f) = &mut d.failure {
+            r.scrub_string(f);
+        }
+        match &mut d.verdict {
+            Verdict::Deny { reason } | Verdict::RequireApproval { reason, .. } => {
+                r.scrub_string(reason)
+            }
+            Verdict::Allow => {}
+        }
+    }
+    report
+        .denied_requests
+        .iter_mut()
+        .for_each(|s| r.scrub_string(s));
+    for p in &mut report.progress {
+        if let Some(m) = &mut p.message {
+            r.scrub_string(m);
+        }
     }
 }
 

@@ -11,7 +11,8 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use toml::Spanned;
 
-use crate::egress::HttpGrant;
+use crate::egress::{HostPattern, HttpGrant};
+use crate::secrets::{SecretGrant, SecretUse};
 
 /// Default limits for a plugin that sets none. A plugin with no `[plugin.limits]`
 /// must not get 4 GiB and unbounded time.
@@ -67,6 +68,11 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// Compiled components; `<data_dir>/cache` unless set. Several configs may share one.
     pub cache_dir: PathBuf,
+    /// The encrypted vault; `<data_dir>/vault.json` unless `[vault] path` is set.
+    pub vault_path: PathBuf,
+    /// The master key file; `<data_dir>/master.key` unless `[vault] key_file` is set.
+    /// `WARDEN_MASTER_KEY` takes precedence over it.
+    pub key_file: PathBuf,
     pub plugins: Vec<PluginConfig>,
     pub policies: Vec<PolicyConfig>,
     /// The config file's text, kept to locate errors found while loading components.
@@ -103,6 +109,7 @@ pub struct Grants {
     pub http: Vec<HttpGrant>,
     pub files: Vec<FileGrant>,
     pub env: BTreeMap<String, String>,
+    pub secrets: Vec<SecretGrant>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -135,6 +142,8 @@ pub struct Limits {
 struct RawConfig {
     data_dir: Option<Spanned<String>>,
     cache_dir: Option<Spanned<String>>,
+    #[serde(default)]
+    vault: RawVault,
     #[serde(default, rename = "plugin")]
     plugins: Vec<RawPlugin>,
     #[serde(default, rename = "policy")]
@@ -161,6 +170,39 @@ struct RawGrants {
     files: Vec<Spanned<RawFileGrant>>,
     #[serde(default)]
     env: BTreeMap<Spanned<String>, String>,
+    #[serde(default)]
+    secrets: Vec<Spanned<RawSecretGrant>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSecretGrant {
+    name: String,
+    #[serde(default)]
+    hosts: Vec<String>,
+    header: Option<String>,
+    format: Option<String>,
+    #[serde(default)]
+    placeholder: bool,
+    #[serde(default)]
+    substitute: Vec<Substitute>,
+    #[serde(default)]
+    reveal: bool,
+}
+
+#[derive(Deserialize, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+enum Substitute {
+    Header,
+    Query,
+    Body,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawVault {
+    path: Option<String>,
+    key_file: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -247,6 +289,16 @@ impl Config {
             Some(dir) => base.join(dir.get_ref()),
             None => data_dir.join("cache"),
         };
+        let vault_path = raw
+            .vault
+            .path
+            .as_ref()
+            .map_or_else(|| data_dir.join("vault.json"), |p| base.join(p));
+        let key_file = raw
+            .vault
+            .key_file
+            .as_ref()
+            .map_or_else(|| data_dir.join("master.key"), |p| base.join(p));
 
         let mut ids = HashSet::new();
         let mut plugins = Vec::new();
@@ -321,10 +373,37 @@ impl Config {
             });
         }
 
+        // A plugin that can read the vault or its key could decrypt it offline.
+        for secret_file in [&vault_path, &key_file] {
+            let Some(dir) = secret_file.parent().and_then(|d| d.canonicalize().ok()) else {
+                continue;
+            };
+            for (i, plugin) in plugins.iter().enumerate() {
+                if let Some(grant) = plugin
+                    .grants
+                    .files
+                    .iter()
+                    .find(|g| dir.starts_with(&g.host))
+                {
+                    return Err(locate.error(
+                        plugin.span,
+                        &format!("plugin[{i}].grants.files"),
+                        &format!(
+                            "{} would expose {} to the plugin",
+                            grant.host.display(),
+                            secret_file.display()
+                        ),
+                    ));
+                }
+            }
+        }
+
         Ok(Config {
             file: path.to_path_buf(),
             data_dir,
             cache_dir,
+            vault_path,
+            key_file,
             plugins,
             policies,
             source: text.to_string(),
@@ -525,7 +604,91 @@ fn check_grants(
         }
         grants.env.insert(n.clone(), value.clone());
     }
+    for (i, secret) in raw.secrets.iter().enumerate() {
+        let skey = format!("{key}.grants.secrets[{i}]");
+        let grant = check_secret_grant(secret.get_ref(), secret.span().start, &grants.http)
+            .map_err(|e| locate.error(secret.span().start, &skey, &e))?;
+        grants.secrets.push(grant);
+    }
     Ok(grants)
+}
+
+/// One secret grant: exactly one use (header, placeholder or reveal), hosts that the
+/// plugin's `http` grant can reach.
+fn check_secret_grant(
+    raw: &RawSecretGrant,
+    span: usize,
+    http: &[HttpGrant],
+) -> Result<SecretGrant, String> {
+    let name_ok = (1..=128).contains(&raw.name.len())
+        && raw
+            .name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
+    if !name_ok {
+        return Err(format!("invalid secret name {:?}", raw.name));
+    }
+    let uses =
+        usize::from(raw.header.is_some()) + usize::from(raw.placeholder) + usize::from(raw.reveal);
+    if uses != 1 {
+        return Err(
+            "give exactly one use: `header = \"...\"`, `placeholder = true` or `reveal = true`"
+                .into(),
+        );
+    }
+    if raw.format.is_some() && raw.header.is_none() {
+        return Err("`format` goes with `header`".into());
+    }
+    if !raw.substitute.is_empty() && !raw.placeholder {
+        return Err("`substitute` goes with `placeholder = true`".into());
+    }
+    let mut hosts = Vec::new();
+    for host in &raw.hosts {
+        let pattern = HostPattern::parse(host).map_err(|why| format!("hosts: {host:?}: {why}"))?;
+        let covered = |g: &HttpGrant| {
+            g.host == pattern
+                || (g.host.matches(&pattern.host) && (!pattern.wildcard || g.host.wildcard))
+        };
+        if !http.iter().any(covered) {
+            return Err(format!(
+                "hosts: {host:?} is not reachable: no `http` grant of this plugin covers it"
+            ));
+        }
+        hosts.push(pattern);
+    }
+    let usage = if let Some(header) = &raw.header {
+        let name = http::HeaderName::from_bytes(header.as_bytes())
+            .map_err(|_| format!("invalid header name {header:?}"))?;
+        if name == http::header::HOST {
+            return Err("the Host header cannot carry a secret".into());
+        }
+        let format = raw.format.clone().unwrap_or_else(|| "{}".into());
+        if format.matches("{}").count() != 1 {
+            return Err(format!(
+                "format {format:?} must contain `{{}}` exactly once"
+            ));
+        }
+        SecretUse::Header { name, format }
+    } else if raw.placeholder {
+        SecretUse::Placeholder {
+            query: raw.substitute.contains(&Substitute::Query),
+            body: raw.substitute.contains(&Substitute::Body),
+        }
+    } else {
+        if !raw.hosts.is_empty() {
+            return Err("a `reveal` grant takes no `hosts`: the plugin holds the value".into());
+        }
+        SecretUse::Reveal
+    };
+    if !matches!(usage, SecretUse::Reveal) && hosts.is_empty() {
+        return Err("`hosts` must name where the secret may be sent".into());
+    }
+    Ok(SecretGrant {
+        secret: raw.name.clone(),
+        hosts,
+        usage,
+        span,
+    })
 }
 
 fn check_limits(

@@ -2,8 +2,9 @@
 //!
 //! Owns the `scheme://host[:port]` grant patterns and the `wasi:http` hook that
 //! checks every request a plugin sends, including each hop of a redirect the plugin
-//! chooses to follow (the host itself never follows redirects). It must never let a
-//! request leave for a destination no grant matches.
+//! chooses to follow (the host itself never follows redirects), and puts granted
+//! secrets into requests (see `secrets`). It must never let a request leave for a
+//! destination no grant matches.
 
 use std::future::Future;
 use std::sync::{Arc, Mutex};
@@ -12,13 +13,60 @@ use http::uri::Scheme;
 use http_body_util::BodyExt;
 use wasmtime_wasi_http::{Error as HttpError, RequestOptions, WasiBody, WasiHttpHooks};
 
-/// One `http` grant: scheme, host (exact or `*.suffix`), and port.
+use crate::secrets::CallSecrets;
+
+/// A host name, exact or `*.suffix` (which matches subdomains of the suffix only).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct HttpGrant {
-    pub https: bool,
+pub struct HostPattern {
     /// Lower-case host; for a wildcard, the suffix after `*.`.
     pub host: String,
     pub wildcard: bool,
+}
+
+impl HostPattern {
+    pub fn parse(pattern: &str) -> Result<HostPattern, String> {
+        let host = pattern
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_ascii_lowercase();
+        let (wildcard, host) = match host.strip_prefix("*.") {
+            Some(suffix) => (true, suffix.to_string()),
+            None => (false, host),
+        };
+        if host.is_empty() || host.contains('*') {
+            return Err("`*` is only allowed as a leading `*.` label".into());
+        }
+        let ipv6 = host.parse::<std::net::Ipv6Addr>().is_ok();
+        if !ipv6 && host.contains(['/', ':', '@', '?', '#', ' ', '[', ']']) {
+            return Err("a host name only (no scheme, port or path)".into());
+        }
+        Ok(HostPattern { host, wildcard })
+    }
+
+    /// Does `host` (lower-case, without brackets) match?
+    pub fn matches(&self, host: &str) -> bool {
+        if self.wildcard {
+            host.len() > self.host.len() + 1
+                && host.ends_with(&self.host)
+                && host.as_bytes()[host.len() - self.host.len() - 1] == b'.'
+        } else {
+            host == self.host
+        }
+    }
+}
+
+impl std::fmt::Display for HostPattern {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let star = if self.wildcard { "*." } else { "" };
+        write!(f, "{star}{}", self.host)
+    }
+}
+
+/// One `http` grant: scheme, host pattern, and port.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpGrant {
+    pub https: bool,
+    pub host: HostPattern,
     pub port: u16,
 }
 
@@ -60,41 +108,19 @@ impl HttpGrant {
                 _ => return Err(bad("port must be a number 1-65535")),
             },
         };
-        let host = host.to_ascii_lowercase();
-        let (wildcard, host) = match host.strip_prefix("*.") {
-            Some(suffix) => (true, suffix.to_string()),
-            None => (false, host),
-        };
-        if host.is_empty() || host.contains('*') {
-            return Err(bad("`*` is only allowed as a leading `*.` label"));
-        }
-        Ok(HttpGrant {
-            https,
-            host,
-            wildcard,
-            port,
-        })
+        let host = HostPattern::parse(host).map_err(|why| bad(&why))?;
+        Ok(HttpGrant { https, host, port })
     }
 
     fn permits(&self, https: bool, host: &str, port: u16) -> bool {
-        if self.https != https || self.port != port {
-            return false;
-        }
-        if self.wildcard {
-            host.len() > self.host.len() + 1
-                && host.ends_with(&self.host)
-                && host.as_bytes()[host.len() - self.host.len() - 1] == b'.'
-        } else {
-            host == self.host
-        }
+        self.https == https && self.port == port && self.host.matches(host)
     }
 }
 
 impl std::fmt::Display for HttpGrant {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let scheme = if self.https { "https" } else { "http" };
-        let star = if self.wildcard { "*." } else { "" };
-        write!(f, "{scheme}://{star}{}:{}", self.host, self.port)
+        write!(f, "{scheme}://{}:{}", self.host, self.port)
     }
 }
 
@@ -114,21 +140,35 @@ pub fn permitted(grants: &[HttpGrant], uri: &http::Uri) -> bool {
     grants.iter().any(|g| g.permits(https, &host, port))
 }
 
-/// The `wasi:http` hooks for one call: check the grant, then send.
+/// The `wasi:http` hooks for one call: check the grant, put granted secrets in,
+/// then send.
 pub struct Egress {
     grants: Arc<[HttpGrant]>,
-    /// Requests refused by the grant during this call (`METHOD uri`).
+    pub secrets: CallSecrets,
+    /// Requests refused during this call (`METHOD uri: why`), never with a secret value.
     pub denied: Arc<Mutex<Vec<String>>>,
 }
 
 impl Egress {
-    pub fn new(grants: Arc<[HttpGrant]>) -> Egress {
+    pub fn new(grants: Arc<[HttpGrant]>, secrets: CallSecrets) -> Egress {
         Egress {
             grants,
+            secrets,
             denied: Arc::default(),
         }
     }
+
+    fn deny(&self, what: String) -> SendFuture {
+        tracing::debug!(request = %what, "outgoing HTTP refused");
+        if let Ok(mut denied) = self.denied.lock() {
+            denied.push(what);
+        }
+        Box::new(async { Err(HttpError::HttpRequestDenied) })
+    }
 }
+
+/// Largest request body the host buffers to substitute placeholders in it.
+const MAX_SUBSTITUTED_BODY: usize = 1 << 20;
 
 type SendFuture = Box<
     dyn Future<
@@ -145,19 +185,42 @@ type SendFuture = Box<
 impl WasiHttpHooks for Egress {
     fn send_request(
         &mut self,
-        request: http::Request<WasiBody>,
+        mut request: http::Request<WasiBody>,
         options: Option<RequestOptions>,
         _fut: Box<dyn Future<Output = Result<(), HttpError>> + Send>,
     ) -> SendFuture {
         if !permitted(&self.grants, request.uri()) {
-            let what = format!("{} {}", request.method(), request.uri());
-            tracing::debug!(request = %what, "outgoing HTTP denied by grant");
-            if let Ok(mut denied) = self.denied.lock() {
-                denied.push(what);
-            }
-            return Box::new(async { Err(HttpError::HttpRequestDenied) });
+            return self.deny(format!(
+                "{} {}: not in the http grant",
+                request.method(),
+                request.uri()
+            ));
         }
+        // Described before secrets go in: the uri may carry a value afterwards.
+        let what = format!("{} {}", request.method(), request.uri());
+        let body_substitution = match self.secrets.prepare(&mut request) {
+            Ok(plan) => plan,
+            Err(why) => return self.deny(format!("{what}: {why}")),
+        };
         Box::new(async move {
+            if let Some(plan) = body_substitution {
+                let (mut parts, body) = request.into_parts();
+                let bytes = http_body_util::Limited::new(body, MAX_SUBSTITUTED_BODY)
+                    .collect()
+                    .await
+                    .map_err(|_| HttpError::HttpRequestBodySize(Some(MAX_SUBSTITUTED_BODY as u64)))?
+                    .to_bytes();
+                let replaced = plan.apply(&bytes);
+                if parts.headers.contains_key(http::header::CONTENT_LENGTH) {
+                    parts
+                        .headers
+                        .insert(http::header::CONTENT_LENGTH, replaced.len().into());
+                }
+                let body = http_body_util::Full::new(bytes::Bytes::from(replaced))
+                    .map_err(|never| match never {})
+                    .boxed_unsync();
+                request = http::Request::from_parts(parts, body);
+            }
             let (response, io) = wasmtime_wasi_http::default_send_request(request, options).await?;
             Ok((
                 response.map(BodyExt::boxed_unsync),

@@ -17,6 +17,8 @@ pub mod plugin;
 pub mod policy;
 pub mod runtime;
 pub mod sandbox;
+pub mod secrets;
+pub mod vault;
 
 pub use call::{CallError, CallReport, Outcome};
 pub use config::Config;

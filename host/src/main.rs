@@ -16,6 +16,7 @@ use warden::engine::EngineOptions;
 use warden::runtime::{Runtime, Shared};
 
 mod bench;
+mod secrets_cli;
 
 /// Exit codes, stable for scripts.
 mod exit {
@@ -96,6 +97,9 @@ enum Command {
         #[arg(long)]
         report: bool,
     },
+    /// Manage the credential vault (values never on the command line or in output).
+    #[command(subcommand)]
+    Secrets(secrets_cli::SecretsCommand),
     /// Measure governed calls and policy decisions in process.
     Bench(bench::BenchArgs),
 }
@@ -157,6 +161,9 @@ fn run() -> Result<ExitCode> {
                 .await
                 .context("call"),
             Command::Bench(ref args) => bench::run(&cli.config, args).await.context("bench"),
+            Command::Secrets(ref command) => {
+                secrets_cli::run(&cli.config, command).context("secrets")
+            }
         }
     })
 }
@@ -310,6 +317,7 @@ async fn inspect(file: &Path, json: bool) -> Result<ExitCode> {
                 limits: warden::config::DEFAULT_PLUGIN_LIMITS,
                 span: 0,
             },
+            Default::default(),
         )
         .await?;
         for t in &plugin.tools {

@@ -3,6 +3,7 @@
 //! instance. It must never reuse a store or instance between calls.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use jsonschema::Validator;
@@ -18,6 +19,7 @@ use crate::interfaces::log::LogLine;
 use crate::limits::{self, LimitExceeded};
 use crate::runtime::Shared;
 use crate::sandbox::{ToolSandbox, ToolState};
+use crate::secrets::PluginSecrets;
 
 /// One tool a plugin exports, validated at load.
 pub struct Tool {
@@ -73,6 +75,8 @@ pub struct Invocation {
     pub progress: Vec<ProgressUpdate>,
     /// Outgoing HTTP requests refused by the grant.
     pub denied_requests: Vec<String>,
+    /// Secrets revealed to the plugin (names).
+    pub reveals: Vec<String>,
     pub peak_memory: usize,
     pub instantiate: Duration,
     pub execute: Duration,
@@ -81,7 +85,11 @@ pub struct Invocation {
 impl Plugin {
     /// Compile `config.component`, check its world, and ask it to describe its tools
     /// (in a sandbox with no grants).
-    pub async fn load(shared: &Shared, config: &PluginConfig) -> anyhow::Result<Plugin> {
+    pub async fn load(
+        shared: &Shared,
+        config: &PluginConfig,
+        secrets: Arc<PluginSecrets>,
+    ) -> anyhow::Result<Plugin> {
         let loaded = shared.component(&config.component, config.sha256.as_deref(), World::Tool)?;
         let instance_pre = shared.tool_linker.instantiate_pre(&loaded.component)?;
         let pre = ToolPre::new(instance_pre)?;
@@ -89,7 +97,7 @@ impl Plugin {
             id: config.id.clone(),
             digest: loaded.digest,
             path: config.component.clone(),
-            sandbox: ToolSandbox::new(config.grants.clone(), config.limits),
+            sandbox: ToolSandbox::new(config.grants.clone(), secrets, config.limits),
             tools: Vec::new(),
             pre,
             fuel: shared.fuel,
@@ -135,6 +143,7 @@ impl Plugin {
             log: Vec::new(),
             progress: Vec::new(),
             denied_requests: Vec::new(),
+            reveals: Vec::new(),
             peak_memory: 0,
             instantiate: Duration::ZERO,
             execute: Duration::ZERO,
@@ -192,6 +201,7 @@ impl Plugin {
         invocation.progress = std::mem::take(&mut state.progress.updates);
         invocation.log = state.finish_log();
         invocation.denied_requests = denied.lock().map(|d| d.clone()).unwrap_or_default();
+        invocation.reveals = std::mem::take(&mut state.egress.secrets.reveals);
         invocation
     }
 }

@@ -7,6 +7,7 @@
 
 use std::collections::HashMap;
 use std::path::Path;
+use std::sync::Arc;
 
 use wasmtime::Engine;
 use wasmtime::component::Linker;
@@ -18,6 +19,8 @@ use crate::engine::{EngineOptions, SharedEngine};
 use crate::plugin::Plugin;
 use crate::policy::Policy;
 use crate::sandbox::{self, PolicyState, ToolState};
+use crate::secrets::{PluginSecrets, Redactor};
+use crate::vault::{MasterKey, Vault, VaultError};
 
 /// What every component load and every call shares: one engine, its linkers, the cache.
 pub struct Shared {
@@ -67,6 +70,8 @@ pub struct Runtime {
     pub policies: Vec<Policy>,
     /// Tool name -> index into `plugins`.
     tools: HashMap<String, usize>,
+    /// Scrubs every granted secret value from what leaves a call.
+    pub redactor: Redactor,
 }
 
 impl Runtime {
@@ -85,11 +90,12 @@ impl Runtime {
         let shared = Shared::new(options, Some(&config.cache_dir))
             .map_err(|e| config.error_at(0, "", format!("cannot start the wasm engine: {e:#}")))?;
 
+        let (secrets, redactor) = load_secrets(&config)?;
         let mut plugins = Vec::new();
         let mut tools: HashMap<String, usize> = HashMap::new();
-        for (i, pc) in config.plugins.iter().enumerate() {
+        for (i, (pc, secrets)) in config.plugins.iter().zip(secrets).enumerate() {
             let key = format!("plugin[{i}]");
-            let plugin = Plugin::load(&shared, pc).await.map_err(|e| {
+            let plugin = Plugin::load(&shared, pc, secrets).await.map_err(|e| {
                 config.error_at(pc.span, &key, format!("plugin {:?}: {e:#}", pc.id))
             })?;
             for tool in &plugin.tools {
@@ -135,6 +141,7 @@ impl Runtime {
             policies.push(policy);
         }
         Ok(Runtime {
+            redactor,
             config,
             shared,
             plugins,
@@ -159,4 +166,57 @@ impl Runtime {
     pub fn policies_for<'a>(&'a self, tool: &'a str) -> impl Iterator<Item = &'a Policy> + 'a {
         self.policies.iter().filter(move |p| p.applies_to(tool))
     }
+}
+
+/// Decrypt the secrets the plugins are granted. The vault is opened only when some
+/// plugin has a secret grant; a grant naming a secret the vault lacks, or a vault that
+/// cannot be decrypted, fails the load.
+fn load_secrets(config: &Config) -> Result<(Vec<Arc<PluginSecrets>>, Redactor), ConfigError> {
+    let granted = config.plugins.iter().any(|p| !p.grants.secrets.is_empty());
+    if !granted {
+        return Ok((
+            config.plugins.iter().map(|_| Arc::default()).collect(),
+            Redactor::default(),
+        ));
+    }
+    let vault_error = |e: VaultError| {
+        config.error_at(
+            0,
+            "vault",
+            format!("cannot open the vault {}: {e}", config.vault_path.display()),
+        )
+    };
+    let key = MasterKey::resolve(&config.key_file).map_err(vault_error)?;
+    let vault = Vault::open(&config.vault_path, &key).map_err(vault_error)?;
+    let mut all = Vec::new();
+    let mut out = Vec::new();
+    for (i, plugin) in config.plugins.iter().enumerate() {
+        let mut values = HashMap::new();
+        for (j, grant) in plugin.grants.secrets.iter().enumerate() {
+            let key = format!("plugin[{i}].grants.secrets[{j}]");
+            let value = match vault.get(&grant.secret) {
+                Ok(value) => value,
+                Err(VaultError::NotFound(_)) => {
+                    return Err(config.error_at(
+                        grant.span,
+                        &key,
+                        format!(
+                            "secret {:?} is not in the vault {}",
+                            grant.secret,
+                            config.vault_path.display()
+                        ),
+                    ));
+                }
+                Err(e) => return Err(config.error_at(grant.span, &key, e)),
+            };
+            all.push(value.clone());
+            values.insert(grant.secret.clone(), value);
+        }
+        out.push(Arc::new(PluginSecrets::new(
+            plugin.grants.secrets.clone(),
+            values,
+        )));
+    }
+    let redactor = Redactor::new(all.iter().map(|v| v.as_str()));
+    Ok((out, redactor))
 }

@@ -29,9 +29,10 @@ use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 use crate::bindings;
 use crate::config::{Grants, Limits};
 use crate::egress::{Egress, HttpGrant};
-use crate::interfaces::host::{HasProgress, Progress};
+use crate::interfaces::host::{HasHost, HostView, Progress};
 use crate::interfaces::log::{GuestLog, HasLog, LogLine};
 use crate::limits::{Limited, MemoryLimiter};
+use crate::secrets::{CallSecrets, PluginSecrets};
 
 /// Store data of a tool call.
 pub struct ToolState {
@@ -59,22 +60,25 @@ pub struct PolicyState {
 pub struct ToolSandbox {
     pub grants: Grants,
     pub http: Arc<[HttpGrant]>,
+    /// The granted secrets with their values.
+    pub secrets: Arc<PluginSecrets>,
     pub limits: Limits,
 }
 
 impl ToolSandbox {
-    pub fn new(grants: Grants, limits: Limits) -> ToolSandbox {
+    pub fn new(grants: Grants, secrets: Arc<PluginSecrets>, limits: Limits) -> ToolSandbox {
         let http = grants.http.clone().into();
         ToolSandbox {
             grants,
             http,
+            secrets,
             limits,
         }
     }
 
     /// A sandbox with no grants at all (used to ask a plugin to `describe` itself).
     pub fn deny_all(limits: Limits) -> ToolSandbox {
-        ToolSandbox::new(Grants::default(), limits)
+        ToolSandbox::new(Grants::default(), Arc::default(), limits)
     }
 
     /// Fresh state for one call.
@@ -101,7 +105,7 @@ impl ToolSandbox {
             wasi: wasi.build(),
             http: WasiHttpCtx::new(),
             table: ResourceTable::new(),
-            egress: Egress::new(self.http.clone()),
+            egress: Egress::new(self.http.clone(), CallSecrets::new(self.secrets.clone())),
             log: GuestLog::new(log_budget),
             progress: Progress::default(),
             limiter: MemoryLimiter::new(self.limits.memory_mb),
@@ -179,8 +183,9 @@ pub fn tool_linker(engine: &Engine) -> Result<Linker<ToolState>> {
     wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
     wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?;
     bindings::policy::warden::plugin::log::add_to_linker::<_, HasLog>(&mut linker, |s| &mut s.log)?;
-    bindings::tool::warden::plugin::host::add_to_linker::<_, HasProgress>(&mut linker, |s| {
-        &mut s.progress
+    bindings::tool::warden::plugin::host::add_to_linker::<_, HasHost>(&mut linker, |s| HostView {
+        progress: &mut s.progress,
+        secrets: &mut s.egress.secrets,
     })?;
     Ok(linker)
 }

@@ -6,7 +6,7 @@ use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use serde_json::Value;
@@ -120,7 +120,16 @@ impl Env {
     }
 
     pub fn warden_with_env(&self, args: &[&str], envs: &[(&str, &str)]) -> Run {
-        let output = Command::new(env!("CARGO_BIN_EXE_warden"))
+        self.warden_full(args, envs, None)
+    }
+
+    /// Run warden with `stdin` as its standard input.
+    pub fn warden_stdin(&self, args: &[&str], stdin: &str) -> Run {
+        self.warden_full(args, &[], Some(stdin))
+    }
+
+    fn warden_full(&self, args: &[&str], envs: &[(&str, &str)], stdin: Option<&str>) -> Run {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_warden"))
             .arg("-c")
             .arg(self.config())
             .args(args)
@@ -128,10 +137,19 @@ impl Env {
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .envs(envs.iter().copied())
             .current_dir(self.path())
-            .stdin(Stdio::null())
-            .output()
+            .stdin(if stdin.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
             .expect("run warden");
-        Run::from(output)
+        if let (Some(text), Some(mut pipe)) = (stdin, child.stdin.take()) {
+            pipe.write_all(text.as_bytes()).expect("write stdin");
+        }
+        Run::from(child.wait_with_output().expect("wait for warden"))
     }
 
     /// `warden call TOOL --input INPUT --report`, returning the parsed report.
@@ -188,12 +206,14 @@ impl std::fmt::Debug for Run {
     }
 }
 
-/// A loopback listener that counts the connections it accepts. As an HTTP server it
-/// answers `/redirect?to=URL` with a 302 to URL and anything else with 200 `hello from
-/// <path>`, echoing the request head in an `x-request` header.
+/// A loopback listener that counts the connections it accepts and records every
+/// request it receives. As an HTTP server it answers `/redirect?to=URL` with a 302 to
+/// URL, `/echo...` with the request it received, and anything else with 200
+/// `hello from <path>`.
 pub struct Listener {
     pub port: u16,
     pub connections: Arc<AtomicUsize>,
+    requests: Arc<Mutex<Vec<String>>>,
 }
 
 impl Listener {
@@ -210,17 +230,23 @@ impl Listener {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind loopback");
         let port = listener.local_addr().expect("local addr").port();
         let connections = Arc::new(AtomicUsize::new(0));
-        let counter = connections.clone();
+        let requests = Arc::new(Mutex::new(Vec::new()));
+        let (counter, seen) = (connections.clone(), requests.clone());
         std::thread::spawn(move || {
             for stream in listener.incoming() {
                 let Ok(stream) = stream else { continue };
                 counter.fetch_add(1, Ordering::SeqCst);
                 if http {
-                    std::thread::spawn(move || serve(stream));
+                    let seen = seen.clone();
+                    std::thread::spawn(move || serve(stream, &seen));
                 }
             }
         });
-        Listener { port, connections }
+        Listener {
+            port,
+            connections,
+            requests,
+        }
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -232,30 +258,59 @@ impl Listener {
         std::thread::sleep(Duration::from_millis(50));
         self.connections.load(Ordering::SeqCst)
     }
+
+    /// Every request received so far (head and body), lower-cased header names as sent.
+    pub fn received(&self) -> String {
+        self.requests
+            .lock()
+            .map(|r| r.join("\n----\n"))
+            .unwrap_or_default()
+    }
 }
 
-fn serve(mut stream: TcpStream) {
+fn serve(mut stream: TcpStream, seen: &Mutex<Vec<String>>) {
     let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
-    let mut head = Vec::new();
-    let mut buf = [0u8; 1024];
-    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+    let mut data = Vec::new();
+    let mut buf = [0u8; 4096];
+    let head_end = loop {
+        if let Some(i) = data.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
         match stream.read(&mut buf) {
             Ok(0) | Err(_) => return,
-            Ok(n) => head.extend_from_slice(&buf[..n]),
+            Ok(n) => data.extend_from_slice(&buf[..n]),
+        }
+    };
+    let head = String::from_utf8_lossy(&data[..head_end]).into_owned();
+    let length = head
+        .lines()
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("content-length:")
+                .map(|v| v.trim().parse::<usize>().unwrap_or(0))
+        })
+        .unwrap_or(0);
+    while data.len() < head_end + length {
+        match stream.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => data.extend_from_slice(&buf[..n]),
         }
     }
-    let head = String::from_utf8_lossy(&head).into_owned();
+    let request = String::from_utf8_lossy(&data).into_owned();
+    if let Ok(mut seen) = seen.lock() {
+        seen.push(request.clone());
+    }
     let path = head.split_whitespace().nth(1).unwrap_or("/").to_string();
-    let response = if let Some(to) = path.strip_prefix("/redirect?to=") {
-        format!(
-            "HTTP/1.1 302 Found\r\nlocation: {to}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
-        )
+    let (status, extra, body) = if let Some(to) = path.strip_prefix("/redirect?to=") {
+        ("302 Found", format!("location: {to}\r\n"), String::new())
+    } else if path.starts_with("/echo") {
+        ("200 OK", String::new(), request)
     } else {
-        let body = format!("hello from {path}");
-        format!(
-            "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-            body.len()
-        )
+        ("200 OK", String::new(), format!("hello from {path}"))
     };
+    let response = format!(
+        "HTTP/1.1 {status}\r\n{extra}content-type: text/plain\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    );
     let _ = stream.write_all(response.as_bytes());
 }

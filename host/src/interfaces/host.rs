@@ -1,11 +1,13 @@
-//! `warden:plugin/host`: warden's own services for tools (progress for now).
+//! `warden:plugin/host`: warden's own services for tools: progress, and secrets by
+//! placeholder or (where granted) reveal.
 //!
-//! Owns the per-call progress record. It must never block the guest or grow
-//! without bound.
+//! Owns the per-call progress record. It must never block the guest, grow without
+//! bound, or hand out a secret that is not granted for the use asked.
 
 use serde::Serialize;
 
-use crate::bindings::ToolHost;
+use crate::bindings::{SecretError, ToolHost};
+use crate::secrets::CallSecrets;
 
 /// Most progress updates kept per call; later ones replace the last.
 const MAX_UPDATES: usize = 256;
@@ -22,8 +24,32 @@ pub struct Progress {
     pub updates: Vec<ProgressUpdate>,
 }
 
-impl ToolHost for Progress {
+/// What the `host` interface sees of a call's state.
+pub struct HostView<'a> {
+    pub progress: &'a mut Progress,
+    pub secrets: &'a mut CallSecrets,
+}
+
+impl ToolHost for HostView<'_> {
+    fn secret_placeholder(&mut self, name: String) -> Result<String, SecretError> {
+        self.secrets.placeholder(&name)
+    }
+
+    fn reveal_secret(&mut self, name: String) -> Result<String, SecretError> {
+        let value = self.secrets.reveal(&name);
+        if value.is_ok() {
+            tracing::info!(secret = %name, "secret revealed to plugin");
+        }
+        value
+    }
+
     fn progress(&mut self, done: u64, total: Option<u64>, message: Option<String>) {
+        self.progress.record(done, total, message);
+    }
+}
+
+impl Progress {
+    fn record(&mut self, done: u64, total: Option<u64>, message: Option<String>) {
         let message = message.map(|mut m| {
             m.truncate(m.floor_char_boundary(1024));
             m
@@ -41,8 +67,8 @@ impl ToolHost for Progress {
     }
 }
 
-pub struct HasProgress;
+pub struct HasHost;
 
-impl wasmtime::component::HasData for HasProgress {
-    type Data<'a> = &'a mut Progress;
+impl wasmtime::component::HasData for HasHost {
+    type Data<'a> = HostView<'a>;
 }

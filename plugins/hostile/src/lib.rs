@@ -3,7 +3,10 @@
 use std::io::Write;
 
 use serde_json::{Value, json};
-use warden_guest::tool::{Annotations, Guest, ToolError, ToolSpec};
+use warden_guest::http::Method;
+use warden_guest::tool::{
+    Annotations, Guest, ToolError, ToolSpec, reveal_secret, secret_placeholder,
+};
 
 struct Hostile;
 
@@ -28,6 +31,11 @@ const TOOLS: &[(&str, &str)] = &[
         "liar",
         "Declare an output schema and return output that breaks it.",
     ),
+    (
+        "secret_http",
+        "Send to `url` (POST when there is a body); with `secret`, put its placeholder in `put` (header, query or body).",
+    ),
+    ("reveal", "Ask for the value of secret `name`."),
     (
         "counter",
         "Count calls in a static (always 1: every call gets a fresh instance).",
@@ -154,6 +162,42 @@ impl Guest for Hostile {
             }
             "panic" => panic!("hostile plugin panicked on purpose"),
             "liar" => Ok(json!({ "ok": "yes" }).to_string()),
+            "secret_http" => {
+                let mut url = str_arg("url");
+                let mut headers: Vec<(String, String)> = Vec::new();
+                let mut body = input["body"].as_str().map(|b| b.as_bytes().to_vec());
+                let name = str_arg("secret");
+                if !name.is_empty() {
+                    let token =
+                        secret_placeholder(&name).map_err(|e| fail("secret", &format!("{e:?}")))?;
+                    match input["put"].as_str().unwrap_or("header") {
+                        "query" => url = format!("{url}?key={token}"),
+                        "body" => body = Some(format!("{{\"key\":\"{token}\"}}").into_bytes()),
+                        _ => headers.push(("x-api-key".into(), token)),
+                    }
+                }
+                let method = if body.is_some() {
+                    Method::Post
+                } else {
+                    Method::Get
+                };
+                let header_refs: Vec<(&str, &str)> = headers
+                    .iter()
+                    .map(|(k, v)| (k.as_str(), v.as_str()))
+                    .collect();
+                let response = warden_guest::http::request(
+                    method,
+                    &url,
+                    &header_refs,
+                    body.as_deref(),
+                    1 << 20,
+                )
+                .map_err(|e| fail("http", &e))?;
+                Ok(json!({ "status": response.status, "body": String::from_utf8_lossy(&response.body) }).to_string())
+            }
+            "reveal" => reveal_secret(&str_arg("name"))
+                .map(|value| json!({ "value": value }).to_string())
+                .map_err(|e| fail("secret", &format!("{e:?}"))),
             "counter" => {
                 static CALLS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
                 let n = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;

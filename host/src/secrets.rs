@@ -1,0 +1,355 @@
+//! Secrets at run time: what each plugin was granted, getting values into outgoing
+//! requests without the plugin holding them, audited reveals, and redaction.
+//!
+//! Three uses, each granted per secret in warden.toml:
+//! - *header*: the host sets a header on requests to the grant's hosts;
+//! - *placeholder*: the plugin gets an opaque token; the host substitutes the value in
+//!   requests to the grant's hosts and refuses requests carrying it anywhere else;
+//! - *reveal*: the plugin gets the value itself, and the reveal is recorded.
+//!
+//! It must never put a value in a log, an error message or a request to a host the
+//! grant does not name, and every string leaving a call passes through [`Redactor`].
+
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use aho_corasick::{AhoCorasick, MatchKind};
+use base64::Engine as _;
+use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD};
+use http::{HeaderName, HeaderValue};
+use serde_json::Value;
+use zeroize::Zeroizing;
+
+use crate::bindings::SecretError;
+use crate::egress::HostPattern;
+
+/// How a granted secret may be used.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SecretUse {
+    /// Set header `name` to `format` with `{}` replaced by the value.
+    Header { name: HeaderName, format: String },
+    /// Substitute placeholders (always in headers; in the path and query, and the body,
+    /// when enabled).
+    Placeholder { query: bool, body: bool },
+    /// Hand the value to the plugin.
+    Reveal,
+}
+
+/// One `secrets` grant of a plugin.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SecretGrant {
+    pub secret: String,
+    /// Where the value may be sent (not used by `Reveal`).
+    pub hosts: Vec<HostPattern>,
+    pub usage: SecretUse,
+    /// Byte offset of the grant in the config file, for errors found at load.
+    pub span: usize,
+}
+
+/// A plugin's grants with their values, decrypted at load and shared by its calls.
+#[derive(Default)]
+pub struct PluginSecrets {
+    grants: Vec<SecretGrant>,
+    values: HashMap<String, Zeroizing<String>>,
+}
+
+impl PluginSecrets {
+    pub fn new(
+        grants: Vec<SecretGrant>,
+        values: HashMap<String, Zeroizing<String>>,
+    ) -> PluginSecrets {
+        PluginSecrets { grants, values }
+    }
+
+    fn value(&self, grant: &SecretGrant) -> Option<&str> {
+        self.values.get(&grant.secret).map(|v| v.as_str())
+    }
+}
+
+/// Body substitutions to make once the plugin has written the body.
+pub struct BodySubstitution {
+    pub pairs: Vec<(String, Zeroizing<String>)>,
+}
+
+/// One call's secret state: placeholders issued and values revealed.
+pub struct CallSecrets {
+    plugin: Arc<PluginSecrets>,
+    /// (token, index into the plugin's grants)
+    placeholders: Vec<(String, usize)>,
+    /// Names of the secrets revealed during this call.
+    pub reveals: Vec<String>,
+}
+
+impl CallSecrets {
+    pub fn new(plugin: Arc<PluginSecrets>) -> CallSecrets {
+        CallSecrets {
+            plugin,
+            placeholders: Vec::new(),
+            reveals: Vec::new(),
+        }
+    }
+
+    fn grant(&self, name: &str, wanted: impl Fn(&SecretUse) -> bool) -> Result<usize, SecretError> {
+        let mut granted = false;
+        for (i, grant) in self.plugin.grants.iter().enumerate() {
+            if grant.secret == name {
+                granted = true;
+                if wanted(&grant.usage) {
+                    return Ok(i);
+                }
+            }
+        }
+        Err(if granted {
+            SecretError::WrongUse
+        } else {
+            SecretError::NotFound
+        })
+    }
+
+    /// A fresh placeholder for `name`, if it is granted for placeholder use.
+    pub fn placeholder(&mut self, name: &str) -> Result<String, SecretError> {
+        let index = self.grant(name, |u| matches!(u, SecretUse::Placeholder { .. }))?;
+        let mut nonce = [0u8; 12];
+        getrandom::fill(&mut nonce).map_err(|_| SecretError::NotFound)?;
+        let token = format!("warden-secret-{}", hex::encode(nonce));
+        self.placeholders.push((token.clone(), index));
+        Ok(token)
+    }
+
+    /// The value of `name`, if it is granted for reveal. Recorded in `reveals`.
+    pub fn reveal(&mut self, name: &str) -> Result<String, SecretError> {
+        let index = self.grant(name, |u| matches!(u, SecretUse::Reveal))?;
+        let value = self
+            .plugin
+            .value(&self.plugin.grants[index])
+            .ok_or(SecretError::NotFound)?;
+        self.reveals.push(name.to_string());
+        Ok(value.to_string())
+    }
+
+    /// Put granted secrets into `request` (to an already permitted host): set header
+    /// grants, substitute placeholders. A placeholder bound for a host its grant does
+    /// not name refuses the request (the error names the secret, never its value).
+    pub fn prepare<B>(
+        &self,
+        request: &mut http::Request<B>,
+    ) -> Result<Option<BodySubstitution>, String> {
+        let plugin = &self.plugin;
+        let host = request.uri().host().map(normalize_host).unwrap_or_default();
+        for grant in &plugin.grants {
+            if let SecretUse::Header { name, format } = &grant.usage
+                && grant.hosts.iter().any(|h| h.matches(&host))
+                && let Some(value) = plugin.value(grant)
+            {
+                let text = Zeroizing::new(format.replace("{}", value));
+                let mut header = HeaderValue::from_str(&text).map_err(|_| {
+                    format!(
+                        "secret {} is not a valid value for header {name}",
+                        grant.secret
+                    )
+                })?;
+                header.set_sensitive(true);
+                request.headers_mut().insert(name.clone(), header);
+            }
+        }
+        if self.placeholders.is_empty() {
+            return Ok(None);
+        }
+
+        let mut body = Vec::new();
+        for (token, index) in &self.placeholders {
+            let grant = &plugin.grants[*index];
+            let SecretUse::Placeholder {
+                query,
+                body: in_body,
+            } = grant.usage
+            else {
+                continue;
+            };
+            let Some(value) = plugin.value(grant) else {
+                continue;
+            };
+            let allowed = grant.hosts.iter().any(|h| h.matches(&host));
+            let refuse = || {
+                format!(
+                    "placeholder for secret {} sent to {host}, which its grant does not name",
+                    grant.secret
+                )
+            };
+
+            for header in request.headers_mut().values_mut() {
+                let Ok(text) = header.to_str() else { continue };
+                if text.contains(token.as_str()) {
+                    if !allowed {
+                        return Err(refuse());
+                    }
+                    let replaced = Zeroizing::new(text.replace(token.as_str(), value));
+                    let mut new = HeaderValue::from_str(&replaced).map_err(|_| {
+                        format!("secret {} is not a valid header value", grant.secret)
+                    })?;
+                    new.set_sensitive(true);
+                    *header = new;
+                }
+            }
+            let path = request
+                .uri()
+                .path_and_query()
+                .map(|p| p.as_str().to_string())
+                .unwrap_or_default();
+            if path.contains(token.as_str()) {
+                if !allowed {
+                    return Err(refuse());
+                }
+                if query {
+                    let encoded =
+                        percent_encoding::utf8_percent_encode(value, URL_VALUE).to_string();
+                    let mut parts = request.uri().clone().into_parts();
+                    parts.path_and_query = Some(
+                        path.replace(token.as_str(), &encoded)
+                            .parse()
+                            .map_err(|_| {
+                                format!("secret {} cannot be put in a URL", grant.secret)
+                            })?,
+                    );
+                    *request.uri_mut() = http::Uri::from_parts(parts)
+                        .map_err(|_| format!("secret {} cannot be put in a URL", grant.secret))?;
+                }
+            }
+            if allowed && in_body {
+                body.push((token.clone(), Zeroizing::new(value.to_string())));
+            }
+        }
+        Ok((!body.is_empty()).then_some(BodySubstitution { pairs: body }))
+    }
+}
+
+impl BodySubstitution {
+    /// Replace every placeholder in `body`.
+    pub fn apply(&self, body: &[u8]) -> Vec<u8> {
+        let patterns: Vec<&str> = self.pairs.iter().map(|(t, _)| t.as_str()).collect();
+        let Ok(ac) = AhoCorasick::new(&patterns) else {
+            return body.to_vec();
+        };
+        let values: Vec<&str> = self.pairs.iter().map(|(_, v)| v.as_str()).collect();
+        ac.replace_all_bytes(body, &values)
+    }
+}
+
+/// Everything but RFC 3986's unreserved characters is percent-encoded in a URL.
+const URL_VALUE: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
+
+fn normalize_host(host: &str) -> String {
+    host.trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_ascii_lowercase()
+}
+
+/// Scrubs every known secret value, and its JSON-escaped, base64 and URL-encoded
+/// forms, from text leaving a call.
+#[derive(Default)]
+pub struct Redactor {
+    matcher: Option<AhoCorasick>,
+}
+
+pub const REDACTED: &str = "[REDACTED]";
+
+impl Redactor {
+    pub fn new<'a>(values: impl IntoIterator<Item = &'a str>) -> Redactor {
+        let mut patterns: Vec<String> = Vec::new();
+        for value in values {
+            let json = serde_json::to_string(value).unwrap_or_default();
+            let forms = [
+                value.to_string(),
+                json.trim_matches('"').to_string(),
+                STANDARD.encode(value),
+                STANDARD_NO_PAD.encode(value),
+                URL_SAFE.encode(value),
+                URL_SAFE_NO_PAD.encode(value),
+                percent_encoding::utf8_percent_encode(value, percent_encoding::NON_ALPHANUMERIC)
+                    .to_string(),
+                percent_encoding::utf8_percent_encode(value, URL_VALUE).to_string(),
+            ];
+            for form in forms {
+                if !form.is_empty() && !patterns.contains(&form) {
+                    patterns.push(form);
+                }
+            }
+        }
+        let matcher = (!patterns.is_empty())
+            .then(|| {
+                AhoCorasick::builder()
+                    .match_kind(MatchKind::LeftmostLongest)
+                    .build(&patterns)
+                    .ok()
+            })
+            .flatten();
+        Redactor { matcher }
+    }
+
+    pub fn scrub<'a>(&self, text: &'a str) -> Cow<'a, str> {
+        match &self.matcher {
+            Some(m) if m.is_match(text) => {
+                Cow::Owned(m.replace_all(text, &vec![REDACTED; m.patterns_len()]))
+            }
+            _ => Cow::Borrowed(text),
+        }
+    }
+
+    pub fn scrub_string(&self, text: &mut String) {
+        if let Cow::Owned(clean) = self.scrub(text) {
+            *text = clean;
+        }
+    }
+
+    /// Scrub every string (and object key) in a JSON value.
+    pub fn scrub_value(&self, value: &mut Value) {
+        if self.matcher.is_none() {
+            return;
+        }
+        match value {
+            Value::String(s) => self.scrub_string(s),
+            Value::Array(items) => items.iter_mut().for_each(|v| self.scrub_value(v)),
+            Value::Object(map) => {
+                let entries: Vec<(String, Value)> = std::mem::take(map).into_iter().collect();
+                for (mut key, mut v) in entries {
+                    self.scrub_string(&mut key);
+                    self.scrub_value(&mut v);
+                    map.insert(key, v);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    pub fn is_active(&self) -> bool {
+        self.matcher.is_some()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redacts_value_and_its_encodings() {
+        let r = Redactor::new(["p@ss w/rd\"x"]);
+        for text in [
+            "p@ss w/rd\"x",
+            "p@ss w/rd\\\"x",
+            &STANDARD.encode("p@ss w/rd\"x"),
+            &URL_SAFE_NO_PAD.encode("p@ss w/rd\"x"),
+            "p%40ss%20w%2Frd%22x",
+        ] {
+            let out = r.scrub(&format!("before {text} after")).into_owned();
+            assert_eq!(out, format!("before {REDACTED} after"), "{text}");
+        }
+        let mut v = serde_json::json!({ "k": ["p@ss w/rd\"x"], "p@ss w/rd\"x": 1 });
+        r.scrub_value(&mut v);
+        assert!(!v.to_string().contains("p@ss"), "{v}");
+    }
+}
