@@ -941,6 +941,13 @@ fn vault_keeps_values_encrypted_and_refuses_wrong_keys_and_loose_key_files() {
         0o600
     );
 
+    let check = env.warden(&["check"]);
+    assert!(
+        check
+            .stdout
+            .contains("secrets: api_token (header authorization to 127.0.0.1)"),
+        "{check:?}"
+    );
     let list = env.warden(&["secrets", "list", "--json"]);
     assert_eq!(list.code, OK, "{list:?}");
     let rows: Value = serde_json::from_str(&list.stdout).unwrap();
@@ -948,7 +955,7 @@ fn vault_keeps_values_encrypted_and_refuses_wrong_keys_and_loose_key_files() {
     assert_eq!(rows[0]["granted_to"], serde_json::json!(["hostile"]));
     let rotate = env.warden_stdin(&["secrets", "rotate", "db_password"], OTHER_SECRET);
     assert_eq!(rotate.code, OK, "{rotate:?}");
-    assert_no_secret(&env, &[&list, &rotate]);
+    assert_no_secret(&env, &[&check, &list, &rotate]);
 
     let wrong = env.warden_with_env(
         &["secrets", "list"],

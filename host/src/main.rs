@@ -14,6 +14,7 @@ use warden::component::{self, World};
 use warden::config::Config;
 use warden::engine::EngineOptions;
 use warden::runtime::{Runtime, Shared};
+use warden::secrets::SecretUse;
 
 mod bench;
 mod secrets_cli;
@@ -203,10 +204,35 @@ async fn check(config: &Path) -> Result<ExitCode> {
             })
             .collect();
         let env = g.env.keys().cloned().collect();
+        let secrets = g
+            .secrets
+            .iter()
+            .map(|s| {
+                let hosts: Vec<String> = s.hosts.iter().map(ToString::to_string).collect();
+                match &s.usage {
+                    SecretUse::Header { name, .. } => {
+                        format!("{} (header {name} to {})", s.secret, hosts.join(" "))
+                    }
+                    SecretUse::Placeholder { query, body } => {
+                        let mut places = vec!["headers"];
+                        places.extend(query.then_some("query"));
+                        places.extend(body.then_some("body"));
+                        format!(
+                            "{} (placeholder in {} to {})",
+                            s.secret,
+                            places.join("+"),
+                            hosts.join(" ")
+                        )
+                    }
+                    SecretUse::Reveal => format!("{} (revealed to the plugin)", s.secret),
+                }
+            })
+            .collect();
         out += &format!("    tools:  {}\n", list_or_none(tools));
         out += &format!("    http:   {}\n", list_or_none(http));
         out += &format!("    files:  {}\n", list_or_none(files));
         out += &format!("    env:    {}\n", list_or_none(env));
+        out += &format!("    secrets: {}\n", list_or_none(secrets));
         out += "    sockets, DNS, host env/args/cwd/stdio: denied\n";
         out += &format!("    limits: {}\n", limits_text(l));
     }
