@@ -7,6 +7,8 @@ pub mod policy {
     wasmtime::component::bindgen!({
         path: "../wit",
         world: "warden:plugin/policy@0.1.0",
+        // `tracing` makes every import call a span the audit log records (hostcalls.rs).
+        imports: { default: tracing },
         exports: { default: async },
     });
 }
@@ -15,6 +17,7 @@ pub mod tool {
     wasmtime::component::bindgen!({
         path: "../wit",
         world: "warden:plugin/tool@0.1.0",
+        imports: { default: tracing },
         exports: { default: async },
         with: {
             "warden:plugin/types": super::policy::warden::plugin::types,

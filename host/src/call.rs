@@ -4,6 +4,7 @@
 //! Owns the order of those steps and the shape of the result. It must never run a
 //! tool that a policy denied or held, nor one whose input failed validation.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -12,10 +13,12 @@ use serde_json::Value;
 use thiserror::Error;
 
 use crate::bindings::Action;
+use crate::hostcalls::{self, SharedRecorder};
 use crate::interfaces::host::ProgressUpdate;
 use crate::interfaces::log::LogLine;
 use crate::plugin::Failure;
 use crate::policy::{self, Combined, Hold, PolicyDecision, Verdict};
+use crate::record;
 use crate::runtime::Runtime;
 use crate::secrets::Redactor;
 
@@ -29,7 +32,8 @@ pub struct CallRequest<'a> {
     pub input: &'a str,
 }
 
-/// A call refused before anything ran: the caller must fix the request.
+/// A call refused before anything ran (the caller must fix the request), or one that
+/// could not be recorded (fail closed).
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum CallError {
     #[error("unknown tool `{tool}`{hint}")]
@@ -38,6 +42,9 @@ pub enum CallError {
     InvalidJson(String),
     #[error("input does not match the schema of `{tool}`: {}", errors.join("; "))]
     InvalidInput { tool: String, errors: Vec<String> },
+    /// The call could not be recorded; if the tool ran, its result is withheld.
+    #[error("the call could not be recorded, so it was stopped: {0}")]
+    NotRecorded(String),
 }
 
 /// How the call ended.
@@ -64,14 +71,18 @@ pub enum Outcome {
 }
 
 fn failure_kind<S: serde::Serializer>(failure: &Failure, s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_str(match failure {
+    s.serialize_str(failure_name(failure))
+}
+
+fn failure_name(failure: &Failure) -> &'static str {
+    match failure {
         Failure::Tool { .. } => "tool-error",
         Failure::Limit(crate::limits::LimitExceeded::Timeout(_)) => "timed-out",
         Failure::Limit(crate::limits::LimitExceeded::Memory(_)) => "memory-limit",
         Failure::Limit(crate::limits::LimitExceeded::Fuel(_)) => "fuel-exhausted",
         Failure::Trap { .. } => "trapped",
         Failure::BadOutput(_) => "bad-output",
-    })
+    }
 }
 
 /// Time spent in each step.
@@ -106,7 +117,24 @@ pub struct CallReport {
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub secret_reveals: Vec<String>,
     pub peak_memory_bytes: usize,
+    /// Fuel the tool consumed, when the engine counts fuel.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fuel_used: Option<u64>,
+    /// Host calls the policies and the tool made (0 when auditing is off).
+    pub host_calls: u64,
     pub timings: Timings,
+}
+
+impl Outcome {
+    /// The run's status: `ok`, `denied`, `held`, or the failure kind.
+    pub fn status(&self) -> &'static str {
+        match self {
+            Outcome::Ok { .. } => "ok",
+            Outcome::Denied { .. } => "denied",
+            Outcome::Held { .. } => "held",
+            Outcome::Failed { kind, .. } => failure_name(kind),
+        }
+    }
 }
 
 impl Runtime {
@@ -164,6 +192,8 @@ impl Runtime {
             denied_requests: Vec::new(),
             secret_reveals: Vec::new(),
             peak_memory_bytes: 0,
+            fuel_used: None,
+            host_calls: 0,
             timings: Timings::default(),
         };
 
@@ -179,11 +209,28 @@ impl Runtime {
             config: String::new(),
             usage: "{}".to_string(),
         };
-        for policy in self.policies_for(request.tool) {
-            action.config.clone_from(&policy.config);
-            report.decisions.push(policy.evaluate(&action).await);
-        }
+        let recorder: SharedRecorder = Arc::default();
+        let recording = self.audit.is_some();
+        let evaluate = async {
+            let mut decisions = Vec::new();
+            for policy in self.policies_for(request.tool) {
+                set_component(&recorder, format!("policy:{}", policy.id));
+                action.config.clone_from(&policy.config);
+                decisions.push(policy.evaluate(&action).await);
+            }
+            decisions
+        };
+        report.decisions = if recording {
+            hostcalls::record(recorder.clone(), evaluate).await
+        } else {
+            evaluate.await
+        };
         report.timings.policy_us = micros(started.elapsed());
+
+        // Nothing runs unless its start and its decisions are durable.
+        let mut first = record::before_execution(&report, &action.input);
+        first.extend(self.take_host_calls(&report.run_id, &recorder));
+        self.audit(first).await?;
 
         match policy::combine(&report.decisions) {
             Combined::Deny { reasons } => report.outcome = Outcome::Denied { reasons },
@@ -201,7 +248,13 @@ impl Runtime {
                 };
             }
             Combined::Allow => {
-                let run = plugin.invoke(&tool.name, &action.input).await;
+                set_component(&recorder, format!("plugin:{}", plugin.id));
+                let invoke = plugin.invoke(&tool.name, &action.input);
+                let run = if recording {
+                    hostcalls::record(recorder.clone(), invoke).await
+                } else {
+                    invoke.await
+                };
                 report.outcome = match run.result {
                     Ok(output) => Outcome::Ok { output },
                     Err(failure) => Outcome::Failed {
@@ -214,6 +267,7 @@ impl Runtime {
                 report.denied_requests = run.denied_requests;
                 report.secret_reveals = run.reveals;
                 report.peak_memory_bytes = run.peak_memory;
+                report.fuel_used = run.fuel_used;
                 report.timings.instantiate_us = micros(run.instantiate);
                 report.timings.execute_us = micros(run.execute);
             }
@@ -221,8 +275,51 @@ impl Runtime {
         if self.redactor.is_active() {
             scrub_report(&self.redactor, &mut report);
         }
+        let calls = self.take_host_calls(&report.run_id, &recorder);
+        report.host_calls = recorder.lock().map_or(0, |r| r.total());
         report.timings.total_us = micros(started.elapsed());
+        let mut last = calls;
+        last.extend(record::after_execution(&report));
+        self.audit(last).await?;
+        self.runs
+            .insert(&record::run_row(
+                &report,
+                &self.redactor.scrub(&action.input),
+            ))
+            .map_err(|e| CallError::NotRecorded(e.to_string()))?;
         Ok(report)
+    }
+}
+
+impl Runtime {
+    /// Write `records` (redacted) and wait until they are durable; a failure stops the call.
+    async fn audit(&self, records: Vec<serde_json::Map<String, Value>>) -> Result<(), CallError> {
+        let Some(audit) = &self.audit else {
+            return Ok(());
+        };
+        audit
+            .append(record::redact(&self.redactor, records))
+            .await
+            .map_err(|e| CallError::NotRecorded(e.to_string()))
+    }
+
+    /// The host calls recorded so far, as audit records.
+    fn take_host_calls(
+        &self,
+        run: &str,
+        recorder: &SharedRecorder,
+    ) -> Vec<serde_json::Map<String, Value>> {
+        let Ok(mut r) = recorder.lock() else {
+            return Vec::new();
+        };
+        let calls = r.take();
+        record::host_calls(run, |component| self.digest_of(component), calls.iter())
+    }
+}
+
+fn set_component(recorder: &SharedRecorder, component: String) {
+    if let Ok(mut r) = recorder.lock() {
+        r.set_component(component);
     }
 }
 

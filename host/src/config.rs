@@ -73,6 +73,14 @@ pub struct Config {
     /// The master key file; `<data_dir>/master.key` unless `[vault] key_file` is set.
     /// `WARDEN_MASTER_KEY` takes precedence over it.
     pub key_file: PathBuf,
+    /// `<data_dir>/audit`. `[audit] enabled = false` turns auditing off (for
+    /// measurements only: `warden check` says so loudly).
+    pub audit_dir: PathBuf,
+    pub audit_enabled: bool,
+    /// Size at which the audit log starts a new segment (`[audit] max_segment_kb`, 64 MiB).
+    pub audit_segment_bytes: u64,
+    /// Run history: `<data_dir>/runs.db`.
+    pub runs_db: PathBuf,
     pub plugins: Vec<PluginConfig>,
     pub policies: Vec<PolicyConfig>,
     /// The config file's text, kept to locate errors found while loading components.
@@ -144,6 +152,8 @@ struct RawConfig {
     cache_dir: Option<Spanned<String>>,
     #[serde(default)]
     vault: RawVault,
+    #[serde(default)]
+    audit: RawAudit,
     #[serde(default, rename = "plugin")]
     plugins: Vec<RawPlugin>,
     #[serde(default, rename = "policy")]
@@ -196,6 +206,27 @@ enum Substitute {
     Header,
     Query,
     Body,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAudit {
+    #[serde(default = "yes")]
+    enabled: bool,
+    max_segment_kb: Option<Spanned<u64>>,
+}
+
+impl Default for RawAudit {
+    fn default() -> Self {
+        RawAudit {
+            enabled: true,
+            max_segment_kb: None,
+        }
+    }
+}
+
+fn yes() -> bool {
+    true
 }
 
 #[derive(Deserialize, Default)]
@@ -294,6 +325,19 @@ impl Config {
             .path
             .as_ref()
             .map_or_else(|| data_dir.join("vault.json"), |p| base.join(p));
+        let audit_dir = data_dir.join("audit");
+        let runs_db = data_dir.join("runs.db");
+        let audit_segment_bytes = match &raw.audit.max_segment_kb {
+            None => 64 << 20,
+            Some(kb) if (1..=1 << 22).contains(kb.get_ref()) => kb.get_ref() << 10,
+            Some(kb) => {
+                return Err(locate.error(
+                    kb.span().start,
+                    "audit.max_segment_kb",
+                    "must be between 1 and 4194304",
+                ));
+            }
+        };
         let key_file = raw
             .vault
             .key_file
@@ -404,10 +448,22 @@ impl Config {
             cache_dir,
             vault_path,
             key_file,
+            audit_dir,
+            audit_enabled: raw.audit.enabled,
+            audit_segment_bytes,
+            runs_db,
             plugins,
             policies,
             source: text.to_string(),
         })
+    }
+
+    /// `sha256:<hex>` of the config file's text, as loaded.
+    pub fn digest(&self) -> String {
+        format!(
+            "sha256:{}",
+            crate::cache::sha256_hex(self.source.as_bytes())
+        )
     }
 
     /// An error about something at byte `offset` of the config file, found after parsing

@@ -4,6 +4,7 @@
 //! evaluate every policy in scope (`policy`), then run the tool in a fresh sandbox
 //! (`sandbox`, `plugin`) with only the grants the operator configured (`config`).
 
+pub mod audit;
 pub mod bindings;
 pub mod cache;
 pub mod call;
@@ -11,10 +12,13 @@ pub mod component;
 pub mod config;
 pub mod egress;
 pub mod engine;
+pub mod hostcalls;
 pub mod interfaces;
 pub mod limits;
 pub mod plugin;
 pub mod policy;
+pub mod record;
+pub mod runs;
 pub mod runtime;
 pub mod sandbox;
 pub mod secrets;

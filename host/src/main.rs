@@ -16,7 +16,9 @@ use warden::engine::EngineOptions;
 use warden::runtime::{Runtime, Shared};
 use warden::secrets::SecretUse;
 
+mod audit_cli;
 mod bench;
+mod runs_cli;
 mod secrets_cli;
 
 /// Exit codes, stable for scripts.
@@ -31,6 +33,8 @@ mod exit {
     pub const DENIED: u8 = 3;
     /// The call needs approval; the tool did not run.
     pub const HELD: u8 = 4;
+    /// The call could not be recorded (audit log or run history); its result is withheld.
+    pub const NOT_RECORDED: u8 = 5;
 }
 
 const EXIT_CODES: &str = "\
@@ -39,7 +43,8 @@ Exit codes:
   1  the tool failed: a tool error, a trap, or a limit (time, memory, fuel, output size)
   2  bad usage, config, component or input; nothing ran
   3  denied by a policy; the tool did not run
-  4  held for approval; the tool did not run";
+  4  held for approval; the tool did not run
+  5  the call could not be recorded (audit log or run history); result withheld";
 
 /// warden runs AI agents' tools as sandboxed WebAssembly components, behind approval
 /// policies that are components too.
@@ -98,6 +103,12 @@ enum Command {
         #[arg(long)]
         report: bool,
     },
+    /// Verify, tail and search the audit log.
+    #[command(subcommand)]
+    Audit(audit_cli::AuditCommand),
+    /// List and inspect past runs.
+    #[command(subcommand)]
+    Runs(runs_cli::RunsCommand),
     /// Manage the credential vault (values never on the command line or in output).
     #[command(subcommand)]
     Secrets(secrets_cli::SecretsCommand),
@@ -165,6 +176,8 @@ fn run() -> Result<ExitCode> {
             Command::Secrets(ref command) => {
                 secrets_cli::run(&cli.config, command).context("secrets")
             }
+            Command::Audit(ref command) => audit_cli::run(&cli.config, command).context("audit"),
+            Command::Runs(ref command) => runs_cli::run(&cli.config, command).context("runs"),
         }
     })
 }
@@ -413,7 +426,11 @@ async fn call(
         Ok(report) => report,
         Err(e) => {
             eprintln!("warden call: {e}");
-            return Ok(ExitCode::from(exit::USAGE));
+            let code = match e {
+                warden::CallError::NotRecorded(_) => exit::NOT_RECORDED,
+                _ => exit::USAGE,
+            };
+            return Ok(ExitCode::from(code));
         }
     };
     if verbose {

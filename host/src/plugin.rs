@@ -77,6 +77,8 @@ pub struct Invocation {
     pub denied_requests: Vec<String>,
     /// Secrets revealed to the plugin (names).
     pub reveals: Vec<String>,
+    /// Fuel consumed, when the engine counts fuel.
+    pub fuel_used: Option<u64>,
     pub peak_memory: usize,
     pub instantiate: Duration,
     pub execute: Duration,
@@ -144,6 +146,7 @@ impl Plugin {
             progress: Vec::new(),
             denied_requests: Vec::new(),
             reveals: Vec::new(),
+            fuel_used: None,
             peak_memory: 0,
             instantiate: Duration::ZERO,
             execute: Duration::ZERO,
@@ -196,6 +199,13 @@ impl Plugin {
             Ok(Ok(Ok(output))) => check_output(&output, limits.max_output_kb)
                 .and_then(|value| self.check_output_schema(&tool, value)),
         };
+        if self.fuel {
+            let budget = limits.fuel.unwrap_or(u64::MAX);
+            invocation.fuel_used = store
+                .get_fuel()
+                .ok()
+                .map(|left| budget.saturating_sub(left));
+        }
         let state = store.data_mut();
         invocation.peak_memory = state.limiter.peak;
         invocation.progress = std::mem::take(&mut state.progress.updates);

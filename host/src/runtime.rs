@@ -12,12 +12,15 @@ use std::sync::Arc;
 use wasmtime::Engine;
 use wasmtime::component::Linker;
 
+use crate::audit::AuditLog;
 use crate::cache::CompileCache;
 use crate::component::{self, ComponentError, Loaded, World};
 use crate::config::{Config, ConfigError};
 use crate::engine::{EngineOptions, SharedEngine};
 use crate::plugin::Plugin;
 use crate::policy::Policy;
+use crate::record;
+use crate::runs::RunStore;
 use crate::sandbox::{self, PolicyState, ToolState};
 use crate::secrets::{PluginSecrets, Redactor};
 use crate::vault::{MasterKey, Vault, VaultError};
@@ -72,6 +75,9 @@ pub struct Runtime {
     tools: HashMap<String, usize>,
     /// Scrubs every granted secret value from what leaves a call.
     pub redactor: Redactor,
+    /// `None` only when the config turns auditing off.
+    pub audit: Option<AuditLog>,
+    pub runs: RunStore,
 }
 
 impl Runtime {
@@ -140,7 +146,34 @@ impl Runtime {
             }
             policies.push(policy);
         }
+        let runs = RunStore::open(&config.runs_db).map_err(|e| config.error_at(0, "", e))?;
+        let audit = if config.audit_enabled {
+            let log = AuditLog::open(&config.audit_dir, config.audit_segment_bytes)
+                .map_err(|e| config.error_at(0, "audit", e))?;
+            let components: Vec<serde_json::Value> = plugins
+                .iter()
+                .map(|p| serde_json::json!({ "plugin": p.id, "digest": p.digest }))
+                .chain(
+                    policies
+                        .iter()
+                        .map(|p| serde_json::json!({ "policy": p.id, "digest": p.digest })),
+                )
+                .collect();
+            let record = record::config_load(
+                &config.file.display().to_string(),
+                &config.digest(),
+                components.into(),
+            );
+            log.append(vec![record])
+                .await
+                .map_err(|e| config.error_at(0, "audit", e))?;
+            Some(log)
+        } else {
+            None
+        };
         Ok(Runtime {
+            audit,
+            runs,
             redactor,
             config,
             shared,
@@ -148,6 +181,24 @@ impl Runtime {
             policies,
             tools,
         })
+    }
+
+    /// The digest of `plugin:<id>` or `policy:<id>`.
+    pub fn digest_of(&self, component: &str) -> String {
+        let found = match component.split_once(':') {
+            Some(("plugin", id)) => self
+                .plugins
+                .iter()
+                .find(|p| p.id == id)
+                .map(|p| p.digest.clone()),
+            Some(("policy", id)) => self
+                .policies
+                .iter()
+                .find(|p| p.id == id)
+                .map(|p| p.digest.clone()),
+            _ => None,
+        };
+        found.unwrap_or_default()
     }
 
     /// The plugin exporting `tool`.

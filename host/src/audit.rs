@@ -1,0 +1,504 @@
+//! The audit log: append-only JSON Lines segments under `<data_dir>/audit/`, every
+//! record hash-chained to the one before it (across segments), group-committed.
+//!
+//! Owns writing (one writer thread: drain what is queued, write it, `fdatasync`, then
+//! acknowledge every record in the batch), recovering the chain head on open, and
+//! verifying a log. It must never acknowledge a record before it is durable, and after
+//! a failed write it refuses every later append (fail closed): nothing runs unaudited.
+//!
+//! A line is `{"seq":N,"prev":"<hash of N-1>",...fields...,"hash":"<sha256>"}`, where the
+//! hash covers the exact bytes of the line up to `,"hash"` plus the closing `}`.
+
+use std::fs::{File, OpenOptions};
+use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+
+use serde_json::{Map, Value};
+use sha2::{Digest, Sha256};
+use thiserror::Error;
+
+const ZERO_HASH: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+const HASH_SUFFIX_LEN: usize = ",\"hash\":\"\"}".len() + 64;
+/// Most records written in one group commit.
+const MAX_BATCH: usize = 8192;
+
+#[derive(Debug, Clone, Error, PartialEq, Eq)]
+pub enum AuditError {
+    #[error("audit log {path}: {message}")]
+    Io { path: String, message: String },
+    #[error(
+        "audit log {path}: the last record is cut short (a crash mid-write?); run `warden audit verify` and repair before continuing"
+    )]
+    TruncatedTail { path: String },
+    #[error("audit log {path}: cannot read the chain head: {message}")]
+    BadHead { path: String, message: String },
+    #[error("audit log is not writable after an earlier failure; nothing can run unaudited")]
+    Failed,
+}
+
+/// A queued batch and who to tell when it is durable.
+struct Commit {
+    records: Vec<Map<String, Value>>,
+    done: tokio::sync::oneshot::Sender<Result<(), AuditError>>,
+}
+
+/// Handle to the writer thread. Cloneable, cheap.
+#[derive(Clone)]
+pub struct AuditLog {
+    tx: mpsc::Sender<Commit>,
+    pub dir: PathBuf,
+}
+
+impl AuditLog {
+    /// Open (or create) the log in `dir`, recovering the chain head from the last segment.
+    pub fn open(dir: &Path, max_segment_bytes: u64) -> Result<AuditLog, AuditError> {
+        let io = |e: std::io::Error| AuditError::Io {
+            path: dir.display().to_string(),
+            message: e.to_string(),
+        };
+        std::fs::create_dir_all(dir).map_err(io)?;
+        // One writer per log: a second warden process on the same data dir waits here
+        // rather than fork the chain. The lock lives as long as the writer thread.
+        let lock = File::create(dir.join("LOCK")).map_err(io)?;
+        lock.lock().map_err(io)?;
+        let mut writer = Writer::open(dir, max_segment_bytes)?;
+        let (tx, rx) = mpsc::channel::<Commit>();
+        std::thread::Builder::new()
+            .name("warden-audit".into())
+            .spawn(move || {
+                let _lock = lock;
+                while let Ok(first) = rx.recv() {
+                    let mut batch = vec![first];
+                    while batch.len() < MAX_BATCH {
+                        match rx.try_recv() {
+                            Ok(more) => batch.push(more),
+                            Err(_) => break,
+                        }
+                    }
+                    let result = writer.write(batch.iter().flat_map(|c| c.records.iter()));
+                    for commit in batch {
+                        let _ = commit.done.send(result.clone());
+                    }
+                }
+            })
+            .map_err(io)?;
+        Ok(AuditLog {
+            tx,
+            dir: dir.to_path_buf(),
+        })
+    }
+
+    /// Append `records` (JSON objects) and wait until they are durable.
+    pub async fn append(&self, records: Vec<Map<String, Value>>) -> Result<(), AuditError> {
+        if records.is_empty() {
+            return Ok(());
+        }
+        let (done, wait) = tokio::sync::oneshot::channel();
+        self.tx
+            .send(Commit { records, done })
+            .map_err(|_| AuditError::Failed)?;
+        wait.await.map_err(|_| AuditError::Failed)?
+    }
+}
+
+struct Writer {
+    dir: PathBuf,
+    file: File,
+    index: u64,
+    size: u64,
+    max_segment_bytes: u64,
+    seq: u64,
+    hash: String,
+    failed: bool,
+    buf: Vec<u8>,
+}
+
+fn segment_name(index: u64) -> String {
+    format!("segment-{index:08}.jsonl")
+}
+
+/// Segment indexes present in `dir`, ascending.
+pub fn segments(dir: &Path) -> std::io::Result<Vec<u64>> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        let name = entry?.file_name();
+        let name = name.to_string_lossy();
+        if let Some(n) = name
+            .strip_prefix("segment-")
+            .and_then(|n| n.strip_suffix(".jsonl"))
+            && let Ok(n) = n.parse()
+        {
+            out.push(n);
+        }
+    }
+    out.sort_unstable();
+    Ok(out)
+}
+
+impl Writer {
+    fn open(dir: &Path, max_segment_bytes: u64) -> Result<Writer, AuditError> {
+        let shown = dir.display().to_string();
+        let io = |e: std::io::Error| AuditError::Io {
+            path: shown.clone(),
+            message: e.to_string(),
+        };
+        let indexes = segments(dir).map_err(io)?;
+        let mut seq = 0;
+        let mut hash = ZERO_HASH.to_string();
+        for &index in indexes.iter().rev() {
+            let path = dir.join(segment_name(index));
+            if let Some(last) = last_line(&path)? {
+                let (s, h) = parse_head(&last).ok_or_else(|| AuditError::BadHead {
+                    path: path.display().to_string(),
+                    message: "the last record is not a valid audit record".into(),
+                })?;
+                seq = s;
+                hash = h;
+                break;
+            }
+        }
+        let index = indexes.last().copied().unwrap_or(1);
+        let path = dir.join(segment_name(index));
+        let file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .map_err(io)?;
+        let size = file.metadata().map_err(io)?.len();
+        Ok(Writer {
+            dir: dir.to_path_buf(),
+            file,
+            index,
+            size,
+            max_segment_bytes,
+            seq,
+            hash,
+            failed: false,
+            buf: Vec::new(),
+        })
+    }
+
+    fn write<'a>(
+        &mut self,
+        records: impl Iterator<Item = &'a Map<String, Value>>,
+    ) -> Result<(), AuditError> {
+        if self.failed {
+            return Err(AuditError::Failed);
+        }
+        let result = self.try_write(records);
+        if result.is_err() {
+            // Some bytes may have reached the file: never build on an unknown tail.
+            self.failed = true;
+        }
+        result
+    }
+
+    fn try_write<'a>(
+        &mut self,
+        records: impl Iterator<Item = &'a Map<String, Value>>,
+    ) -> Result<(), AuditError> {
+        self.buf.clear();
+        let (mut seq, mut hash) = (self.seq, self.hash.clone());
+        for record in records {
+            seq += 1;
+            let mut line = Map::with_capacity(record.len() + 2);
+            line.insert("seq".into(), seq.into());
+            line.insert("prev".into(), Value::String(hash));
+            for (k, v) in record {
+                if k != "seq" && k != "prev" && k != "hash" {
+                    line.insert(k.clone(), v.clone());
+                }
+            }
+            let body = serde_json::to_vec(&Value::Object(line)).map_err(|e| self.error(e))?;
+            hash = hex::encode(Sha256::digest(&body));
+            self.buf.extend_from_slice(&body[..body.len() - 1]);
+            self.buf.extend_from_slice(b",\"hash\":\"");
+            self.buf.extend_from_slice(hash.as_bytes());
+            self.buf.extend_from_slice(b"\"}\n");
+        }
+        if self.size > 0 && self.size + self.buf.len() as u64 > self.max_segment_bytes {
+            self.rotate()?;
+        }
+        self.file.write_all(&self.buf).map_err(|e| self.error(e))?;
+        self.file.sync_data().map_err(|e| self.error(e))?;
+        self.size += self.buf.len() as u64;
+        self.seq = seq;
+        self.hash = hash;
+        self.write_head();
+        Ok(())
+    }
+
+    fn rotate(&mut self) -> Result<(), AuditError> {
+        self.index += 1;
+        let path = self.dir.join(segment_name(self.index));
+        self.file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .map_err(|e| self.error(e))?;
+        self.size = 0;
+        File::open(&self.dir)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| self.error(e))?;
+        Ok(())
+    }
+
+    /// `HEAD` names the last durable record, so `verify` can tell records deleted from
+    /// the end. Written after the records are durable; not itself synced (after a crash
+    /// it may lag the log, never lead it).
+    fn write_head(&self) {
+        let tmp = self.dir.join("HEAD.tmp");
+        let text = format!("{} {}\n", self.seq, self.hash);
+        if std::fs::write(&tmp, text).is_ok() {
+            let _ = std::fs::rename(&tmp, self.dir.join("HEAD"));
+        }
+    }
+
+    fn error(&self, e: impl std::fmt::Display) -> AuditError {
+        AuditError::Io {
+            path: self
+                .dir
+                .join(segment_name(self.index))
+                .display()
+                .to_string(),
+            message: e.to_string(),
+        }
+    }
+}
+
+/// The last complete line of `path`, or `None` for an empty file. A file that does not
+/// end in a newline has a truncated tail: that is an error, not something to build on.
+fn last_line(path: &Path) -> Result<Option<String>, AuditError> {
+    let shown = path.display().to_string();
+    let io = |e: std::io::Error| AuditError::Io {
+        path: shown.clone(),
+        message: e.to_string(),
+    };
+    let mut file = File::open(path).map_err(io)?;
+    let len = file.metadata().map_err(io)?.len();
+    if len == 0 {
+        return Ok(None);
+    }
+    let start = len.saturating_sub(1 << 20);
+    file.seek(SeekFrom::Start(start)).map_err(io)?;
+    let mut tail = Vec::new();
+    file.read_to_end(&mut tail).map_err(io)?;
+    if tail.last() != Some(&b'\n') {
+        return Err(AuditError::TruncatedTail { path: shown });
+    }
+    let body = &tail[..tail.len() - 1];
+    let line = body.rsplit(|&b| b == b'\n').next().unwrap_or(body);
+    Ok(Some(String::from_utf8_lossy(line).into_owned()))
+}
+
+/// Split a line into its hashed body and its hash; `None` if it has not the shape.
+fn split_line(line: &str) -> Option<(String, &str)> {
+    if line.len() < HASH_SUFFIX_LEN + 2 || !line.ends_with("\"}") {
+        return None;
+    }
+    let cut = line.len() - HASH_SUFFIX_LEN;
+    let (body, suffix) = line.split_at(cut);
+    let hash = suffix.strip_prefix(",\"hash\":\"")?.strip_suffix("\"}")?;
+    Some((format!("{body}}}"), hash))
+}
+
+fn parse_head(line: &str) -> Option<(u64, String)> {
+    let (_, hash) = split_line(line)?;
+    let value: Value = serde_json::from_str(line).ok()?;
+    Some((value.get("seq")?.as_u64()?, hash.to_string()))
+}
+
+/// What `verify` found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verified {
+    pub records: u64,
+    pub segments: usize,
+    pub problem: Option<Problem>,
+}
+
+/// The first break in the chain.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// The first sequence number that cannot be trusted.
+    pub seq: u64,
+    pub location: String,
+    pub what: String,
+}
+
+/// Check the whole chain: every hash, every link, the sequence, and the tail against
+/// `HEAD`. Reports the first problem.
+pub fn verify(dir: &Path) -> Result<Verified, AuditError> {
+    let io = |e: std::io::Error| AuditError::Io {
+        path: dir.display().to_string(),
+        message: e.to_string(),
+    };
+    let indexes = segments(dir).map_err(io)?;
+    let mut expected_seq = 1u64;
+    let mut prev = ZERO_HASH.to_string();
+    let mut records = 0;
+    let segments_found = indexes.len();
+    let broken = |records: u64, seq: u64, location: String, what: String| {
+        Ok(Verified {
+            records,
+            segments: segments_found,
+            problem: Some(Problem {
+                seq,
+                location,
+                what,
+            }),
+        })
+    };
+    for (i, &index) in indexes.iter().enumerate() {
+        if i > 0 && index != indexes[i - 1] + 1 {
+            let location = segment_name(indexes[i - 1] + 1);
+            return broken(
+                records,
+                expected_seq,
+                location,
+                "segment file missing".into(),
+            );
+        }
+        let path = dir.join(segment_name(index));
+        let mut reader = BufReader::new(File::open(&path).map_err(io)?);
+        let mut line = String::new();
+        let mut number = 0;
+        loop {
+            line.clear();
+            if reader.read_line(&mut line).map_err(io)? == 0 {
+                break;
+            }
+            number += 1;
+            let location = format!("{}:{number}", segment_name(index));
+            let Some(text) = line.strip_suffix('\n') else {
+                return broken(
+                    records,
+                    expected_seq,
+                    location,
+                    "truncated tail: the last record is cut short".into(),
+                );
+            };
+            let Some((body, hash)) = split_line(text) else {
+                return broken(
+                    records,
+                    expected_seq,
+                    location,
+                    "modified: not an audit record".into(),
+                );
+            };
+            let Ok(Value::Object(fields)) = serde_json::from_str::<Value>(&body) else {
+                return broken(
+                    records,
+                    expected_seq,
+                    location,
+                    "modified: not valid JSON".into(),
+                );
+            };
+            let seq = fields.get("seq").and_then(Value::as_u64).unwrap_or(0);
+            if hex::encode(Sha256::digest(body.as_bytes())) != hash {
+                return broken(
+                    records,
+                    expected_seq,
+                    location,
+                    "modified: the hash does not match the record".into(),
+                );
+            }
+            if seq != expected_seq {
+                let what = if seq > expected_seq {
+                    format!("record {expected_seq} is missing (deleted or reordered); found {seq}")
+                } else {
+                    format!("record {seq} appears again or out of order (inserted or reordered)")
+                };
+                return broken(records, expected_seq, location, what);
+            }
+            if fields.get("prev").and_then(Value::as_str) != Some(prev.as_str()) {
+                return broken(
+                    records,
+                    seq,
+                    location,
+                    "inserted or reordered: does not chain to the record before it".into(),
+                );
+            }
+            prev = hash.to_string();
+            expected_seq += 1;
+            records += 1;
+        }
+    }
+    if let Ok(head) = std::fs::read_to_string(dir.join("HEAD"))
+        && let Some((seq, hash)) = head.trim().split_once(' ')
+        && let Ok(seq) = seq.parse::<u64>()
+    {
+        if seq > records {
+            return broken(
+                records,
+                records + 1,
+                "HEAD".into(),
+                format!("records {}..={seq} were deleted from the end", records + 1),
+            );
+        }
+        if seq == records && seq > 0 && hash != prev {
+            return broken(
+                records,
+                seq,
+                "HEAD".into(),
+                "the last record does not match HEAD".into(),
+            );
+        }
+    }
+    Ok(Verified {
+        records,
+        segments: indexes.len(),
+        problem: None,
+    })
+}
+
+/// Every record, in order (for `audit tail` and `audit search`). Stops at a line that
+/// is not valid JSON.
+pub fn read_all(dir: &Path) -> Result<Vec<Value>, AuditError> {
+    let io = |e: std::io::Error| AuditError::Io {
+        path: dir.display().to_string(),
+        message: e.to_string(),
+    };
+    let mut out = Vec::new();
+    for index in segments(dir).map_err(io)? {
+        let reader = BufReader::new(File::open(dir.join(segment_name(index))).map_err(io)?);
+        for line in reader.lines() {
+            let Ok(record) = serde_json::from_str::<Value>(&line.map_err(io)?) else {
+                return Ok(out);
+            };
+            out.push(record);
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(kind: &str) -> Map<String, Value> {
+        let mut m = Map::new();
+        m.insert("kind".into(), kind.into());
+        m
+    }
+
+    #[tokio::test]
+    async fn chain_survives_reopen_and_rotation() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let log = AuditLog::open(dir.path(), 300).unwrap();
+            for i in 0..10 {
+                log.append(vec![record(&format!("k{i}"))]).await.unwrap();
+            }
+        }
+        let log = AuditLog::open(dir.path(), 300).unwrap();
+        log.append(vec![record("after-reopen"), record("two")])
+            .await
+            .unwrap();
+        let v = verify(dir.path()).unwrap();
+        assert_eq!(v.problem, None);
+        assert_eq!(v.records, 12);
+        assert!(v.segments > 1, "rotated: {v:?}");
+        assert_eq!(read_all(dir.path()).unwrap()[11]["kind"], "two");
+    }
+}

@@ -1,0 +1,160 @@
+//! `warden audit`: verify the chain, show the newest records, search them.
+
+use std::path::Path;
+use std::process::ExitCode;
+
+use anyhow::Result;
+use clap::Subcommand;
+use serde_json::Value;
+
+use warden::audit;
+use warden::config::Config;
+
+#[derive(Subcommand)]
+pub enum AuditCommand {
+    /// Check the whole hash chain; exits 1 and names the first bad record on any break.
+    Verify,
+    /// Show the newest records.
+    Tail {
+        /// How many records.
+        #[arg(long, short = 'n', default_value_t = 20)]
+        lines: usize,
+        /// JSON lines (for a SIEM) instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show the records matching every filter given.
+    Search {
+        #[arg(long)]
+        run: Option<String>,
+        /// Plugin or policy id (host calls are matched by component).
+        #[arg(long)]
+        plugin: Option<String>,
+        /// Milliseconds since the Unix epoch.
+        #[arg(long)]
+        since: Option<u64>,
+        /// Record kind: run-start, policy-decision, host-call, grant-denied, secret-reveal, run-end, config-load.
+        #[arg(long)]
+        kind: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+pub fn run(config: &Path, command: &AuditCommand) -> Result<ExitCode> {
+    let config = Config::load(config)?;
+    let dir = &config.audit_dir;
+    match command {
+        AuditCommand::Verify => {
+            let verified = audit::verify(dir)?;
+            match verified.problem {
+                None => {
+                    println!(
+                        "audit log {} is intact: {} records in {} segments",
+                        dir.display(),
+                        verified.records,
+                        verified.segments
+                    );
+                    Ok(ExitCode::SUCCESS)
+                }
+                Some(p) => {
+                    println!(
+                        "audit log {} is BROKEN at record {} ({}): {}",
+                        dir.display(),
+                        p.seq,
+                        p.location,
+                        p.what
+                    );
+                    println!("{} records before it verify", verified.records);
+                    Ok(ExitCode::from(1))
+                }
+            }
+        }
+        AuditCommand::Tail { lines, json } => {
+            let records = audit::read_all(dir)?;
+            let start = records.len().saturating_sub(*lines);
+            print(&records[start..], *json);
+            Ok(ExitCode::SUCCESS)
+        }
+        AuditCommand::Search {
+            run,
+            plugin,
+            since,
+            kind,
+            json,
+        } => {
+            let records: Vec<Value> = audit::read_all(dir)?
+                .into_iter()
+                .filter(|r| run.as_ref().is_none_or(|x| r["run"] == x.as_str()))
+                .filter(|r| {
+                    plugin.as_ref().is_none_or(|x| {
+                        r["plugin"] == x.as_str()
+                            || r["policy"] == x.as_str()
+                            || r["component"]
+                                .as_str()
+                                .is_some_and(|c| c.split_once(':').is_some_and(|(_, id)| id == x))
+                    })
+                })
+                .filter(|r| since.is_none_or(|t| r["ts_ms"].as_u64().is_some_and(|ts| ts >= t)))
+                .filter(|r| kind.as_ref().is_none_or(|k| r["kind"] == k.as_str()))
+                .collect();
+            print(&records, *json);
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn print(records: &[Value], json: bool) {
+    for r in records {
+        if json {
+            println!("{r}");
+            continue;
+        }
+        let detail = match r["kind"].as_str().unwrap_or_default() {
+            "host-call" => format!(
+                "{} {}.{} -> {} ({} µs)",
+                r["component"].as_str().unwrap_or(""),
+                r["interface"].as_str().unwrap_or(""),
+                r["function"].as_str().unwrap_or(""),
+                r["outcome"].as_str().unwrap_or(""),
+                r["duration_us"]
+            ),
+            "policy-decision" => format!(
+                "{} {} {}",
+                r["policy"].as_str().unwrap_or(""),
+                r["decision"].as_str().unwrap_or(""),
+                r["reason"].as_str().unwrap_or("")
+            ),
+            "run-start" => format!(
+                "{} {} by {}",
+                r["tool"].as_str().unwrap_or(""),
+                r["plugin"].as_str().unwrap_or(""),
+                r["principal"].as_str().unwrap_or("")
+            ),
+            "run-end" => format!(
+                "{} {}",
+                r["status"].as_str().unwrap_or(""),
+                r["error"].as_str().unwrap_or("")
+            ),
+            "grant-denied" => r["request"].as_str().unwrap_or("").to_string(),
+            "secret-reveal" => format!(
+                "{} revealed to {}",
+                r["secret"].as_str().unwrap_or(""),
+                r["plugin"].as_str().unwrap_or("")
+            ),
+            "config-load" => format!(
+                "{} {}",
+                r["config"].as_str().unwrap_or(""),
+                r["config_digest"].as_str().unwrap_or("")
+            ),
+            _ => String::new(),
+        };
+        println!(
+            "{:>8}  {}  {:<16} {:<32} {detail}",
+            r["seq"],
+            r["ts_ms"],
+            r["kind"].as_str().unwrap_or(""),
+            r["run"].as_str().unwrap_or("-")
+        );
+    }
+}

@@ -1,0 +1,241 @@
+//! Capturing every host call a component makes, for the audit log.
+//!
+//! wasmtime's generated bindings (WASI's, and ours with the `tracing` flag) open a
+//! TRACE span named `wit-bindgen import` (fields `module`, `function`) around each
+//! import call and emit a `call` event (arguments) and a `return` event (result) in it.
+//! A governed call runs under [`record`], which installs a small subscriber that turns
+//! those spans into [`HostCall`]s for the current run. It must never see or keep
+//! anything outside the run it records, and it keeps only a bounded summary.
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, LazyLock, Mutex};
+use std::time::Instant;
+
+use tracing::field::{Field, Visit};
+use tracing::span::{Attributes, Id, Record};
+use tracing::subscriber::Interest;
+use tracing::{Dispatch, Event, Metadata, Subscriber};
+
+/// Longest argument or result summary kept.
+const MAX_SUMMARY: usize = 512;
+/// Most host calls kept per run; later ones are counted only.
+const MAX_CALLS: usize = 10_000;
+
+/// One host call.
+#[derive(Debug, Clone)]
+pub struct HostCall {
+    /// Who made it: `plugin:<id>` or `policy:<id>`.
+    pub component: String,
+    pub interface: String,
+    pub function: String,
+    pub args: String,
+    pub result: String,
+    pub duration_us: u64,
+}
+
+impl HostCall {
+    /// `ok`, `error`, or `denied` (refused by a grant or the sandbox).
+    pub fn outcome(&self) -> &'static str {
+        let r = self.result.trim_start_matches("result=");
+        if r.starts_with("Err") || r.contains("Err(") {
+            if ["Access", "NotPermitted", "Denied"]
+                .iter()
+                .any(|d| r.contains(d))
+            {
+                "denied"
+            } else {
+                "error"
+            }
+        } else {
+            "ok"
+        }
+    }
+}
+
+/// The host calls of one run.
+#[derive(Default)]
+pub struct Recorder {
+    component: String,
+    open: HashMap<u64, (HostCall, Instant)>,
+    stack: Vec<u64>,
+    calls: Vec<HostCall>,
+    /// Calls already taken with [`Recorder::take`].
+    taken: u64,
+    /// Calls beyond `MAX_CALLS`, counted only.
+    dropped: u64,
+}
+
+impl Recorder {
+    /// Attribute the host calls that follow to `component`.
+    pub fn set_component(&mut self, component: String) {
+        self.component = component;
+    }
+
+    /// The calls recorded since the last `take`.
+    pub fn take(&mut self) -> Vec<HostCall> {
+        self.taken += self.calls.len() as u64;
+        std::mem::take(&mut self.calls)
+    }
+
+    /// Every call recorded, taken or not, kept or only counted.
+    pub fn total(&self) -> u64 {
+        self.taken + self.calls.len() as u64 + self.dropped
+    }
+}
+
+pub type SharedRecorder = Arc<Mutex<Recorder>>;
+
+tokio::task_local! {
+    static CURRENT: SharedRecorder;
+}
+
+static DISPATCH: LazyLock<Dispatch> = LazyLock::new(|| Dispatch::new(HostCallSubscriber));
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+
+/// Run `future` recording its host calls into `recorder`.
+pub async fn record<F: Future>(recorder: SharedRecorder, future: F) -> F::Output {
+    let dispatch = DISPATCH.clone();
+    CURRENT
+        .scope(
+            recorder,
+            tracing::instrument::WithSubscriber::with_subscriber(future, dispatch),
+        )
+        .await
+}
+
+fn with_recorder<R>(f: impl FnOnce(&mut Recorder) -> R) -> Option<R> {
+    CURRENT
+        .try_with(|r| r.lock().ok().map(|mut r| f(&mut r)))
+        .ok()
+        .flatten()
+}
+
+const IMPORT_SPAN: &str = "wit-bindgen import";
+
+struct HostCallSubscriber;
+
+impl Subscriber for HostCallSubscriber {
+    fn register_callsite(&self, meta: &'static Metadata<'static>) -> Interest {
+        if meta.is_span() && meta.name() != IMPORT_SPAN {
+            Interest::never()
+        } else {
+            Interest::sometimes()
+        }
+    }
+
+    fn enabled(&self, meta: &Metadata<'_>) -> bool {
+        let inside_import = with_recorder(|r| !r.stack.is_empty()).unwrap_or(false);
+        (meta.is_span() && meta.name() == IMPORT_SPAN && CURRENT.try_with(|_| ()).is_ok())
+            || (meta.is_event() && inside_import)
+    }
+
+    fn max_level_hint(&self) -> Option<tracing::level_filters::LevelFilter> {
+        Some(tracing::level_filters::LevelFilter::TRACE)
+    }
+
+    fn new_span(&self, attrs: &Attributes<'_>) -> Id {
+        let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
+        let mut fields = Fields::default();
+        attrs.record(&mut fields);
+        with_recorder(|r| {
+            let call = HostCall {
+                component: r.component.clone(),
+                interface: fields.module,
+                function: fields.function,
+                args: String::new(),
+                result: String::new(),
+                duration_us: 0,
+            };
+            r.open.insert(id, (call, Instant::now()));
+        });
+        Id::from_u64(id)
+    }
+
+    fn record(&self, _span: &Id, _values: &Record<'_>) {}
+
+    fn record_follows_from(&self, _span: &Id, _follows: &Id) {}
+
+    fn event(&self, event: &Event<'_>) {
+        let mut fields = Fields::default();
+        event.record(&mut fields);
+        with_recorder(|r| {
+            let Some(id) = r.stack.last().copied() else {
+                return;
+            };
+            if let Some((call, _)) = r.open.get_mut(&id) {
+                match fields.message.as_str() {
+                    "call" => call.args = fields.rest,
+                    "return" => call.result = fields.rest,
+                    _ => {}
+                }
+            }
+        });
+    }
+
+    fn enter(&self, span: &Id) {
+        with_recorder(|r| r.stack.push(span.into_u64()));
+    }
+
+    fn exit(&self, span: &Id) {
+        with_recorder(|r| {
+            if let Some(pos) = r.stack.iter().rposition(|&s| s == span.into_u64()) {
+                r.stack.remove(pos);
+            }
+        });
+    }
+
+    fn try_close(&self, span: Id) -> bool {
+        with_recorder(|r| {
+            if let Some((mut call, started)) = r.open.remove(&span.into_u64()) {
+                call.duration_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+                if r.taken as usize + r.calls.len() < MAX_CALLS {
+                    r.calls.push(call);
+                } else {
+                    r.dropped += 1;
+                }
+            }
+        });
+        true
+    }
+}
+
+/// Field values of a span or event, as bounded text.
+#[derive(Default)]
+struct Fields {
+    module: String,
+    function: String,
+    message: String,
+    rest: String,
+}
+
+impl Visit for Fields {
+    fn record_str(&mut self, field: &Field, value: &str) {
+        match field.name() {
+            "module" => self.module = value.to_string(),
+            "function" => self.function = value.to_string(),
+            _ => self.record_debug(field, &value),
+        }
+    }
+
+    fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
+        if field.name() == "message" {
+            self.message = format!("{value:?}");
+            return;
+        }
+        if self.rest.len() >= MAX_SUMMARY {
+            return;
+        }
+        if !self.rest.is_empty() {
+            self.rest.push(' ');
+        }
+        let _ = write!(self.rest, "{}={value:?}", field.name());
+        if self.rest.len() > MAX_SUMMARY {
+            let cut = self.rest.floor_char_boundary(MAX_SUMMARY);
+            self.rest.truncate(cut);
+            self.rest.push('…');
+        }
+    }
+}

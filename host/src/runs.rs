@@ -1,0 +1,236 @@
+//! Run history: one row per governed call in SQLite (`<data_dir>/runs.db`, WAL), the
+//! embedded default. Owns the schema and its versioned migrations, so an old data dir
+//! opens in a new warden. It must never store an unredacted value or an unbounded one.
+
+use std::path::Path;
+use std::sync::Mutex;
+
+use rusqlite::{Connection, OptionalExtension, params};
+use serde::Serialize;
+use serde_json::Value;
+
+/// Schema migrations, in order; `PRAGMA user_version` records how many have run.
+const MIGRATIONS: &[&str] = &["
+    CREATE TABLE runs (
+        id              TEXT PRIMARY KEY,
+        started_ms      INTEGER NOT NULL,
+        principal       TEXT NOT NULL,
+        tool            TEXT NOT NULL,
+        plugin          TEXT NOT NULL,
+        plugin_digest   TEXT NOT NULL,
+        status          TEXT NOT NULL,
+        input           TEXT NOT NULL,
+        output          TEXT,
+        error           TEXT,
+        backtrace       TEXT,
+        decisions       TEXT NOT NULL,
+        log             TEXT NOT NULL,
+        denied_requests TEXT NOT NULL,
+        secret_reveals  TEXT NOT NULL,
+        policy_us       INTEGER NOT NULL,
+        instantiate_us  INTEGER NOT NULL,
+        execute_us      INTEGER NOT NULL,
+        total_us        INTEGER NOT NULL,
+        fuel_used       INTEGER,
+        peak_memory     INTEGER NOT NULL,
+        host_calls      INTEGER NOT NULL
+    );
+    CREATE INDEX runs_by_time ON runs(started_ms);
+    CREATE INDEX runs_by_tool ON runs(tool, started_ms);
+    CREATE INDEX runs_by_status ON runs(status, started_ms);
+"];
+
+/// Largest input or output text kept per run.
+pub const MAX_TEXT: usize = 64 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+#[error("run history {path}: {source}")]
+pub struct RunsError {
+    path: String,
+    source: rusqlite::Error,
+}
+
+/// One run, as stored.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct RunRow {
+    pub id: String,
+    pub started_ms: i64,
+    pub principal: String,
+    pub tool: String,
+    pub plugin: String,
+    pub plugin_digest: String,
+    pub status: String,
+    pub input: String,
+    pub output: Option<String>,
+    pub error: Option<String>,
+    pub backtrace: Option<String>,
+    pub decisions: Value,
+    pub log: Value,
+    pub denied_requests: Value,
+    pub secret_reveals: Value,
+    pub policy_us: i64,
+    pub instantiate_us: i64,
+    pub execute_us: i64,
+    pub total_us: i64,
+    pub fuel_used: Option<i64>,
+    pub peak_memory: i64,
+    pub host_calls: i64,
+}
+
+/// Filters for `runs list`.
+#[derive(Debug, Default, Clone)]
+pub struct RunFilter {
+    pub tool: Option<String>,
+    pub status: Option<String>,
+    pub since_ms: Option<i64>,
+    pub limit: usize,
+}
+
+pub struct RunStore {
+    conn: Mutex<Connection>,
+    path: String,
+}
+
+impl RunStore {
+    pub fn open(path: &Path) -> Result<RunStore, RunsError> {
+        let shown = path.display().to_string();
+        let err = |source| RunsError {
+            path: shown.clone(),
+            source,
+        };
+        if let Some(dir) = path.parent() {
+            let _ = std::fs::create_dir_all(dir);
+        }
+        let mut conn = Connection::open(path).map_err(err)?;
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(err)?;
+        conn.pragma_update(None, "synchronous", "NORMAL")
+            .map_err(err)?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))
+            .map_err(err)?;
+        let version: i64 = conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .map_err(err)?;
+        let version = usize::try_from(version).unwrap_or(0);
+        if version < MIGRATIONS.len() {
+            let tx = conn.transaction().map_err(err)?;
+            for migration in &MIGRATIONS[version..] {
+                tx.execute_batch(migration).map_err(err)?;
+            }
+            tx.pragma_update(None, "user_version", MIGRATIONS.len() as i64)
+                .map_err(err)?;
+            tx.commit().map_err(err)?;
+        }
+        Ok(RunStore {
+            conn: Mutex::new(conn),
+            path: shown,
+        })
+    }
+
+    fn err(&self, source: rusqlite::Error) -> RunsError {
+        RunsError {
+            path: self.path.clone(),
+            source,
+        }
+    }
+
+    pub fn insert(&self, row: &RunRow) -> Result<(), RunsError> {
+        let conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+        conn.prepare_cached(
+            "INSERT INTO runs VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22)",
+        )
+        .and_then(|mut stmt| {
+            stmt.execute(params![
+                row.id,
+                row.started_ms,
+                row.principal,
+                row.tool,
+                row.plugin,
+                row.plugin_digest,
+                row.status,
+                row.input,
+                row.output,
+                row.error,
+                row.backtrace,
+                row.decisions.to_string(),
+                row.log.to_string(),
+                row.denied_requests.to_string(),
+                row.secret_reveals.to_string(),
+                row.policy_us,
+                row.instantiate_us,
+                row.execute_us,
+                row.total_us,
+                row.fuel_used,
+                row.peak_memory,
+                row.host_calls,
+            ])
+        })
+        .map(drop)
+        .map_err(|e| self.err(e))
+    }
+
+    pub fn get(&self, id: &str) -> Result<Option<RunRow>, RunsError> {
+        let conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+        conn.query_row("SELECT * FROM runs WHERE id = ?1", [id], row_from_sql)
+            .optional()
+            .map_err(|e| self.err(e))
+    }
+
+    pub fn list(&self, filter: &RunFilter) -> Result<Vec<RunRow>, RunsError> {
+        let conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+        let mut stmt = conn
+            .prepare(
+                "SELECT * FROM runs WHERE (?1 IS NULL OR tool = ?1) AND (?2 IS NULL OR status = ?2)
+                 AND (?3 IS NULL OR started_ms >= ?3) ORDER BY started_ms DESC, id DESC LIMIT ?4",
+            )
+            .map_err(|e| self.err(e))?;
+        let limit = i64::try_from(filter.limit.max(1)).unwrap_or(i64::MAX);
+        let rows = stmt
+            .query_map(
+                params![filter.tool, filter.status, filter.since_ms, limit],
+                row_from_sql,
+            )
+            .map_err(|e| self.err(e))?;
+        rows.collect::<Result<Vec<_>, _>>().map_err(|e| self.err(e))
+    }
+}
+
+fn row_from_sql(r: &rusqlite::Row<'_>) -> rusqlite::Result<RunRow> {
+    let json = |i: usize| -> rusqlite::Result<Value> {
+        let text: String = r.get(i)?;
+        Ok(serde_json::from_str(&text).unwrap_or(Value::Null))
+    };
+    Ok(RunRow {
+        id: r.get(0)?,
+        started_ms: r.get(1)?,
+        principal: r.get(2)?,
+        tool: r.get(3)?,
+        plugin: r.get(4)?,
+        plugin_digest: r.get(5)?,
+        status: r.get(6)?,
+        input: r.get(7)?,
+        output: r.get(8)?,
+        error: r.get(9)?,
+        backtrace: r.get(10)?,
+        decisions: json(11)?,
+        log: json(12)?,
+        denied_requests: json(13)?,
+        secret_reveals: json(14)?,
+        policy_us: r.get(15)?,
+        instantiate_us: r.get(16)?,
+        execute_us: r.get(17)?,
+        total_us: r.get(18)?,
+        fuel_used: r.get(19)?,
+        peak_memory: r.get(20)?,
+        host_calls: r.get(21)?,
+    })
+}
+
+/// Cut `text` to at most `MAX_TEXT` bytes, marking the cut.
+pub fn bounded(text: &str) -> String {
+    if text.len() <= MAX_TEXT {
+        return text.to_string();
+    }
+    let cut = text.floor_char_boundary(MAX_TEXT);
+    format!("{}… ({} bytes in all)", &text[..cut], text.len())
+}

@@ -1,0 +1,133 @@
+//! `warden runs`: list runs and show one, answering "why did this fail".
+
+use std::path::Path;
+use std::process::ExitCode;
+
+use anyhow::{Result, bail};
+use clap::Subcommand;
+
+use warden::config::Config;
+use warden::runs::{RunFilter, RunStore};
+
+#[derive(Subcommand)]
+pub enum RunsCommand {
+    /// List runs, newest first.
+    List {
+        #[arg(long)]
+        tool: Option<String>,
+        /// ok, denied, held, tool-error, trapped, timed-out, memory-limit, fuel-exhausted, bad-output.
+        #[arg(long)]
+        status: Option<String>,
+        /// Milliseconds since the Unix epoch.
+        #[arg(long)]
+        since: Option<i64>,
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one run: outcome, decisions, error and backtrace, log, timings.
+    Show {
+        id: String,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+pub fn run(config: &Path, command: &RunsCommand) -> Result<ExitCode> {
+    let config = Config::load(config)?;
+    let store = RunStore::open(&config.runs_db)?;
+    match command {
+        RunsCommand::List {
+            tool,
+            status,
+            since,
+            limit,
+            json,
+        } => {
+            let filter = RunFilter {
+                tool: tool.clone(),
+                status: status.clone(),
+                since_ms: *since,
+                limit: *limit,
+            };
+            for row in store.list(&filter)? {
+                if *json {
+                    println!("{}", serde_json::to_string(&row)?);
+                } else {
+                    println!(
+                        "{}  {}  {:<14} {:<16} {:<10} {:>8} µs  {}",
+                        row.id,
+                        row.started_ms,
+                        row.status,
+                        row.tool,
+                        row.principal,
+                        row.total_us,
+                        row.error.as_deref().unwrap_or("")
+                    );
+                }
+            }
+        }
+        RunsCommand::Show { id, json } => {
+            let Some(row) = store.get(id)? else {
+                bail!("no run {id}")
+            };
+            if *json {
+                println!("{}", serde_json::to_string_pretty(&row)?);
+                return Ok(ExitCode::SUCCESS);
+            }
+            println!("run {}: {}", row.id, row.status);
+            println!(
+                "  tool {} (plugin {} {}) called by {}",
+                row.tool, row.plugin, row.plugin_digest, row.principal
+            );
+            println!("  input  {}", row.input);
+            if let Some(output) = &row.output {
+                println!("  output {output}");
+            }
+            if let Some(error) = &row.error {
+                println!("  why    {error}");
+            }
+            for d in row.decisions.as_array().into_iter().flatten() {
+                println!(
+                    "  policy {} -> {} {}{}",
+                    d["policy"].as_str().unwrap_or(""),
+                    d["decision"].as_str().unwrap_or(""),
+                    d["reason"].as_str().unwrap_or(""),
+                    d["failure"]
+                        .as_str()
+                        .map(|f| format!(" (policy failed: {f})"))
+                        .unwrap_or_default()
+                );
+            }
+            if let Some(bt) = &row.backtrace {
+                println!("  guest backtrace:\n{bt}");
+            }
+            for line in row.log.as_array().into_iter().flatten() {
+                println!(
+                    "  [{} {}] {}",
+                    line["source"].as_str().unwrap_or(""),
+                    line["level"].as_str().unwrap_or(""),
+                    line["message"].as_str().unwrap_or("")
+                );
+            }
+            for denied in row.denied_requests.as_array().into_iter().flatten() {
+                println!("  refused: {}", denied.as_str().unwrap_or(""));
+            }
+            println!(
+                "  timings: policy {} µs, instantiate {} µs, execute {} µs, total {} µs; peak memory {} bytes; {} host calls{}",
+                row.policy_us,
+                row.instantiate_us,
+                row.execute_us,
+                row.total_us,
+                row.peak_memory,
+                row.host_calls,
+                row.fuel_used
+                    .map(|f| format!("; fuel {f}"))
+                    .unwrap_or_default()
+            );
+            println!("  audit records: warden audit search --run {}", row.id);
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
