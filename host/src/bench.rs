@@ -47,6 +47,8 @@ pub enum Scenario {
     Throughput,
     /// Preparing one outgoing request, with and without secret grants (no config needed).
     Egress,
+    /// Audit log throughput, size per record, and governed calls with audit on vs off.
+    Audit,
 }
 
 /// Time `iterations` runs of `f` after `warmup` untimed ones and print the percentiles.
@@ -187,6 +189,10 @@ pub async fn run(config: &Path, args: &BenchArgs) -> Result<ExitCode> {
         .await?;
     }
 
+    if wanted(Scenario::Audit) {
+        audit_throughput(&rt.config.data_dir.join("bench-audit")).await?;
+        audit_on_off(config, args).await?;
+    }
     for &threads in args.threads.iter().filter(|_| wanted(Scenario::Throughput)) {
         let per_thread = args.iterations.max(threads) / threads;
         let started = Instant::now();
@@ -302,5 +308,114 @@ fn egress(iterations: usize) -> Result<()> {
         (medians[1].as_secs_f64() - medians[0].as_secs_f64()) * 1e6,
         (medians[2].as_secs_f64() - medians[0].as_secs_f64()) * 1e6
     );
+    Ok(())
+}
+
+/// Records/s through the audit writer with many concurrent appenders (group commit),
+/// and bytes on disk per record.
+async fn audit_throughput(dir: &Path) -> Result<()> {
+    let _ = std::fs::remove_dir_all(dir);
+    let log = warden::audit::AuditLog::open(dir, 1 << 30)?;
+    let record = |i: usize| {
+        let value = serde_json::json!({
+            "kind": "host-call", "ts_ms": 1_795_000_000_000u64 + i as u64, "run": "run-18eba59c816310c9-02b04-0",
+            "component": "plugin:http-fetch", "digest": format!("sha256:{}", "ab".repeat(32)),
+            "interface": "types", "function": "[method]descriptor.open-at",
+            "args": "self=Resource { handle: 3 } path=\"notes/welcome.txt\"", "result": "Ok(Resource { handle: 4 })",
+            "outcome": "ok", "duration_us": 12,
+        });
+        match value {
+            serde_json::Value::Object(map) => map,
+            _ => serde_json::Map::new(),
+        }
+    };
+    let (producers, batches, per_batch) = (16, 100, 128);
+    let total = producers * batches * per_batch;
+    let started = Instant::now();
+    {
+        let tasks: Vec<_> = (0..producers)
+            .map(|p| {
+                let log = log.clone();
+                tokio::spawn(async move {
+                    for b in 0..batches {
+                        let records = (0..per_batch)
+                            .map(|i| record((p * batches + b) * per_batch + i))
+                            .collect();
+                        log.append(records).await?;
+                    }
+                    Ok::<(), warden::audit::AuditError>(())
+                })
+            })
+            .collect();
+        for t in tasks {
+            t.await??;
+        }
+    }
+    let elapsed = started.elapsed();
+    let bytes: u64 = std::fs::read_dir(dir)?
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().starts_with("segment-"))
+        .map(|e| e.metadata().map_or(0, |m| m.len()))
+        .sum();
+    println!(
+        "audit: {total} records from {producers} appenders in {:.2} s = {:.0} records/s (durable), {} bytes/record on disk",
+        elapsed.as_secs_f64(),
+        total as f64 / elapsed.as_secs_f64(),
+        bytes / total as u64
+    );
+    let verified = warden::audit::verify(dir)?;
+    if verified.problem.is_some() || verified.records != total as u64 {
+        bail!("benchmark log does not verify: {verified:?}");
+    }
+    let _ = std::fs::remove_dir_all(dir);
+    Ok(())
+}
+
+/// Governed calls/s with audit on and off, `concurrency` calls in flight over two
+/// threads (the way a server runs): group commit shares each fsync among them.
+async fn audit_on_off(config: &Path, args: &BenchArgs) -> Result<()> {
+    let mut on_config = Config::load(config)?;
+    on_config.audit_enabled = true;
+    on_config.audit_dir = on_config.data_dir.join("bench-audit-calls");
+    let _ = std::fs::remove_dir_all(&on_config.audit_dir);
+    let on = &Arc::new(Runtime::load(on_config).await?);
+    let mut off_config = Config::load(config)?;
+    off_config.audit_enabled = false;
+    let off = Arc::new(Runtime::load(off_config).await?);
+    let calls = args.iterations.max(1000);
+    for concurrency in [1usize, 64, 256] {
+        let mut rates = Vec::new();
+        for rt in [on, &off] {
+            let started = Instant::now();
+            let per_task = calls / concurrency;
+            let tasks: Vec<_> = (0..concurrency)
+                .map(|_| {
+                    let rt = rt.clone();
+                    let (tool, input) = (args.tool.clone(), args.input.clone());
+                    tokio::spawn(async move {
+                        for _ in 0..per_task {
+                            rt.call(CallRequest {
+                                principal: "bench",
+                                tool: &tool,
+                                input: &input,
+                            })
+                            .await?;
+                        }
+                        Ok::<(), warden::CallError>(())
+                    })
+                })
+                .collect();
+            for t in tasks {
+                t.await??;
+            }
+            rates.push((per_task * concurrency) as f64 / started.elapsed().as_secs_f64());
+        }
+        println!(
+            "governed calls, {concurrency:>2} in flight: audit on {:>7.0} calls/s, off {:>7.0} calls/s: on takes {:.2}x the time of off",
+            rates[0],
+            rates[1],
+            rates[1] / rates[0]
+        );
+    }
     Ok(())
 }

@@ -281,12 +281,8 @@ impl Runtime {
         let mut last = calls;
         last.extend(record::after_execution(&report));
         self.audit(last).await?;
-        self.runs
-            .insert(&record::run_row(
-                &report,
-                &self.redactor.scrub(&action.input),
-            ))
-            .map_err(|e| CallError::NotRecorded(e.to_string()))?;
+        let row = record::run_row(&report, &self.redactor.scrub(&action.input));
+        self.runs.insert(row).map_err(CallError::NotRecorded)?;
         Ok(report)
     }
 }

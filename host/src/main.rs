@@ -249,6 +249,16 @@ async fn check(config: &Path) -> Result<ExitCode> {
         out += "    sockets, DNS, host env/args/cwd/stdio: denied\n";
         out += &format!("    limits: {}\n", limits_text(l));
     }
+    if c.audit_enabled {
+        out += &format!(
+            "audit log: {} (segments of {} KiB)\n",
+            c.audit_dir.display(),
+            c.audit_segment_bytes >> 10
+        );
+    } else {
+        out += "audit log: DISABLED ([audit] enabled = false): calls and host calls are NOT recorded\n";
+    }
+    out += &format!("run history: {}\n", c.runs_db.display());
     out += &format!("\npolicies ({}):\n", rt.policies.len());
     for p in &rt.policies {
         out += &format!("  {}  {}  {}\n", p.id, p.digest, p.path.display());

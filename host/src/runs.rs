@@ -87,7 +87,10 @@ pub struct RunFilter {
 }
 
 pub struct RunStore {
+    /// For reads; writes go through the writer thread, which batches them.
     conn: Mutex<Connection>,
+    writer: Mutex<Option<std::sync::mpsc::Sender<RunRow>>>,
+    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
     path: String,
 }
 
@@ -121,10 +124,43 @@ impl RunStore {
                 .map_err(err)?;
             tx.commit().map_err(err)?;
         }
+        let (writer, thread) = RunStore::start_writer(path).map_err(err)?;
         Ok(RunStore {
             conn: Mutex::new(conn),
+            writer: Mutex::new(Some(writer)),
+            thread: Mutex::new(Some(thread)),
             path: shown,
         })
+    }
+
+    /// One connection that inserts whatever is queued, in a single transaction.
+    #[allow(clippy::type_complexity)]
+    fn start_writer(
+        path: &Path,
+    ) -> rusqlite::Result<(std::sync::mpsc::Sender<RunRow>, std::thread::JoinHandle<()>)> {
+        let mut conn = Connection::open(path)?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        let (tx, rx) = std::sync::mpsc::channel::<RunRow>();
+        let shown = path.display().to_string();
+        let thread = std::thread::Builder::new()
+            .name("warden-runs".into())
+            .spawn(move || {
+                while let Ok(first) = rx.recv() {
+                    let mut batch = vec![first];
+                    while let Ok(more) = rx.try_recv() {
+                        batch.push(more);
+                        if batch.len() >= 1024 {
+                            break;
+                        }
+                    }
+                    if let Err(e) = insert_all(&mut conn, batch.iter()) {
+                        tracing::error!(path = %shown, runs = batch.len(), "run history write failed: {e}");
+                    }
+                }
+            })
+            .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
+        Ok((tx, thread))
     }
 
     fn err(&self, source: rusqlite::Error) -> RunsError {
@@ -134,39 +170,19 @@ impl RunStore {
         }
     }
 
-    pub fn insert(&self, row: &RunRow) -> Result<(), RunsError> {
-        let conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
-        conn.prepare_cached(
-            "INSERT INTO runs VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22)",
-        )
-        .and_then(|mut stmt| {
-            stmt.execute(params![
-                row.id,
-                row.started_ms,
-                row.principal,
-                row.tool,
-                row.plugin,
-                row.plugin_digest,
-                row.status,
-                row.input,
-                row.output,
-                row.error,
-                row.backtrace,
-                row.decisions.to_string(),
-                row.log.to_string(),
-                row.denied_requests.to_string(),
-                row.secret_reveals.to_string(),
-                row.policy_us,
-                row.instantiate_us,
-                row.execute_us,
-                row.total_us,
-                row.fuel_used,
-                row.peak_memory,
-                row.host_calls,
-            ])
-        })
-        .map(drop)
-        .map_err(|e| self.err(e))
+    /// Queue `row`; the writer commits queued rows in batches. The run history is the
+    /// operator's view: the audit log, written before this, is the durable record. Rows
+    /// queued when the store is dropped are committed before the drop returns.
+    pub fn insert(&self, row: RunRow) -> Result<(), String> {
+        let sender = self
+            .writer
+            .lock()
+            .ok()
+            .and_then(|w| w.clone())
+            .ok_or("run history is closed")?;
+        sender
+            .send(row)
+            .map_err(|_| format!("run history {}: writer stopped", self.path))
     }
 
     pub fn get(&self, id: &str) -> Result<Option<RunRow>, RunsError> {
@@ -193,6 +209,57 @@ impl RunStore {
             .map_err(|e| self.err(e))?;
         rows.collect::<Result<Vec<_>, _>>().map_err(|e| self.err(e))
     }
+}
+
+impl Drop for RunStore {
+    fn drop(&mut self) {
+        if let Ok(mut writer) = self.writer.lock() {
+            writer.take();
+        }
+        if let Some(thread) = self.thread.lock().ok().and_then(|mut t| t.take()) {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// Insert `rows` in one transaction.
+fn insert_all<'a>(
+    conn: &mut Connection,
+    rows: impl Iterator<Item = &'a RunRow>,
+) -> rusqlite::Result<()> {
+    let tx = conn.transaction()?;
+    {
+        let mut stmt = tx.prepare_cached(
+            "INSERT INTO runs VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22)",
+        )?;
+        for row in rows {
+            stmt.execute(params![
+                row.id,
+                row.started_ms,
+                row.principal,
+                row.tool,
+                row.plugin,
+                row.plugin_digest,
+                row.status,
+                row.input,
+                row.output,
+                row.error,
+                row.backtrace,
+                row.decisions.to_string(),
+                row.log.to_string(),
+                row.denied_requests.to_string(),
+                row.secret_reveals.to_string(),
+                row.policy_us,
+                row.instantiate_us,
+                row.execute_us,
+                row.total_us,
+                row.fuel_used,
+                row.peak_memory,
+                row.host_calls,
+            ])?;
+        }
+    }
+    tx.commit()
 }
 
 fn row_from_sql(r: &rusqlite::Row<'_>) -> rusqlite::Result<RunRow> {
