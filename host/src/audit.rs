@@ -45,10 +45,24 @@ struct Commit {
     done: tokio::sync::oneshot::Sender<Result<(), AuditError>>,
 }
 
+enum Message {
+    Commit(Commit),
+    /// Write `HEAD` and stop.
+    Close,
+}
+
+/// How often `HEAD` is brought up to date while records flow (it is also written
+/// when the log is closed). Writing it on every commit would double the cost of a
+/// commit on this kind of disk; the cost of the interval is that `verify` cannot see
+/// records deleted from the very end of the log if they were written less than this
+/// long before the deletion and the writer never closed.
+const HEAD_INTERVAL: std::time::Duration = std::time::Duration::from_millis(100);
+
 /// Handle to the writer thread. Cloneable, cheap.
 #[derive(Clone)]
 pub struct AuditLog {
-    tx: mpsc::Sender<Commit>,
+    tx: mpsc::Sender<Message>,
+    thread: std::sync::Arc<std::sync::Mutex<Option<std::thread::JoinHandle<()>>>>,
     pub dir: PathBuf,
 }
 
@@ -65,22 +79,28 @@ impl AuditLog {
         let lock = File::create(dir.join("LOCK")).map_err(io)?;
         lock.lock().map_err(io)?;
         let mut writer = Writer::open(dir, max_segment_bytes)?;
-        let (tx, rx) = mpsc::channel::<Commit>();
-        std::thread::Builder::new()
+        let (tx, rx) = mpsc::channel::<Message>();
+        let thread = std::thread::Builder::new()
             .name("warden-audit".into())
             .spawn(move || {
                 let _lock = lock;
                 let mut concurrent = false;
-                while let Ok(first) = rx.recv() {
+                let mut head_written = std::time::Instant::now();
+                while let Ok(Message::Commit(first)) = rx.recv() {
                     // Under concurrent load, linger briefly so one fsync covers more
                     // callers: on this kind of disk an fsync costs CPU as well as time.
                     if concurrent {
                         std::thread::sleep(GROUP_COMMIT_WAIT);
                     }
                     let mut batch = vec![first];
+                    let mut closing = false;
                     while batch.len() < MAX_BATCH {
                         match rx.try_recv() {
-                            Ok(more) => batch.push(more),
+                            Ok(Message::Commit(more)) => batch.push(more),
+                            Ok(Message::Close) => {
+                                closing = true;
+                                break;
+                            }
                             Err(_) => break,
                         }
                     }
@@ -89,13 +109,31 @@ impl AuditLog {
                     for commit in batch {
                         let _ = commit.done.send(result.clone());
                     }
+                    if closing {
+                        break;
+                    }
+                    if head_written.elapsed() >= HEAD_INTERVAL {
+                        writer.write_head();
+                        head_written = std::time::Instant::now();
+                    }
                 }
+                writer.write_head();
             })
             .map_err(io)?;
         Ok(AuditLog {
             tx,
+            thread: std::sync::Arc::new(std::sync::Mutex::new(Some(thread))),
             dir: dir.to_path_buf(),
         })
+    }
+
+    /// Write what is queued, bring `HEAD` up to date and stop the writer. Appends after
+    /// this fail. Called when the runtime shuts down.
+    pub fn close(&self) {
+        let _ = self.tx.send(Message::Close);
+        if let Some(thread) = self.thread.lock().ok().and_then(|mut t| t.take()) {
+            let _ = thread.join();
+        }
     }
 
     /// Append `records` (JSON objects) and wait until they are durable.
@@ -105,7 +143,7 @@ impl AuditLog {
         }
         let (done, wait) = tokio::sync::oneshot::channel();
         self.tx
-            .send(Commit { records, done })
+            .send(Message::Commit(Commit { records, done }))
             .map_err(|_| AuditError::Failed)?;
         wait.await.map_err(|_| AuditError::Failed)?
     }
@@ -239,7 +277,6 @@ impl Writer {
         self.size += self.buf.len() as u64;
         self.seq = seq;
         self.hash = hash;
-        self.write_head();
         Ok(())
     }
 
@@ -262,6 +299,9 @@ impl Writer {
     /// the end. Written after the records are durable; not itself synced (after a crash
     /// it may lag the log, never lead it).
     fn write_head(&self) {
+        if self.failed {
+            return;
+        }
         let tmp = self.dir.join("HEAD.tmp");
         let text = format!("{} {}\n", self.seq, self.hash);
         if std::fs::write(&tmp, text).is_ok() {

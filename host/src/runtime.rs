@@ -183,6 +183,13 @@ impl Runtime {
         })
     }
 
+    /// Stop the audit writer after writing what is queued (and its `HEAD`).
+    pub fn close(&self) {
+        if let Some(audit) = &self.audit {
+            audit.close();
+        }
+    }
+
     /// The digest of `plugin:<id>` or `policy:<id>`.
     pub fn digest_of(&self, component: &str) -> String {
         let found = match component.split_once(':') {
@@ -270,4 +277,10 @@ fn load_secrets(config: &Config) -> Result<(Vec<Arc<PluginSecrets>>, Redactor), 
     }
     let redactor = Redactor::new(all.iter().map(|v| v.as_str()));
     Ok((out, redactor))
+}
+
+impl Drop for Runtime {
+    fn drop(&mut self) {
+        self.close();
+    }
 }
