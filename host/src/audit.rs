@@ -42,6 +42,8 @@ pub enum AuditError {
 /// A queued batch and who to tell when it is durable.
 struct Commit {
     records: Vec<Map<String, Value>>,
+    /// Wait for fsync (durable), or only for the write to reach the file.
+    durable: bool,
     done: tokio::sync::oneshot::Sender<Result<(), AuditError>>,
 }
 
@@ -105,9 +107,17 @@ impl AuditLog {
                         }
                     }
                     concurrent = batch.len() > 1;
-                    let result = writer.write(batch.iter().flat_map(|c| c.records.iter()));
-                    for commit in batch {
-                        let _ = commit.done.send(result.clone());
+                    let written = writer.write(batch.iter().flat_map(|c| c.records.iter()));
+                    let (durable, written_only): (Vec<Commit>, Vec<Commit>) =
+                        batch.into_iter().partition(|c| c.durable);
+                    for commit in written_only {
+                        let _ = commit.done.send(written.clone());
+                    }
+                    if !durable.is_empty() {
+                        let synced = written.and_then(|()| writer.sync());
+                        for commit in durable {
+                            let _ = commit.done.send(synced.clone());
+                        }
                     }
                     if closing {
                         break;
@@ -117,6 +127,7 @@ impl AuditLog {
                         head_written = std::time::Instant::now();
                     }
                 }
+                let _ = writer.sync();
                 writer.write_head();
             })
             .map_err(io)?;
@@ -136,14 +147,33 @@ impl AuditLog {
         }
     }
 
-    /// Append `records` (JSON objects) and wait until they are durable.
+    /// Append `records` (JSON objects) and wait until they are durable (fsynced).
     pub async fn append(&self, records: Vec<Map<String, Value>>) -> Result<(), AuditError> {
+        self.send(records, true).await
+    }
+
+    /// Append `records` and wait until they are written to the file (not yet synced:
+    /// they become durable with the next durable append). A failed write (disk full,
+    /// unwritable file) is still reported before this returns.
+    pub async fn append_written(&self, records: Vec<Map<String, Value>>) -> Result<(), AuditError> {
+        self.send(records, false).await
+    }
+
+    async fn send(
+        &self,
+        records: Vec<Map<String, Value>>,
+        durable: bool,
+    ) -> Result<(), AuditError> {
         if records.is_empty() {
             return Ok(());
         }
         let (done, wait) = tokio::sync::oneshot::channel();
         self.tx
-            .send(Message::Commit(Commit { records, done }))
+            .send(Message::Commit(Commit {
+                records,
+                durable,
+                done,
+            }))
             .map_err(|_| AuditError::Failed)?;
         wait.await.map_err(|_| AuditError::Failed)?
     }
@@ -273,14 +303,26 @@ impl Writer {
             self.rotate()?;
         }
         self.file.write_all(&self.buf).map_err(|e| self.error(e))?;
-        self.file.sync_data().map_err(|e| self.error(e))?;
         self.size += self.buf.len() as u64;
         self.seq = seq;
         self.hash = hash;
         Ok(())
     }
 
+    fn sync(&mut self) -> Result<(), AuditError> {
+        if self.failed {
+            return Err(AuditError::Failed);
+        }
+        let result = self.file.sync_data().map_err(|e| self.error(e));
+        if result.is_err() {
+            self.failed = true;
+        }
+        result
+    }
+
     fn rotate(&mut self) -> Result<(), AuditError> {
+        // The segment being left must be durable before records go to the next one.
+        self.file.sync_data().map_err(|e| self.error(e))?;
         self.index += 1;
         let path = self.dir.join(segment_name(self.index));
         self.file = OpenOptions::new()

@@ -227,10 +227,12 @@ impl Runtime {
         };
         report.timings.policy_us = micros(started.elapsed());
 
-        // Nothing runs unless its start and its decisions are durable.
+        // Nothing runs unless its start and its decisions are in the log: a write that
+        // fails (disk full, unwritable) stops the call here. They become durable with
+        // the run's last records, before the result is returned.
         let mut first = record::before_execution(&report, &action.input);
         first.extend(self.take_host_calls(&report.run_id, &recorder));
-        self.audit(first).await?;
+        self.audit(first, false).await?;
 
         match policy::combine(&report.decisions) {
             Combined::Deny { reasons } => report.outcome = Outcome::Denied { reasons },
@@ -280,7 +282,7 @@ impl Runtime {
         report.timings.total_us = micros(started.elapsed());
         let mut last = calls;
         last.extend(record::after_execution(&report));
-        self.audit(last).await?;
+        self.audit(last, true).await?;
         let row = record::run_row(&report, &self.redactor.scrub(&action.input));
         self.runs.insert(row).map_err(CallError::NotRecorded)?;
         Ok(report)
@@ -288,15 +290,23 @@ impl Runtime {
 }
 
 impl Runtime {
-    /// Write `records` (redacted) and wait until they are durable; a failure stops the call.
-    async fn audit(&self, records: Vec<serde_json::Map<String, Value>>) -> Result<(), CallError> {
+    /// Write `records` (redacted) and wait until they are written, or `durable`; a
+    /// failure stops the call.
+    async fn audit(
+        &self,
+        records: Vec<serde_json::Map<String, Value>>,
+        durable: bool,
+    ) -> Result<(), CallError> {
         let Some(audit) = &self.audit else {
             return Ok(());
         };
-        audit
-            .append(record::redact(&self.redactor, records))
-            .await
-            .map_err(|e| CallError::NotRecorded(e.to_string()))
+        let records = record::redact(&self.redactor, records);
+        let appended = if durable {
+            audit.append(records).await
+        } else {
+            audit.append_written(records).await
+        };
+        appended.map_err(|e| CallError::NotRecorded(e.to_string()))
     }
 
     /// The host calls recorded so far, as audit records.
