@@ -866,6 +866,7 @@ fn policies_see_a_frozen_clock_no_env_and_no_files() {
 
 const SECRET: &str = "sk-live-7f3a9c1e5b2d8f4a6c0e";
 const OTHER_SECRET: &str = "db-pass-Qm9vYmFyQmF6";
+const HEADER_GRANT: &str = r#"{ name = "api_token", header = "authorization", format = "Bearer {}", hosts = ["127.0.0.1"] }"#;
 
 /// A hostile plugin granted HTTP to `granted` (by IP) and `other` (by name), with a
 /// vault holding `api_token` and `db_password`, and the given secret grants.
@@ -929,11 +930,7 @@ fn assert_no_secret(env: &Env, runs: &[&support::Run]) {
 #[test]
 fn vault_keeps_values_encrypted_and_refuses_wrong_keys_and_loose_key_files() {
     let (a, b) = (Listener::http(), Listener::http());
-    let env = secret_env(
-        &a,
-        &b,
-        r#"{ name = "api_token", header = "authorization", format = "Bearer {}", hosts = ["127.0.0.1"] }"#,
-    );
+    let env = secret_env(&a, &b, HEADER_GRANT);
     let key_file = env.path().join("data/master.key");
     use std::os::unix::fs::PermissionsExt;
     assert_eq!(
@@ -1019,11 +1016,7 @@ fn tampered_or_swapped_ciphertexts_fail_the_load() {
 #[test]
 fn injected_header_reaches_the_granted_host_but_never_the_plugin() {
     let (granted, other) = (Listener::http(), Listener::http());
-    let env = secret_env(
-        &granted,
-        &other,
-        r#"{ name = "api_token", header = "authorization", format = "Bearer {}", hosts = ["127.0.0.1"] }"#,
-    );
+    let env = secret_env(&granted, &other, HEADER_GRANT);
     let (run, report) = env.call(
         "secret_http",
         &format!(r#"{{"url":"{}"}}"#, granted.url("/echo")),
