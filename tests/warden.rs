@@ -1457,3 +1457,16 @@ fn kill_9_during_a_load_of_calls_leaves_a_verifiable_log() {
         );
     }
 }
+
+#[test]
+fn run_history_from_a_newer_warden_is_refused_not_guessed_at() {
+    let env = audit_env();
+    let (run, _) = env.call("text_stats", r#"{"text":"x"}"#);
+    assert_eq!(run.code, OK, "{run:?}");
+    let db = rusqlite::Connection::open(env.path().join("data/runs.db")).unwrap();
+    db.pragma_update(None, "user_version", 99).unwrap();
+    drop(db);
+    let list = env.warden(&["runs", "list"]);
+    assert_eq!(list.code, USAGE, "{list:?}");
+    assert!(list.stderr.contains("newer warden"), "{list:?}");
+}

@@ -115,6 +115,13 @@ impl RunStore {
             .pragma_query_value(None, "user_version", |r| r.get(0))
             .map_err(err)?;
         let version = usize::try_from(version).unwrap_or(0);
+        if version > MIGRATIONS.len() {
+            // Opening it would mean guessing at columns this warden does not know.
+            return Err(err(rusqlite::Error::InvalidParameterName(format!(
+                "schema version {version} was written by a newer warden (this one knows {})",
+                MIGRATIONS.len()
+            ))));
+        }
         if version < MIGRATIONS.len() {
             let tx = conn.transaction().map_err(err)?;
             for migration in &MIGRATIONS[version..] {
