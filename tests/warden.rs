@@ -1470,3 +1470,33 @@ fn run_history_from_a_newer_warden_is_refused_not_guessed_at() {
     assert_eq!(list.code, USAGE, "{list:?}");
     assert!(list.stderr.contains("newer warden"), "{list:?}");
 }
+
+#[test]
+fn file_grants_cannot_reach_wardens_own_state() {
+    // Even before the data dir exists, a grant over it (or the compile cache) is refused.
+    for (grant, needle) in [
+        (".", "data dir"),
+        ("data", "data dir"),
+        ("cache", "compile cache"),
+    ] {
+        let env = Env::new("");
+        std::fs::create_dir_all(env.path().join(grant)).unwrap();
+        std::fs::write(
+            env.config(),
+            format!(
+                "cache_dir = \"cache\"\n[[plugin]]\nid = \"h\"\ncomponent = {:?}\n[plugin.grants]\nfiles = [{{ host = {grant:?}, guest = \"/x\", mode = \"rw\" }}]\n",
+                wasm("hostile").display().to_string()
+            ),
+        )
+        .unwrap();
+        if grant == "." {
+            let _ = std::fs::remove_dir_all(env.path().join("data"));
+        }
+        let run = env.warden(&["check"]);
+        assert_eq!(run.code, USAGE, "{grant}: {run:?}");
+        assert!(
+            run.stderr.contains("would expose warden's") && run.stderr.contains(needle),
+            "{grant}: {run:?}"
+        );
+    }
+}

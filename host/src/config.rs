@@ -417,25 +417,31 @@ impl Config {
             });
         }
 
-        // A plugin that can read the vault or its key could decrypt it offline.
-        for secret_file in [&vault_path, &key_file] {
-            let Some(dir) = secret_file.parent().and_then(|d| d.canonicalize().ok()) else {
-                continue;
-            };
+        // warden's own state is never a plugin's: with the vault and key a plugin could
+        // decrypt every secret, with the audit log or run history rewrite the record,
+        // and with the compile cache plant native code the host maps and runs.
+        let protected = [
+            ("data dir", data_dir.as_path()),
+            ("compile cache", cache_dir.as_path()),
+            ("vault", vault_path.parent().unwrap_or(&vault_path)),
+            ("master key", key_file.parent().unwrap_or(&key_file)),
+        ];
+        for (what, dir) in protected {
+            let dir = absolute(dir);
             for (i, plugin) in plugins.iter().enumerate() {
-                if let Some(grant) = plugin
+                let overlapping = plugin
                     .grants
                     .files
                     .iter()
-                    .find(|g| dir.starts_with(&g.host))
-                {
+                    .find(|g| dir.starts_with(&g.host) || g.host.starts_with(&dir));
+                if let Some(grant) = overlapping {
                     return Err(locate.error(
                         plugin.span,
                         &format!("plugin[{i}].grants.files"),
                         &format!(
-                            "{} would expose {} to the plugin",
+                            "{} would expose warden's {what} ({}) to the plugin",
                             grant.host.display(),
-                            secret_file.display()
+                            dir.display()
                         ),
                     ));
                 }
@@ -474,6 +480,29 @@ impl Config {
             text: &self.source,
         }
         .error(offset, key, &message.to_string())
+    }
+}
+
+/// `path` made absolute and canonical as far as it exists (the rest may be created
+/// later), so it can be compared with canonical grant directories.
+fn absolute(path: &Path) -> PathBuf {
+    let mut existing = path;
+    let mut rest = Vec::new();
+    loop {
+        if let Ok(canonical) = existing.canonicalize() {
+            return rest.iter().rev().fold(canonical, |p, c| p.join(c));
+        }
+        match (existing.parent(), existing.file_name()) {
+            (Some(parent), Some(name)) => {
+                rest.push(name.to_os_string());
+                existing = if parent.as_os_str().is_empty() {
+                    Path::new(".")
+                } else {
+                    parent
+                };
+            }
+            _ => return path.to_path_buf(),
+        }
     }
 }
 
