@@ -1135,7 +1135,23 @@ fn reveal_needs_its_grant_is_recorded_and_is_redacted() {
         );
     }
     let (env_run, _) = env.call("env", "{}");
-    assert_no_secret(&env, &[&run, &env_run]);
+    // An input that quotes a secret is refused by the schema without echoing it.
+    let quoted = env.warden(&[
+        "call",
+        "log_flood",
+        "--input",
+        &format!(r#"{{"lines":"{OTHER_SECRET}"}}"#),
+    ]);
+    assert_eq!(quoted.code, OK, "hostile tools take any object: {quoted:?}");
+    let bad = env.warden(&[
+        "call",
+        "reveal",
+        "--input",
+        &format!(r#"["{OTHER_SECRET}"]"#),
+    ]);
+    assert_eq!(bad.code, USAGE, "{bad:?}");
+    assert!(bad.stderr.contains("[REDACTED]"), "{bad:?}");
+    assert_no_secret(&env, &[&run, &env_run, &quoted, &bad]);
 }
 
 #[test]

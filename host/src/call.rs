@@ -164,8 +164,10 @@ impl Runtime {
             .iter_errors(&input)
             .map(|e| {
                 let at = e.instance_path.to_string();
+                // Schema errors quote the offending value, which may be a secret.
+                let e = self.redactor.scrub(&e.to_string()).into_owned();
                 if at.is_empty() {
-                    e.to_string()
+                    e
                 } else {
                     format!("{at}: {e}")
                 }
