@@ -141,9 +141,7 @@ impl Runtime {
     /// Run one governed call.
     pub async fn call(&self, request: CallRequest<'_>) -> Result<CallReport, CallError> {
         let started = Instant::now();
-        let time_ms = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64);
+        let time_ms = crate::now_ms();
 
         let plugin = self
             .plugin_for(request.tool)

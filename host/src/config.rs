@@ -705,14 +705,7 @@ fn check_secret_grant(
     span: usize,
     http: &[HttpGrant],
 ) -> Result<SecretGrant, String> {
-    let name_ok = (1..=128).contains(&raw.name.len())
-        && raw
-            .name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
-    if !name_ok {
-        return Err(format!("invalid secret name {:?}", raw.name));
-    }
+    crate::vault::check_name(&raw.name).map_err(|e| e.to_string())?;
     let uses =
         usize::from(raw.header.is_some()) + usize::from(raw.placeholder) + usize::from(raw.reveal);
     if uses != 1 {

@@ -25,5 +25,12 @@ pub mod secrets;
 pub mod vault;
 
 pub use call::{CallError, CallReport, Outcome};
+
+/// Milliseconds since the Unix epoch (0 if the clock is before it).
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
 pub use config::Config;
 pub use runtime::Runtime;

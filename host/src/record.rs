@@ -10,7 +10,7 @@ use serde_json::{Map, Value, json};
 use crate::call::{CallReport, Outcome};
 use crate::hostcalls::HostCall;
 use crate::policy::Verdict;
-use crate::runs::{RunRow, bounded};
+use crate::runs::{RunRow, bounded, bounded_to};
 use crate::secrets::Redactor;
 
 /// Longest input or output text put in an audit record.
@@ -21,19 +21,6 @@ fn object(value: Value) -> Map<String, Value> {
         Value::Object(map) => map,
         _ => Map::new(),
     }
-}
-
-fn cut(text: &str, max: usize) -> String {
-    if text.len() <= max {
-        return text.to_string();
-    }
-    format!("{}…", &text[..text.floor_char_boundary(max)])
-}
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// Scrub every string of every record.
@@ -53,7 +40,7 @@ pub fn redact(redactor: &Redactor, records: Vec<Map<String, Value>>) -> Vec<Map<
 
 pub fn config_load(file: &str, digest: &str, components: Value) -> Map<String, Value> {
     object(
-        json!({ "kind": "config-load", "ts_ms": now_ms(), "config": file, "config_digest": digest, "components": components }),
+        json!({ "kind": "config-load", "ts_ms": crate::now_ms(), "config": file, "config_digest": digest, "components": components }),
     )
 }
 
@@ -67,7 +54,7 @@ pub fn before_execution(report: &CallReport, input: &str) -> Vec<Map<String, Val
         "tool": report.tool,
         "plugin": report.plugin,
         "digest": report.plugin_digest,
-        "input": cut(input, MAX_AUDIT_TEXT),
+        "input": bounded_to(input, MAX_AUDIT_TEXT),
     }))];
     for d in &report.decisions {
         let (decision, reason, tier) = match &d.verdict {
@@ -79,7 +66,7 @@ pub fn before_execution(report: &CallReport, input: &str) -> Vec<Map<String, Val
         };
         out.push(object(json!({
             "kind": "policy-decision",
-            "ts_ms": now_ms(),
+            "ts_ms": crate::now_ms(),
             "run": report.run_id,
             "policy": d.policy,
             "digest": d.digest,
@@ -98,7 +85,7 @@ pub fn host_calls<'a>(
     digest_of: impl Fn(&str) -> String,
     calls: impl Iterator<Item = &'a HostCall>,
 ) -> Vec<Map<String, Value>> {
-    let ts = now_ms();
+    let ts = crate::now_ms();
     calls
         .map(|c| {
             object(json!({
@@ -120,7 +107,7 @@ pub fn host_calls<'a>(
 
 /// The records written after the tool ran (or was refused): grant denials, reveals, the end.
 pub fn after_execution(report: &CallReport) -> Vec<Map<String, Value>> {
-    let ts = now_ms();
+    let ts = crate::now_ms();
     let mut out = Vec::new();
     for request in &report.denied_requests {
         out.push(object(json!({ "kind": "grant-denied", "ts_ms": ts, "run": report.run_id, "plugin": report.plugin, "request": request })));

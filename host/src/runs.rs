@@ -302,9 +302,14 @@ fn row_from_sql(r: &rusqlite::Row<'_>) -> rusqlite::Result<RunRow> {
 
 /// Cut `text` to at most `MAX_TEXT` bytes, marking the cut.
 pub fn bounded(text: &str) -> String {
-    if text.len() <= MAX_TEXT {
+    bounded_to(text, MAX_TEXT)
+}
+
+/// Cut `text` to at most `max` bytes (on a character boundary), marking the cut.
+pub fn bounded_to(text: &str, max: usize) -> String {
+    if text.len() <= max {
         return text.to_string();
     }
-    let cut = text.floor_char_boundary(MAX_TEXT);
+    let cut = text.floor_char_boundary(max);
     format!("{}… ({} bytes in all)", &text[..cut], text.len())
 }

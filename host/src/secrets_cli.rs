@@ -21,7 +21,8 @@ pub enum SecretsCommand {
     Set { name: String },
     /// Add a new version of a secret; older versions stay until removed.
     Rotate { name: String },
-    /// List secrets: names, versions, times, and which plugins are granted each.
+    /// List secrets: names, versions, times, and which plugins are granted each. Every
+    /// version is decrypted to check the vault is intact; no value is shown.
     List {
         /// Print JSON instead of text.
         #[arg(long)]
@@ -61,6 +62,8 @@ pub fn run(config: &Path, command: &SecretsCommand) -> Result<ExitCode> {
         }
         SecretsCommand::List { json } => {
             let vault = open()?;
+            // Listing is when an operator looks: decrypt every version so tampering shows.
+            vault.verify()?;
             let mut rows = Vec::new();
             for info in vault.list() {
                 let plugins: Vec<&str> = config

@@ -298,7 +298,7 @@ impl Vault {
         )?;
         versions.push(Version {
             version,
-            created_ms: now_ms(),
+            created_ms: crate::now_ms(),
             sealed,
         });
         self.save()?;
@@ -362,7 +362,8 @@ fn aad(name: &str, version: u32) -> String {
     format!("{FORMAT}/secret/{name}/{version}")
 }
 
-fn check_name(name: &str) -> Result<(), VaultError> {
+/// The naming rule for secrets, shared with config validation of grants.
+pub fn check_name(name: &str) -> Result<(), VaultError> {
     let ok = (1..=128).contains(&name.len())
         && name
             .chars()
@@ -436,12 +437,6 @@ fn write_key_file(path: &Path, key: &MasterKey) -> Result<(), VaultError> {
     let text = Zeroizing::new(format!("{}\n", hex::encode(key.0.as_slice())));
     file.write_all(text.as_bytes()).map_err(io)?;
     file.sync_all().map_err(io)
-}
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 #[cfg(test)]
