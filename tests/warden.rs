@@ -1,5 +1,7 @@
 //! Integration tests: the real `warden` binary and real compiled components.
 
+#[path = "warden/approvals.rs"]
+mod approvals;
 mod support;
 
 use std::time::{Duration, Instant};

@@ -196,6 +196,26 @@ fn segment_name(index: u64) -> String {
 }
 
 /// Segment indexes present in `dir`, ascending.
+/// Wait up to `patience` for the log in `dir` to be free (no warden process has it
+/// open for writing). `false` means some process still holds it. (A process that
+/// opens it after this returns `true` makes the answer stale.)
+pub fn wait_until_free(dir: &Path, patience: std::time::Duration) -> bool {
+    let deadline = std::time::Instant::now() + patience;
+    loop {
+        let free = match File::open(dir.join("LOCK")) {
+            Err(_) => true,
+            Ok(f) => f.try_lock().is_ok(),
+        };
+        if free {
+            return true;
+        }
+        if std::time::Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
 pub fn segments(dir: &Path) -> std::io::Result<Vec<u64>> {
     let mut out = Vec::new();
     for entry in std::fs::read_dir(dir)? {

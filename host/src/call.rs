@@ -12,11 +12,12 @@ use serde::Serialize;
 use serde_json::Value;
 use thiserror::Error;
 
+use crate::approvals::{Approval, NewRequest, State, Vote};
 use crate::bindings::Action;
 use crate::hostcalls::{self, SharedRecorder};
 use crate::interfaces::host::ProgressUpdate;
 use crate::interfaces::log::LogLine;
-use crate::plugin::Failure;
+use crate::plugin::{Failure, Plugin};
 use crate::policy::{self, Combined, Hold, PolicyDecision, Verdict};
 use crate::record;
 use crate::runtime::Runtime;
@@ -123,6 +124,36 @@ pub struct CallReport {
     /// Host calls the policies and the tool made (0 when auditing is off).
     pub host_calls: u64,
     pub timings: Timings,
+    /// The approval request, for a held call or one run after approval.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub approval: Option<ApprovalRef>,
+}
+
+/// A report's view of its approval request.
+#[derive(Debug, Clone, Serialize)]
+pub struct ApprovalRef {
+    pub id: String,
+    pub state: State,
+    pub expires_ms: i64,
+    pub approvals_required: u32,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub votes: Vec<Vote>,
+    /// For a call run after approval: the decisions that held it.
+    #[serde(skip_serializing_if = "Value::is_null")]
+    pub held_by: Value,
+}
+
+impl ApprovalRef {
+    pub fn of(a: &Approval, held_by: Value) -> ApprovalRef {
+        ApprovalRef {
+            id: a.id.clone(),
+            state: a.state,
+            expires_ms: a.expires_ms,
+            approvals_required: a.required,
+            votes: a.votes.clone(),
+            held_by,
+        }
+    }
 }
 
 impl Outcome {
@@ -195,6 +226,7 @@ impl Runtime {
             fuel_used: None,
             host_calls: 0,
             timings: Timings::default(),
+            approval: None,
         };
 
         let canonical_input = input.to_string();
@@ -241,49 +273,121 @@ impl Runtime {
                 reasons,
                 approvers,
                 timeout_secs,
+                approvals_required,
             } => {
                 report.outcome = Outcome::Held {
                     tier,
-                    reasons,
-                    approvers,
+                    reasons: reasons.clone(),
+                    approvers: approvers.clone(),
                     timeout_secs,
                 };
+                if self.redactor.is_active() {
+                    scrub_report(&self.redactor, &mut report);
+                }
+                let decisions = serde_json::to_value(&report.decisions).unwrap_or(Value::Null);
+                match &self.approvals {
+                    None => {
+                        report.outcome = Outcome::Denied {
+                            reasons: vec![format!(
+                                "held for approval ({}), and the approval queue is disabled ([approvals] enabled = false)",
+                                reasons.join("; ")
+                            )],
+                        }
+                    }
+                    Some(queue) => {
+                        let approval = queue.prepare(
+                            &self.config.approvals,
+                            &NewRequest {
+                                run_id: &report.run_id,
+                                principal: &report.principal,
+                                tool: &report.tool,
+                                plugin: &report.plugin,
+                                plugin_digest: &report.plugin_digest,
+                                input: &action.input,
+                                decisions,
+                                tier,
+                                reasons: &reasons,
+                                approvers: &approvers,
+                                timeout_secs,
+                                approvals_required,
+                                now_ms: time_ms as i64,
+                            },
+                        );
+                        // In the log before it exists in the queue: nothing is decided
+                        // or run on a request the audit log does not know.
+                        self.audit(vec![record::approval_requested(&approval)], true)
+                            .await?;
+                        let notice = self.notifier.payload(&approval, &self.redactor);
+                        queue
+                            .insert(&approval, notice.as_deref())
+                            .map_err(|e| CallError::NotRecorded(e.to_string()))?;
+                        if let Outcome::Held { approvers, .. } = &mut report.outcome {
+                            approvers.clone_from(&approval.approvers);
+                        }
+                        report.approval = Some(ApprovalRef::of(&approval, Value::Null));
+                    }
+                }
             }
             Combined::Allow => {
-                set_component(&recorder, format!("plugin:{}", plugin.id));
-                let invoke = plugin.invoke(&tool.name, &action.input);
-                let run = if recording {
-                    hostcalls::record(recorder.clone(), invoke).await
-                } else {
-                    invoke.await
-                };
-                report.outcome = match run.result {
-                    Ok(output) => Outcome::Ok { output },
-                    Err(failure) => Outcome::Failed {
-                        error: failure.to_string(),
-                        kind: failure,
-                    },
-                };
-                report.log = run.log;
-                report.progress = run.progress;
-                report.denied_requests = run.denied_requests;
-                report.secret_reveals = run.reveals;
-                report.peak_memory_bytes = run.peak_memory;
-                report.fuel_used = run.fuel_used;
-                report.timings.instantiate_us = micros(run.instantiate);
-                report.timings.execute_us = micros(run.execute);
+                self.invoke(&mut report, plugin, &tool.name, &action.input, &recorder)
+                    .await;
             }
         }
+        self.conclude(report, &recorder, &action.input, started, Vec::new())
+            .await
+    }
+
+    /// Run `tool` for `report` under the recorder and fill in what it did.
+    pub(crate) async fn invoke(
+        &self,
+        report: &mut CallReport,
+        plugin: &Plugin,
+        tool: &str,
+        input: &str,
+        recorder: &SharedRecorder,
+    ) {
+        set_component(recorder, format!("plugin:{}", plugin.id));
+        let invoke = plugin.invoke(tool, input);
+        let run = if self.audit.is_some() {
+            hostcalls::record(recorder.clone(), invoke).await
+        } else {
+            invoke.await
+        };
+        report.outcome = match run.result {
+            Ok(output) => Outcome::Ok { output },
+            Err(failure) => Outcome::Failed {
+                error: failure.to_string(),
+                kind: failure,
+            },
+        };
+        report.log = run.log;
+        report.progress = run.progress;
+        report.denied_requests = run.denied_requests;
+        report.secret_reveals = run.reveals;
+        report.peak_memory_bytes = run.peak_memory;
+        report.fuel_used = run.fuel_used;
+        report.timings.instantiate_us = micros(run.instantiate);
+        report.timings.execute_us = micros(run.execute);
+    }
+
+    /// Redact the report, make its last records durable, queue its run row.
+    pub(crate) async fn conclude(
+        &self,
+        mut report: CallReport,
+        recorder: &SharedRecorder,
+        input: &str,
+        started: Instant,
+        mut last: Vec<serde_json::Map<String, Value>>,
+    ) -> Result<CallReport, CallError> {
         if self.redactor.is_active() {
             scrub_report(&self.redactor, &mut report);
         }
-        let calls = self.take_host_calls(&report.run_id, &recorder);
+        last.extend(self.take_host_calls(&report.run_id, recorder));
         report.host_calls = recorder.lock().map_or(0, |r| r.total());
         report.timings.total_us = micros(started.elapsed());
-        let mut last = calls;
         last.extend(record::after_execution(&report));
         self.audit(last, true).await?;
-        let row = record::run_row(&report, &self.redactor.scrub(&action.input));
+        let row = record::run_row(&report, &self.redactor.scrub(input));
         self.runs.insert(row).map_err(CallError::NotRecorded)?;
         Ok(report)
     }
@@ -292,7 +396,7 @@ impl Runtime {
 impl Runtime {
     /// Write `records` (redacted) and wait until they are written, or `durable`; a
     /// failure stops the call.
-    async fn audit(
+    pub(crate) async fn audit(
         &self,
         records: Vec<serde_json::Map<String, Value>>,
         durable: bool,

@@ -79,8 +79,9 @@ pub struct Config {
     pub audit_enabled: bool,
     /// Size at which the audit log starts a new segment (`[audit] max_segment_kb`, 64 MiB).
     pub audit_segment_bytes: u64,
-    /// Run history: `<data_dir>/runs.db`.
+    /// Run history and the approval queue: `<data_dir>/runs.db`.
     pub runs_db: PathBuf,
+    pub approvals: ApprovalsConfig,
     pub plugins: Vec<PluginConfig>,
     pub policies: Vec<PolicyConfig>,
     /// The config file's text, kept to locate errors found while loading components.
@@ -109,6 +110,62 @@ pub struct PolicyConfig {
     pub config: serde_json::Value,
     pub limits: Limits,
     pub span: usize,
+}
+
+/// `[approvals]`: who may decide held calls, how long they wait, who is told.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApprovalsConfig {
+    /// Held calls are queued for a decision. `false` denies them instead. Default true.
+    pub enabled: bool,
+    /// Who may decide when no policy names approvers: principals or `group:NAME`.
+    /// Default: nobody, so a held call can only be settled by its window or timeout.
+    pub approvers: Vec<String>,
+    /// `group:NAME` members.
+    pub groups: BTreeMap<String, Vec<String>>,
+    /// How long a soft request waits for a rejection before it runs (policy's
+    /// `timeout-secs` wins). Default 900 s.
+    pub soft_window_secs: u32,
+    /// How long a hard request waits for sign-off before it is denied (policy's
+    /// `timeout-secs` wins). Default 86400 s.
+    pub hard_timeout_secs: u32,
+    /// Distinct approvals a hard request needs when no policy says. Default 1.
+    pub hard_approvals: u32,
+    /// How long a caller waits for a decision before it gets a pending result
+    /// (`warden call --wait` overrides). Default 0: return at once.
+    pub wait_ms: u64,
+    /// Base URL of `warden serve`, for one-click links. Default: no links.
+    pub public_url: Option<String>,
+    /// How long a one-click link stays valid (never past the request's expiry).
+    /// Default 86400 s.
+    pub link_ttl_secs: u32,
+    pub webhook: Option<Webhook>,
+}
+
+/// `[approvals.webhook]`: a JSON POST for every new held call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Webhook {
+    pub url: String,
+    /// Slack-compatible payload (`{"text": ...}`) instead of warden's JSON.
+    pub slack: bool,
+    /// Attempts before giving up (backoff 1 s, 2 s, 4 s, ...). Default 5.
+    pub attempts: u32,
+}
+
+impl Default for ApprovalsConfig {
+    fn default() -> Self {
+        ApprovalsConfig {
+            enabled: true,
+            approvers: Vec::new(),
+            groups: BTreeMap::new(),
+            soft_window_secs: 900,
+            hard_timeout_secs: 86_400,
+            hard_approvals: 1,
+            wait_ms: 0,
+            public_url: None,
+            link_ttl_secs: 86_400,
+            webhook: None,
+        }
+    }
 }
 
 /// What a plugin may touch. Everything not listed is denied.
@@ -154,6 +211,7 @@ struct RawConfig {
     vault: RawVault,
     #[serde(default)]
     audit: RawAudit,
+    approvals: Option<RawApprovals>,
     #[serde(default, rename = "plugin")]
     plugins: Vec<RawPlugin>,
     #[serde(default, rename = "policy")]
@@ -223,6 +281,31 @@ impl Default for RawAudit {
             max_segment_kb: None,
         }
     }
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawApprovals {
+    enabled: Option<bool>,
+    #[serde(default)]
+    approvers: Vec<Spanned<String>>,
+    #[serde(default)]
+    groups: BTreeMap<Spanned<String>, Vec<Spanned<String>>>,
+    soft_window_secs: Option<Spanned<u64>>,
+    hard_timeout_secs: Option<Spanned<u64>>,
+    hard_approvals: Option<Spanned<u64>>,
+    wait_ms: Option<Spanned<u64>>,
+    public_url: Option<Spanned<String>>,
+    link_ttl_secs: Option<Spanned<u64>>,
+    webhook: Option<RawWebhook>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawWebhook {
+    url: Spanned<String>,
+    format: Option<Spanned<String>>,
+    attempts: Option<Spanned<u64>>,
 }
 
 fn yes() -> bool {
@@ -344,6 +427,11 @@ impl Config {
             .as_ref()
             .map_or_else(|| data_dir.join("master.key"), |p| base.join(p));
 
+        let approvals = match &raw.approvals {
+            None => ApprovalsConfig::default(),
+            Some(raw) => check_approvals(&locate, raw)?,
+        };
+
         let mut ids = HashSet::new();
         let mut plugins = Vec::new();
         for (i, raw) in raw.plugins.iter().enumerate() {
@@ -458,10 +546,16 @@ impl Config {
             audit_enabled: raw.audit.enabled,
             audit_segment_bytes,
             runs_db,
+            approvals,
             plugins,
             policies,
             source: text.to_string(),
         })
+    }
+
+    /// The key that signs one-click approval links.
+    pub fn links_key(&self) -> PathBuf {
+        self.data_dir.join("links.key")
     }
 
     /// `sha256:<hex>` of the config file's text, as loaded.
@@ -547,6 +641,138 @@ impl Locator<'_> {
             message: message.to_string(),
         }
     }
+}
+
+/// Is `name` usable as a principal (or group) name: non-empty, short, no spaces or
+/// control characters?
+pub fn valid_principal(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 128
+        && !name.chars().any(|c| c.is_control() || c.is_whitespace())
+}
+
+fn check_approvals(locate: &Locator, raw: &RawApprovals) -> Result<ApprovalsConfig, ConfigError> {
+    let d = ApprovalsConfig::default();
+    let mut groups = BTreeMap::new();
+    for (name, members) in &raw.groups {
+        let key = format!("approvals.groups.{}", name.get_ref());
+        if !valid_principal(name.get_ref()) || name.get_ref().contains(':') {
+            return Err(locate.error(name.span().start, &key, "invalid group name"));
+        }
+        let mut list = Vec::new();
+        for m in members {
+            if !valid_principal(m.get_ref()) || m.get_ref().starts_with("group:") {
+                return Err(locate.error(
+                    m.span().start,
+                    &key,
+                    &format!(
+                        "invalid member {:?}: a principal name (groups do not nest)",
+                        m.get_ref()
+                    ),
+                ));
+            }
+            list.push(m.get_ref().clone());
+        }
+        groups.insert(name.get_ref().clone(), list);
+    }
+    let mut approvers = Vec::new();
+    for (i, a) in raw.approvers.iter().enumerate() {
+        let key = format!("approvers[{i}]");
+        let name = a.get_ref();
+        if !valid_principal(name) {
+            return Err(locate.error(a.span().start, &key, "invalid principal name"));
+        }
+        if let Some(group) = name.strip_prefix("group:")
+            && !groups.contains_key(group)
+        {
+            return Err(locate.error(
+                a.span().start,
+                &format!("approvals.{key}"),
+                &format!("group {group:?} is not defined in [approvals.groups]"),
+            ));
+        }
+        approvers.push(name.clone());
+    }
+    let secs = |v: &Option<Spanned<u64>>, key: &str, default: u32, max: u64| match v {
+        None => Ok(default),
+        Some(n) if (1..=max).contains(n.get_ref()) => Ok(*n.get_ref() as u32),
+        Some(n) => Err(locate.error(
+            n.span().start,
+            &format!("approvals.{key}"),
+            &format!("must be between 1 and {max}"),
+        )),
+    };
+    let month = 30 * 24 * 3600;
+    let url = |v: &Spanned<String>, key: &str| {
+        let u = v.get_ref().trim_end_matches('/');
+        let ok = (u.starts_with("http://") || u.starts_with("https://"))
+            && u.parse::<http::Uri>()
+                .is_ok_and(|uri| uri.authority().is_some());
+        if ok {
+            Ok(u.to_string())
+        } else {
+            Err(locate.error(
+                v.span().start,
+                &format!("approvals.{key}"),
+                &format!("{:?} is not an http(s) URL", v.get_ref()),
+            ))
+        }
+    };
+    let webhook = match &raw.webhook {
+        None => None,
+        Some(w) => Some(Webhook {
+            url: url(&w.url, "webhook.url")?,
+            slack: match &w.format {
+                None => false,
+                Some(f) if f.get_ref() == "json" => false,
+                Some(f) if f.get_ref() == "slack" => true,
+                Some(f) => {
+                    return Err(locate.error(
+                        f.span().start,
+                        "approvals.webhook.format",
+                        "must be \"json\" or \"slack\"",
+                    ));
+                }
+            },
+            attempts: secs(&w.attempts, "webhook.attempts", 5, 20)?,
+        }),
+    };
+    Ok(ApprovalsConfig {
+        enabled: raw.enabled.unwrap_or(true),
+        approvers,
+        groups,
+        soft_window_secs: secs(
+            &raw.soft_window_secs,
+            "soft_window_secs",
+            d.soft_window_secs,
+            month,
+        )?,
+        hard_timeout_secs: secs(
+            &raw.hard_timeout_secs,
+            "hard_timeout_secs",
+            d.hard_timeout_secs,
+            month,
+        )?,
+        hard_approvals: secs(&raw.hard_approvals, "hard_approvals", d.hard_approvals, 16)?,
+        wait_ms: match &raw.wait_ms {
+            None => d.wait_ms,
+            Some(ms) if *ms.get_ref() <= 3_600_000 => *ms.get_ref(),
+            Some(ms) => {
+                return Err(locate.error(
+                    ms.span().start,
+                    "approvals.wait_ms",
+                    "must be at most 3600000 (one hour)",
+                ));
+            }
+        },
+        public_url: raw
+            .public_url
+            .as_ref()
+            .map(|u| url(u, "public_url"))
+            .transpose()?,
+        link_ttl_secs: secs(&raw.link_ttl_secs, "link_ttl_secs", d.link_ttl_secs, month)?,
+        webhook,
+    })
 }
 
 fn check_id(

@@ -4,17 +4,22 @@
 //! evaluate every policy in scope (`policy`), then run the tool in a fresh sandbox
 //! (`sandbox`, `plugin`) with only the grants the operator configured (`config`).
 
+pub mod approvals;
 pub mod audit;
 pub mod bindings;
 pub mod cache;
 pub mod call;
 pub mod component;
 pub mod config;
+pub mod db;
+pub mod driver;
 pub mod egress;
 pub mod engine;
 pub mod hostcalls;
 pub mod interfaces;
 pub mod limits;
+pub mod links;
+pub mod notify;
 pub mod plugin;
 pub mod policy;
 pub mod record;
@@ -22,6 +27,7 @@ pub mod runs;
 pub mod runtime;
 pub mod sandbox;
 pub mod secrets;
+pub mod serve;
 pub mod vault;
 
 pub use call::{CallError, CallReport, Outcome};

@@ -12,12 +12,15 @@ use serde_json::{Value, json};
 use warden::call::{CallRequest, Outcome};
 use warden::component::{self, World};
 use warden::config::Config;
+use warden::driver::Resume;
 use warden::engine::EngineOptions;
 use warden::runtime::{Runtime, Shared};
 use warden::secrets::SecretUse;
 
+mod approvals_cli;
 mod audit_cli;
 mod bench;
+mod policy_cli;
 mod runs_cli;
 mod secrets_cli;
 
@@ -43,7 +46,7 @@ Exit codes:
   1  the tool failed: a tool error, a trap, or a limit (time, memory, fuel, output size)
   2  bad usage, config, component or input; nothing ran
   3  denied by a policy; the tool did not run
-  4  held for approval; the tool did not run
+  4  held for approval; the tool did not run (yet)
   5  the call could not be recorded (audit log or run history); result withheld";
 
 /// warden runs AI agents' tools as sandboxed WebAssembly components, behind approval
@@ -99,10 +102,20 @@ enum Command {
         /// The principal the call is made as.
         #[arg(long = "as", default_value = "local-operator")]
         principal: String,
+        /// If the call is held, wait this many seconds for a decision (and run it here
+        /// when approved) before returning it as pending. Default: `[approvals] wait_ms`.
+        #[arg(long, value_name = "SECS")]
+        wait: Option<f64>,
         /// Print the whole call report (decisions, log, timings) as JSON instead of the output.
         #[arg(long)]
         report: bool,
     },
+    /// List, show, approve and reject held calls.
+    #[command(subcommand)]
+    Approvals(approvals_cli::ApprovalsCommand),
+    /// Test approval policies against cases of expected decisions.
+    #[command(subcommand)]
+    Policy(policy_cli::PolicyCommand),
     /// Verify, tail and search the audit log.
     #[command(subcommand)]
     Audit(audit_cli::AuditCommand),
@@ -112,6 +125,16 @@ enum Command {
     /// Manage the credential vault (values never on the command line or in output).
     #[command(subcommand)]
     Secrets(secrets_cli::SecretsCommand),
+    /// Run warden as a server: drive the approval queue and serve the one-click
+    /// approval pages, until SIGTERM or Ctrl-C.
+    Serve {
+        /// Address to listen on (port 0 picks a free port; the address is printed).
+        #[arg(long, default_value = "127.0.0.1:8700")]
+        listen: std::net::SocketAddr,
+        /// Allow a non-loopback listen address.
+        #[arg(long)]
+        public: bool,
+    },
     /// Measure governed calls and policy decisions in process.
     Bench(bench::BenchArgs),
 }
@@ -168,16 +191,32 @@ fn run() -> Result<ExitCode> {
                 ref tool,
                 ref input,
                 ref principal,
+                wait,
                 report,
-            } => call(&cli.config, tool, input, principal, report, cli.verbose)
-                .await
-                .context("call"),
+            } => call(
+                &cli.config,
+                tool,
+                input,
+                principal,
+                wait.map(|s| (s * 1000.0) as u64),
+                report,
+                cli.verbose,
+            )
+            .await
+            .context("call"),
+            Command::Serve { listen, public } => {
+                serve(&cli.config, listen, public).await.context("serve")
+            }
             Command::Bench(ref args) => bench::run(&cli.config, args).await.context("bench"),
             Command::Secrets(ref command) => {
                 secrets_cli::run(&cli.config, command).context("secrets")
             }
             Command::Audit(ref command) => audit_cli::run(&cli.config, command).context("audit"),
             Command::Runs(ref command) => runs_cli::run(&cli.config, command).context("runs"),
+            Command::Approvals(ref command) => approvals_cli::run(&cli.config, command)
+                .await
+                .context("approvals"),
+            Command::Policy(ref command) => policy_cli::run(command).await.context("policy"),
         }
     })
 }
@@ -420,6 +459,7 @@ async fn call(
     tool: &str,
     input: &str,
     principal: &str,
+    wait_ms: Option<u64>,
     full_report: bool,
     verbose: bool,
 ) -> Result<ExitCode> {
@@ -443,6 +483,53 @@ async fn call(
             return Ok(ExitCode::from(code));
         }
     };
+    let report = match (&report.outcome, &report.approval) {
+        (Outcome::Held { .. }, Some(approval)) => {
+            let wait = wait_ms.unwrap_or(rt.config.approvals.wait_ms);
+            let id = approval.id.clone();
+            // Tell the approvers now; a notice not sent within a moment is retried by
+            // the next process that drives the queue.
+            let notify =
+                tokio::time::timeout(std::time::Duration::from_secs(2), rt.deliver_notices());
+            let (notified, resumed) = tokio::join!(
+                notify,
+                rt.wait_for(&id, std::time::Duration::from_millis(wait))
+            );
+            if let Ok(Err(e)) = notified {
+                eprintln!("warden call: {e}");
+            }
+            match resumed {
+                Ok(Resume::Ran(done)) => *done,
+                Ok(Resume::Ended(a)) => {
+                    let mut ended = report;
+                    ended.outcome = Outcome::Denied {
+                        reasons: vec![
+                            a.result
+                                .clone()
+                                .unwrap_or_else(|| format!("approval {}", a.state.as_str())),
+                        ],
+                    };
+                    ended
+                }
+                Ok(Resume::Pending(_)) => report,
+                Err(e) => {
+                    eprintln!("warden call: {e}");
+                    return Ok(ExitCode::from(exit::NOT_RECORDED));
+                }
+            }
+        }
+        _ => report,
+    };
+    print_outcome(&report, full_report, verbose)
+}
+
+/// Print a call's outcome (output JSON, or a status object) and pick the exit code.
+fn print_outcome(
+    report: &warden::CallReport,
+    full_report: bool,
+    verbose: bool,
+) -> Result<ExitCode> {
+    let tool = &report.tool;
     if verbose {
         for d in &report.decisions {
             for line in &d.log {
@@ -473,11 +560,20 @@ async fn call(
         } => {
             let tier = serde_json::to_value(tier)?;
             eprintln!(
-                "warden call: {tool} held for {} approval (not executed): {}",
+                "warden call: {tool} held for {} approval (not executed yet): {}{}",
                 tier.as_str().unwrap_or_default(),
-                reasons.join("; ")
+                reasons.join("; "),
+                report
+                    .approval
+                    .as_ref()
+                    .map(|a| format!(
+                        "; approval {}, outcome later with `warden runs show {}`",
+                        a.id, report.run_id
+                    ))
+                    .unwrap_or_default()
             );
-            let v = json!({ "status": "held", "run_id": report.run_id, "tier": tier, "reasons": reasons, "approvers": approvers, "timeout_secs": timeout_secs });
+            let approval = report.approval.as_ref();
+            let v = json!({ "status": "held", "run_id": report.run_id, "approval_id": approval.map(|a| &a.id), "expires_ms": approval.map(|a| a.expires_ms), "approvals_required": approval.map(|a| a.approvals_required), "tier": tier, "reasons": reasons, "approvers": approvers, "timeout_secs": timeout_secs });
             (exit::HELD, v)
         }
         Outcome::Failed { kind, error } => {
@@ -502,6 +598,35 @@ async fn call(
     };
     print(&format!("{text}\n"))?;
     Ok(ExitCode::from(code))
+}
+
+async fn serve(config: &Path, listen: std::net::SocketAddr, public: bool) -> Result<ExitCode> {
+    let addr = warden::serve::check_listen(listen, public)?;
+    let rt = std::sync::Arc::new(load(config).await?);
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding {addr}"))?;
+    eprintln!(
+        "warden serve: listening on http://{}",
+        listener.local_addr()?
+    );
+    let shutdown = async {
+        let term = async {
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(mut s) => {
+                    s.recv().await;
+                }
+                Err(_) => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term => {}
+        }
+        eprintln!("warden serve: shutting down");
+    };
+    warden::serve::serve(rt, listener, shutdown).await?;
+    Ok(ExitCode::from(exit::OK))
 }
 
 fn read_input(arg: &str) -> Result<String> {

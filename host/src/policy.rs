@@ -24,6 +24,7 @@ const MAX_REASON: usize = 2048;
 const MAX_APPROVERS: usize = 64;
 const MAX_PRINCIPAL: usize = 128;
 const MAX_TIMEOUT_SECS: u32 = 30 * 24 * 3600;
+const MAX_APPROVALS_REQUIRED: u32 = 16;
 
 pub struct Policy {
     pub id: String,
@@ -56,6 +57,8 @@ pub enum Verdict {
         reason: String,
         approvers: Vec<String>,
         timeout_secs: Option<u32>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        approvals_required: Option<u32>,
     },
     Deny {
         reason: String,
@@ -87,6 +90,8 @@ pub enum Combined {
         reasons: Vec<String>,
         approvers: Vec<String>,
         timeout_secs: Option<u32>,
+        /// The most approvals any policy asked for.
+        approvals_required: Option<u32>,
     },
     Deny {
         reasons: Vec<String>,
@@ -208,6 +213,13 @@ fn validate(decision: Decision) -> Result<Verdict, String> {
                     "malformed decision: timeout-secs {t} outside 1..={MAX_TIMEOUT_SECS}"
                 ));
             }
+            if let Some(n) = spec.approvals_required
+                && !(1..=MAX_APPROVALS_REQUIRED).contains(&n)
+            {
+                return Err(format!(
+                    "malformed decision: approvals-required {n} outside 1..={MAX_APPROVALS_REQUIRED}"
+                ));
+            }
             let tier = match spec.tier {
                 Tier::Soft => Hold::Soft,
                 Tier::Hard => Hold::Hard,
@@ -217,6 +229,7 @@ fn validate(decision: Decision) -> Result<Verdict, String> {
                 reason: spec.reason,
                 approvers: spec.approvers,
                 timeout_secs: spec.timeout_secs,
+                approvals_required: spec.approvals_required,
             })
         }
     }
@@ -229,6 +242,7 @@ pub fn combine(decisions: &[PolicyDecision]) -> Combined {
     let mut reasons = Vec::new();
     let mut approvers: Vec<String> = Vec::new();
     let mut timeout: Option<u32> = None;
+    let mut required: Option<u32> = None;
     for d in decisions {
         match &d.verdict {
             Verdict::Allow => {}
@@ -238,8 +252,10 @@ pub fn combine(decisions: &[PolicyDecision]) -> Combined {
                 reason,
                 approvers: who,
                 timeout_secs,
+                approvals_required,
             } => {
                 hold = hold.max(Some(*tier));
+                required = required.max(*approvals_required);
                 reasons.push(format!("{}: {reason}", d.policy));
                 for a in who {
                     if !approvers.contains(a) {
@@ -263,6 +279,7 @@ pub fn combine(decisions: &[PolicyDecision]) -> Combined {
             reasons,
             approvers,
             timeout_secs: timeout,
+            approvals_required: required,
         },
         None => Combined::Allow,
     }
@@ -289,6 +306,7 @@ mod tests {
             reason: "r".into(),
             approvers: vec!["ops".into()],
             timeout_secs: timeout,
+            approvals_required: None,
         }
     }
 
@@ -337,8 +355,12 @@ mod tests {
             reason: "ok".into(),
             approvers,
             timeout_secs: timeout,
+            approvals_required: None,
         };
         assert!(validate(Decision::RequireApproval(spec(vec!["".into()], None))).is_err());
+        let mut zero = spec(vec![], None);
+        zero.approvals_required = Some(0);
+        assert!(validate(Decision::RequireApproval(zero)).is_err());
         assert!(validate(Decision::RequireApproval(spec(vec![], Some(0)))).is_err());
         assert!(
             validate(Decision::RequireApproval(spec(

@@ -1,12 +1,15 @@
 //! What a governed call leaves behind: its audit records and its run-history row.
 //!
 //! Owns the shape of each record kind (`config-load`, `run-start`, `policy-decision`,
-//! `host-call`, `grant-denied`, `secret-reveal`, `run-end`). Every record passes
+//! `host-call`, `grant-denied`, `secret-reveal`, `run-end`; for held calls
+//! `approval-requested`, `approval-vote`, `approval-ended`, `approval-notice` and
+//! `run-resume`). Every record passes
 //! through the redactor before it is written; it must never carry a secret value or
 //! an unbounded string.
 
 use serde_json::{Map, Value, json};
 
+use crate::approvals::{self, Approval, Vote};
 use crate::call::{CallReport, Outcome};
 use crate::hostcalls::HostCall;
 use crate::policy::Verdict;
@@ -132,6 +135,87 @@ pub fn after_execution(report: &CallReport) -> Vec<Map<String, Value>> {
     out
 }
 
+pub fn approval_requested(a: &Approval) -> Map<String, Value> {
+    object(json!({
+        "kind": "approval-requested",
+        "ts_ms": crate::now_ms(),
+        "run": a.run_id,
+        "approval": a.id,
+        "principal": a.principal,
+        "tool": a.tool,
+        "digest": a.plugin_digest,
+        "tier": approvals::tier_name(a.tier),
+        "reasons": a.reasons,
+        "approvers": a.approvers,
+        "approvals_required": a.required,
+        "input_sha256": a.input_sha256,
+        "expires_ms": a.expires_ms,
+    }))
+}
+
+/// A vote, with the request's state after it.
+pub fn approval_vote(a: &Approval, v: &Vote) -> Map<String, Value> {
+    object(json!({
+        "kind": "approval-vote",
+        "ts_ms": v.at_ms,
+        "run": a.run_id,
+        "approval": a.id,
+        "principal": v.principal,
+        "vote": v.vote,
+        "reason": v.reason,
+        "via": v.via,
+        "input_sha256": v.input_sha256,
+        "state": a.state.as_str(),
+    }))
+}
+
+/// A request that ended without running (refused at execution, or interrupted).
+pub fn approval_ended(a: &Approval) -> Map<String, Value> {
+    object(json!({
+        "kind": "approval-ended",
+        "ts_ms": crate::now_ms(),
+        "run": a.run_id,
+        "approval": a.id,
+        "state": a.state.as_str(),
+        "result": a.result,
+    }))
+}
+
+/// An approved call about to run.
+pub fn run_resume(a: &Approval) -> Map<String, Value> {
+    let approved_by: Vec<&str> = a
+        .votes
+        .iter()
+        .filter(|v| matches!(v.vote.as_str(), "approve" | "window"))
+        .map(|v| v.principal.as_str())
+        .collect();
+    object(json!({
+        "kind": "run-resume",
+        "ts_ms": crate::now_ms(),
+        "run": a.run_id,
+        "approval": a.id,
+        "approved_by": approved_by,
+        "input_sha256": a.input_sha256,
+        "digest": a.plugin_digest,
+    }))
+}
+
+pub fn notice_attempt(
+    approval: &str,
+    attempt: u32,
+    error: Option<&str>,
+    gave_up: bool,
+) -> Map<String, Value> {
+    object(json!({
+        "kind": "approval-notice",
+        "ts_ms": crate::now_ms(),
+        "approval": approval,
+        "attempt": attempt,
+        "outcome": if error.is_none() { "delivered" } else if gave_up { "gave-up" } else { "retrying" },
+        "error": error,
+    }))
+}
+
 /// The run-history row (the report is already redacted).
 pub fn run_row(report: &CallReport, input: &str) -> RunRow {
     let (output, error, backtrace) = match &report.outcome {
@@ -162,7 +246,11 @@ pub fn run_row(report: &CallReport, input: &str) -> RunRow {
         output,
         error,
         backtrace,
-        decisions: serde_json::to_value(&report.decisions).unwrap_or(Value::Null),
+        decisions: match &report.approval {
+            // A call run after approval: the decisions that held it.
+            Some(a) if report.decisions.is_empty() => a.held_by.clone(),
+            _ => serde_json::to_value(&report.decisions).unwrap_or(Value::Null),
+        },
         log: serde_json::to_value(&report.log).unwrap_or(Value::Null),
         denied_requests: serde_json::to_value(&report.denied_requests).unwrap_or(Value::Null),
         secret_reveals: serde_json::to_value(&report.secret_reveals).unwrap_or(Value::Null),
@@ -173,5 +261,6 @@ pub fn run_row(report: &CallReport, input: &str) -> RunRow {
         fuel_used: report.fuel_used.map(to_i64),
         peak_memory: i64::try_from(report.peak_memory_bytes).unwrap_or(i64::MAX),
         host_calls: to_i64(report.host_calls),
+        approval: report.approval.as_ref().map(|a| a.id.clone()),
     }
 }

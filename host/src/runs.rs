@@ -1,6 +1,6 @@
-//! Run history: one row per governed call in SQLite (`<data_dir>/runs.db`, WAL), the
-//! embedded default. Owns the schema and its versioned migrations, so an old data dir
-//! opens in a new warden. It must never store an unredacted value or an unbounded one.
+//! Run history: one row per governed call in the embedded store (`db`). Owns writing
+//! rows (batched, off the call path) and reading them back. It must never store an
+//! unredacted value or an unbounded one.
 
 use std::path::Path;
 use std::sync::Mutex;
@@ -8,37 +8,6 @@ use std::sync::Mutex;
 use rusqlite::{Connection, OptionalExtension, params};
 use serde::Serialize;
 use serde_json::Value;
-
-/// Schema migrations, in order; `PRAGMA user_version` records how many have run.
-const MIGRATIONS: &[&str] = &["
-    CREATE TABLE runs (
-        id              TEXT PRIMARY KEY,
-        started_ms      INTEGER NOT NULL,
-        principal       TEXT NOT NULL,
-        tool            TEXT NOT NULL,
-        plugin          TEXT NOT NULL,
-        plugin_digest   TEXT NOT NULL,
-        status          TEXT NOT NULL,
-        input           TEXT NOT NULL,
-        output          TEXT,
-        error           TEXT,
-        backtrace       TEXT,
-        decisions       TEXT NOT NULL,
-        log             TEXT NOT NULL,
-        denied_requests TEXT NOT NULL,
-        secret_reveals  TEXT NOT NULL,
-        policy_us       INTEGER NOT NULL,
-        instantiate_us  INTEGER NOT NULL,
-        execute_us      INTEGER NOT NULL,
-        total_us        INTEGER NOT NULL,
-        fuel_used       INTEGER,
-        peak_memory     INTEGER NOT NULL,
-        host_calls      INTEGER NOT NULL
-    );
-    CREATE INDEX runs_by_time ON runs(started_ms);
-    CREATE INDEX runs_by_tool ON runs(tool, started_ms);
-    CREATE INDEX runs_by_status ON runs(status, started_ms);
-"];
 
 /// Largest input or output text kept per run.
 pub const MAX_TEXT: usize = 64 * 1024;
@@ -75,6 +44,8 @@ pub struct RunRow {
     pub fuel_used: Option<i64>,
     pub peak_memory: i64,
     pub host_calls: i64,
+    /// The approval request, when the call was held.
+    pub approval: Option<String>,
 }
 
 /// Filters for `runs list`.
@@ -101,36 +72,7 @@ impl RunStore {
             path: shown.clone(),
             source,
         };
-        if let Some(dir) = path.parent() {
-            let _ = std::fs::create_dir_all(dir);
-        }
-        let mut conn = Connection::open(path).map_err(err)?;
-        conn.pragma_update(None, "journal_mode", "WAL")
-            .map_err(err)?;
-        conn.pragma_update(None, "synchronous", "NORMAL")
-            .map_err(err)?;
-        conn.busy_timeout(std::time::Duration::from_secs(5))
-            .map_err(err)?;
-        let version: i64 = conn
-            .pragma_query_value(None, "user_version", |r| r.get(0))
-            .map_err(err)?;
-        let version = usize::try_from(version).unwrap_or(0);
-        if version > MIGRATIONS.len() {
-            // Opening it would mean guessing at columns this warden does not know.
-            return Err(err(rusqlite::Error::InvalidParameterName(format!(
-                "schema version {version} was written by a newer warden (this one knows {})",
-                MIGRATIONS.len()
-            ))));
-        }
-        if version < MIGRATIONS.len() {
-            let tx = conn.transaction().map_err(err)?;
-            for migration in &MIGRATIONS[version..] {
-                tx.execute_batch(migration).map_err(err)?;
-            }
-            tx.pragma_update(None, "user_version", MIGRATIONS.len() as i64)
-                .map_err(err)?;
-            tx.commit().map_err(err)?;
-        }
+        let conn = crate::db::open(path, false).map_err(err)?;
         let (writer, thread) = RunStore::start_writer(path).map_err(err)?;
         Ok(RunStore {
             conn: Mutex::new(conn),
@@ -145,9 +87,7 @@ impl RunStore {
     fn start_writer(
         path: &Path,
     ) -> rusqlite::Result<(std::sync::mpsc::Sender<RunRow>, std::thread::JoinHandle<()>)> {
-        let mut conn = Connection::open(path)?;
-        conn.busy_timeout(std::time::Duration::from_secs(5))?;
-        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        let mut conn = crate::db::open(path, false)?;
         let (tx, rx) = std::sync::mpsc::channel::<RunRow>();
         let shown = path.display().to_string();
         let thread = std::thread::Builder::new()
@@ -236,10 +176,17 @@ fn insert_all<'a>(
 ) -> rusqlite::Result<()> {
     let tx = conn.transaction()?;
     {
-        let mut stmt = tx.prepare_cached(
-            "INSERT INTO runs VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22)",
-        )?;
+        const COLUMNS: &str = "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23)";
+        // A held run's row never replaces its outcome: the process that ran the approved
+        // call (perhaps another one) may have written that first.
+        let mut held = tx.prepare_cached(&format!("INSERT OR IGNORE INTO runs {COLUMNS}"))?;
+        let mut other = tx.prepare_cached(&format!("INSERT OR REPLACE INTO runs {COLUMNS}"))?;
         for row in rows {
+            let stmt = if row.status == "held" {
+                &mut held
+            } else {
+                &mut other
+            };
             stmt.execute(params![
                 row.id,
                 row.started_ms,
@@ -263,6 +210,7 @@ fn insert_all<'a>(
                 row.fuel_used,
                 row.peak_memory,
                 row.host_calls,
+                row.approval,
             ])?;
         }
     }
@@ -297,6 +245,7 @@ fn row_from_sql(r: &rusqlite::Row<'_>) -> rusqlite::Result<RunRow> {
         fuel_used: r.get(19)?,
         peak_memory: r.get(20)?,
         host_calls: r.get(21)?,
+        approval: r.get(22)?,
     })
 }
 

@@ -12,11 +12,14 @@ use std::sync::Arc;
 use wasmtime::Engine;
 use wasmtime::component::Linker;
 
+use crate::approvals::ApprovalQueue;
 use crate::audit::AuditLog;
 use crate::cache::CompileCache;
 use crate::component::{self, ComponentError, Loaded, World};
 use crate::config::{Config, ConfigError};
 use crate::engine::{EngineOptions, SharedEngine};
+use crate::links::LinkSigner;
+use crate::notify::Notifier;
 use crate::plugin::Plugin;
 use crate::policy::Policy;
 use crate::record;
@@ -78,6 +81,9 @@ pub struct Runtime {
     /// `None` only when the config turns auditing off.
     pub audit: Option<AuditLog>,
     pub runs: RunStore,
+    /// `None` only when `[approvals] enabled = false` (held calls are then denied).
+    pub approvals: Option<ApprovalQueue>,
+    pub notifier: Notifier,
 }
 
 impl Runtime {
@@ -147,6 +153,21 @@ impl Runtime {
             policies.push(policy);
         }
         let runs = RunStore::open(&config.runs_db).map_err(|e| config.error_at(0, "", e))?;
+        let approvals = if config.approvals.enabled {
+            Some(
+                ApprovalQueue::open(&config.runs_db)
+                    .map_err(|e| config.error_at(0, "approvals", e))?,
+            )
+        } else {
+            None
+        };
+        let signer = match &config.approvals.public_url {
+            Some(_) => Some(LinkSigner::open(&config.links_key()).map_err(|e| {
+                config.error_at(0, "approvals.public_url", format!("link key: {e}"))
+            })?),
+            None => None,
+        };
+        let notifier = Notifier::new(&config.approvals, signer);
         let audit = if config.audit_enabled {
             let log = AuditLog::open(&config.audit_dir, config.audit_segment_bytes)
                 .map_err(|e| config.error_at(0, "audit", e))?;
@@ -174,6 +195,8 @@ impl Runtime {
         Ok(Runtime {
             audit,
             runs,
+            approvals,
+            notifier,
             redactor,
             config,
             shared,

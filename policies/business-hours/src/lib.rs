@@ -99,6 +99,7 @@ fn decide(action: &Action) -> Result<Decision, String> {
         reason: reason.clone(),
         approvers: vec![],
         timeout_secs: None,
+        approvals_required: None,
     };
     Ok(match config.get("outside").and_then(Value::as_str) {
         None | Some("deny") => Decision::Deny(reason),

@@ -47,6 +47,7 @@ impl Guest for HostilePolicy {
                 reason: String::new(),
                 approvers: vec![String::from("\u{0}"); 10_000],
                 timeout_secs: Some(0),
+                approvals_required: None,
             }),
         }
     }

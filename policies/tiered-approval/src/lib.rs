@@ -6,6 +6,7 @@
 //! default = "auto"                    # tier for calls no rule matches
 //! approvers = ["group:oncall"]        # who may approve held calls
 //! timeout_secs = 3600                 # how long a held call waits
+//! hard_approvals = 2                  # distinct approvals a hard call needs
 //! annotations = { destructive = "hard", open_world = "soft" }
 //! tools = { notes_write = "soft", http_get = "auto" }
 //! ```
@@ -47,7 +48,7 @@ fn decide(action: &Action) -> Result<Decision, String> {
     for key in config.keys() {
         if !matches!(
             key.as_str(),
-            "default" | "approvers" | "timeout_secs" | "annotations" | "tools"
+            "default" | "approvers" | "timeout_secs" | "hard_approvals" | "annotations" | "tools"
         ) {
             return Err(format!("config: unknown key {key:?}"));
         }
@@ -111,19 +112,25 @@ fn decide(action: &Action) -> Result<Decision, String> {
             })
             .ok_or("config approvers must be a list of strings")?,
     };
-    let timeout_secs = match config.get("timeout_secs") {
-        None => None,
-        Some(v) => Some(
-            v.as_u64()
+    let positive = |key: &str| -> Result<Option<u32>, String> {
+        match config.get(key) {
+            None => Ok(None),
+            Some(v) => v
+                .as_u64()
                 .and_then(|n| u32::try_from(n).ok())
-                .ok_or("config timeout_secs must be a positive integer")?,
-        ),
+                .filter(|n| *n > 0)
+                .map(Some)
+                .ok_or_else(|| format!("config {key} must be a positive integer")),
+        }
     };
+    let timeout_secs = positive("timeout_secs")?;
+    let approvals_required = positive("hard_approvals")?;
     let spec = |tier| ApprovalSpec {
         tier,
         reason: reason.clone(),
         approvers: approvers.clone(),
         timeout_secs,
+        approvals_required,
     };
     Ok(match tier {
         Level::Auto => Decision::Allow,

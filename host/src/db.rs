@@ -1,0 +1,142 @@
+//! The embedded store: one SQLite file (`<data_dir>/runs.db`, WAL) holding the run
+//! history and the approval queue, and the versioned migrations of its schema.
+//!
+//! Owns opening a connection the same way everywhere and migrating it, so an old data
+//! dir opens in a new warden. It must never open a schema written by a newer warden:
+//! guessing at columns it does not know could lose an approval.
+
+use std::path::Path;
+use std::time::Duration;
+
+use rusqlite::{Connection, TransactionBehavior};
+
+/// Schema migrations, in order; `PRAGMA user_version` records how many have run.
+const MIGRATIONS: &[&str] = &[
+    // 1: run history.
+    "
+    CREATE TABLE runs (
+        id              TEXT PRIMARY KEY,
+        started_ms      INTEGER NOT NULL,
+        principal       TEXT NOT NULL,
+        tool            TEXT NOT NULL,
+        plugin          TEXT NOT NULL,
+        plugin_digest   TEXT NOT NULL,
+        status          TEXT NOT NULL,
+        input           TEXT NOT NULL,
+        output          TEXT,
+        error           TEXT,
+        backtrace       TEXT,
+        decisions       TEXT NOT NULL,
+        log             TEXT NOT NULL,
+        denied_requests TEXT NOT NULL,
+        secret_reveals  TEXT NOT NULL,
+        policy_us       INTEGER NOT NULL,
+        instantiate_us  INTEGER NOT NULL,
+        execute_us      INTEGER NOT NULL,
+        total_us        INTEGER NOT NULL,
+        fuel_used       INTEGER,
+        peak_memory     INTEGER NOT NULL,
+        host_calls      INTEGER NOT NULL
+    );
+    CREATE INDEX runs_by_time ON runs(started_ms);
+    CREATE INDEX runs_by_tool ON runs(tool, started_ms);
+    CREATE INDEX runs_by_status ON runs(status, started_ms);
+    ",
+    // 2: the approval queue, its votes, the webhook outbox; runs link to approvals.
+    "
+    ALTER TABLE runs ADD COLUMN approval TEXT;
+    CREATE TABLE approvals (
+        id             TEXT PRIMARY KEY,
+        run_id         TEXT NOT NULL UNIQUE,
+        principal      TEXT NOT NULL,
+        tool           TEXT NOT NULL,
+        plugin         TEXT NOT NULL,
+        plugin_digest  TEXT NOT NULL,
+        input          TEXT NOT NULL,
+        input_sha256   TEXT NOT NULL,
+        decisions      TEXT NOT NULL,
+        tier           TEXT NOT NULL,
+        reasons        TEXT NOT NULL,
+        approvers      TEXT NOT NULL,
+        required       INTEGER NOT NULL,
+        created_ms     INTEGER NOT NULL,
+        expires_ms     INTEGER NOT NULL,
+        state          TEXT NOT NULL,
+        state_ms       INTEGER NOT NULL,
+        claimed_by     INTEGER,
+        result         TEXT
+    );
+    CREATE INDEX approvals_by_state ON approvals(state, expires_ms);
+    CREATE TABLE approval_votes (
+        approval_id    TEXT NOT NULL REFERENCES approvals(id),
+        seq            INTEGER NOT NULL,
+        principal      TEXT NOT NULL,
+        vote           TEXT NOT NULL,
+        reason         TEXT,
+        input_sha256   TEXT NOT NULL,
+        at_ms          INTEGER NOT NULL,
+        via            TEXT NOT NULL,
+        audited        INTEGER NOT NULL DEFAULT 0,
+        PRIMARY KEY (approval_id, seq)
+    );
+    CREATE INDEX votes_unaudited ON approval_votes(audited) WHERE audited = 0;
+    CREATE TABLE approval_notices (
+        approval_id    TEXT PRIMARY KEY REFERENCES approvals(id),
+        payload        TEXT NOT NULL,
+        attempts       INTEGER NOT NULL DEFAULT 0,
+        next_ms        INTEGER NOT NULL,
+        delivered_ms   INTEGER,
+        gave_up        INTEGER NOT NULL DEFAULT 0,
+        last_error     TEXT
+    );
+    CREATE INDEX notices_due ON approval_notices(next_ms) WHERE delivered_ms IS NULL AND gave_up = 0;
+    ",
+];
+
+/// The schema version this warden writes.
+pub const SCHEMA_VERSION: usize = MIGRATIONS.len();
+
+/// Open the store at `path`, creating or migrating it. `durable` connections fsync
+/// every commit (the approval queue); others rely on WAL's checkpointing.
+pub fn open(path: &Path, durable: bool) -> rusqlite::Result<Connection> {
+    if let Some(dir) = path.parent() {
+        let _ = std::fs::create_dir_all(dir);
+    }
+    let mut conn = Connection::open(path)?;
+    conn.busy_timeout(Duration::from_secs(5))?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(None, "synchronous", if durable { "FULL" } else { "NORMAL" })?;
+    conn.pragma_update(None, "foreign_keys", "ON")?;
+    migrate(&mut conn)?;
+    Ok(conn)
+}
+
+fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
+    let version = |c: &Connection| -> rusqlite::Result<usize> {
+        let v: i64 = c.pragma_query_value(None, "user_version", |r| r.get(0))?;
+        Ok(usize::try_from(v).unwrap_or(0))
+    };
+    let newer = |v: usize| {
+        rusqlite::Error::InvalidParameterName(format!(
+            "schema version {v} was written by a newer warden (this one knows {SCHEMA_VERSION})"
+        ))
+    };
+    let v = version(conn)?;
+    if v > SCHEMA_VERSION {
+        return Err(newer(v));
+    }
+    if v == SCHEMA_VERSION {
+        return Ok(());
+    }
+    // Immediate: two processes opening a fresh data dir must not both migrate.
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let v = version(&tx)?;
+    if v > SCHEMA_VERSION {
+        return Err(newer(v));
+    }
+    for migration in &MIGRATIONS[v..] {
+        tx.execute_batch(migration)?;
+    }
+    tx.pragma_update(None, "user_version", SCHEMA_VERSION as i64)?;
+    tx.commit()
+}
