@@ -10,15 +10,17 @@
 //!    \--hard timeout passes--> expired
 //! ```
 //!
-//! Each change is one `BEGIN IMMEDIATE` transaction on a connection that fsyncs every
-//! commit, so concurrent deciders (threads or processes) are serialized and the first
-//! decision stands. It must never let a request execute twice: only the `approved ->
+//! Every change runs on one writer thread, inside a `BEGIN IMMEDIATE` transaction on a
+//! connection that fsyncs its commits; changes queued together share one commit (each
+//! in its own savepoint, so one refused change does not undo the others). Concurrent
+//! deciders (tasks or processes) are serialized and the first decision stands; a
+//! change is acknowledged only once its commit is durable. It must never let a request execute twice: only the `approved ->
 //! executing` claim grants execution, and a claim interrupted by a crash ends `failed`
 //! rather than being retried (the tool may already have had its effect). It never runs
 //! tools itself; `runtime::Runtime` does, after a claim.
 
 use std::path::Path;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use serde::Serialize;
@@ -91,6 +93,9 @@ pub struct Vote {
     pub at_ms: i64,
     /// `cli`, `link`, `api` or `queue`.
     pub via: String,
+    /// Already in the audit log.
+    #[serde(skip)]
+    pub audited: bool,
 }
 
 /// A request, as stored.
@@ -196,10 +201,31 @@ pub enum ApprovalError {
 
 /// The queue over one store file.
 pub struct ApprovalQueue {
+    /// For reads; every change goes through the writer thread.
     conn: Mutex<Connection>,
+    jobs: Mutex<Option<std::sync::mpsc::Sender<Job>>>,
+    writer: Mutex<Option<std::thread::JoinHandle<()>>>,
     path: String,
     /// Woken on every change this process makes, so local waiters need not poll.
-    pub changed: tokio::sync::Notify,
+    pub changed: Arc<tokio::sync::Notify>,
+}
+
+/// One change: run in its own savepoint; says whether it succeeded and what to tell
+/// its caller once the commit is known.
+type Job = Box<dyn FnOnce(&Connection) -> (bool, Reply) + Send>;
+type Reply = Box<dyn FnOnce(Result<(), String>) + Send>;
+
+/// Most changes committed together.
+const MAX_BATCH: usize = 256;
+
+impl From<rusqlite::Error> for ApprovalError {
+    fn from(e: rusqlite::Error) -> ApprovalError {
+        // The path is filled in by `ApprovalQueue::write`.
+        ApprovalError::Store {
+            path: String::new(),
+            message: e.to_string(),
+        }
+    }
 }
 
 /// `sha256:<hex>` of an input.
@@ -210,14 +236,40 @@ pub fn input_hash(input: &str) -> String {
 impl ApprovalQueue {
     pub fn open(path: &Path) -> Result<ApprovalQueue, ApprovalError> {
         let shown = path.display().to_string();
-        let conn = crate::db::open(path, true).map_err(|e| ApprovalError::Store {
+        let store = |e: rusqlite::Error| ApprovalError::Store {
             path: shown.clone(),
             message: e.to_string(),
-        })?;
+        };
+        let conn = crate::db::open(path, true).map_err(store)?;
+        let mut writer_conn = crate::db::open(path, true).map_err(store)?;
+        let changed = Arc::new(tokio::sync::Notify::new());
+        let (tx, rx) = std::sync::mpsc::channel::<Job>();
+        let notify = changed.clone();
+        let writer = std::thread::Builder::new()
+            .name("warden-approvals".into())
+            .spawn(move || {
+                while let Ok(first) = rx.recv() {
+                    let mut batch = vec![first];
+                    while batch.len() < MAX_BATCH {
+                        match rx.try_recv() {
+                            Ok(job) => batch.push(job),
+                            Err(_) => break,
+                        }
+                    }
+                    commit_batch(&mut writer_conn, batch);
+                    notify.notify_waiters();
+                }
+            })
+            .map_err(|e| ApprovalError::Store {
+                path: shown.clone(),
+                message: format!("cannot start the writer: {e}"),
+            })?;
         Ok(ApprovalQueue {
             conn: Mutex::new(conn),
+            jobs: Mutex::new(Some(tx)),
+            writer: Mutex::new(Some(writer)),
             path: shown,
-            changed: tokio::sync::Notify::new(),
+            changed,
         })
     }
 
@@ -228,20 +280,51 @@ impl ApprovalQueue {
         }
     }
 
-    /// Run `f` in one immediate transaction, committed only if it succeeds.
-    fn write<T>(
+    /// Run `f` in the writer's next transaction; its changes are durable when this
+    /// returns `Ok`, and undone when `f` fails.
+    async fn write<T: Send + 'static>(
         &self,
-        f: impl FnOnce(&rusqlite::Transaction<'_>) -> Result<T, ApprovalError>,
+        f: impl FnOnce(&Connection) -> Result<T, ApprovalError> + Send + 'static,
     ) -> Result<T, ApprovalError> {
-        let mut conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
-        let tx = conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(|e| self.store(e))?;
-        let out = f(&tx)?;
-        tx.commit().map_err(|e| self.store(e))?;
-        drop(conn);
-        self.changed.notify_waiters();
-        Ok(out)
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let job: Job = Box::new(move |conn| {
+            let out = f(conn);
+            let ok = out.is_ok();
+            let reply: Reply = Box::new(move |committed| {
+                let result = match committed {
+                    Ok(()) => out,
+                    Err(message) => Err(ApprovalError::Store {
+                        path: String::new(),
+                        message,
+                    }),
+                };
+                let _ = tx.send(result);
+            });
+            (ok, reply)
+        });
+        let sent = self
+            .jobs
+            .lock()
+            .ok()
+            .and_then(|j| j.as_ref().map(|j| j.send(job).is_ok()))
+            .unwrap_or(false);
+        let stopped = || ApprovalError::Store {
+            path: self.path.clone(),
+            message: "the queue's writer has stopped".into(),
+        };
+        if !sent {
+            return Err(stopped());
+        }
+        match rx.await {
+            Ok(Err(ApprovalError::Store { path, message })) if path.is_empty() => {
+                Err(ApprovalError::Store {
+                    path: self.path.clone(),
+                    message,
+                })
+            }
+            Ok(result) => result,
+            Err(_) => Err(stopped()),
+        }
     }
 
     /// The request a held call becomes (not yet queued: see `insert`).
@@ -285,8 +368,10 @@ impl ApprovalQueue {
     }
 
     /// Queue `a` (and its webhook notice) in one commit; durable when this returns.
-    pub fn insert(&self, a: &Approval, notice: Option<&str>) -> Result<(), ApprovalError> {
-        self.write(|tx| {
+    pub async fn insert(&self, a: &Approval, notice: Option<&str>) -> Result<(), ApprovalError> {
+        let a = a.clone();
+        let notice = notice.map(str::to_string);
+        self.write(move |tx| {
             tx.execute(
                 "INSERT INTO approvals VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, NULL, NULL)",
                 params![
@@ -308,17 +393,16 @@ impl ApprovalQueue {
                     a.state.as_str(),
                     a.state_ms,
                 ],
-            )
-            .map_err(|e| self.store(e))?;
+            )?;
             if let Some(payload) = notice {
                 tx.execute(
                     "INSERT INTO approval_notices (approval_id, payload, next_ms) VALUES (?1, ?2, ?3)",
                     params![a.id, payload, a.created_ms],
-                )
-                .map_err(|e| self.store(e))?;
+                )?;
             }
             Ok(())
         })
+        .await
     }
 
     pub fn get(&self, id: &str) -> Result<Option<Approval>, ApprovalError> {
@@ -364,30 +448,28 @@ impl ApprovalQueue {
 
     /// Record `principal`'s vote. The first decision stands: a request that is no
     /// longer pending (or whose time has run out, which settles it now) refuses it.
-    pub fn decide(
+    pub async fn decide(
         &self,
         config: &ApprovalsConfig,
         id: &str,
         ballot: &Ballot<'_>,
     ) -> Result<Approval, ApprovalError> {
-        let &Ballot {
-            principal,
-            verdict,
-            reason,
-            via,
-            now_ms,
-        } = ballot;
-        self.write(|tx| {
-            let mut a = load(tx, id)
-                .map_err(|e| self.store(e))?
-                .ok_or_else(|| ApprovalError::NotFound(id.to_string()))?;
+        let config = config.clone();
+        let id = id.to_string();
+        let principal = ballot.principal.to_string();
+        let reason = ballot.reason.map(str::to_string);
+        let (verdict, via, now_ms) = (ballot.verdict, ballot.via.to_string(), ballot.now_ms);
+        self.write(move |tx| {
+            let mut a = load(tx, &id)?.ok_or_else(|| ApprovalError::NotFound(id.clone()))?;
             if a.state == State::Pending && now_ms >= a.expires_ms {
-                settle_expired(tx, &mut a, now_ms).map_err(|e| self.store(e))?;
+                // Settled now, in this commit, and then refused below.
+                settle_expired(tx, &mut a, now_ms)?;
+                return Ok(Err(already(&a)));
             }
             if a.state != State::Pending {
                 return Err(already(&a));
             }
-            may_decide(config, &a, principal)?;
+            may_decide(&config, &a, &principal)?;
             if a.votes.iter().any(|v| v.principal == principal) {
                 return Err(ApprovalError::AlreadyDecided {
                     id: a.id.clone(),
@@ -399,8 +481,15 @@ impl ApprovalQueue {
                 Verdict::Approve => "approve",
                 Verdict::Reject => "reject",
             };
-            add_vote(tx, &mut a, principal, name, reason, via, now_ms)
-                .map_err(|e| self.store(e))?;
+            add_vote(
+                tx,
+                &mut a,
+                &principal,
+                name,
+                reason.as_deref(),
+                &via,
+                now_ms,
+            )?;
             let next = match verdict {
                 Verdict::Reject => Some(State::Rejected),
                 Verdict::Approve if a.approvals() >= a.required as usize => Some(State::Approved),
@@ -410,18 +499,22 @@ impl ApprovalQueue {
                 let result = (next == State::Rejected).then(|| {
                     format!(
                         "rejected by {principal}{}",
-                        reason.map(|r| format!(": {r}")).unwrap_or_default()
+                        reason
+                            .as_ref()
+                            .map(|r| format!(": {r}"))
+                            .unwrap_or_default()
                     )
                 });
-                set_state(tx, &mut a, next, result, now_ms).map_err(|e| self.store(e))?;
+                set_state(tx, &mut a, next, result, now_ms)?;
             }
-            Ok(a)
+            Ok(Ok(a))
         })
+        .await?
     }
 
     /// Settle every pending request whose time has run out: a soft one is approved by
     /// its window, a hard one expires (denied). Returns the ones settled.
-    pub fn expire_due(&self, now_ms: i64) -> Result<Vec<Approval>, ApprovalError> {
+    pub async fn expire_due(&self, now_ms: i64) -> Result<Vec<Approval>, ApprovalError> {
         let due: Vec<String> = {
             let conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
             let mut stmt = conn
@@ -435,33 +528,36 @@ impl ApprovalQueue {
         };
         let mut out = Vec::new();
         for id in due {
-            let settled = self.write(|tx| {
-                let Some(mut a) = load(tx, &id).map_err(|e| self.store(e))? else {
-                    return Ok(None);
-                };
-                if a.state != State::Pending || now_ms < a.expires_ms {
-                    return Ok(None);
-                }
-                settle_expired(tx, &mut a, now_ms).map_err(|e| self.store(e))?;
-                Ok(Some(a))
-            })?;
-            out.extend(settled);
+            out.extend(self.expire_if_due(&id, now_ms).await?);
         }
         Ok(out)
     }
 
     /// Settle `id` if its time has run out.
-    pub fn expire_if_due(&self, id: &str, now_ms: i64) -> Result<Option<Approval>, ApprovalError> {
-        self.write(|tx| {
-            let Some(mut a) = load(tx, id).map_err(|e| self.store(e))? else {
+    pub async fn expire_if_due(
+        &self,
+        id: &str,
+        now_ms: i64,
+    ) -> Result<Option<Approval>, ApprovalError> {
+        // Most looks find nothing due: answer those from a read.
+        let due = self
+            .get(id)?
+            .is_some_and(|a| a.state == State::Pending && now_ms >= a.expires_ms);
+        if !due {
+            return Ok(None);
+        }
+        let id = id.to_string();
+        self.write(move |tx| {
+            let Some(mut a) = load(tx, &id)? else {
                 return Ok(None);
             };
             if a.state == State::Pending && now_ms >= a.expires_ms {
-                settle_expired(tx, &mut a, now_ms).map_err(|e| self.store(e))?;
+                settle_expired(tx, &mut a, now_ms)?;
                 return Ok(Some(a));
             }
             Ok(None)
         })
+        .await
     }
 
     /// Approved requests waiting to run.
@@ -476,47 +572,53 @@ impl ApprovalQueue {
     }
 
     /// Take the right to execute `id`: `approved -> executing`, recording this
-    /// process. `None` when it is not approved (another process claimed it first, or
-    /// it was never approved).
-    pub fn claim(&self, id: &str, now_ms: i64) -> Result<Option<Approval>, ApprovalError> {
-        self.write(|tx| {
-            let changed = tx
-                .execute(
-                    "UPDATE approvals SET state = 'executing', state_ms = ?2, claimed_by = ?3
-                     WHERE id = ?1 AND state = 'approved'",
-                    params![id, now_ms, std::process::id()],
-                )
-                .map_err(|e| self.store(e))?;
+    /// process, and marking its votes audited (the caller has written them to the
+    /// audit log). `None` when it is not approved (another process claimed it first,
+    /// or it was never approved).
+    pub async fn claim(&self, id: &str, now_ms: i64) -> Result<Option<Approval>, ApprovalError> {
+        let id = id.to_string();
+        self.write(move |tx| {
+            let changed = tx.execute(
+                "UPDATE approvals SET state = 'executing', state_ms = ?2, claimed_by = ?3
+                 WHERE id = ?1 AND state = 'approved'",
+                params![id, now_ms, std::process::id()],
+            )?;
             if changed == 0 {
                 return Ok(None);
             }
-            load(tx, id).map_err(|e| self.store(e))
+            tx.execute(
+                "UPDATE approval_votes SET audited = 1 WHERE approval_id = ?1",
+                [&id],
+            )?;
+            Ok(load(tx, &id)?)
         })
+        .await
     }
 
     /// End a claimed request: `executed` (the tool ran, whatever it returned) or
     /// `failed` (refused or interrupted before or while running).
-    pub fn finish(
+    pub async fn finish(
         &self,
         id: &str,
         state: State,
         result: &str,
         now_ms: i64,
     ) -> Result<(), ApprovalError> {
-        self.write(|tx| {
+        let (id, result) = (id.to_string(), result.to_string());
+        self.write(move |tx| {
             tx.execute(
                 "UPDATE approvals SET state = ?2, state_ms = ?3, result = ?4
                  WHERE id = ?1 AND state = 'executing'",
                 params![id, state.as_str(), now_ms, result],
-            )
-            .map_err(|e| self.store(e))?;
+            )?;
             Ok(())
         })
+        .await
     }
 
     /// Requests left `executing` by a process that is gone end `failed`: the tool may
     /// have run, so running it again could do its effect twice. Returns them.
-    pub fn recover(&self, now_ms: i64) -> Result<Vec<Approval>, ApprovalError> {
+    pub async fn recover(&self, now_ms: i64) -> Result<Vec<Approval>, ApprovalError> {
         let stuck: Vec<(String, i64)> = {
             let conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
             let mut stmt = conn
@@ -534,15 +636,16 @@ impl ApprovalQueue {
                 continue;
             }
             let why = "interrupted: warden stopped while the tool ran; not run again (it may have had its effect)";
-            self.write(|tx| {
+            let key = id.clone();
+            self.write(move |tx| {
                 tx.execute(
                     "UPDATE approvals SET state = 'failed', state_ms = ?2, result = ?3
                      WHERE id = ?1 AND state = 'executing'",
-                    params![id, now_ms, why],
-                )
-                .map_err(|e| self.store(e))?;
+                    params![key, now_ms, why],
+                )?;
                 Ok(())
-            })?;
+            })
+            .await?;
             out.extend(self.get(&id)?);
         }
         Ok(out)
@@ -572,20 +675,20 @@ impl ApprovalQueue {
         Ok(out)
     }
 
-    pub fn mark_audited(&self, votes: &[(String, i64)]) -> Result<(), ApprovalError> {
+    pub async fn mark_audited(&self, votes: Vec<(String, i64)>) -> Result<(), ApprovalError> {
         if votes.is_empty() {
             return Ok(());
         }
-        self.write(|tx| {
-            for (id, seq) in votes {
+        self.write(move |tx| {
+            for (id, seq) in &votes {
                 tx.execute(
                     "UPDATE approval_votes SET audited = 1 WHERE approval_id = ?1 AND seq = ?2",
                     params![id, seq],
-                )
-                .map_err(|e| self.store(e))?;
+                )?;
             }
             Ok(())
         })
+        .await
     }
 
     /// Webhook notices due for a delivery attempt: (approval id, payload, attempts so far).
@@ -604,14 +707,15 @@ impl ApprovalQueue {
 
     /// Record one delivery attempt: delivered, or failed with the next attempt at
     /// `retry_at` (`None`: give up).
-    pub fn notice_attempted(
+    pub async fn notice_attempted(
         &self,
         id: &str,
         outcome: Result<(), String>,
         retry_at: Option<i64>,
         now_ms: i64,
     ) -> Result<(), ApprovalError> {
-        self.write(|tx| {
+        let id = id.to_string();
+        self.write(move |tx| {
             let r = match &outcome {
                 Ok(()) => tx.execute(
                     "UPDATE approval_notices SET attempts = attempts + 1, delivered_ms = ?2, last_error = NULL
@@ -624,9 +728,10 @@ impl ApprovalQueue {
                     params![id, e, retry_at],
                 ),
             };
-            r.map_err(|e| self.store(e))?;
+            r?;
             Ok(())
         })
+        .await
     }
 
     pub fn notice(&self, id: &str) -> Result<Option<Notice>, ApprovalError> {
@@ -645,6 +750,41 @@ impl ApprovalQueue {
         )
         .optional()
         .map_err(|e| self.store(e))
+    }
+}
+
+/// Run `batch` in one transaction, each job in its own savepoint, then tell every
+/// job's caller how the commit went.
+fn commit_batch(conn: &mut Connection, batch: Vec<Job>) {
+    let mut replies = Vec::with_capacity(batch.len());
+    let committed = (|| -> rusqlite::Result<()> {
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let mut jobs = batch.into_iter();
+        for job in jobs.by_ref() {
+            tx.execute_batch("SAVEPOINT job")?;
+            let (ok, reply) = job(&tx);
+            replies.push(reply);
+            if !ok {
+                tx.execute_batch("ROLLBACK TO job")?;
+            }
+            tx.execute_batch("RELEASE job")?;
+        }
+        tx.commit()
+    })();
+    let committed = committed.map_err(|e| e.to_string());
+    for reply in replies {
+        reply(committed.clone());
+    }
+}
+
+impl Drop for ApprovalQueue {
+    fn drop(&mut self) {
+        if let Ok(mut jobs) = self.jobs.lock() {
+            jobs.take();
+        }
+        if let Some(writer) = self.writer.lock().ok().and_then(|mut w| w.take()) {
+            let _ = writer.join();
+        }
     }
 }
 
@@ -718,11 +858,7 @@ fn already(a: &Approval) -> ApprovalError {
 }
 
 /// A pending request whose time ran out: soft runs (nobody rejected it), hard expires.
-fn settle_expired(
-    tx: &rusqlite::Transaction<'_>,
-    a: &mut Approval,
-    now_ms: i64,
-) -> rusqlite::Result<()> {
+fn settle_expired(tx: &Connection, a: &mut Approval, now_ms: i64) -> rusqlite::Result<()> {
     match a.tier {
         Hold::Soft => {
             add_vote(
@@ -750,7 +886,7 @@ fn settle_expired(
 }
 
 fn add_vote(
-    tx: &rusqlite::Transaction<'_>,
+    tx: &Connection,
     a: &mut Approval,
     principal: &str,
     vote: &str,
@@ -772,12 +908,13 @@ fn add_vote(
         input_sha256: a.input_sha256.clone(),
         at_ms: now_ms,
         via: via.to_string(),
+        audited: false,
     });
     Ok(())
 }
 
 fn set_state(
-    tx: &rusqlite::Transaction<'_>,
+    tx: &Connection,
     a: &mut Approval,
     state: State,
     result: Option<String>,
@@ -840,7 +977,7 @@ fn load(conn: &Connection, id: &str) -> rusqlite::Result<Option<Approval>> {
         return Ok(None);
     };
     let mut stmt = conn.prepare_cached(
-        "SELECT seq, principal, vote, reason, input_sha256, at_ms, via FROM approval_votes
+        "SELECT seq, principal, vote, reason, input_sha256, at_ms, via, audited FROM approval_votes
          WHERE approval_id = ?1 ORDER BY seq",
     )?;
     a.votes = stmt
@@ -853,6 +990,7 @@ fn load(conn: &Connection, id: &str) -> rusqlite::Result<Option<Approval>> {
                 input_sha256: r.get(4)?,
                 at_ms: r.get(5)?,
                 via: r.get(6)?,
+                audited: r.get(7)?,
             })
         })?
         .collect::<rusqlite::Result<_>>()?;

@@ -171,7 +171,7 @@ async fn decide(
         via: "cli",
         now_ms: now,
     };
-    let a = match queue.decide(&config.approvals, id, &ballot) {
+    let a = match queue.decide(&config.approvals, id, &ballot).await {
         Ok(a) => a,
         Err(
             e @ (ApprovalError::AlreadyDecided { .. }

@@ -49,6 +49,9 @@ pub enum Scenario {
     Egress,
     /// Audit log throughput, size per record, and governed calls with audit on vs off.
     Audit,
+    /// Held calls through the queue (enqueue + decide + execute), and what the queue
+    /// adds to an auto-tier call.
+    Approvals,
 }
 
 /// Time `iterations` runs of `f` after `warmup` untimed ones and print the percentiles.
@@ -189,6 +192,9 @@ pub async fn run(config: &Path, args: &BenchArgs) -> Result<ExitCode> {
         .await?;
     }
 
+    if wanted(Scenario::Approvals) {
+        approvals(config, args, &rt).await?;
+    }
     if wanted(Scenario::Audit) {
         audit_throughput(&rt.config.data_dir.join("bench-audit")).await?;
         audit_on_off(config, args).await?;
@@ -415,6 +421,115 @@ async fn audit_on_off(config: &Path, args: &BenchArgs) -> Result<()> {
             rates[0],
             rates[1],
             rates[1] / rates[0]
+        );
+    }
+    Ok(())
+}
+
+/// What the approval machinery adds to an auto-tier call (queue enabled vs disabled,
+/// alternating rounds), and held calls/s through enqueue + decide + execute, with the
+/// durable audit log on as in production.
+async fn approvals(config: &Path, args: &BenchArgs, rt: &Arc<Runtime>) -> Result<()> {
+    use warden::approvals::{Ballot, Verdict};
+    use warden::driver::Resume;
+
+    let mut off_config = Config::load(config)?;
+    off_config.approvals.enabled = false;
+    let off = Runtime::load(off_config).await?;
+    let request = CallRequest {
+        principal: "bench",
+        tool: &args.tool,
+        input: &args.input,
+    };
+    let (mut on_p50, mut off_p50) = (Vec::new(), Vec::new());
+    for _ in 0..3 {
+        for (which, runtime) in [(&mut on_p50, &**rt), (&mut off_p50, &off)] {
+            let mut samples = Vec::with_capacity(args.iterations);
+            for i in 0..args.iterations + 100 {
+                let t = Instant::now();
+                runtime.call(request).await?;
+                if i >= 100 {
+                    samples.push(t.elapsed());
+                }
+            }
+            which.push(stats(samples).p50);
+        }
+    }
+    on_p50.sort_unstable();
+    off_p50.sort_unstable();
+    println!(
+        "auto-tier governed call: approval queue on p50 {:.1} µs, off {:.1} µs: adds {:.2} µs (median of 3 alternating rounds)",
+        on_p50[1].as_secs_f64() * 1e6,
+        off_p50[1].as_secs_f64() * 1e6,
+        (on_p50[1].as_secs_f64() - off_p50[1].as_secs_f64()) * 1e6
+    );
+    drop(off);
+
+    let mut held_config = Config::load(config)?;
+    held_config.audit_enabled = true;
+    held_config.audit_dir = held_config.data_dir.join("bench-audit-held");
+    held_config.runs_db = held_config.data_dir.join("bench-held.db");
+    let _ = std::fs::remove_dir_all(&held_config.audit_dir);
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", held_config.runs_db.display()));
+    }
+    held_config.approvals.approvers = vec!["bench-approver".into()];
+    for policy in &mut held_config.policies {
+        if let Some(table) = policy.config.as_object_mut() {
+            table.insert("default".into(), "soft".into());
+        }
+    }
+    let held = Arc::new(Runtime::load(held_config).await?);
+    let calls = (args.iterations / 5).max(500);
+    for concurrency in [1usize, 16, 64] {
+        let per_task = calls / concurrency;
+        let started = Instant::now();
+        let tasks: Vec<_> = (0..concurrency)
+            .map(|_| {
+                let rt = held.clone();
+                let (tool, input) = (args.tool.clone(), args.input.clone());
+                tokio::spawn(async move {
+                    for _ in 0..per_task {
+                        let report = rt
+                            .call(CallRequest {
+                                principal: "bench",
+                                tool: &tool,
+                                input: &input,
+                            })
+                            .await?;
+                        let id = report
+                            .approval
+                            .map(|a| a.id)
+                            .context("the benchmark call was not held")?;
+                        let queue = rt.approvals.as_ref().context("queue disabled")?;
+                        let ballot = Ballot {
+                            principal: "bench-approver",
+                            verdict: Verdict::Approve,
+                            reason: None,
+                            via: "api",
+                            now_ms: warden::now_ms() as i64,
+                        };
+                        queue.decide(&rt.config.approvals, &id, &ballot).await?;
+                        match rt.resume(&id).await? {
+                            Resume::Ran(report) if matches!(report.outcome, Outcome::Ok { .. }) => {
+                            }
+                            other => bail!("approved call did not run: {other:?}"),
+                        }
+                    }
+                    Ok(())
+                })
+            })
+            .collect();
+        for t in tasks {
+            t.await??;
+        }
+        let elapsed = started.elapsed();
+        let n = per_task * concurrency;
+        println!(
+            "{:<48} {:>10.0} calls/s ({n} in {:.2} s)",
+            format!("held calls (enqueue+decide+execute), {concurrency} in flight"),
+            n as f64 / elapsed.as_secs_f64(),
+            elapsed.as_secs_f64()
         );
     }
     Ok(())

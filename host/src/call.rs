@@ -266,6 +266,7 @@ impl Runtime {
         first.extend(self.take_host_calls(&report.run_id, &recorder));
         self.audit(first, false).await?;
 
+        let mut queued = None;
         match policy::combine(&report.decisions) {
             Combined::Deny { reasons } => report.outcome = Outcome::Denied { reasons },
             Combined::Hold {
@@ -313,14 +314,8 @@ impl Runtime {
                                 now_ms: time_ms as i64,
                             },
                         );
-                        // In the log before it exists in the queue: nothing is decided
-                        // or run on a request the audit log does not know.
-                        self.audit(vec![record::approval_requested(&approval)], true)
-                            .await?;
                         let notice = self.notifier.payload(&approval, &self.redactor);
-                        queue
-                            .insert(&approval, notice.as_deref())
-                            .map_err(|e| CallError::NotRecorded(e.to_string()))?;
+                        queued = Some((approval.clone(), notice));
                         if let Outcome::Held { approvers, .. } = &mut report.outcome {
                             approvers.clone_from(&approval.approvers);
                         }
@@ -333,8 +328,26 @@ impl Runtime {
                     .await;
             }
         }
-        self.conclude(report, &recorder, &action.input, started, Vec::new())
+        let Some((approval, notice)) = queued else {
+            return self
+                .conclude(report, &recorder, &action.input, started, Vec::new())
+                .await;
+        };
+        // In the log (durably, with the held run's end) before it exists in the queue:
+        // nothing is decided or run on a request the audit log does not know.
+        let requested = vec![record::approval_requested(&approval)];
+        let report = self
+            .conclude(report, &recorder, &action.input, started, requested)
+            .await?;
+        let queue = self
+            .approvals
+            .as_ref()
+            .ok_or_else(|| CallError::NotRecorded("the approval queue is disabled".into()))?;
+        queue
+            .insert(&approval, notice.as_deref())
             .await
+            .map_err(|e| CallError::NotRecorded(e.to_string()))?;
+        Ok(report)
     }
 
     /// Run `tool` for `report` under the recorder and fill in what it did.

@@ -50,15 +50,20 @@ impl Runtime {
         };
         let now = crate::now_ms() as i64;
         let mut pass = Pass::default();
-        for a in queue.recover(now).map_err(Self::queue_error)? {
+        for a in queue.recover(now).await.map_err(Self::queue_error)? {
             pass.recovered += 1;
             self.end_unrun(&a).await?;
         }
-        pass.settled = queue.expire_due(now).map_err(Self::queue_error)?.len();
+        pass.settled = queue
+            .expire_due(now)
+            .await
+            .map_err(Self::queue_error)?
+            .len();
         self.audit_votes().await?;
         for id in queue.approved().map_err(Self::queue_error)? {
-            if let Some(a) = queue.claim(&id, now).map_err(Self::queue_error)? {
-                self.run_approved(a).await?;
+            if let Some(a) = queue.get(&id).map_err(Self::queue_error)?
+                && self.claim_and_run(a).await?.is_some()
+            {
                 pass.ran += 1;
             }
         }
@@ -73,22 +78,23 @@ impl Runtime {
             .as_ref()
             .ok_or_else(|| CallError::NotRecorded("the approval queue is disabled".into()))?;
         let now = crate::now_ms() as i64;
-        queue.expire_if_due(id, now).map_err(Self::queue_error)?;
-        self.audit_votes().await?;
+        queue
+            .expire_if_due(id, now)
+            .await
+            .map_err(Self::queue_error)?;
         let Some(a) = queue.get(id).map_err(Self::queue_error)? else {
             return Err(CallError::NotRecorded(format!("no approval request {id}")));
         };
-        match a.state {
-            State::Pending | State::Executing => Ok(Resume::Pending(a)),
-            State::Approved => match queue.claim(id, now).map_err(Self::queue_error)? {
-                Some(a) => Ok(Resume::Ran(Box::new(self.run_approved(a).await?))),
-                None => match queue.get(id).map_err(Self::queue_error)? {
-                    Some(a) if a.state.is_final() => Ok(Resume::Ended(a)),
-                    Some(a) => Ok(Resume::Pending(a)),
-                    None => Err(CallError::NotRecorded(format!("no approval request {id}"))),
-                },
-            },
-            _ => Ok(Resume::Ended(a)),
+        if a.state == State::Approved
+            && let Some(report) = self.claim_and_run(a).await?
+        {
+            return Ok(Resume::Ran(Box::new(report)));
+        }
+        self.audit_votes().await?;
+        match queue.get(id).map_err(Self::queue_error)? {
+            Some(a) if a.state.is_final() => Ok(Resume::Ended(a)),
+            Some(a) => Ok(Resume::Pending(a)),
+            None => Err(CallError::NotRecorded(format!("no approval request {id}"))),
         }
     }
 
@@ -144,7 +150,7 @@ impl Runtime {
             }
         }
         self.audit(records, true).await?;
-        queue.mark_audited(&done).map_err(Self::queue_error)
+        queue.mark_audited(done).await.map_err(Self::queue_error)
     }
 
     /// The report of a held run that ended without running.
@@ -219,6 +225,28 @@ impl Runtime {
         }
     }
 
+    /// Claim an approved request and run it. Its votes go to the audit log first (the
+    /// claim marks them audited); `None` when another process claimed it.
+    async fn claim_and_run(&self, a: Approval) -> Result<Option<CallReport>, CallError> {
+        let queue = self
+            .approvals
+            .as_ref()
+            .ok_or_else(|| CallError::NotRecorded("the approval queue is disabled".into()))?;
+        let votes = a
+            .votes
+            .iter()
+            .filter(|v| !v.audited)
+            .map(|v| record::approval_vote(&a, v))
+            .collect();
+        // Written now, durable with the run's last records.
+        self.audit(votes, false).await?;
+        let now = crate::now_ms() as i64;
+        match queue.claim(&a.id, now).await.map_err(Self::queue_error)? {
+            Some(claimed) => Ok(Some(self.run_approved(claimed).await?)),
+            None => Ok(None),
+        }
+    }
+
     /// Run a claimed request, exactly as it was approved.
     async fn run_approved(&self, mut a: Approval) -> Result<CallReport, CallError> {
         let started = Instant::now();
@@ -231,6 +259,7 @@ impl Runtime {
             let why = format!("refused after approval: {why}");
             queue
                 .finish(&a.id, State::Failed, &why, now())
+                .await
                 .map_err(Self::queue_error)?;
             a.state = State::Failed;
             a.result = Some(why);
@@ -257,6 +286,7 @@ impl Runtime {
         };
         queue
             .finish(&a.id, State::Executed, &result, now())
+            .await
             .map_err(Self::queue_error)?;
         let mut report = concluded?;
         if let Some(r) = &mut report.approval {
@@ -302,6 +332,7 @@ impl Runtime {
             .await?;
             queue
                 .notice_attempted(&id, outcome, retry, now)
+                .await
                 .map_err(Self::queue_error)?;
         }
         Ok(delivered)

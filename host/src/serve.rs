@@ -237,7 +237,7 @@ async fn decide(
         via: "link",
         now_ms: crate::now_ms() as i64,
     };
-    match queue.decide(&app.rt.config.approvals, &id, &ballot) {
+    match queue.decide(&app.rt.config.approvals, &id, &ballot).await {
         Ok(a) => html(
             StatusCode::OK,
             "Recorded",

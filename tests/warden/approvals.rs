@@ -366,17 +366,25 @@ fn claims_race_in_one_process_and_exactly_one_wins() {
         via: "api",
         now_ms: warden::now_ms() as i64,
     };
-    queue.decide(&config.approvals, &id, &ballot).unwrap();
-    let queue = std::sync::Arc::new(queue);
-    let winners: usize = (0..8)
-        .map(|_| {
-            let (queue, id) = (queue.clone(), id.clone());
-            std::thread::spawn(move || queue.claim(&id, 0).unwrap().is_some() as usize)
-        })
-        .collect::<Vec<_>>()
-        .into_iter()
-        .map(|t| t.join().unwrap())
-        .sum();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .build()
+        .unwrap();
+    let winners: usize = rt.block_on(async {
+        queue.decide(&config.approvals, &id, &ballot).await.unwrap();
+        let queue = std::sync::Arc::new(queue);
+        let claims: Vec<_> = (0..8)
+            .map(|_| {
+                let (queue, id) = (queue.clone(), id.clone());
+                tokio::spawn(async move { queue.claim(&id, 0).await.unwrap().is_some() as usize })
+            })
+            .collect();
+        let mut winners = 0;
+        for c in claims {
+            winners += c.await.unwrap();
+        }
+        winners
+    });
     assert_eq!(winners, 1);
 }
 
