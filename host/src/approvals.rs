@@ -212,8 +212,13 @@ pub struct ApprovalQueue {
 
 /// One change: run in its own savepoint; says whether it succeeded and what to tell
 /// its caller once the commit is known.
-type Job = Box<dyn FnOnce(&Connection) -> (bool, Reply) + Send>;
+struct Job {
+    run: RunJob,
+    /// The caller must not be answered before the commit is fsynced.
+    durable: bool,
+}
 type Reply = Box<dyn FnOnce(Result<(), String>) + Send>;
+type RunJob = Box<dyn FnOnce(&Connection) -> (bool, Reply) + Send>;
 
 /// Most changes committed together.
 const MAX_BATCH: usize = 256;
@@ -286,8 +291,20 @@ impl ApprovalQueue {
         &self,
         f: impl FnOnce(&Connection) -> Result<T, ApprovalError> + Send + 'static,
     ) -> Result<T, ApprovalError> {
+        self.write_with(true, f).await
+    }
+
+    /// `write`, but when `durable` is false the commit may skip its fsync (it becomes
+    /// durable with the next durable commit). Only for changes whose loss in a power
+    /// cut is safe: a `finish` lost leaves the request `executing`, which recovery ends
+    /// `failed` and never runs again.
+    async fn write_with<T: Send + 'static>(
+        &self,
+        durable: bool,
+        f: impl FnOnce(&Connection) -> Result<T, ApprovalError> + Send + 'static,
+    ) -> Result<T, ApprovalError> {
         let (tx, rx) = tokio::sync::oneshot::channel();
-        let job: Job = Box::new(move |conn| {
+        let run: RunJob = Box::new(move |conn: &Connection| {
             let out = f(conn);
             let ok = out.is_ok();
             let reply: Reply = Box::new(move |committed| {
@@ -302,6 +319,7 @@ impl ApprovalQueue {
             });
             (ok, reply)
         });
+        let job = Job { run, durable };
         let sent = self
             .jobs
             .lock()
@@ -605,7 +623,7 @@ impl ApprovalQueue {
         now_ms: i64,
     ) -> Result<(), ApprovalError> {
         let (id, result) = (id.to_string(), result.to_string());
-        self.write(move |tx| {
+        self.write_with(false, move |tx| {
             tx.execute(
                 "UPDATE approvals SET state = ?2, state_ms = ?3, result = ?4
                  WHERE id = ?1 AND state = 'executing'",
@@ -679,7 +697,7 @@ impl ApprovalQueue {
         if votes.is_empty() {
             return Ok(());
         }
-        self.write(move |tx| {
+        self.write_with(false, move |tx| {
             for (id, seq) in &votes {
                 tx.execute(
                     "UPDATE approval_votes SET audited = 1 WHERE approval_id = ?1 AND seq = ?2",
@@ -715,7 +733,7 @@ impl ApprovalQueue {
         now_ms: i64,
     ) -> Result<(), ApprovalError> {
         let id = id.to_string();
-        self.write(move |tx| {
+        self.write_with(false, move |tx| {
             let r = match &outcome {
                 Ok(()) => tx.execute(
                     "UPDATE approval_notices SET attempts = attempts + 1, delivered_ms = ?2, last_error = NULL
@@ -757,12 +775,14 @@ impl ApprovalQueue {
 /// job's caller how the commit went.
 fn commit_batch(conn: &mut Connection, batch: Vec<Job>) {
     let mut replies = Vec::with_capacity(batch.len());
+    let durable = batch.iter().any(|j| j.durable);
     let committed = (|| -> rusqlite::Result<()> {
+        conn.pragma_update(None, "synchronous", if durable { "FULL" } else { "NORMAL" })?;
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let mut jobs = batch.into_iter();
         for job in jobs.by_ref() {
             tx.execute_batch("SAVEPOINT job")?;
-            let (ok, reply) = job(&tx);
+            let (ok, reply) = (job.run)(&tx);
             replies.push(reply);
             if !ok {
                 tx.execute_batch("ROLLBACK TO job")?;
