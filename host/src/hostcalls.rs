@@ -114,12 +114,18 @@ fn with_recorder<R>(f: impl FnOnce(&mut Recorder) -> R) -> Option<R> {
 }
 
 const IMPORT_SPAN: &str = "wit-bindgen import";
+/// Targets (module paths) of the generated bindings whose imports are recorded.
+const BINDINGS: [&str; 2] = ["wasmtime_wasi", "warden::"];
 
 struct HostCallSubscriber;
 
 impl Subscriber for HostCallSubscriber {
     fn register_callsite(&self, meta: &'static Metadata<'static>) -> Interest {
-        if meta.is_span() && meta.name() != IMPORT_SPAN {
+        // Only the generated bindings (WASI's and warden's own) make import spans and
+        // their events. Every other callsite in the process is never of interest, so
+        // it costs nothing while a call is recorded.
+        let bindings = BINDINGS.iter().any(|t| meta.target().starts_with(t));
+        if !bindings || (meta.is_span() && meta.name() != IMPORT_SPAN) {
             Interest::never()
         } else {
             Interest::sometimes()
