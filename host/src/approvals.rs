@@ -208,6 +208,9 @@ pub struct ApprovalQueue {
     path: String,
     /// Woken on every change this process makes, so local waiters need not poll.
     pub changed: Arc<tokio::sync::Notify>,
+    /// Held while votes are put in the audit log and marked, so two tasks of this
+    /// process never audit the same vote twice.
+    pub auditing: tokio::sync::Mutex<()>,
 }
 
 /// One change: run in its own savepoint; says whether it succeeded and what to tell
@@ -275,6 +278,7 @@ impl ApprovalQueue {
             writer: Mutex::new(Some(writer)),
             path: shown,
             changed,
+            auditing: tokio::sync::Mutex::new(()),
         })
     }
 

@@ -60,12 +60,38 @@ enum Message {
 /// long before the deletion and the writer never closed.
 const HEAD_INTERVAL: std::time::Duration = std::time::Duration::from_millis(100);
 
-/// Handle to the writer thread. Cloneable, cheap.
+/// Handle to the writer thread. Cloneable, cheap; the log is closed (synced, `HEAD`
+/// written, lock released) by `close` or when the last handle is dropped, so several
+/// runtimes (a reload's old and new) can share one log.
 #[derive(Clone)]
 pub struct AuditLog {
     tx: mpsc::Sender<Message>,
-    thread: std::sync::Arc<std::sync::Mutex<Option<std::thread::JoinHandle<()>>>>,
+    closer: std::sync::Arc<Closer>,
+    /// Records handed to the writer and not yet acknowledged (the audit lag).
+    queued: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    /// Set once an append failed: the log takes nothing more.
+    failed: std::sync::Arc<std::sync::atomic::AtomicBool>,
     pub dir: PathBuf,
+}
+
+struct Closer {
+    tx: mpsc::Sender<Message>,
+    thread: std::sync::Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+impl Closer {
+    fn close(&self) {
+        let _ = self.tx.send(Message::Close);
+        if let Some(thread) = self.thread.lock().ok().and_then(|mut t| t.take()) {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Drop for Closer {
+    fn drop(&mut self) {
+        self.close();
+    }
 }
 
 impl AuditLog {
@@ -132,8 +158,13 @@ impl AuditLog {
             })
             .map_err(io)?;
         Ok(AuditLog {
+            closer: std::sync::Arc::new(Closer {
+                tx: tx.clone(),
+                thread: std::sync::Mutex::new(Some(thread)),
+            }),
             tx,
-            thread: std::sync::Arc::new(std::sync::Mutex::new(Some(thread))),
+            queued: std::sync::Arc::default(),
+            failed: std::sync::Arc::default(),
             dir: dir.to_path_buf(),
         })
     }
@@ -141,10 +172,17 @@ impl AuditLog {
     /// Write what is queued, bring `HEAD` up to date and stop the writer. Appends after
     /// this fail. Called when the runtime shuts down.
     pub fn close(&self) {
-        let _ = self.tx.send(Message::Close);
-        if let Some(thread) = self.thread.lock().ok().and_then(|mut t| t.take()) {
-            let _ = thread.join();
-        }
+        self.closer.close();
+    }
+
+    /// Has an append failed (the log refuses everything since)?
+    pub fn has_failed(&self) -> bool {
+        self.failed.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Records handed to the writer and not yet acknowledged.
+    pub fn lag(&self) -> u64 {
+        self.queued.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Append `records` (JSON objects) and wait until they are durable (fsynced).
@@ -168,14 +206,25 @@ impl AuditLog {
             return Ok(());
         }
         let (done, wait) = tokio::sync::oneshot::channel();
-        self.tx
-            .send(Message::Commit(Commit {
-                records,
-                durable,
-                done,
-            }))
-            .map_err(|_| AuditError::Failed)?;
-        wait.await.map_err(|_| AuditError::Failed)?
+        let n = records.len() as u64;
+        self.queued
+            .fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+        let sent = self.tx.send(Message::Commit(Commit {
+            records,
+            durable,
+            done,
+        }));
+        let result = match sent {
+            Ok(()) => wait.await.unwrap_or(Err(AuditError::Failed)),
+            Err(_) => Err(AuditError::Failed),
+        };
+        self.queued
+            .fetch_sub(n, std::sync::atomic::Ordering::Relaxed);
+        if result.is_err() {
+            self.failed
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+        result
     }
 }
 
@@ -423,6 +472,34 @@ fn parse_head(line: &str) -> Option<(u64, String)> {
     let (_, hash) = split_line(line)?;
     let value: Value = serde_json::from_str(line).ok()?;
     Some((value.get("seq")?.as_u64()?, hash.to_string()))
+}
+
+/// Filters for searching the log; each one set must match.
+#[derive(Debug, Clone, Default)]
+pub struct Search {
+    pub run: Option<String>,
+    /// A plugin or policy id.
+    pub plugin: Option<String>,
+    pub since_ms: Option<u64>,
+    pub kind: Option<String>,
+}
+
+impl Search {
+    pub fn matches(&self, r: &Value) -> bool {
+        let component_is = |id: &str| {
+            r["plugin"] == id
+                || r["policy"] == id
+                || r["component"]
+                    .as_str()
+                    .is_some_and(|c| c.split_once(':').is_some_and(|(_, c)| c == id))
+        };
+        self.run.as_ref().is_none_or(|x| r["run"] == x.as_str())
+            && self.plugin.as_deref().is_none_or(component_is)
+            && self
+                .since_ms
+                .is_none_or(|t| r["ts_ms"].as_u64().is_some_and(|ts| ts >= t))
+            && self.kind.as_ref().is_none_or(|k| r["kind"] == k.as_str())
+    }
 }
 
 /// What `verify` found.

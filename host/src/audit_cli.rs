@@ -83,20 +83,15 @@ pub fn run(config: &Path, command: &AuditCommand) -> Result<ExitCode> {
             kind,
             json,
         } => {
+            let search = audit::Search {
+                run: run.clone(),
+                plugin: plugin.clone(),
+                since_ms: *since,
+                kind: kind.clone(),
+            };
             let records: Vec<Value> = audit::read_all(dir)?
                 .into_iter()
-                .filter(|r| run.as_ref().is_none_or(|x| r["run"] == x.as_str()))
-                .filter(|r| {
-                    plugin.as_ref().is_none_or(|x| {
-                        r["plugin"] == x.as_str()
-                            || r["policy"] == x.as_str()
-                            || r["component"]
-                                .as_str()
-                                .is_some_and(|c| c.split_once(':').is_some_and(|(_, id)| id == x))
-                    })
-                })
-                .filter(|r| since.is_none_or(|t| r["ts_ms"].as_u64().is_some_and(|ts| ts >= t)))
-                .filter(|r| kind.as_ref().is_none_or(|k| r["kind"] == k.as_str()))
+                .filter(|r| search.matches(r))
                 .collect();
             print(&records, *json);
             Ok(ExitCode::SUCCESS)

@@ -13,6 +13,7 @@ use toml::Spanned;
 
 use crate::egress::{HostPattern, HttpGrant};
 use crate::secrets::{SecretGrant, SecretUse};
+use crate::tokens::{Role, TokenEntry};
 
 /// Default limits for a plugin that sets none. A plugin with no `[plugin.limits]`
 /// must not get 4 GiB and unbounded time.
@@ -82,6 +83,9 @@ pub struct Config {
     /// Run history and the approval queue: `<data_dir>/runs.db`.
     pub runs_db: PathBuf,
     pub approvals: ApprovalsConfig,
+    pub server: ServerConfig,
+    /// `[[token]]`: bearer tokens (as hashes) and the principals they speak for.
+    pub tokens: Vec<TokenEntry>,
     pub plugins: Vec<PluginConfig>,
     pub policies: Vec<PolicyConfig>,
     /// The config file's text, kept to locate errors found while loading components.
@@ -139,6 +143,35 @@ pub struct ApprovalsConfig {
     /// Default 86400 s.
     pub link_ttl_secs: u32,
     pub webhook: Option<Webhook>,
+}
+
+/// `[server]`: how `warden serve` listens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerConfig {
+    /// Default `127.0.0.1:8700`; `--listen` overrides.
+    pub listen: std::net::SocketAddr,
+    /// `Host` header values accepted besides loopback names (DNS-rebinding defence).
+    pub allowed_hosts: Vec<String>,
+    /// `Origin` values accepted from browsers; requests without `Origin` are not
+    /// browsers and pass. Default: none.
+    pub allowed_origins: Vec<String>,
+    /// The principal `warden serve --stdio` calls run as (`--as` overrides).
+    /// Default `local-agent`.
+    pub stdio_principal: String,
+    /// On SIGTERM, how long calls in flight may take to finish. Default 10000.
+    pub shutdown_grace_ms: u64,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: std::net::SocketAddr::from(([127, 0, 0, 1], 8700)),
+            allowed_hosts: Vec::new(),
+            allowed_origins: Vec::new(),
+            stdio_principal: "local-agent".into(),
+            shutdown_grace_ms: 10_000,
+        }
+    }
 }
 
 /// `[approvals.webhook]`: a JSON POST for every new held call.
@@ -212,6 +245,9 @@ struct RawConfig {
     #[serde(default)]
     audit: RawAudit,
     approvals: Option<RawApprovals>,
+    server: Option<RawServer>,
+    #[serde(default, rename = "token")]
+    tokens: Vec<RawToken>,
     #[serde(default, rename = "plugin")]
     plugins: Vec<RawPlugin>,
     #[serde(default, rename = "policy")]
@@ -298,6 +334,27 @@ struct RawApprovals {
     public_url: Option<Spanned<String>>,
     link_ttl_secs: Option<Spanned<u64>>,
     webhook: Option<RawWebhook>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawServer {
+    listen: Option<Spanned<String>>,
+    #[serde(default)]
+    allowed_hosts: Vec<String>,
+    #[serde(default)]
+    allowed_origins: Vec<String>,
+    stdio_principal: Option<Spanned<String>>,
+    shutdown_grace_ms: Option<u64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawToken {
+    name: Spanned<String>,
+    principal: Spanned<String>,
+    roles: Spanned<Vec<String>>,
+    sha256: Spanned<String>,
 }
 
 #[derive(Deserialize)]
@@ -431,6 +488,11 @@ impl Config {
             None => ApprovalsConfig::default(),
             Some(raw) => check_approvals(&locate, raw)?,
         };
+        let server = match &raw.server {
+            None => ServerConfig::default(),
+            Some(raw) => check_server(&locate, raw)?,
+        };
+        let tokens = check_tokens(&locate, &raw.tokens)?;
 
         let mut ids = HashSet::new();
         let mut plugins = Vec::new();
@@ -547,6 +609,8 @@ impl Config {
             audit_segment_bytes,
             runs_db,
             approvals,
+            server,
+            tokens,
             plugins,
             policies,
             source: text.to_string(),
@@ -649,6 +713,92 @@ pub fn valid_principal(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 128
         && !name.chars().any(|c| c.is_control() || c.is_whitespace())
+}
+
+fn check_server(locate: &Locator, raw: &RawServer) -> Result<ServerConfig, ConfigError> {
+    let d = ServerConfig::default();
+    let listen = match &raw.listen {
+        None => d.listen,
+        Some(l) => l.get_ref().parse().map_err(|_| {
+            locate.error(
+                l.span().start,
+                "server.listen",
+                &format!("{:?} is not an address like 127.0.0.1:8700", l.get_ref()),
+            )
+        })?,
+    };
+    let stdio_principal = match &raw.stdio_principal {
+        None => d.stdio_principal,
+        Some(p) if valid_principal(p.get_ref()) => p.get_ref().clone(),
+        Some(p) => {
+            return Err(locate.error(
+                p.span().start,
+                "server.stdio_principal",
+                "invalid principal name",
+            ));
+        }
+    };
+    Ok(ServerConfig {
+        listen,
+        allowed_hosts: raw.allowed_hosts.clone(),
+        allowed_origins: raw.allowed_origins.clone(),
+        stdio_principal,
+        shutdown_grace_ms: raw.shutdown_grace_ms.unwrap_or(d.shutdown_grace_ms),
+    })
+}
+
+fn check_tokens(locate: &Locator, raw: &[RawToken]) -> Result<Vec<TokenEntry>, ConfigError> {
+    let mut out: Vec<TokenEntry> = Vec::new();
+    for (i, t) in raw.iter().enumerate() {
+        let key = format!("token[{i}]");
+        let name = t.name.get_ref();
+        if name.is_empty() || out.iter().any(|o| o.name == *name) {
+            return Err(locate.error(
+                t.name.span().start,
+                &format!("{key}.name"),
+                "token names must be non-empty and unique",
+            ));
+        }
+        if !valid_principal(t.principal.get_ref()) || t.principal.get_ref() == "warden" {
+            return Err(locate.error(
+                t.principal.span().start,
+                &format!("{key}.principal"),
+                "invalid principal name",
+            ));
+        }
+        let mut roles = Vec::new();
+        for r in t.roles.get_ref() {
+            roles.push(Role::parse(r).ok_or_else(|| {
+                locate.error(
+                    t.roles.span().start,
+                    &format!("{key}.roles"),
+                    &format!("unknown role {r:?} (agent, approver, operator)"),
+                )
+            })?);
+        }
+        if roles.is_empty() {
+            return Err(locate.error(
+                t.roles.span().start,
+                &format!("{key}.roles"),
+                "name at least one role",
+            ));
+        }
+        let hash = t.sha256.get_ref().to_ascii_lowercase();
+        if hash.len() != 64 || !hash.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(locate.error(
+                t.sha256.span().start,
+                &format!("{key}.sha256"),
+                "must be the 64-hex-digit SHA-256 of the token (from `warden tokens create`), never the token itself",
+            ));
+        }
+        out.push(TokenEntry {
+            name: name.clone(),
+            principal: t.principal.get_ref().clone(),
+            roles,
+            sha256: hash,
+        });
+    }
+    Ok(out)
 }
 
 fn check_approvals(locate: &Locator, raw: &RawApprovals) -> Result<ApprovalsConfig, ConfigError> {

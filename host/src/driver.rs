@@ -130,6 +130,7 @@ impl Runtime {
         let Some(queue) = &self.approvals else {
             return Ok(());
         };
+        let _auditing = queue.auditing.lock().await;
         let votes = queue.unaudited_votes().map_err(Self::queue_error)?;
         if votes.is_empty() {
             return Ok(());
@@ -232,6 +233,14 @@ impl Runtime {
             .approvals
             .as_ref()
             .ok_or_else(|| CallError::NotRecorded("the approval queue is disabled".into()))?;
+        let auditing = queue.auditing.lock().await;
+        // Read again under the lock: another task may have audited the votes meanwhile.
+        let Some(a) = queue.get(&a.id).map_err(Self::queue_error)? else {
+            return Ok(None);
+        };
+        if a.state != State::Approved {
+            return Ok(None);
+        }
         let votes = a
             .votes
             .iter()
@@ -241,7 +250,9 @@ impl Runtime {
         // Written now, durable with the run's last records.
         self.audit(votes, false).await?;
         let now = crate::now_ms() as i64;
-        match queue.claim(&a.id, now).await.map_err(Self::queue_error)? {
+        let claimed = queue.claim(&a.id, now).await.map_err(Self::queue_error)?;
+        drop(auditing);
+        match claimed {
             Some(claimed) => Ok(Some(self.run_approved(claimed).await?)),
             None => Ok(None),
         }

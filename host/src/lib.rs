@@ -4,6 +4,8 @@
 //! evaluate every policy in scope (`policy`), then run the tool in a fresh sandbox
 //! (`sandbox`, `plugin`) with only the grants the operator configured (`config`).
 
+pub mod api;
+pub mod approval_pages;
 pub mod approvals;
 pub mod audit;
 pub mod bindings;
@@ -19,6 +21,8 @@ pub mod hostcalls;
 pub mod interfaces;
 pub mod limits;
 pub mod links;
+pub mod mcp;
+pub mod metrics;
 pub mod notify;
 pub mod plugin;
 pub mod policy;
@@ -28,6 +32,7 @@ pub mod runtime;
 pub mod sandbox;
 pub mod secrets;
 pub mod serve;
+pub mod tokens;
 pub mod vault;
 
 pub use call::{CallError, CallReport, Outcome};

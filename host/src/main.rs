@@ -128,13 +128,25 @@ enum Command {
     /// Run warden as a server: drive the approval queue and serve the one-click
     /// approval pages, until SIGTERM or Ctrl-C.
     Serve {
-        /// Address to listen on (port 0 picks a free port; the address is printed).
-        #[arg(long, default_value = "127.0.0.1:8700")]
-        listen: std::net::SocketAddr,
+        /// Address to listen on (default `[server] listen`, 127.0.0.1:8700; port 0 picks
+        /// a free port; the address is printed on stderr).
+        #[arg(long)]
+        listen: Option<std::net::SocketAddr>,
         /// Allow a non-loopback listen address.
         #[arg(long)]
         public: bool,
+        /// Serve MCP on stdin/stdout instead of HTTP (for clients that start warden).
+        #[arg(long, conflicts_with_all = ["listen", "public"])]
+        stdio: bool,
+        /// With --stdio: the principal calls run as (default `[server] stdio_principal`).
+        #[arg(long = "as", requires = "stdio")]
+        principal: Option<String>,
     },
+    /// Ask the running `warden serve` (of this config's data dir) to reload its config.
+    Reload,
+    /// Make bearer tokens for `warden serve`.
+    #[command(subcommand)]
+    Tokens(TokensCommand),
     /// Measure governed calls and policy decisions in process.
     Bench(bench::BenchArgs),
 }
@@ -204,9 +216,16 @@ fn run() -> Result<ExitCode> {
             )
             .await
             .context("call"),
-            Command::Serve { listen, public } => {
-                serve(&cli.config, listen, public).await.context("serve")
-            }
+            Command::Serve {
+                listen,
+                public,
+                stdio,
+                ref principal,
+            } => serve(&cli.config, listen, public, stdio, principal.clone())
+                .await
+                .context("serve"),
+            Command::Reload => reload(&cli.config).context("reload"),
+            Command::Tokens(ref command) => tokens(&cli.config, command).context("tokens"),
             Command::Bench(ref args) => bench::run(&cli.config, args).await.context("bench"),
             Command::Secrets(ref command) => {
                 secrets_cli::run(&cli.config, command).context("secrets")
@@ -600,32 +619,123 @@ fn print_outcome(
     Ok(ExitCode::from(code))
 }
 
-async fn serve(config: &Path, listen: std::net::SocketAddr, public: bool) -> Result<ExitCode> {
-    let addr = warden::serve::check_listen(listen, public)?;
-    let rt = std::sync::Arc::new(load(config).await?);
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("binding {addr}"))?;
-    eprintln!(
-        "warden serve: listening on http://{}",
-        listener.local_addr()?
+async fn serve(
+    config: &Path,
+    listen: Option<std::net::SocketAddr>,
+    public: bool,
+    stdio: bool,
+    principal: Option<String>,
+) -> Result<ExitCode> {
+    let rt = load(config).await?;
+    let pid_file = rt.config.data_dir.join("serve.pid");
+    let (default_listen, stdio_principal) = (
+        rt.config.server.listen,
+        rt.config.server.stdio_principal.clone(),
     );
-    let shutdown = async {
-        let term = async {
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(mut s) => {
-                    s.recv().await;
-                }
-                Err(_) => std::future::pending().await,
-            }
-        };
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term => {}
-        }
-        eprintln!("warden serve: shutting down");
+    let server = warden::serve::Server::new(rt, config)?;
+    std::fs::write(&pid_file, format!("{}\n", std::process::id()))
+        .with_context(|| format!("writing {}", pid_file.display()))?;
+    let served = if stdio {
+        let principal = principal.unwrap_or(stdio_principal);
+        eprintln!("warden serve: MCP on stdio as {principal}");
+        warden::serve::serve_stdio(server, principal).await
+    } else {
+        let addr = warden::serve::check_listen(listen.unwrap_or(default_listen), public)?;
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("binding {addr}"))?;
+        eprintln!(
+            "warden serve: listening on http://{} (MCP at /mcp)",
+            listener.local_addr()?
+        );
+        warden::serve::serve_http(server, listener).await
     };
-    warden::serve::serve(rt, listener, shutdown).await?;
+    let _ = std::fs::remove_file(&pid_file);
+    served?;
+    Ok(ExitCode::from(exit::OK))
+}
+
+fn reload(config: &Path) -> Result<ExitCode> {
+    let config = Config::load(config)?;
+    let pid_file = config.data_dir.join("serve.pid");
+    let pid: i32 = std::fs::read_to_string(&pid_file)
+        .with_context(|| format!("no running server ({} not found)", pid_file.display()))?
+        .trim()
+        .parse()
+        .with_context(|| format!("{} does not hold a process id", pid_file.display()))?;
+    // SAFETY: kill(2) with a pid and a signal number has no memory-safety preconditions.
+    if unsafe { libc::kill(pid, libc::SIGHUP) } != 0 {
+        anyhow::bail!(
+            "cannot signal process {pid} from {}: {}",
+            pid_file.display(),
+            std::io::Error::last_os_error()
+        );
+    }
+    eprintln!(
+        "warden reload: asked process {pid} to reload (it logs the result; a bad config is refused and the old one keeps serving)"
+    );
+    Ok(ExitCode::from(exit::OK))
+}
+
+#[derive(Subcommand)]
+enum TokensCommand {
+    /// Make a new token for PRINCIPAL and print it once; the config keeps only its hash.
+    Create {
+        /// A name for the token (to tell tokens apart in the config and the audit log).
+        name: String,
+        /// The principal calls made with the token run as (default: the name).
+        #[arg(long)]
+        principal: Option<String>,
+        /// agent (call tools over MCP), approver (decide approvals), operator (everything).
+        #[arg(long = "role", default_value = "agent")]
+        roles: Vec<String>,
+        /// Append the `[[token]]` entry to the config file instead of printing it.
+        #[arg(long)]
+        write: bool,
+    },
+}
+
+fn tokens(config: &Path, command: &TokensCommand) -> Result<ExitCode> {
+    let TokensCommand::Create {
+        name,
+        principal,
+        roles,
+        write,
+    } = command;
+    let principal = principal.clone().unwrap_or_else(|| name.clone());
+    if !warden::config::valid_principal(&principal) || !warden::config::valid_principal(name) {
+        anyhow::bail!("names and principals are non-empty, without spaces or control characters");
+    }
+    for r in roles {
+        if warden::tokens::Role::parse(r).is_none() {
+            anyhow::bail!("unknown role {r:?} (agent, approver, operator)");
+        }
+    }
+    let token = warden::tokens::generate().map_err(anyhow::Error::msg)?;
+    let roles: Vec<String> = roles.iter().map(|r| format!("{r:?}")).collect();
+    let entry = format!(
+        "\n[[token]]\nname = {name:?}\nprincipal = {principal:?}\nroles = [{}]\nsha256 = \"{}\"\n",
+        roles.join(", "),
+        warden::tokens::hash(&token)
+    );
+    if *write {
+        // Checked before writing: the config must still load with the entry added.
+        let text = std::fs::read_to_string(config)
+            .with_context(|| format!("reading {}", config.display()))?;
+        Config::parse(config, &(text.clone() + &entry))?;
+        std::fs::write(config, text + &entry)
+            .with_context(|| format!("writing {}", config.display()))?;
+        eprintln!(
+            "warden tokens: added token {name:?} for {principal} to {} (run `warden reload` if a server is running)",
+            config.display()
+        );
+    } else {
+        eprintln!("warden tokens: add this to {}:{entry}", config.display());
+    }
+    eprintln!(
+        "warden tokens: the token, shown only now (send it as `Authorization: Bearer <token>`):"
+    );
+    print(&format!("{token}\n"))?;
     Ok(ExitCode::from(exit::OK))
 }
 

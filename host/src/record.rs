@@ -3,7 +3,7 @@
 //! Owns the shape of each record kind (`config-load`, `run-start`, `policy-decision`,
 //! `host-call`, `grant-denied`, `secret-reveal`, `run-end`; for held calls
 //! `approval-requested`, `approval-vote`, `approval-ended`, `approval-notice` and
-//! `run-resume`). Every record passes
+//! `run-resume`; for the server `auth-denied`, `config-reload-failed`, `shutdown`). Every record passes
 //! through the redactor before it is written; it must never carry a secret value or
 //! an unbounded string.
 
@@ -214,6 +214,27 @@ pub fn notice_attempt(
         "outcome": if error.is_none() { "delivered" } else if gave_up { "gave-up" } else { "retrying" },
         "error": error,
     }))
+}
+
+/// A request refused for a missing or unknown bearer token.
+pub fn auth_denied(path: &str, remote: &str, why: &str) -> Map<String, Value> {
+    object(
+        json!({ "kind": "auth-denied", "ts_ms": crate::now_ms(), "path": bounded_to(path, 256), "remote": remote, "reason": why }),
+    )
+}
+
+/// A reload that was refused (the old config keeps serving).
+pub fn reload_failed(file: &str, error: &str) -> Map<String, Value> {
+    object(
+        json!({ "kind": "config-reload-failed", "ts_ms": crate::now_ms(), "config": file, "error": bounded_to(error, MAX_AUDIT_TEXT) }),
+    )
+}
+
+/// Shutdown cut off calls still running after the grace period.
+pub fn shutdown(interrupted: u64) -> Map<String, Value> {
+    object(
+        json!({ "kind": "shutdown", "ts_ms": crate::now_ms(), "interrupted_calls": interrupted }),
+    )
 }
 
 /// The run-history row (the report is already redacted).

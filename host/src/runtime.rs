@@ -80,15 +80,44 @@ pub struct Runtime {
     pub redactor: Redactor,
     /// `None` only when the config turns auditing off.
     pub audit: Option<AuditLog>,
-    pub runs: RunStore,
+    pub runs: Arc<RunStore>,
     /// `None` only when `[approvals] enabled = false` (held calls are then denied).
-    pub approvals: Option<ApprovalQueue>,
+    pub approvals: Option<Arc<ApprovalQueue>>,
     pub notifier: Notifier,
 }
 
 impl Runtime {
     /// Load every component `config` names, compiling through the cache in `cache_dir`.
     pub async fn load(config: Config) -> Result<Runtime, ConfigError> {
+        Runtime::load_with(config, None).await
+    }
+
+    /// Load `config` as the next version of this runtime: the components are loaded
+    /// afresh, the stores (audit log, run history, approval queue) are shared, so calls
+    /// in flight on this version finish on it. The stores cannot move: a config whose
+    /// data dir, audit or approval settings differ is refused.
+    pub async fn reload(&self, config: Config) -> Result<Runtime, ConfigError> {
+        let same = config.data_dir == self.config.data_dir
+            && config.runs_db == self.config.runs_db
+            && config.audit_dir == self.config.audit_dir
+            && config.audit_enabled == self.config.audit_enabled
+            && config.approvals.enabled == self.config.approvals.enabled;
+        if !same {
+            return Err(config.error_at(
+                0,
+                "data_dir",
+                "the data dir, [audit] enabled and [approvals] enabled cannot change on reload; restart warden",
+            ));
+        }
+        let stores = Stores {
+            audit: self.audit.clone(),
+            runs: self.runs.clone(),
+            approvals: self.approvals.clone(),
+        };
+        Runtime::load_with(config, Some(stores)).await
+    }
+
+    async fn load_with(config: Config, stores: Option<Stores>) -> Result<Runtime, ConfigError> {
         let all_limits = config
             .plugins
             .iter()
@@ -152,14 +181,25 @@ impl Runtime {
             }
             policies.push(policy);
         }
-        let runs = RunStore::open(&config.runs_db).map_err(|e| config.error_at(0, "", e))?;
-        let approvals = if config.approvals.enabled {
-            Some(
-                ApprovalQueue::open(&config.runs_db)
-                    .map_err(|e| config.error_at(0, "approvals", e))?,
-            )
-        } else {
-            None
+        let (runs, approvals, audit) = match stores {
+            Some(s) => (s.runs, s.approvals, s.audit.map(Ok)),
+            None => {
+                let runs =
+                    RunStore::open(&config.runs_db).map_err(|e| config.error_at(0, "", e))?;
+                let approvals = if config.approvals.enabled {
+                    Some(Arc::new(
+                        ApprovalQueue::open(&config.runs_db)
+                            .map_err(|e| config.error_at(0, "approvals", e))?,
+                    ))
+                } else {
+                    None
+                };
+                let audit = config.audit_enabled.then(|| {
+                    AuditLog::open(&config.audit_dir, config.audit_segment_bytes)
+                        .map_err(|e| config.error_at(0, "audit", e))
+                });
+                (Arc::new(runs), approvals, audit)
+            }
         };
         let signer = match &config.approvals.public_url {
             Some(_) => Some(LinkSigner::open(&config.links_key()).map_err(|e| {
@@ -168,9 +208,8 @@ impl Runtime {
             None => None,
         };
         let notifier = Notifier::new(&config.approvals, signer);
-        let audit = if config.audit_enabled {
-            let log = AuditLog::open(&config.audit_dir, config.audit_segment_bytes)
-                .map_err(|e| config.error_at(0, "audit", e))?;
+        let audit = if let Some(log) = audit {
+            let log = log?;
             let components: Vec<serde_json::Value> = plugins
                 .iter()
                 .map(|p| serde_json::json!({ "plugin": p.id, "digest": p.digest }))
@@ -302,8 +341,9 @@ fn load_secrets(config: &Config) -> Result<(Vec<Arc<PluginSecrets>>, Redactor), 
     Ok((out, redactor))
 }
 
-impl Drop for Runtime {
-    fn drop(&mut self) {
-        self.close();
-    }
+/// What a reloaded runtime shares with the one it replaces.
+struct Stores {
+    audit: Option<AuditLog>,
+    runs: Arc<RunStore>,
+    approvals: Option<Arc<ApprovalQueue>>,
 }

@@ -1,275 +1,450 @@
-//! `warden serve`: the long-running process. It holds the audit log, drives the
-//! approval queue continuously (`driver`), and serves HTTP: the one-click approval
-//! pages that webhook notices link to, and `/healthz`.
+//! `warden serve`: the operator's main job. One long-running process that holds the
+//! audit log, serves every tool over MCP (stdio, or streamable HTTP at `/mcp`) through
+//! the governed path, serves the operator API and the one-click approval pages, drives
+//! the approval queue, reloads its config on SIGHUP and shuts down gracefully.
 //!
-//! A link opens a confirmation page (GET) that never decides anything, because mail
-//! and chat scanners prefetch links; only the form's POST, carrying the signed token
-//! from the link, casts a vote. It must never decide on a token that does not verify.
+//! Owns the server's state (the current runtime, swapped whole on reload; calls in
+//! flight), authentication (bearer tokens checked against hashes, every refusal
+//! audited), the Host/Origin checks against DNS rebinding, and the lifecycle. It must
+//! never serve a half-loaded config: a reload that fails leaves the old one serving.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::{Form, Path, Query, State};
+use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
-use axum::response::{Html, IntoResponse, Response};
-use axum::routing::get;
-use serde::Deserialize;
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use rmcp::service::SubscriptionSink;
+use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
+use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
+use rmcp::{Peer, RoleServer, ServiceExt};
+use tokio_util::sync::CancellationToken;
 
-use crate::approvals::{Approval, Ballot, Verdict, tier_name};
+use crate::config::Config;
 use crate::links::LinkSigner;
+use crate::mcp::WardenMcp;
+use crate::metrics::{Gauges, Metrics};
 use crate::runtime::Runtime;
+use crate::tokens::{self, Role};
 
-/// How often the driver looks at the queue when nothing wakes it.
+/// How often the driver looks at the approval queue when nothing wakes it.
 const DRIVE_EVERY: Duration = Duration::from_millis(250);
 
-struct App {
-    rt: Arc<Runtime>,
-    signer: LinkSigner,
+/// The server's state, shared by every connection and task.
+pub struct Server {
+    runtime: RwLock<Arc<Runtime>>,
+    config_path: PathBuf,
+    pub metrics: Metrics,
+    pub(crate) signer: LinkSigner,
+    peers: Mutex<Vec<Peer<RoleServer>>>,
+    sinks: Mutex<Vec<SubscriptionSink>>,
+    in_flight: Arc<AtomicU64>,
+    flight_done: Arc<tokio::sync::Notify>,
+    stopping: AtomicBool,
+    /// Serializes reloads (SIGHUP and the API at once).
+    reloading: tokio::sync::Mutex<()>,
 }
 
-/// Serve on `listener` until `shutdown` resolves, then finish in-flight requests, stop
-/// the driver and close the audit log.
-pub async fn serve(
-    rt: Arc<Runtime>,
-    listener: tokio::net::TcpListener,
-    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) -> anyhow::Result<()> {
-    let signer = LinkSigner::open(&rt.config.links_key())?;
-    let app = Arc::new(App {
-        rt: rt.clone(),
-        signer,
-    });
-    let router = Router::new()
-        .route("/healthz", get(|| async { "ok\n" }))
-        .route("/approvals/{id}", get(page).post(decide))
-        .with_state(app);
+/// Counts a call in flight until dropped.
+pub struct Flight {
+    count: Arc<AtomicU64>,
+    done: Arc<tokio::sync::Notify>,
+}
 
-    let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
-    let driver_rt = rt.clone();
-    let driver = tokio::spawn(async move {
+impl Drop for Flight {
+    fn drop(&mut self) {
+        if self.count.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.done.notify_waiters();
+        }
+    }
+}
+
+impl Server {
+    pub fn new(rt: Runtime, config_path: &Path) -> anyhow::Result<Arc<Server>> {
+        let signer = LinkSigner::open(&rt.config.links_key())?;
+        Ok(Arc::new(Server {
+            runtime: RwLock::new(Arc::new(rt)),
+            config_path: config_path.to_path_buf(),
+            metrics: Metrics::default(),
+            signer,
+            peers: Mutex::default(),
+            sinks: Mutex::default(),
+            in_flight: Arc::default(),
+            flight_done: Arc::default(),
+            stopping: AtomicBool::new(false),
+            reloading: tokio::sync::Mutex::new(()),
+        }))
+    }
+
+    /// The runtime new calls use.
+    pub fn runtime(&self) -> Arc<Runtime> {
+        self.runtime
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    pub fn in_flight(&self) -> Flight {
+        self.in_flight.fetch_add(1, Ordering::AcqRel);
+        Flight {
+            count: self.in_flight.clone(),
+            done: self.flight_done.clone(),
+        }
+    }
+
+    pub fn add_peer(&self, peer: Peer<RoleServer>) {
+        if let Ok(mut peers) = self.peers.lock() {
+            peers.retain(|p| !p.is_transport_closed());
+            peers.push(peer);
+        }
+    }
+
+    pub fn add_sink(&self, sink: SubscriptionSink) {
+        if let Ok(mut sinks) = self.sinks.lock() {
+            sinks.push(sink);
+        }
+    }
+
+    /// Re-read the config and components; swap them in whole or not at all. Returns
+    /// the tool names now served.
+    pub async fn reload(self: &Arc<Self>) -> Result<Vec<String>, String> {
+        let _one = self.reloading.lock().await;
+        let current = self.runtime();
+        let loaded = match Config::load(&self.config_path) {
+            Ok(config) => current.reload(config).await.map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        let next = match loaded {
+            Ok(next) => next,
+            Err(e) => {
+                self.metrics.reload(false);
+                tracing::error!("reload refused, the old config keeps serving: {e}");
+                let record =
+                    crate::record::reload_failed(&self.config_path.display().to_string(), &e);
+                if let Some(audit) = &current.audit {
+                    let _ = audit.append(vec![record]).await;
+                }
+                return Err(e);
+            }
+        };
+        let tools = next.tool_names().iter().map(|t| t.to_string()).collect();
+        *self.runtime.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(next);
+        self.metrics.reload(true);
+        let server = self.clone();
+        tokio::spawn(async move { server.tools_changed().await });
+        Ok(tools)
+    }
+
+    /// Tell every connected client the tool list changed.
+    async fn tools_changed(&self) {
+        let peers: Vec<_> = self.peers.lock().map(|p| p.clone()).unwrap_or_default();
+        let mut alive = Vec::new();
+        for p in peers {
+            if !p.is_transport_closed() && p.notify_tool_list_changed().await.is_ok() {
+                alive.push(p);
+            }
+        }
+        if let Ok(mut peers) = self.peers.lock() {
+            *peers = alive;
+        }
+        let sinks: Vec<_> = self.sinks.lock().map(|s| s.clone()).unwrap_or_default();
+        let mut alive = Vec::new();
+        for s in sinks {
+            if s.notify_tool_list_changed().await.is_ok() {
+                alive.push(s);
+            }
+        }
+        if let Ok(mut sinks) = self.sinks.lock() {
+            *sinks = alive;
+        }
+    }
+
+    pub fn render_metrics(&self) -> String {
+        let rt = self.runtime();
+        let gauges = Gauges {
+            pending_approvals: rt
+                .approvals
+                .as_ref()
+                .and_then(|q| q.pending().ok())
+                .unwrap_or(0),
+            audit_lag_records: rt.audit.as_ref().map_or(0, |a| a.lag()),
+            in_flight: self.in_flight.load(Ordering::Relaxed),
+        };
+        self.metrics.render(&rt.tool_names(), &gauges)
+    }
+
+    pub async fn ready(&self) -> Result<(), String> {
+        if self.stopping.load(Ordering::Relaxed) {
+            return Err("shutting down".into());
+        }
+        match &self.runtime().audit {
+            Some(a) if a.has_failed() => Err("the audit log refuses writes".into()),
+            _ => Ok(()),
+        }
+    }
+
+    /// Drive the approval queue until `stop` is cancelled.
+    async fn drive(self: Arc<Self>, stop: CancellationToken) {
         loop {
-            if let Err(e) = driver_rt.drive().await {
+            let rt = self.runtime();
+            if let Err(e) = rt.drive().await {
                 tracing::error!("approval queue: {e}");
             }
-            let changed = driver_rt.approvals.as_ref().map(|q| q.changed.notified());
+            let changed = rt.approvals.as_ref().map(|q| q.changed.clone());
+            drop(rt);
+            let woken = async {
+                match changed {
+                    Some(n) => n.notified().await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
-                _ = stop_rx.changed() => break,
+                _ = stop.cancelled() => break,
                 _ = tokio::time::sleep(DRIVE_EVERY) => {}
-                _ = async { if let Some(n) = changed { n.await } else { std::future::pending().await } } => {}
+                _ = woken => {}
             }
         }
-    });
-    axum::serve(listener, router)
-        .with_graceful_shutdown(shutdown)
-        .await?;
-    let _ = stop_tx.send(true);
-    let _ = driver.await;
-    rt.close();
-    Ok(())
-}
-
-#[derive(Deserialize)]
-struct LinkQuery {
-    t: Option<String>,
-}
-
-#[derive(Deserialize)]
-struct DecisionForm {
-    t: String,
-    decision: String,
-    #[serde(default)]
-    reason: String,
-}
-
-fn secure(mut response: Response) -> Response {
-    let h = response.headers_mut();
-    // The token is in the URL: never leak it to another site or a cache.
-    h.insert(
-        header::REFERRER_POLICY,
-        HeaderValue::from_static("no-referrer"),
-    );
-    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
-    h.insert(
-        header::CONTENT_SECURITY_POLICY,
-        HeaderValue::from_static(
-            "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'",
-        ),
-    );
-    response
-}
-
-fn html(status: StatusCode, title: &str, body: &str) -> Response {
-    secure(
-        (
-            status,
-            Html(format!(
-                "<!doctype html><html><head><meta charset=\"utf-8\"><title>{t}</title>\
-                 <style>body{{font-family:sans-serif;max-width:44em;margin:2em auto}}pre{{white-space:pre-wrap;background:#f4f4f4;padding:.5em}}</style>\
-                 </head><body><h1>{t}</h1>{body}</body></html>",
-                t = escape(title)
-            )),
-        )
-            .into_response(),
-    )
-}
-
-fn escape(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
-        .replace('\'', "&#39;")
-}
-
-impl App {
-    /// The request and the principal the token names, or the page saying why not.
-    fn check(&self, id: &str, token: Option<&str>) -> Result<(Approval, String), Box<Response>> {
-        let forbidden = |why: &str| {
-            Box::new(html(
-                StatusCode::FORBIDDEN,
-                "Link not valid",
-                &format!("<p>{}</p>", escape(why)),
-            ))
-        };
-        let token = token.ok_or_else(|| forbidden("this link has no token"))?;
-        let grant = self
-            .signer
-            .verify(id, token, crate::now_ms() as i64)
-            .map_err(|e| forbidden(&e))?;
-        let queue = self
-            .rt
-            .approvals
-            .as_ref()
-            .ok_or_else(|| forbidden("the approval queue is disabled"))?;
-        match queue.get(id) {
-            Ok(Some(a)) => Ok((a, grant.principal)),
-            Ok(None) => Err(Box::new(html(StatusCode::NOT_FOUND, "No such request", ""))),
-            Err(e) => Err(Box::new(html(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "Error",
-                &format!("<p>{}</p>", escape(&e.to_string())),
-            ))),
-        }
     }
-}
 
-/// GET: show the request and a form. Never decides.
-async fn page(
-    State(app): State<Arc<App>>,
-    Path(id): Path<String>,
-    Query(q): Query<LinkQuery>,
-) -> Response {
-    let (a, principal) = match app.check(&id, q.t.as_deref()) {
-        Ok(found) => found,
-        Err(page) => return *page,
-    };
-    let input = app.rt.redactor.scrub(&a.input);
-    let mut body = format!(
-        "<p><b>{tool}</b> requested by <b>{who}</b> needs <b>{tier}</b> approval ({n} of {req} so far).</p>\
-         <p>Why: {why}</p><p>Input (sha {sha}):</p><pre>{input}</pre><p>State: <b>{state}</b>{result}</p>",
-        tool = escape(&a.tool),
-        who = escape(&a.principal),
-        tier = tier_name(a.tier),
-        n = a.approvals(),
-        req = a.required,
-        why = escape(&a.reasons.join("; ")),
-        sha = escape(&a.input_sha256),
-        input = escape(&input),
-        state = a.state.as_str(),
-        result = a
-            .result
-            .as_ref()
-            .map(|r| format!(" ({})", escape(r)))
-            .unwrap_or_default(),
-    );
-    if a.state == crate::approvals::State::Pending {
-        body += &format!(
-            "<form method=\"post\"><input type=\"hidden\" name=\"t\" value=\"{t}\">\
-             <p>Deciding as <b>{p}</b>. Reason: <input name=\"reason\" size=\"40\"></p>\
-             <button name=\"decision\" value=\"approve\">Approve</button> \
-             <button name=\"decision\" value=\"reject\">Reject</button></form>",
-            t = escape(q.t.as_deref().unwrap_or_default()),
-            p = escape(&principal),
-        );
-    }
-    html(StatusCode::OK, &format!("Approval {}", a.id), &body)
-}
-
-/// POST: cast the vote the token allows.
-async fn decide(
-    State(app): State<Arc<App>>,
-    Path(id): Path<String>,
-    Form(form): Form<DecisionForm>,
-) -> Response {
-    let (_, principal) = match app.check(&id, Some(&form.t)) {
-        Ok(found) => found,
-        Err(page) => return *page,
-    };
-    let verdict = match form.decision.as_str() {
-        "approve" => Verdict::Approve,
-        "reject" => Verdict::Reject,
-        _ => {
-            return html(
-                StatusCode::BAD_REQUEST,
-                "Bad request",
-                "<p>decision must be approve or reject</p>",
+    /// Wait up to the grace period for calls in flight; record the ones cut off.
+    async fn drain(&self) {
+        let grace = Duration::from_millis(self.runtime().config.server.shutdown_grace_ms);
+        let waited = tokio::time::timeout(grace, async {
+            loop {
+                let done = self.flight_done.notified();
+                if self.in_flight.load(Ordering::Acquire) == 0 {
+                    return;
+                }
+                done.await;
+            }
+        })
+        .await;
+        let left = self.in_flight.load(Ordering::Acquire);
+        if waited.is_err() && left > 0 {
+            tracing::warn!(
+                calls = left,
+                "shutdown grace period over; calls still running are interrupted"
             );
+            if let Some(audit) = &self.runtime().audit {
+                let _ = audit.append(vec![crate::record::shutdown(left)]).await;
+            }
         }
-    };
-    let reason = form.reason.trim();
-    if verdict == Verdict::Reject && reason.is_empty() {
-        return html(
-            StatusCode::BAD_REQUEST,
-            "A reason is needed",
-            "<p>Say why you reject it.</p>",
-        );
     }
-    let Some(queue) = app.rt.approvals.as_ref() else {
-        return html(StatusCode::CONFLICT, "Disabled", "");
+}
+
+/// Loopback names a `Host` header may carry without being listed.
+const LOOPBACK_HOSTS: [&str; 4] = ["localhost", "127.0.0.1", "[::1]", "::1"];
+
+/// Refuse requests whose `Host` (DNS rebinding) or `Origin` (a browser page on
+/// another site) is not this server's.
+async fn check_host(State(server): State<Arc<Server>>, request: Request, next: Next) -> Response {
+    let rt = server.runtime();
+    let allowed = &rt.config.server;
+    if let Some(host) = request
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+    {
+        let name = match host.rsplit_once(':') {
+            Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) => name,
+            _ => host,
+        };
+        let ok = LOOPBACK_HOSTS.contains(&name)
+            || allowed.allowed_hosts.iter().any(|h| h == host || h == name);
+        if !ok {
+            return (StatusCode::FORBIDDEN, "Host not allowed\n").into_response();
+        }
+    }
+    if let Some(origin) = request
+        .headers()
+        .get(header::ORIGIN)
+        .and_then(|h| h.to_str().ok())
+        && !allowed.allowed_origins.iter().any(|o| o == origin)
+    {
+        return (StatusCode::FORBIDDEN, "Origin not allowed\n").into_response();
+    }
+    next.run(request).await
+}
+
+/// Verify the bearer token and put its principal in the request; refusals are audited.
+async fn authenticate(
+    State(server): State<Arc<Server>>,
+    mut request: Request,
+    next: Next,
+) -> Response {
+    let rt = server.runtime();
+    let presented = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    let principal = presented.and_then(|t| tokens::verify(&rt.config.tokens, t.trim()));
+    let path = request.uri().path().to_string();
+    let Some(principal) = principal else {
+        server.metrics.auth_failures.fetch_add(1, Ordering::Relaxed);
+        let remote = request
+            .extensions()
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|c| c.0.to_string())
+            .unwrap_or_default();
+        let why = if presented.is_some() {
+            "unknown token"
+        } else {
+            "no bearer token"
+        };
+        if let Some(audit) = &rt.audit {
+            let _ = audit
+                .append_written(vec![crate::record::auth_denied(&path, &remote, why)])
+                .await;
+        }
+        let mut response = (StatusCode::UNAUTHORIZED, format!("{why}\n")).into_response();
+        response
+            .headers_mut()
+            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        return response;
     };
-    let ballot = Ballot {
-        principal: &principal,
-        verdict,
-        reason: (!reason.is_empty()).then_some(reason),
-        via: "link",
-        now_ms: crate::now_ms() as i64,
-    };
-    match queue.decide(&app.rt.config.approvals, &id, &ballot).await {
-        Ok(a) => html(
-            StatusCode::OK,
-            "Recorded",
-            &format!(
-                "<p>{} by {}. The request is now <b>{}</b> ({} of {} approvals).</p>",
-                if verdict == Verdict::Approve {
-                    "Approved"
-                } else {
-                    "Rejected"
-                },
-                escape(&principal),
-                a.state.as_str(),
-                a.approvals(),
-                a.required
-            ),
-        ),
-        Err(e @ crate::approvals::ApprovalError::AlreadyDecided { .. }) => html(
-            StatusCode::CONFLICT,
-            "Already decided",
-            &format!("<p>{}</p>", escape(&e.to_string())),
-        ),
-        Err(e @ crate::approvals::ApprovalError::NotAllowed { .. }) => html(
+    if path.starts_with("/mcp") && !principal.has(Role::Agent) {
+        return (
             StatusCode::FORBIDDEN,
-            "Not allowed",
-            &format!("<p>{}</p>", escape(&e.to_string())),
-        ),
-        Err(e) => html(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "Error",
-            &format!("<p>{}</p>", escape(&e.to_string())),
-        ),
+            "this token may not call tools (role agent)\n",
+        )
+            .into_response();
     }
+    request.extensions_mut().insert(principal);
+    next.run(request).await
+}
+
+/// Every route: MCP and the API behind the token check, health and the link pages
+/// (which carry their own signed tokens) outside it, all behind the Host/Origin check.
+pub fn router(server: Arc<Server>, stop: &CancellationToken) -> Router {
+    let allowed_hosts: Vec<String> = LOOPBACK_HOSTS
+        .iter()
+        .map(|h| h.to_string())
+        .chain(server.runtime().config.server.allowed_hosts.iter().cloned())
+        .collect();
+    let mcp_config = StreamableHttpServerConfig::default()
+        .with_allowed_hosts(allowed_hosts)
+        .with_cancellation_token(stop.child_token());
+    let handler = WardenMcp {
+        server: server.clone(),
+        stdio_principal: None,
+    };
+    let mcp = StreamableHttpService::new(
+        move || Ok(handler.clone()),
+        Arc::new(LocalSessionManager::default()),
+        mcp_config,
+    );
+    let authenticated = Router::new()
+        .nest_service("/mcp", mcp)
+        .route("/api/runs", get(crate::api::runs))
+        .route("/api/runs/{id}", get(crate::api::run))
+        .route("/api/approvals", get(crate::api::approvals))
+        .route("/api/approvals/{id}", get(crate::api::approval))
+        .route("/api/approvals/{id}/approve", post(crate::api::approve))
+        .route("/api/approvals/{id}/reject", post(crate::api::reject))
+        .route("/api/audit", get(crate::api::audit))
+        .route("/api/reload", post(crate::api::reload))
+        .route("/metrics", get(crate::api::metrics))
+        .layer(middleware::from_fn_with_state(server.clone(), authenticate));
+    Router::new()
+        .merge(authenticated)
+        .route("/healthz", get(crate::api::healthz))
+        .route("/readyz", get(crate::api::readyz))
+        .route(
+            "/approvals/{id}",
+            get(crate::approval_pages::page).post(crate::approval_pages::decide),
+        )
+        .layer(middleware::from_fn_with_state(server.clone(), check_host))
+        .with_state(server)
+}
+
+/// How `serve` ends: a signal, or (stdio) the client closing.
+async fn signals(server: Arc<Server>, stop: CancellationToken) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut hup)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::hangup()),
+    ) else {
+        stop.cancelled().await;
+        return;
+    };
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = term.recv() => break,
+            _ = tokio::signal::ctrl_c() => break,
+            _ = hup.recv() => {
+                match server.reload().await {
+                    Ok(tools) => eprintln!("warden serve: reloaded {} ({} tools)", server.config_path.display(), tools.len()),
+                    Err(e) => eprintln!("warden serve: reload refused, still serving the old config: {e}"),
+                }
+            }
+        }
+    }
+    eprintln!("warden serve: shutting down");
+    server.stopping.store(true, Ordering::Relaxed);
+    stop.cancel();
+}
+
+/// Serve HTTP on `listener` until SIGTERM/Ctrl-C: stop accepting, let calls finish
+/// (up to the grace period), stop the driver, close the audit log.
+pub async fn serve_http(
+    server: Arc<Server>,
+    listener: tokio::net::TcpListener,
+) -> anyhow::Result<()> {
+    let stop = CancellationToken::new();
+    let app = router(server.clone(), &stop);
+    let driver = tokio::spawn(server.clone().drive(stop.clone()));
+    let sig = tokio::spawn(signals(server.clone(), stop.clone()));
+    let shutdown = {
+        let stop = stop.clone();
+        async move { stop.cancelled().await }
+    };
+    let served = axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown);
+    let grace = Duration::from_millis(server.runtime().config.server.shutdown_grace_ms);
+    let result = tokio::select! {
+        r = served => r.map_err(anyhow::Error::from),
+        _ = async { stop.cancelled().await; tokio::time::sleep(grace + Duration::from_millis(500)).await } => Ok(()),
+    };
+    server.drain().await;
+    stop.cancel();
+    let _ = driver.await;
+    sig.abort();
+    server.runtime().close();
+    result
+}
+
+/// Serve MCP on stdin/stdout as `principal` until the client closes it or a signal.
+/// Nothing but MCP messages is ever written to stdout.
+pub async fn serve_stdio(server: Arc<Server>, principal: String) -> anyhow::Result<()> {
+    let stop = CancellationToken::new();
+    let driver = tokio::spawn(server.clone().drive(stop.clone()));
+    let sig = tokio::spawn(signals(server.clone(), stop.clone()));
+    let handler = WardenMcp {
+        server: server.clone(),
+        stdio_principal: Some(principal),
+    };
+    let running = handler.serve(rmcp::transport::stdio()).await?;
+    tokio::select! {
+        r = running.waiting() => { r?; }
+        _ = stop.cancelled() => {}
+    }
+    server.drain().await;
+    stop.cancel();
+    let _ = driver.await;
+    sig.abort();
+    server.runtime().close();
+    Ok(())
 }
 
 /// The address to bind, refusing non-loopback ones unless `public` is set.

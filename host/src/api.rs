@@ -1,0 +1,269 @@
+//! The operator HTTP API beside MCP (JSON): runs, approvals, audit search, reload,
+//! health and Prometheus metrics.
+//!
+//! Owns the routes and their role checks (`approver` for approvals, `operator` for
+//! the rest; the auth layer in `serve` has already verified the token). Decisions
+//! are cast as the token's principal, never as one named in the request. It must
+//! never return a secret value: run rows and audit records are stored redacted.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::{Extension, Path, Query, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::approvals::{ApprovalError, Ballot, State as ApprovalState, Verdict};
+use crate::runs::RunFilter;
+use crate::serve::Server;
+use crate::tokens::{Principal, Role};
+
+fn error(status: StatusCode, message: impl std::fmt::Display) -> Response {
+    (status, Json(json!({ "error": message.to_string() }))).into_response()
+}
+
+/// The refusal for a principal without `role`, if it lacks it.
+fn refuse(p: &Principal, role: Role) -> Option<Response> {
+    (!p.has(role)).then(|| {
+        error(
+            StatusCode::FORBIDDEN,
+            format!("token {} lacks the {} role", p.token, role.as_str()),
+        )
+    })
+}
+
+#[derive(Deserialize)]
+pub struct RunsQuery {
+    tool: Option<String>,
+    status: Option<String>,
+    since: Option<i64>,
+    limit: Option<usize>,
+}
+
+pub async fn runs(
+    State(server): State<Arc<Server>>,
+    Extension(p): Extension<Principal>,
+    Query(q): Query<RunsQuery>,
+) -> Response {
+    if let Some(r) = refuse(&p, Role::Operator) {
+        return r;
+    }
+    let filter = RunFilter {
+        tool: q.tool,
+        status: q.status,
+        since_ms: q.since,
+        limit: q.limit.unwrap_or(50).min(1000),
+    };
+    match server.runtime().runs.list(&filter) {
+        Ok(rows) => Json(rows).into_response(),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
+    }
+}
+
+pub async fn run(
+    State(server): State<Arc<Server>>,
+    Extension(p): Extension<Principal>,
+    Path(id): Path<String>,
+) -> Response {
+    if let Some(r) = refuse(&p, Role::Operator) {
+        return r;
+    }
+    match server.runtime().runs.get(&id) {
+        Ok(Some(row)) => Json(row).into_response(),
+        Ok(None) => error(StatusCode::NOT_FOUND, format!("no run {id}")),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
+    }
+}
+
+#[derive(Deserialize)]
+pub struct ApprovalsQuery {
+    state: Option<String>,
+    limit: Option<usize>,
+}
+
+pub async fn approvals(
+    State(server): State<Arc<Server>>,
+    Extension(p): Extension<Principal>,
+    Query(q): Query<ApprovalsQuery>,
+) -> Response {
+    if let Some(r) = refuse(&p, Role::Approver) {
+        return r;
+    }
+    let state = match q.state.as_deref().map(ApprovalState::parse) {
+        None => None,
+        Some(Some(s)) => Some(s),
+        Some(None) => return error(StatusCode::BAD_REQUEST, "unknown state"),
+    };
+    let rt = server.runtime();
+    let Some(queue) = &rt.approvals else {
+        return error(StatusCode::CONFLICT, "the approval queue is disabled");
+    };
+    match queue.list(state, q.limit.unwrap_or(50).min(1000)) {
+        Ok(list) => Json(list).into_response(),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
+    }
+}
+
+pub async fn approval(
+    State(server): State<Arc<Server>>,
+    Extension(p): Extension<Principal>,
+    Path(id): Path<String>,
+) -> Response {
+    if let Some(r) = refuse(&p, Role::Approver) {
+        return r;
+    }
+    let rt = server.runtime();
+    let Some(queue) = &rt.approvals else {
+        return error(StatusCode::CONFLICT, "the approval queue is disabled");
+    };
+    match queue.get(&id) {
+        Ok(Some(a)) => Json(a).into_response(),
+        Ok(None) => error(StatusCode::NOT_FOUND, format!("no approval request {id}")),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
+    }
+}
+
+#[derive(Deserialize, Default)]
+pub struct DecisionBody {
+    reason: Option<String>,
+}
+
+async fn decide(
+    server: &Server,
+    p: &Principal,
+    id: &str,
+    verdict: Verdict,
+    body: DecisionBody,
+) -> Response {
+    if let Some(r) = refuse(p, Role::Approver) {
+        return r;
+    }
+    let reason = body.reason.filter(|r| !r.trim().is_empty());
+    if verdict == Verdict::Reject && reason.is_none() {
+        return error(StatusCode::BAD_REQUEST, "a rejection needs a reason");
+    }
+    let rt = server.runtime();
+    let Some(queue) = &rt.approvals else {
+        return error(StatusCode::CONFLICT, "the approval queue is disabled");
+    };
+    let ballot = Ballot {
+        principal: &p.name,
+        verdict,
+        reason: reason.as_deref(),
+        via: "api",
+        now_ms: crate::now_ms() as i64,
+    };
+    match queue.decide(&rt.config.approvals, id, &ballot).await {
+        // The driver runs an approved call (and audits the vote) at once: it is woken
+        // by the change.
+        Ok(a) => Json(a).into_response(),
+        Err(e @ ApprovalError::NotFound(_)) => error(StatusCode::NOT_FOUND, e),
+        Err(e @ ApprovalError::AlreadyDecided { .. }) => error(StatusCode::CONFLICT, e),
+        Err(e @ ApprovalError::NotAllowed { .. }) => error(StatusCode::FORBIDDEN, e),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
+    }
+}
+
+pub async fn approve(
+    State(server): State<Arc<Server>>,
+    Extension(p): Extension<Principal>,
+    Path(id): Path<String>,
+    body: Option<Json<DecisionBody>>,
+) -> Response {
+    let body = body.map(|Json(b)| b).unwrap_or_default();
+    decide(&server, &p, &id, Verdict::Approve, body).await
+}
+
+pub async fn reject(
+    State(server): State<Arc<Server>>,
+    Extension(p): Extension<Principal>,
+    Path(id): Path<String>,
+    body: Option<Json<DecisionBody>>,
+) -> Response {
+    let body = body.map(|Json(b)| b).unwrap_or_default();
+    decide(&server, &p, &id, Verdict::Reject, body).await
+}
+
+#[derive(Deserialize)]
+pub struct AuditQuery {
+    run: Option<String>,
+    plugin: Option<String>,
+    since: Option<u64>,
+    kind: Option<String>,
+    limit: Option<usize>,
+}
+
+pub async fn audit(
+    State(server): State<Arc<Server>>,
+    Extension(p): Extension<Principal>,
+    Query(q): Query<AuditQuery>,
+) -> Response {
+    if let Some(r) = refuse(&p, Role::Operator) {
+        return r;
+    }
+    let dir = server.runtime().config.audit_dir.clone();
+    let search = crate::audit::Search {
+        run: q.run,
+        plugin: q.plugin,
+        since_ms: q.since,
+        kind: q.kind,
+    };
+    let limit = q.limit.unwrap_or(1000).min(100_000);
+    // Reading the log is blocking file I/O.
+    let found = tokio::task::spawn_blocking(move || {
+        crate::audit::read_all(&dir).map(|all| {
+            let mut hits: Vec<Value> = all.into_iter().filter(|r| search.matches(r)).collect();
+            let skip = hits.len().saturating_sub(limit);
+            hits.drain(..skip);
+            hits
+        })
+    })
+    .await;
+    match found {
+        Ok(Ok(records)) => Json(records).into_response(),
+        Ok(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
+    }
+}
+
+pub async fn reload(
+    State(server): State<Arc<Server>>,
+    Extension(p): Extension<Principal>,
+) -> Response {
+    if let Some(r) = refuse(&p, Role::Operator) {
+        return r;
+    }
+    match server.reload().await {
+        Ok(tools) => Json(json!({ "reloaded": true, "tools": tools })).into_response(),
+        Err(e) => error(StatusCode::UNPROCESSABLE_ENTITY, e),
+    }
+}
+
+pub async fn metrics(
+    State(server): State<Arc<Server>>,
+    Extension(p): Extension<Principal>,
+) -> Response {
+    if let Some(r) = refuse(&p, Role::Operator) {
+        return r;
+    }
+    let text = server.render_metrics();
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
+}
+
+pub async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+/// Ready when the audit log takes records (nothing can run unaudited otherwise).
+pub async fn readyz(State(server): State<Arc<Server>>) -> Response {
+    match server.ready().await {
+        Ok(()) => (StatusCode::OK, "ready\n").into_response(),
+        Err(why) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: {why}\n"),
+        )
+            .into_response(),
+    }
+}

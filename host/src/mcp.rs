@@ -1,0 +1,286 @@
+//! The MCP face of warden: every loaded tool, listed and called over MCP (rmcp), each
+//! call through the same governed path as `warden call`.
+//!
+//! Owns the mapping between MCP and a governed call: the tool list (schema, title,
+//! annotations), the principal of a request (the stdio principal, or the one the HTTP
+//! auth layer put in the request), outcomes as tool results (`isError` with a readable
+//! reason for denials, failures and held calls), progress while a held call waits. It
+//! must never offer a tool that changes grants, policies, secrets or approvals: agents
+//! cannot govern themselves, and only components from the config are listed.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rmcp::model::{
+    CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, Implementation,
+    JsonObject, ListToolsResult, PaginatedRequestParams, ProgressNotificationParam,
+    ServerCapabilities, ServerConfig, SubscriptionFilter, Tool, ToolAnnotations,
+};
+use rmcp::service::{NotificationContext, RequestContext, SubscriptionContext};
+use rmcp::{ErrorData, RoleServer, ServerHandler};
+use serde_json::{Value, json};
+
+use crate::call::{CallError, CallReport, CallRequest, Outcome};
+use crate::driver::Resume;
+use crate::runtime::Runtime;
+use crate::serve::Server;
+use crate::tokens::Principal;
+
+/// How often a waiting held call reports progress.
+const PROGRESS_EVERY: Duration = Duration::from_secs(1);
+
+/// One MCP session's handler (the HTTP transport makes one per session or request).
+#[derive(Clone)]
+pub struct WardenMcp {
+    pub server: Arc<Server>,
+    /// Set for stdio: every call runs as this principal.
+    pub stdio_principal: Option<String>,
+}
+
+/// The MCP description of every tool `rt` serves, sorted by name.
+pub fn tools(rt: &Runtime) -> Vec<Tool> {
+    rt.tool_names()
+        .into_iter()
+        .filter_map(|name| rt.plugin_for(name)?.tool(name))
+        .map(|t| {
+            let schema = match &t.schema {
+                Value::Object(m) => m.clone(),
+                _ => JsonObject::new(),
+            };
+            let a = t.annotations;
+            let mut tool = Tool::new(t.name.clone(), t.description.clone(), Arc::new(schema))
+                .with_annotations(
+                    ToolAnnotations::new()
+                        .read_only(a.read_only)
+                        .destructive(a.destructive)
+                        .idempotent(a.idempotent)
+                        .open_world(a.open_world),
+                );
+            if let Some(title) = &t.title {
+                tool = tool.with_title(title.clone());
+            }
+            if let Some(Value::Object(out)) = &t.output_schema {
+                tool = tool.with_raw_output_schema(Arc::new(out.clone()));
+            }
+            tool
+        })
+        .collect()
+}
+
+fn text_result(is_error: bool, text: String) -> CallToolResponse {
+    let content = vec![ContentBlock::text(text)];
+    if is_error {
+        CallToolResult::error(content).into()
+    } else {
+        CallToolResult::success(content).into()
+    }
+}
+
+/// A finished report as an MCP tool result.
+fn result_of(report: &CallReport) -> CallToolResponse {
+    let run = &report.run_id;
+    match &report.outcome {
+        Outcome::Ok { output } => {
+            let mut r = CallToolResult::success(vec![ContentBlock::text(output.to_string())]);
+            if output.is_object() {
+                r.structured_content = Some(output.clone());
+            }
+            r.into()
+        }
+        Outcome::Denied { reasons } => text_result(
+            true,
+            format!("denied by policy (run {run}): {}", reasons.join("; ")),
+        ),
+        Outcome::Failed { error, .. } => {
+            text_result(true, format!("the tool failed (run {run}): {error}"))
+        }
+        Outcome::Held { tier, reasons, .. } => {
+            let approval = report.approval.as_ref().map_or("", |a| a.id.as_str());
+            let status = json!({
+                "status": "held",
+                "tier": tier,
+                "approval_id": approval,
+                "run_id": run,
+                "reasons": reasons,
+            });
+            text_result(
+                true,
+                format!(
+                    "not run yet: held for approval {approval} (run {run}): {}. It runs if approved; its outcome is in run {run}. {status}",
+                    reasons.join("; ")
+                ),
+            )
+        }
+    }
+}
+
+impl WardenMcp {
+    fn principal(&self, context: &RequestContext<RoleServer>) -> Option<String> {
+        if let Some(p) = &self.stdio_principal {
+            return Some(p.clone());
+        }
+        context
+            .extensions
+            .get::<http::request::Parts>()
+            .and_then(|parts| parts.extensions.get::<Principal>())
+            .map(|p| p.name.clone())
+    }
+
+    /// Wait for a held call's decision (up to the configured wait), reporting progress.
+    async fn wait_held(
+        &self,
+        rt: &Runtime,
+        report: CallReport,
+        context: &RequestContext<RoleServer>,
+    ) -> CallToolResponse {
+        let Some(approval) = report.approval.clone() else {
+            return result_of(&report);
+        };
+        let wait = Duration::from_millis(rt.config.approvals.wait_ms);
+        let started = Instant::now();
+        let token = context.meta.get_progress_token();
+        let mut step = 0u32;
+        loop {
+            let left = wait.saturating_sub(started.elapsed());
+            if left.is_zero() {
+                return result_of(&report);
+            }
+            if let Some(token) = &token {
+                step += 1;
+                let _ = context
+                    .peer
+                    .notify_progress(
+                        ProgressNotificationParam::new(token.clone(), f64::from(step))
+                            .with_message(format!(
+                                "waiting for approval {} ({} s so far)",
+                                approval.id,
+                                started.elapsed().as_secs()
+                            )),
+                    )
+                    .await;
+            }
+            let resumed = tokio::select! {
+                r = rt.wait_for(&approval.id, left.min(PROGRESS_EVERY)) => r,
+                _ = context.ct.cancelled() => return result_of(&report),
+            };
+            match resumed {
+                Ok(Resume::Pending(_)) => {}
+                Ok(Resume::Ran(done)) => return result_of(&done),
+                Ok(Resume::Ended(a)) => {
+                    let why = a
+                        .result
+                        .clone()
+                        .unwrap_or_else(|| format!("approval {}", a.state.as_str()));
+                    return text_result(
+                        true,
+                        format!("not run: {why} (approval {}, run {})", a.id, a.run_id),
+                    );
+                }
+                Err(e) => return text_result(true, e.to_string()),
+            }
+        }
+    }
+}
+
+impl ServerHandler for WardenMcp {
+    fn get_info(&self) -> ServerConfig {
+        ServerConfig::new(
+            ServerCapabilities::builder()
+                .enable_tools()
+                .enable_tool_list_changed()
+                .build(),
+        )
+        .with_server_info(Implementation::new("warden", env!("CARGO_PKG_VERSION")))
+        .with_instructions(
+            "Tools run as sandboxed components behind approval policies. A result with \
+             isError may be a policy denial or a call held for human approval: its text says \
+             which, with the run id to look the outcome up later.",
+        )
+    }
+
+    async fn list_tools(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<ListToolsResult, ErrorData> {
+        Ok(ListToolsResult::with_all_items(tools(
+            &self.server.runtime(),
+        )))
+    }
+
+    fn get_tool(&self, name: &str) -> Option<Tool> {
+        tools(&self.server.runtime())
+            .into_iter()
+            .find(|t| t.name == name)
+    }
+
+    async fn call_tool(
+        &self,
+        request: CallToolRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<CallToolResponse, ErrorData> {
+        let principal = self
+            .principal(&context)
+            .ok_or_else(|| ErrorData::invalid_request("no authenticated principal", None))?;
+        // Calls in flight keep the version they started on across a reload.
+        let rt = self.server.runtime();
+        let _flight = self.server.in_flight();
+        let input = Value::Object(request.arguments.clone().unwrap_or_default()).to_string();
+        let result = rt
+            .call(CallRequest {
+                principal: &principal,
+                tool: &request.name,
+                input: &input,
+            })
+            .await;
+        let report = match result {
+            Ok(report) => report,
+            // A tool that does not exist is a malformed request; bad input is the
+            // model's to fix, so it gets a readable tool error.
+            Err(e @ CallError::UnknownTool { .. }) => {
+                self.server
+                    .metrics
+                    .call(&request.name, "unknown-tool", None);
+                return Err(ErrorData::invalid_params(e.to_string(), None));
+            }
+            Err(e @ (CallError::InvalidJson(_) | CallError::InvalidInput { .. })) => {
+                self.server
+                    .metrics
+                    .call(&request.name, "invalid-input", None);
+                return Ok(text_result(true, e.to_string()));
+            }
+            Err(e @ CallError::NotRecorded(_)) => {
+                self.server
+                    .metrics
+                    .call(&request.name, "not-recorded", None);
+                return Ok(text_result(true, e.to_string()));
+            }
+        };
+        self.server.metrics.call(
+            &report.tool,
+            report.outcome.status(),
+            Some(report.timings.policy_us),
+        );
+        if matches!(report.outcome, Outcome::Held { .. }) {
+            return Ok(self.wait_held(&rt, report, &context).await);
+        }
+        Ok(result_of(&report))
+    }
+
+    async fn on_initialized(&self, context: NotificationContext<RoleServer>) {
+        self.server.add_peer(context.peer);
+    }
+
+    fn accepted_subscription_filter(
+        &self,
+        _requested: &SubscriptionFilter,
+    ) -> Option<SubscriptionFilter> {
+        Some(SubscriptionFilter::builder().tools_list_changed().build())
+    }
+
+    async fn listen(&self, context: SubscriptionContext) -> Result<(), ErrorData> {
+        self.server.add_sink(context.sink().clone());
+        context.cancelled().await;
+        Ok(())
+    }
+}

@@ -1,0 +1,101 @@
+"""Drive `warden serve` with the official MCP Python SDK, for warden's test suite.
+
+usage: client.py (--stdio WARDEN_ARGS... | --http URL --token TOKEN) SCENARIO [ARGS]
+
+Scenarios print one JSON object on stdout:
+  basic         list tools; call an allowed, a denied and an invalid call
+  call TOOL ARGS_JSON
+                one call, with progress notifications counted
+  load N TOOL ARGS_JSON
+                N calls one after another
+  listen        wait for notifications/tools/list_changed (up to 20 s)
+"""
+import json
+import sys
+
+import anyio
+from mcp import Client, StdioServerParameters
+from mcp.client.streamable_http import streamable_http_client
+from mcp.shared._httpx_utils import create_mcp_http_client
+
+
+def result_json(r):
+    text = " ".join(getattr(c, "text", "") for c in r.content)
+    return {"is_error": bool(r.is_error), "text": text, "structured": r.structured_content}
+
+
+async def scenario(client, name, args):
+    if name == "basic":
+        tools = (await client.list_tools()).tools
+        listed = {
+            t.name: {
+                "title": t.title,
+                "description": t.description,
+                "input_schema": t.input_schema,
+                "read_only": t.annotations.read_only_hint if t.annotations else None,
+                "destructive": t.annotations.destructive_hint if t.annotations else None,
+            }
+            for t in tools
+        }
+        allowed = await client.call_tool("text_stats", {"text": "the agent asked and the policy allowed"})
+        denied = await client.call_tool("notes_read", {"name": "x"})
+        invalid = await client.call_tool("text_stats", {"text": 42})
+        try:
+            await client.call_tool("no_such_tool", {})
+            unknown = "no error"
+        except Exception as e:  # a protocol error, not a tool result
+            unknown = f"{type(e).__name__}: {e}"
+        return {
+            "protocol": client.protocol_version,
+            "tools": listed,
+            "allowed": result_json(allowed),
+            "denied": result_json(denied),
+            "invalid": result_json(invalid),
+            "unknown": unknown,
+        }
+    if name == "call":
+        progress = []
+
+        async def on_progress(p, total, message):
+            progress.append(message)
+
+        r = await client.call_tool(args[0], json.loads(args[1]), progress_callback=on_progress)
+        out = result_json(r)
+        out["progress"] = progress
+        return out
+    if name == "load":
+        n, tool, arguments = int(args[0]), args[1], json.loads(args[2])
+        ok = errors = 0
+        for _ in range(n):
+            r = await client.call_tool(tool, arguments)
+            if r.is_error:
+                errors += 1
+            else:
+                ok += 1
+        return {"ok": ok, "errors": errors}
+    if name == "listen":
+        with anyio.fail_after(20):
+            async with client.listen(tools_list_changed=True) as sub:
+                print(json.dumps({"listening": True}), flush=True)
+                async for _event in sub:
+                    names = [t.name for t in (await client.list_tools(cache_mode="refresh")).tools]
+                    return {"changed": True, "tools": names}
+    raise SystemExit(f"unknown scenario {name}")
+
+
+async def main(argv):
+    if argv[0] == "--stdio":
+        split = argv.index("--")
+        command, rest = argv[1:split], argv[split + 1:]
+        server = StdioServerParameters(command=command[0], args=command[1:])
+        async with Client(server) as client:
+            out = await scenario(client, rest[0], rest[1:])
+    else:
+        url, token, rest = argv[1], argv[3], argv[4:]
+        async with create_mcp_http_client(headers={"Authorization": f"Bearer {token}"}) as http:
+            async with Client(streamable_http_client(url, http_client=http)) as client:
+                out = await scenario(client, rest[0], rest[1:])
+    print(json.dumps(out), flush=True)
+
+
+anyio.run(main, sys.argv[1:])
