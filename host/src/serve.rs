@@ -392,32 +392,51 @@ async fn signals(server: Arc<Server>, stop: CancellationToken) {
     stop.cancel();
 }
 
-/// Serve HTTP on `listener` until SIGTERM/Ctrl-C: stop accepting, let calls finish
-/// (up to the grace period), stop the driver, close the audit log.
+/// Serve HTTP on `listener` until SIGTERM/Ctrl-C. Then: stop accepting connections,
+/// let calls in flight finish and answer (up to the grace period), close the MCP
+/// sessions, stop the driver, close the audit log.
 pub async fn serve_http(
     server: Arc<Server>,
     listener: tokio::net::TcpListener,
 ) -> anyhow::Result<()> {
     let stop = CancellationToken::new();
-    let app = router(server.clone(), &stop);
-    let driver = tokio::spawn(server.clone().drive(stop.clone()));
+    // Cancelled only once the calls in flight are done: it closes MCP sessions.
+    let sessions = CancellationToken::new();
+    let app = router(server.clone(), &sessions);
+    let driver = tokio::spawn(server.clone().drive(sessions.clone()));
     let sig = tokio::spawn(signals(server.clone(), stop.clone()));
-    let shutdown = {
-        let stop = stop.clone();
-        async move { stop.cancelled().await }
-    };
-    let served = axum::serve(
-        listener,
-        app.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(shutdown);
-    let grace = Duration::from_millis(server.runtime().config.server.shutdown_grace_ms);
-    let result = tokio::select! {
-        r = served => r.map_err(anyhow::Error::from),
-        _ = async { stop.cancelled().await; tokio::time::sleep(grace + Duration::from_millis(500)).await } => Ok(()),
-    };
+    let mut served = tokio::spawn(
+        axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(stop.clone().cancelled_owned())
+        .into_future(),
+    );
+    tokio::select! {
+        _ = stop.cancelled() => {}
+        ended = &mut served => {
+            // The listener failed before any signal.
+            sessions.cancel();
+            let _ = driver.await;
+            sig.abort();
+            server.runtime().close();
+            return match ended {
+                Ok(r) => r.map_err(anyhow::Error::from),
+                Err(e) => Err(anyhow::anyhow!("the HTTP server stopped: {e}")),
+            };
+        }
+    }
     server.drain().await;
-    stop.cancel();
+    // A call's result leaves its handler before it reaches the client's stream:
+    // give the results of the calls that just finished a moment to go out.
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    sessions.cancel();
+    let result = match tokio::time::timeout(Duration::from_secs(5), served).await {
+        Ok(Ok(r)) => r.map_err(anyhow::Error::from),
+        Ok(Err(e)) => Err(anyhow::anyhow!("the HTTP server stopped: {e}")),
+        Err(_) => Ok(()),
+    };
     let _ = driver.await;
     sig.abort();
     server.runtime().close();

@@ -14,7 +14,7 @@ import json
 import sys
 
 import anyio
-from mcp import Client, StdioServerParameters
+from mcp import Client, MCPError, StdioServerParameters
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared._httpx_utils import create_mcp_http_client
 
@@ -59,7 +59,10 @@ async def scenario(client, name, args):
         async def on_progress(p, total, message):
             progress.append(message)
 
-        r = await client.call_tool(args[0], json.loads(args[1]), progress_callback=on_progress)
+        try:
+            r = await client.call_tool(args[0], json.loads(args[1]), progress_callback=on_progress)
+        except MCPError as e:
+            return {"protocol_error": str(e), "code": e.code, "data": e.data, "progress": progress}
         out = result_json(r)
         out["progress"] = progress
         return out
@@ -90,12 +93,14 @@ async def main(argv):
         server = StdioServerParameters(command=command[0], args=command[1:])
         async with Client(server) as client:
             out = await scenario(client, rest[0], rest[1:])
+            # Printed before the session closes: a server shutting down may cut the close.
+            print(json.dumps(out), flush=True)
     else:
         url, token, rest = argv[1], argv[3], argv[4:]
         async with create_mcp_http_client(headers={"Authorization": f"Bearer {token}"}) as http:
             async with Client(streamable_http_client(url, http_client=http)) as client:
                 out = await scenario(client, rest[0], rest[1:])
-    print(json.dumps(out), flush=True)
+                print(json.dumps(out), flush=True)
 
 
 anyio.run(main, sys.argv[1:])

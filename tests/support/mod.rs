@@ -195,7 +195,13 @@ impl From<Output> for Run {
 
 impl std::fmt::Debug for Run {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let cut = |s: &str| s.chars().take(3000).collect::<String>();
+        // The end of a long output says the most (a traceback's last line).
+        let cut = |s: &str| {
+            let chars: Vec<char> = s.chars().collect();
+            chars[chars.len().saturating_sub(3000)..]
+                .iter()
+                .collect::<String>()
+        };
         write!(
             f,
             "exit {}\n--- stdout\n{}\n--- stderr\n{}",
@@ -313,4 +319,186 @@ fn serve(mut stream: TcpStream, seen: &Mutex<Vec<String>>) {
         body.len()
     );
     let _ = stream.write_all(response.as_bytes());
+}
+
+/// The Python of a virtualenv holding the official MCP SDK (`tests/mcp/requirements.txt`),
+/// made once under `target/` by the project's own setup: `python3 -m venv` and pip.
+pub fn mcp_python() -> &'static Path {
+    static PYTHON: OnceLock<PathBuf> = OnceLock::new();
+    PYTHON.get_or_init(|| {
+        let root = repo_root();
+        let requirements = root.join("tests/mcp/requirements.txt");
+        let wanted = std::fs::read_to_string(&requirements).expect("read requirements");
+        let venv = root.join("target/mcp-venv");
+        let python = venv.join("bin/python");
+        let marker = venv.join("installed-requirements.txt");
+        if std::fs::read_to_string(&marker).ok().as_deref() != Some(wanted.as_str()) {
+            let made = Command::new("python3")
+                .args(["-m", "venv", "--clear"])
+                .arg(&venv)
+                .status()
+                .expect("python3 -m venv (CPython 3.10+ is needed for the MCP tests)");
+            assert!(made.success(), "python3 -m venv failed");
+            let pip = Command::new(&python)
+                .args([
+                    "-m",
+                    "pip",
+                    "install",
+                    "--disable-pip-version-check",
+                    "-q",
+                    "-r",
+                ])
+                .arg(&requirements)
+                .status()
+                .expect("pip install");
+            assert!(
+                pip.success(),
+                "pip install -r tests/mcp/requirements.txt failed"
+            );
+            std::fs::write(&marker, wanted).expect("write venv marker");
+        }
+        python
+    })
+}
+
+/// Run the MCP client script (`tests/mcp/client.py`) with `args`.
+pub fn mcp_client(args: &[&str]) -> Run {
+    let python = mcp_python();
+    Command::new(python)
+        .arg(repo_root().join("tests/mcp/client.py"))
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run the MCP client")
+        .into()
+}
+
+/// Start the MCP client script with `args`, its stdout piped (read it line by line).
+pub fn mcp_client_spawn(args: &[&str]) -> std::process::Child {
+    Command::new(mcp_python())
+        .arg(repo_root().join("tests/mcp/client.py"))
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start the MCP client")
+}
+
+/// A running `warden serve` on a free loopback port, stopped (SIGTERM) when dropped.
+pub struct Served {
+    pub child: std::process::Child,
+    pub addr: String,
+    pub stderr: Arc<Mutex<String>>,
+}
+
+impl Env {
+    /// Start `warden serve` on this config and wait until it listens.
+    pub fn serve(&self) -> Served {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_warden"))
+            .arg("-c")
+            .arg(self.config())
+            .args(["serve", "--listen", "127.0.0.1:0"])
+            .current_dir(self.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start warden serve");
+        let stderr = child.stderr.take().expect("stderr");
+        let log = Arc::new(Mutex::new(String::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(stderr)
+                .lines()
+                .map_while(Result::ok)
+            {
+                if let Some(rest) = line.split("listening on http://").nth(1) {
+                    let addr = rest
+                        .split_whitespace()
+                        .next()
+                        .unwrap_or_default()
+                        .to_string();
+                    let _ = tx.send(addr);
+                }
+                if let Ok(mut s) = sink.lock() {
+                    s.push_str(&line);
+                    s.push('\n');
+                }
+            }
+        });
+        let addr = rx
+            .recv_timeout(Duration::from_secs(60))
+            .unwrap_or_else(|_| panic!("warden serve did not start: {}", log.lock().unwrap()));
+        Served {
+            child,
+            addr,
+            stderr: log,
+        }
+    }
+}
+
+impl Served {
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// SIGTERM, then wait for the process to end.
+    pub fn stop(&mut self) -> std::process::ExitStatus {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        self.child.wait().expect("wait for warden serve")
+    }
+
+    pub fn log(&self) -> String {
+        self.stderr.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// A minimal HTTP/1.1 exchange with `headers`: (status, body).
+pub fn http(
+    method: &str,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: Option<&str>,
+) -> (u16, String) {
+    let rest = url.strip_prefix("http://").expect("an http:// URL");
+    let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    let mut stream = TcpStream::connect(authority).expect("connect");
+    let body = body.unwrap_or_default();
+    let mut request = format!(
+        "{method} {path} HTTP/1.1\r\nhost: {authority}\r\nconnection: close\r\ncontent-length: {}\r\n",
+        body.len()
+    );
+    for (k, v) in headers {
+        request += &format!("{k}: {v}\r\n");
+    }
+    request += "\r\n";
+    request += body;
+    stream.write_all(request.as_bytes()).expect("send");
+    let mut response = Vec::new();
+    let _ = stream.read_to_end(&mut response);
+    let response = String::from_utf8_lossy(&response).into_owned();
+    let status = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
 }

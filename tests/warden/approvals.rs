@@ -2,7 +2,6 @@
 //! one `warden` test binary).
 
 use std::fs::File;
-use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -511,30 +510,9 @@ fn free_port() -> u16 {
         .port()
 }
 
-/// A minimal HTTP/1.1 exchange: (status, body).
 fn http(method: &str, url: &str, form: Option<&str>) -> (u16, String) {
-    let rest = url.strip_prefix("http://").unwrap();
-    let (authority, path) = rest.split_at(rest.find('/').unwrap());
-    let mut stream = TcpStream::connect(authority).unwrap();
-    let body = form.unwrap_or_default();
-    let request = format!(
-        "{method} {path} HTTP/1.1\r\nhost: {authority}\r\nconnection: close\r\ncontent-type: application/x-www-form-urlencoded\r\ncontent-length: {}\r\n\r\n{body}",
-        body.len()
-    );
-    stream.write_all(request.as_bytes()).unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    let status = response
-        .split_whitespace()
-        .nth(1)
-        .unwrap_or("0")
-        .parse()
-        .unwrap_or(0);
-    let body = response
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    (status, body)
+    let form_type = [("content-type", "application/x-www-form-urlencoded")];
+    crate::support::http(method, url, &form_type, form)
 }
 
 fn wait_until(what: &str, mut done: impl FnMut() -> bool) {

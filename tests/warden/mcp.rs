@@ -1,0 +1,410 @@
+//! `warden serve` driven by a client nobody here wrote: the official MCP Python SDK,
+//! over streamable HTTP and stdio (part of the one `warden` test binary).
+
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use super::OK;
+use std::io::BufRead;
+
+use crate::support::{Env, Run, http, mcp_client, mcp_client_spawn};
+
+/// A config with text-stats (allowed), notes (`notes_read` denied, `notes_write`
+/// held hard), an agent token, an approver and an operator; returns the env and the
+/// (agent, approver, operator) tokens.
+fn served_env(extra: &str) -> (Env, [String; 3]) {
+    let env = Env::new("");
+    std::fs::create_dir_all(env.path().join("notes")).unwrap();
+    env.write_config(&format!(
+        r#"
+[approvals]
+approvers = ["alice"]
+wait_ms = 20000
+{extra}
+
+[[plugin]]
+id = "text-stats"
+component = "{{text-stats}}"
+
+[[plugin]]
+id = "notes"
+component = "{{notes}}"
+[plugin.grants]
+files = [{{ host = "notes", guest = "/notes", mode = "rw" }}]
+
+[[policy]]
+id = "tiers"
+component = "{{tiered-approval}}"
+[policy.config]
+tools = {{ notes_read = "deny", notes_write = "hard" }}
+"#
+    ));
+    let token = |name: &str, role: &str| {
+        let run = env.warden(&["tokens", "create", name, "--role", role, "--write"]);
+        assert_eq!(run.code, OK, "{run:?}");
+        run.stdout.trim().to_string()
+    };
+    let tokens = [
+        token("agent-1", "agent"),
+        token("alice", "approver"),
+        token("ops", "operator"),
+    ];
+    (env, tokens)
+}
+
+fn json_of(run: &Run) -> Value {
+    let last = run.stdout.lines().last().unwrap_or_default();
+    serde_json::from_str(last).unwrap_or_else(|e| panic!("{e}: {run:?}"))
+}
+
+fn check_basic(out: &Value) {
+    let tools = &out["tools"];
+    assert_eq!(tools["text_stats"]["title"], "Text statistics", "{out}");
+    assert_eq!(tools["text_stats"]["read_only"], true);
+    assert_eq!(tools["notes_write"]["destructive"], true);
+    assert_eq!(tools["notes_read"]["input_schema"]["required"][0], "name");
+    assert_eq!(out["allowed"]["is_error"], false, "{out}");
+    assert_eq!(out["allowed"]["structured"]["words"], 7, "{out}");
+    assert_eq!(out["denied"]["is_error"], true);
+    assert!(
+        out["denied"]["text"]
+            .as_str()
+            .unwrap()
+            .contains("denied by policy"),
+        "{out}"
+    );
+    assert_eq!(
+        out["invalid"]["is_error"], true,
+        "bad input is a tool error the model can fix"
+    );
+    assert!(
+        out["invalid"]["text"]
+            .as_str()
+            .unwrap()
+            .contains("does not match the schema"),
+        "{out}"
+    );
+    assert!(
+        out["unknown"].as_str().unwrap().contains("unknown tool"),
+        "an unknown tool is a protocol error: {out}"
+    );
+}
+
+#[test]
+fn mcp_client_over_http_lists_and_calls_tools_through_the_governed_path() {
+    let (env, [agent, _, ops]) = served_env("");
+    let server = env.serve();
+    let url = server.url("/mcp");
+    let run = mcp_client(&["--http", &url, "--token", &agent, "basic"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    check_basic(&json_of(&run));
+
+    // Every call is in the run history as the token's principal.
+    let (status, body) = http(
+        "GET",
+        &server.url("/api/runs?tool=text_stats"),
+        &[("authorization", &format!("Bearer {ops}"))],
+        None,
+    );
+    assert_eq!(status, 200, "{body}");
+    let runs: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(runs[0]["principal"], "agent-1", "{runs}");
+    assert_eq!(runs[0]["status"], "ok");
+}
+
+#[test]
+fn http_requires_a_valid_token_and_checks_host_and_origin() {
+    let (env, [agent, approver, _]) = served_env("");
+    let server = env.serve();
+    let url = server.url("/mcp");
+    let run = mcp_client(&["--http", &url, "--token", "wdn_not-a-token", "basic"]);
+    assert_ne!(run.code, 0, "{run:?}");
+    assert!(run.stdout.is_empty(), "nothing was served: {run:?}");
+    let (status, _) = http("POST", &url, &[], Some("{}"));
+    assert_eq!(status, 401);
+    let records = warden::audit::read_all(&env.path().join("data/audit")).unwrap();
+    assert!(
+        records
+            .iter()
+            .any(|r| r["kind"] == "auth-denied" && r["reason"] == "unknown token"),
+        "401s are audited"
+    );
+
+    let auth = format!("Bearer {agent}");
+    let (status, _) = http(
+        "GET",
+        &server.url("/api/runs"),
+        &[("authorization", &auth)],
+        None,
+    );
+    assert_eq!(status, 403, "an agent token is not an operator's");
+    let (status, _) = http(
+        "POST",
+        &url,
+        &[("authorization", &format!("Bearer {approver}"))],
+        Some("{}"),
+    );
+    assert_eq!(status, 403, "an approver token may not call tools");
+    let (status, _) = http(
+        "GET",
+        &server.url("/healthz"),
+        &[("origin", "http://evil.example")],
+        None,
+    );
+    assert_eq!(status, 403, "a browser page on another site is refused");
+    let rebinding = format!("http://{}/healthz", server.addr);
+    let (status, _) = http(
+        "GET",
+        &rebinding.replace("127.0.0.1", "localhost"),
+        &[],
+        None,
+    );
+    assert_eq!(status, 200);
+    let mut stream = std::net::TcpStream::connect(&server.addr).unwrap();
+    use std::io::{Read, Write};
+    stream
+        .write_all(b"GET /healthz HTTP/1.1\r\nhost: evil.example\r\nconnection: close\r\n\r\n")
+        .unwrap();
+    let mut answer = String::new();
+    let _ = stream.read_to_string(&mut answer);
+    assert!(
+        answer.starts_with("HTTP/1.1 403"),
+        "DNS rebinding: {answer}"
+    );
+}
+
+#[test]
+fn mcp_client_over_stdio_gets_the_same_tools_and_nothing_else_on_stdout() {
+    let (env, _) = served_env("[server]\nstdio_principal = \"desktop-agent\"");
+    let config = env.config();
+    let warden = env!("CARGO_BIN_EXE_warden");
+    let run = mcp_client(&[
+        "--stdio",
+        warden,
+        "-c",
+        config.to_str().unwrap(),
+        "serve",
+        "--stdio",
+        "--",
+        "basic",
+    ]);
+    assert_eq!(run.code, 0, "{run:?}");
+    check_basic(&json_of(&run));
+    let runs = env.warden(&["runs", "list", "--tool", "text_stats", "--json"]);
+    let row: Value = serde_json::from_str(runs.stdout.lines().next().unwrap()).unwrap();
+    assert_eq!(row["principal"], "desktop-agent");
+}
+
+#[test]
+fn held_call_reports_progress_and_runs_when_approved_through_the_api() {
+    let (env, [agent, approver, _]) = served_env("");
+    let server = env.serve();
+    let api = server.url("/api/approvals");
+    let approve = std::thread::spawn(move || {
+        let auth = format!("Bearer {approver}");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            assert!(Instant::now() < deadline, "no pending approval appeared");
+            let (_, body) = http(
+                "GET",
+                &format!("{api}?state=pending"),
+                &[("authorization", &auth)],
+                None,
+            );
+            let pending: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
+            if let Some(id) = pending[0]["id"].as_str() {
+                std::thread::sleep(Duration::from_millis(1200));
+                let (status, body) = http(
+                    "POST",
+                    &format!("{api}/{id}/approve"),
+                    &[
+                        ("authorization", &auth),
+                        ("content-type", "application/json"),
+                    ],
+                    Some(r#"{"reason":"checked the note"}"#),
+                );
+                assert_eq!(status, 200, "{body}");
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    });
+    let run = mcp_client(&[
+        "--http",
+        &server.url("/mcp"),
+        "--token",
+        &agent,
+        "call",
+        "notes_write",
+        r#"{"name":"approved","text":"written after sign-off"}"#,
+    ]);
+    approve.join().unwrap();
+    assert_eq!(run.code, 0, "{run:?}");
+    let out = json_of(&run);
+    assert_eq!(out["is_error"], false, "{out}");
+    assert_eq!(out["structured"]["name"], "approved");
+    assert!(
+        !out["progress"].as_array().unwrap().is_empty(),
+        "progress while waiting: {out}"
+    );
+    assert!(env.path().join("notes/approved").exists());
+    let records = warden::audit::read_all(&env.path().join("data/audit")).unwrap();
+    assert!(
+        records.iter().any(|r| r["kind"] == "approval-vote"
+            && r["principal"] == "alice"
+            && r["via"] == "api")
+    );
+}
+
+#[test]
+fn reload_swaps_the_tools_notifies_clients_and_a_bad_config_keeps_the_old_one() {
+    let (env, [agent, _, ops]) = served_env("");
+    let server = env.serve();
+    let url = server.url("/mcp");
+    // Subscribed before anything changes: the client says so on its first line.
+    let mut listener = mcp_client_spawn(&["--http", &url, "--token", &agent, "listen"]);
+    let mut lines = std::io::BufReader::new(listener.stdout.take().unwrap()).lines();
+    let first = lines.next().and_then(Result::ok).unwrap_or_default();
+    assert!(first.contains("listening"), "{first}");
+    let auth = format!("Bearer {ops}");
+    let good = std::fs::read_to_string(env.config()).unwrap();
+
+    // A bad config is refused whole; the old one keeps serving.
+    std::fs::write(env.config(), format!("{good}\nnot_a_key = 1\n")).unwrap();
+    let (status, body) = http(
+        "POST",
+        &server.url("/api/reload"),
+        &[("authorization", &auth)],
+        None,
+    );
+    assert_eq!(status, 422, "{body}");
+    assert!(body.contains("not_a_key"), "{body}");
+
+    // Without the notes plugin (and its policy rules), only text_stats is left.
+    let start = good.find("[[plugin]]\nid = \"notes\"").unwrap();
+    let end = good.find("[[policy]]").unwrap();
+    let smaller = format!("{}{}", &good[..start], &good[end..]).replace(
+        "tools = { notes_read = \"deny\", notes_write = \"hard\" }",
+        "",
+    );
+    std::fs::write(env.config(), smaller).unwrap();
+    let (status, body) = http(
+        "POST",
+        &server.url("/api/reload"),
+        &[("authorization", &auth)],
+        None,
+    );
+    assert_eq!(status, 200, "{body}");
+    let changed = lines.next().and_then(Result::ok).unwrap_or_default();
+    let _ = listener.wait();
+    let out: Value = serde_json::from_str(&changed).unwrap_or_else(|e| panic!("{e}: {changed:?}"));
+    assert_eq!(out["tools"], serde_json::json!(["text_stats"]), "{out}");
+    let records = warden::audit::read_all(&env.path().join("data/audit")).unwrap();
+    assert!(records.iter().any(|r| r["kind"] == "config-reload-failed"));
+    assert_eq!(
+        records
+            .iter()
+            .filter(|r| r["kind"] == "config-load")
+            .count(),
+        2,
+        "start and the good reload"
+    );
+}
+
+#[test]
+fn sigterm_lets_the_call_in_flight_finish_and_flushes_the_audit_log() {
+    let (env, [agent, _, ops]) = served_env("");
+    env.append_config("[[plugin]]\nid = \"hostile\"\ncomponent = \"{hostile}\"\n[plugin.limits]\ntimeout_ms = 1500\n");
+    let mut server = env.serve();
+    let url = server.url("/mcp");
+    let call = std::thread::spawn(move || {
+        mcp_client(&["--http", &url, "--token", &agent, "call", "spin", "{}"])
+    });
+    let metrics = server.url("/metrics");
+    let auth = format!("Bearer {ops}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !http("GET", &metrics, &[("authorization", &auth)], None)
+        .1
+        .contains("warden_calls_in_flight 1")
+    {
+        assert!(Instant::now() < deadline, "the call never started");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let stopped = server.stop();
+    let run = call.join().unwrap();
+    assert!(stopped.success(), "{stopped:?}: {}", server.log());
+    assert!(
+        json_of(&run)["text"]
+            .as_str()
+            .unwrap()
+            .contains("timed out"),
+        "{run:?}"
+    );
+    let verify = env.warden(&["audit", "verify"]);
+    assert_eq!(verify.code, OK, "{verify:?}");
+    let runs = env.warden(&["runs", "list", "--tool", "spin", "--json"]);
+    assert_eq!(runs.stdout.lines().count(), 1, "{runs:?}");
+}
+
+#[test]
+fn eight_clients_at_once_every_call_accounted_for() {
+    let (env, [agent, _, ops]) = served_env("");
+    let mut server = env.serve();
+    let url = server.url("/mcp");
+    let (clients, calls) = (8, 500);
+    let runs: Vec<Run> = (0..clients)
+        .map(|_| {
+            let (url, agent) = (url.clone(), agent.clone());
+            std::thread::spawn(move || {
+                mcp_client(&[
+                    "--http",
+                    &url,
+                    "--token",
+                    &agent,
+                    "load",
+                    &calls.to_string(),
+                    "text_stats",
+                    r#"{"text":"load"}"#,
+                ])
+            })
+        })
+        .collect::<Vec<_>>()
+        .into_iter()
+        .map(|t| t.join().unwrap())
+        .collect();
+    for run in &runs {
+        assert_eq!(run.code, 0, "{run:?}");
+        assert_eq!(json_of(run)["ok"], calls, "{run:?}");
+    }
+    let total = clients * calls;
+    let (status, metrics) = http(
+        "GET",
+        &server.url("/metrics"),
+        &[("authorization", &format!("Bearer {ops}"))],
+        None,
+    );
+    assert_eq!(status, 200);
+    assert!(
+        metrics.contains(&format!(
+            "warden_calls_total{{tool=\"text_stats\",outcome=\"ok\"}} {total}"
+        )),
+        "{metrics}"
+    );
+    assert!(server.stop().success(), "{}", server.log());
+    let db = rusqlite::Connection::open(env.path().join("data/runs.db")).unwrap();
+    let rows: i64 = db
+        .query_row(
+            "SELECT count(*) FROM runs WHERE tool = 'text_stats' AND status = 'ok'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(rows, total as i64, "every call has its run row");
+    let records = warden::audit::read_all(&env.path().join("data/audit")).unwrap();
+    let ends = records
+        .iter()
+        .filter(|r| r["kind"] == "run-end" && r["status"] == "ok")
+        .count();
+    assert_eq!(ends, total, "every call has its audit records");
+}
