@@ -20,6 +20,7 @@ use warden::secrets::SecretUse;
 mod approvals_cli;
 mod audit_cli;
 mod bench;
+mod bench_mcp;
 mod policy_cli;
 mod runs_cli;
 mod secrets_cli;
@@ -149,6 +150,9 @@ enum Command {
     Tokens(TokensCommand),
     /// Measure governed calls and policy decisions in process.
     Bench(bench::BenchArgs),
+    /// Measure `warden serve` from outside over MCP (stdio and HTTP): server CPU per
+    /// call, round trips, throughput, memory, start-up.
+    BenchMcp(bench_mcp::BenchMcpArgs),
 }
 
 fn main() -> ExitCode {
@@ -190,10 +194,18 @@ fn run() -> Result<ExitCode> {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
         .init();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("starting tokio")?;
+    // One client over stdio sends one request at a time: a single-threaded runtime
+    // spares every call the cross-thread wake-ups of a multi-threaded one.
+    let runtime = if matches!(cli.command, Command::Serve { stdio: true, .. }) {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+    }
+    .context("starting tokio")?;
     runtime.block_on(async {
         match cli.command {
             Command::Check => check(&cli.config).await.context("check"),
@@ -227,6 +239,9 @@ fn run() -> Result<ExitCode> {
             Command::Reload => reload(&cli.config).context("reload"),
             Command::Tokens(ref command) => tokens(&cli.config, command).context("tokens"),
             Command::Bench(ref args) => bench::run(&cli.config, args).await.context("bench"),
+            Command::BenchMcp(ref args) => {
+                bench_mcp::run(&cli.config, args).await.context("bench-mcp")
+            }
             Command::Secrets(ref command) => {
                 secrets_cli::run(&cli.config, command).context("secrets")
             }

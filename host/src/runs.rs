@@ -9,6 +9,10 @@ use rusqlite::{Connection, OptionalExtension, params};
 use serde::Serialize;
 use serde_json::Value;
 
+/// How long the writer waits after a row arrives for more to commit with it. Rows
+/// reach `runs list` this much later; the audit log is the durable record meanwhile.
+const LINGER: std::time::Duration = std::time::Duration::from_millis(5);
+
 /// Largest input or output text kept per run.
 pub const MAX_TEXT: usize = 64 * 1024;
 
@@ -94,6 +98,9 @@ impl RunStore {
             .name("warden-runs".into())
             .spawn(move || {
                 while let Ok(first) = rx.recv() {
+                    // Rows arriving meanwhile join this batch without waking the thread
+                    // again: one wake-up and one commit per batch, not per call.
+                    std::thread::sleep(LINGER);
                     let mut batch = vec![first];
                     while let Ok(more) = rx.try_recv() {
                         batch.push(more);

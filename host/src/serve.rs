@@ -20,6 +20,7 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use axum::serve::ListenerExt;
 use rmcp::service::SubscriptionSink;
 use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
 use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
@@ -405,6 +406,10 @@ pub async fn serve_http(
     let app = router(server.clone(), &sessions);
     let driver = tokio::spawn(server.clone().drive(sessions.clone()));
     let sig = tokio::spawn(signals(server.clone(), stop.clone()));
+    // Small JSON-RPC messages: without TCP_NODELAY a response can wait 40 ms for an ACK.
+    let listener = listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     let mut served = tokio::spawn(
         axum::serve(
             listener,

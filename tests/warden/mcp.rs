@@ -100,15 +100,24 @@ fn mcp_client_over_http_lists_and_calls_tools_through_the_governed_path() {
     assert_eq!(run.code, 0, "{run:?}");
     check_basic(&json_of(&run));
 
-    // Every call is in the run history as the token's principal.
-    let (status, body) = http(
-        "GET",
-        &server.url("/api/runs?tool=text_stats"),
-        &[("authorization", &format!("Bearer {ops}"))],
-        None,
-    );
-    assert_eq!(status, 200, "{body}");
-    let runs: Value = serde_json::from_str(&body).unwrap();
+    // Every call is in the run history as the token's principal (rows are committed
+    // in batches a few milliseconds after the call).
+    let auth = format!("Bearer {ops}");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let runs = loop {
+        let (status, body) = http(
+            "GET",
+            &server.url("/api/runs?tool=text_stats"),
+            &[("authorization", &auth)],
+            None,
+        );
+        assert_eq!(status, 200, "{body}");
+        let runs: Value = serde_json::from_str(&body).unwrap();
+        if runs[0].is_object() || Instant::now() > deadline {
+            break runs;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
     assert_eq!(runs[0]["principal"], "agent-1", "{runs}");
     assert_eq!(runs[0]["status"], "ok");
 }
