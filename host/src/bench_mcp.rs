@@ -66,6 +66,19 @@ fn p50(mut samples: Vec<Duration>) -> Duration {
     samples.get(samples.len() / 2).copied().unwrap_or_default()
 }
 
+/// Print what `calls` calls cost the server `pid`, given its CPU and RSS before.
+fn report(label: &str, pid: u32, (cpu0, rss0): (u64, u64), rtts: Vec<Duration>) -> Result<()> {
+    let calls = rtts.len().max(1);
+    let (cpu1, rss1) = (cpu_ns(pid)?, rss_kib(pid)?);
+    println!(
+        "{label} round trip p50 {:.0} µs; server CPU {:.1} µs per tools/call; RSS {rss0} -> {rss1} KiB ({:+} KiB over {calls} calls)",
+        p50(rtts).as_secs_f64() * 1e6,
+        cpu1.saturating_sub(cpu0) as f64 / calls as f64 / 1e3,
+        rss1 as i64 - rss0 as i64,
+    );
+    Ok(())
+}
+
 fn warden_exe() -> Result<PathBuf> {
     std::env::current_exe().context("locating the warden binary")
 }
@@ -289,23 +302,14 @@ pub async fn run(config: &Path, args: &BenchMcpArgs) -> Result<ExitCode> {
         check_ok(&s.request("tools/call", params.clone()).await?)?;
     }
     let pid = s.pid()?;
-    let (cpu0, rss0) = (cpu_ns(pid)?, rss_kib(pid)?);
+    let before = (cpu_ns(pid)?, rss_kib(pid)?);
     let mut rtts = Vec::with_capacity(args.calls);
     for _ in 0..args.calls {
         let t = Instant::now();
         check_ok(&s.request("tools/call", params.clone()).await?)?;
         rtts.push(t.elapsed());
     }
-    let (cpu1, rss1) = (cpu_ns(pid)?, rss_kib(pid)?);
-    println!(
-        "stdio: round trip p50 {:.0} µs; server CPU {:.1} µs per tools/call; RSS {} -> {} KiB ({:+} KiB over {} calls)",
-        p50(rtts).as_secs_f64() * 1e6,
-        (cpu1 - cpu0) as f64 / args.calls as f64 / 1e3,
-        rss0,
-        rss1,
-        rss1 as i64 - rss0 as i64,
-        args.calls
-    );
+    report("stdio:", pid, before, rtts)?;
     s.stop().await?;
 
     // HTTP: start a server on a free port.
@@ -333,23 +337,14 @@ pub async fn run(config: &Path, args: &BenchMcpArgs) -> Result<ExitCode> {
     for _ in 0..warmup {
         check_ok(&one.call(&args.tool, &input).await?)?;
     }
-    let (cpu0, rss0) = (cpu_ns(pid)?, rss_kib(pid)?);
+    let before = (cpu_ns(pid)?, rss_kib(pid)?);
     let mut rtts = Vec::with_capacity(args.calls);
     for _ in 0..args.calls {
         let t = Instant::now();
         check_ok(&one.call(&args.tool, &input).await?)?;
         rtts.push(t.elapsed());
     }
-    let (cpu1, rss1) = (cpu_ns(pid)?, rss_kib(pid)?);
-    println!(
-        "http:  round trip p50 {:.0} µs; server CPU {:.1} µs per tools/call; RSS {} -> {} KiB ({:+} KiB over {} calls)",
-        p50(rtts).as_secs_f64() * 1e6,
-        (cpu1 - cpu0) as f64 / args.calls as f64 / 1e3,
-        rss0,
-        rss1,
-        rss1 as i64 - rss0 as i64,
-        args.calls
-    );
+    report("http: ", pid, before, rtts)?;
 
     // Throughput: sessions at once, each on its own connection.
     let per = args.calls / args.sessions.max(1);

@@ -156,6 +156,37 @@ impl ApprovalRef {
     }
 }
 
+impl CallReport {
+    /// A report of a call not run yet: no decisions, no output, no timings.
+    pub fn new(
+        run_id: String,
+        principal: &str,
+        tool: &str,
+        (plugin, digest): (&str, &str),
+        time_ms: u64,
+    ) -> CallReport {
+        CallReport {
+            run_id,
+            principal: principal.to_string(),
+            tool: tool.to_string(),
+            plugin: plugin.to_string(),
+            plugin_digest: digest.to_string(),
+            time_ms,
+            outcome: Outcome::Denied { reasons: vec![] },
+            decisions: Vec::new(),
+            log: Vec::new(),
+            progress: Vec::new(),
+            denied_requests: Vec::new(),
+            secret_reveals: Vec::new(),
+            peak_memory_bytes: 0,
+            fuel_used: None,
+            host_calls: 0,
+            timings: Timings::default(),
+            approval: None,
+        }
+    }
+}
+
 impl Outcome {
     /// The run's status: `ok`, `denied`, `held`, or the failure kind.
     pub fn status(&self) -> &'static str {
@@ -209,25 +240,13 @@ impl Runtime {
             });
         }
 
-        let mut report = CallReport {
-            run_id: new_run_id(),
-            principal: request.principal.to_string(),
-            tool: tool.name.clone(),
-            plugin: plugin.id.clone(),
-            plugin_digest: plugin.digest.clone(),
+        let mut report = CallReport::new(
+            new_run_id(),
+            request.principal,
+            &tool.name,
+            (&plugin.id, &plugin.digest),
             time_ms,
-            outcome: Outcome::Denied { reasons: vec![] },
-            decisions: Vec::new(),
-            log: Vec::new(),
-            progress: Vec::new(),
-            denied_requests: Vec::new(),
-            secret_reveals: Vec::new(),
-            peak_memory_bytes: 0,
-            fuel_used: None,
-            host_calls: 0,
-            timings: Timings::default(),
-            approval: None,
-        };
+        );
 
         let canonical_input = input.to_string();
         let mut action = Action {

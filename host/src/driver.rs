@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use crate::approvals::{Approval, State};
-use crate::call::{ApprovalRef, CallError, CallReport, Outcome, Timings};
+use crate::call::{ApprovalRef, CallError, CallReport, Outcome};
 use crate::hostcalls::SharedRecorder;
 use crate::record;
 use crate::runtime::Runtime;
@@ -179,26 +179,16 @@ impl Runtime {
     }
 
     fn report_for(&self, a: &Approval, held_by: Value) -> CallReport {
-        CallReport {
-            run_id: a.run_id.clone(),
-            principal: a.principal.clone(),
-            tool: a.tool.clone(),
-            plugin: a.plugin.clone(),
-            plugin_digest: a.plugin_digest.clone(),
-            // The run keeps the time it was requested.
-            time_ms: u64::try_from(a.created_ms).unwrap_or(0),
-            outcome: Outcome::Denied { reasons: vec![] },
-            decisions: Vec::new(),
-            log: Vec::new(),
-            progress: Vec::new(),
-            denied_requests: Vec::new(),
-            secret_reveals: Vec::new(),
-            peak_memory_bytes: 0,
-            fuel_used: None,
-            host_calls: 0,
-            timings: Timings::default(),
-            approval: Some(ApprovalRef::of(a, held_by)),
-        }
+        // The run keeps its id and the time it was requested.
+        let mut report = CallReport::new(
+            a.run_id.clone(),
+            &a.principal,
+            &a.tool,
+            (&a.plugin, &a.plugin_digest),
+            u64::try_from(a.created_ms).unwrap_or(0),
+        );
+        report.approval = Some(ApprovalRef::of(a, held_by));
+        report
     }
 
     /// Why `a` must not run as approved, if it must not.
