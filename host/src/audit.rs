@@ -37,6 +37,14 @@ pub enum AuditError {
     BadHead { path: String, message: String },
     #[error("audit log is not writable after an earlier failure; nothing can run unaudited")]
     Failed,
+    #[error(
+        "audit log {path} is held by another warden process{holder} (waited {waited_secs} s); send calls through it (MCP, API) or stop it"
+    )]
+    Busy {
+        path: String,
+        holder: String,
+        waited_secs: u64,
+    },
 }
 
 /// A queued batch and who to tell when it is durable.
@@ -52,6 +60,9 @@ enum Message {
     /// Write `HEAD` and stop.
     Close,
 }
+
+/// How long opening the log waits for another process to let go of it.
+const LOCK_PATIENCE: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// How often `HEAD` is brought up to date while records flow (it is also written
 /// when the log is closed). Writing it on every commit would double the cost of a
@@ -103,9 +114,31 @@ impl AuditLog {
         };
         std::fs::create_dir_all(dir).map_err(io)?;
         // One writer per log: a second warden process on the same data dir waits here
-        // rather than fork the chain. The lock lives as long as the writer thread.
+        // (a while: short commands finish) rather than fork the chain, then gives up
+        // naming who holds it. The lock lives as long as the writer thread.
         let lock = File::create(dir.join("LOCK")).map_err(io)?;
-        lock.lock().map_err(io)?;
+        let deadline = std::time::Instant::now() + LOCK_PATIENCE;
+        loop {
+            match lock.try_lock() {
+                Ok(()) => break,
+                Err(std::fs::TryLockError::WouldBlock) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                Err(std::fs::TryLockError::WouldBlock) => {
+                    let server = dir
+                        .parent()
+                        .and_then(|d| std::fs::read_to_string(d.join("serve.pid")).ok())
+                        .map(|pid| format!(" (`warden serve`, pid {})", pid.trim()))
+                        .unwrap_or_default();
+                    return Err(AuditError::Busy {
+                        path: dir.display().to_string(),
+                        holder: server,
+                        waited_secs: LOCK_PATIENCE.as_secs(),
+                    });
+                }
+                Err(std::fs::TryLockError::Error(e)) => return Err(io(e)),
+            }
+        }
         let mut writer = Writer::open(dir, max_segment_bytes)?;
         let (tx, rx) = mpsc::channel::<Message>();
         let thread = std::thread::Builder::new()

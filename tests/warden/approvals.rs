@@ -747,3 +747,19 @@ fn policy_test_runner_passes_the_shipped_cases_and_explains_a_failure() {
         "{run:?}"
     );
 }
+
+#[test]
+fn a_second_process_gives_up_on_a_held_audit_log_and_names_the_holder() {
+    let env = hard_env();
+    let (_, _) = held_write(&env, "first", &[]);
+    std::fs::write(env.path().join("data/serve.pid"), "4242\n").unwrap();
+    let lock = hold_audit_log(&env);
+    let run = env.warden(&["call", "notes_list"]);
+    drop(lock);
+    assert_eq!(run.code, USAGE, "{run:?}");
+    assert!(
+        run.stderr
+            .contains("held by another warden process (`warden serve`, pid 4242)"),
+        "{run:?}"
+    );
+}
