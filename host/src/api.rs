@@ -12,16 +12,42 @@ use axum::Json;
 use axum::extract::{Extension, Path, Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use crate::approvals::{ApprovalError, Ballot, State as ApprovalState, Verdict};
 use crate::runs::RunFilter;
+use crate::runtime::Runtime;
 use crate::serve::Server;
 use crate::tokens::{Principal, Role};
 
 fn error(status: StatusCode, message: impl std::fmt::Display) -> Response {
     (status, Json(json!({ "error": message.to_string() }))).into_response()
+}
+
+/// `value` as JSON, with every granted secret value scrubbed: approval requests keep
+/// their input exactly (to run it exactly), what leaves through the API must not.
+fn shown<T: Serialize>(rt: &Runtime, value: &T) -> Response {
+    match serde_json::to_value(value) {
+        Ok(mut v) => {
+            rt.redactor.scrub_value(&mut v);
+            Json(v).into_response()
+        }
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
+    }
+}
+
+/// The answer to a lookup: the value, 404 naming `what`, or 500.
+fn found<T: Serialize, E: std::fmt::Display>(
+    rt: &Runtime,
+    what: &str,
+    result: Result<Option<T>, E>,
+) -> Response {
+    match result {
+        Ok(Some(v)) => shown(rt, &v),
+        Ok(None) => error(StatusCode::NOT_FOUND, format!("no {what}")),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
+    }
 }
 
 /// The refusal for a principal without `role`, if it lacks it.
@@ -56,10 +82,8 @@ pub async fn runs(
         since_ms: q.since,
         limit: q.limit.unwrap_or(50).min(1000),
     };
-    match server.runtime().runs.list(&filter) {
-        Ok(rows) => Json(rows).into_response(),
-        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
-    }
+    let rt = server.runtime();
+    found(&rt, "runs", rt.runs.list(&filter).map(Some))
 }
 
 pub async fn run(
@@ -70,11 +94,8 @@ pub async fn run(
     if let Some(r) = refuse(&p, Role::Operator) {
         return r;
     }
-    match server.runtime().runs.get(&id) {
-        Ok(Some(row)) => Json(row).into_response(),
-        Ok(None) => error(StatusCode::NOT_FOUND, format!("no run {id}")),
-        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
-    }
+    let rt = server.runtime();
+    found(&rt, &format!("run {id}"), rt.runs.get(&id))
 }
 
 #[derive(Deserialize)]
@@ -100,10 +121,8 @@ pub async fn approvals(
     let Some(queue) = &rt.approvals else {
         return error(StatusCode::CONFLICT, "the approval queue is disabled");
     };
-    match queue.list(state, q.limit.unwrap_or(50).min(1000)) {
-        Ok(list) => Json(list).into_response(),
-        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
-    }
+    let list = queue.list(state, q.limit.unwrap_or(50).min(1000)).map(Some);
+    found(&rt, "approvals", list)
 }
 
 pub async fn approval(
@@ -118,11 +137,7 @@ pub async fn approval(
     let Some(queue) = &rt.approvals else {
         return error(StatusCode::CONFLICT, "the approval queue is disabled");
     };
-    match queue.get(&id) {
-        Ok(Some(a)) => Json(a).into_response(),
-        Ok(None) => error(StatusCode::NOT_FOUND, format!("no approval request {id}")),
-        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
-    }
+    found(&rt, &format!("approval request {id}"), queue.get(&id))
 }
 
 #[derive(Deserialize, Default)]
@@ -158,7 +173,7 @@ async fn decide(
     match queue.decide(&rt.config.approvals, id, &ballot).await {
         // The driver runs an approved call (and audits the vote) at once: it is woken
         // by the change.
-        Ok(a) => Json(a).into_response(),
+        Ok(a) => shown(&rt, &a),
         Err(e @ ApprovalError::NotFound(_)) => error(StatusCode::NOT_FOUND, e),
         Err(e @ ApprovalError::AlreadyDecided { .. }) => error(StatusCode::CONFLICT, e),
         Err(e @ ApprovalError::NotAllowed { .. }) => error(StatusCode::FORBIDDEN, e),
@@ -212,7 +227,7 @@ pub async fn audit(
     };
     let limit = q.limit.unwrap_or(1000).min(100_000);
     // Reading the log is blocking file I/O.
-    let found = tokio::task::spawn_blocking(move || {
+    let hits = tokio::task::spawn_blocking(move || {
         crate::audit::read_all(&dir).map(|all| {
             let mut hits: Vec<Value> = all.into_iter().filter(|r| search.matches(r)).collect();
             let skip = hits.len().saturating_sub(limit);
@@ -221,9 +236,8 @@ pub async fn audit(
         })
     })
     .await;
-    match found {
-        Ok(Ok(records)) => Json(records).into_response(),
-        Ok(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
+    match hits {
+        Ok(records) => found(&server.runtime(), "records", records.map(Some)),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
     }
 }

@@ -16,6 +16,7 @@ use warden::approvals::{
 use warden::config::Config;
 use warden::driver::Resume;
 use warden::runtime::Runtime;
+use warden::secrets::Redactor;
 
 use crate::exit;
 
@@ -78,7 +79,9 @@ pub async fn run(config_path: &Path, command: &ApprovalsCommand) -> Result<ExitC
                 })?),
             };
             let mut out = String::new();
-            for a in queue.list(state, *limit)? {
+            let redactor = warden::runtime::redactor_for(&config)?;
+            for mut a in queue.list(state, *limit)? {
+                redact(&redactor, &mut a);
                 if *json {
                     out += &serde_json::to_string(&a)?;
                     out += "\n";
@@ -101,9 +104,10 @@ pub async fn run(config_path: &Path, command: &ApprovalsCommand) -> Result<ExitC
             Ok(ExitCode::from(exit::OK))
         }
         ApprovalsCommand::Show { id, json } => {
-            let a = queue
+            let mut a = queue
                 .get(id)?
                 .ok_or_else(|| ApprovalError::NotFound(id.clone()))?;
+            redact(&warden::runtime::redactor_for(&config)?, &mut a);
             if *json {
                 let mut v = serde_json::to_value(&a)?;
                 v["notice"] = serde_json::to_value(queue.notice(id)?)?;
@@ -235,6 +239,22 @@ async fn decide(
             }))
         }
     }
+}
+
+/// Scrub every granted secret value from what is printed of `a`: the stored input is
+/// exact (it runs exactly), the screen must not show a secret.
+fn redact(r: &Redactor, a: &mut Approval) {
+    r.scrub_string(&mut a.input);
+    a.reasons.iter_mut().for_each(|s| r.scrub_string(s));
+    if let Some(result) = &mut a.result {
+        r.scrub_string(result);
+    }
+    for v in &mut a.votes {
+        if let Some(reason) = &mut v.reason {
+            r.scrub_string(reason);
+        }
+    }
+    r.scrub_value(&mut a.decisions);
 }
 
 /// "expires in 5m", "expired 2s ago", or when it was settled.

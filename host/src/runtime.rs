@@ -288,6 +288,12 @@ impl Runtime {
     }
 }
 
+/// The redactor for every secret `config` grants, for commands that print stored
+/// records without loading the components.
+pub fn redactor_for(config: &Config) -> Result<Redactor, ConfigError> {
+    load_secrets(config).map(|(_, redactor)| redactor)
+}
+
 /// Decrypt the secrets the plugins are granted. The vault is opened only when some
 /// plugin has a secret grant; a grant naming a secret the vault lacks, or a vault that
 /// cannot be decrypted, fails the load.

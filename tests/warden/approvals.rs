@@ -763,3 +763,34 @@ fn a_second_process_gives_up_on_a_held_audit_log_and_names_the_holder() {
         "{run:?}"
     );
 }
+
+#[test]
+fn a_secret_in_a_held_input_never_reaches_approvals_output() {
+    let (a, b) = (Listener::http(), Listener::http());
+    let env = super::secret_env(&a, &b, super::HEADER_GRANT);
+    env.append_config(
+        "[approvals]\napprovers = [\"alice\"]\n\n[[policy]]\nid = \"tiers\"\ncomponent = \"{tiered-approval}\"\n[policy.config]\ndefault = \"soft\"\n",
+    );
+    let input = format!(r#"{{"note":"{}"}}"#, super::SECRET);
+    let call = env.warden(&["call", "env", "--input", &input, "--as", "agent"]);
+    assert_eq!(call.code, HELD, "{call:?}");
+    let id = serde_json::from_str::<Value>(&call.stdout).unwrap()["approval_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let outputs = [
+        env.warden(&["approvals", "show", &id]),
+        env.warden(&["approvals", "show", &id, "--json"]),
+        env.warden(&["approvals", "list", "--json"]),
+    ];
+    for run in &outputs {
+        assert_eq!(run.code, OK, "{run:?}");
+    }
+    for run in outputs.iter().chain([&call]) {
+        assert!(
+            !run.stdout.contains(super::SECRET) && !run.stderr.contains(super::SECRET),
+            "{run:?}"
+        );
+    }
+    assert!(outputs[1].stdout.contains("[REDACTED"), "{:?}", outputs[1]);
+}
