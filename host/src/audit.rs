@@ -117,27 +117,17 @@ impl AuditLog {
         // (a while: short commands finish) rather than fork the chain, then gives up
         // naming who holds it. The lock lives as long as the writer thread.
         let lock = File::create(dir.join("LOCK")).map_err(io)?;
-        let deadline = std::time::Instant::now() + LOCK_PATIENCE;
-        loop {
-            match lock.try_lock() {
-                Ok(()) => break,
-                Err(std::fs::TryLockError::WouldBlock) if std::time::Instant::now() < deadline => {
-                    std::thread::sleep(std::time::Duration::from_millis(20));
-                }
-                Err(std::fs::TryLockError::WouldBlock) => {
-                    let server = dir
-                        .parent()
-                        .and_then(|d| std::fs::read_to_string(d.join("serve.pid")).ok())
-                        .map(|pid| format!(" (`warden serve`, pid {})", pid.trim()))
-                        .unwrap_or_default();
-                    return Err(AuditError::Busy {
-                        path: dir.display().to_string(),
-                        holder: server,
-                        waited_secs: LOCK_PATIENCE.as_secs(),
-                    });
-                }
-                Err(std::fs::TryLockError::Error(e)) => return Err(io(e)),
-            }
+        if !lock_within(&lock, LOCK_PATIENCE).map_err(io)? {
+            let server = dir
+                .parent()
+                .and_then(|d| std::fs::read_to_string(d.join("serve.pid")).ok())
+                .map(|pid| format!(" (`warden serve`, pid {})", pid.trim()))
+                .unwrap_or_default();
+            return Err(AuditError::Busy {
+                path: dir.display().to_string(),
+                holder: server,
+                waited_secs: LOCK_PATIENCE.as_secs(),
+            });
         }
         let mut writer = Writer::open(dir, max_segment_bytes)?;
         let (tx, rx) = mpsc::channel::<Message>();
@@ -282,19 +272,26 @@ fn segment_name(index: u64) -> String {
 /// open for writing). `false` means some process still holds it. (A process that
 /// opens it after this returns `true` makes the answer stale.)
 pub fn wait_until_free(dir: &Path, patience: std::time::Duration) -> bool {
+    match File::open(dir.join("LOCK")) {
+        Err(_) => true,
+        // Taken and released at once (dropping the file lets go).
+        Ok(f) => lock_within(&f, patience).unwrap_or(false),
+    }
+}
+
+/// Take the exclusive lock on `file`, trying for up to `patience`; `false` when some
+/// other process still holds it.
+fn lock_within(file: &File, patience: std::time::Duration) -> std::io::Result<bool> {
     let deadline = std::time::Instant::now() + patience;
     loop {
-        let free = match File::open(dir.join("LOCK")) {
-            Err(_) => true,
-            Ok(f) => f.try_lock().is_ok(),
-        };
-        if free {
-            return true;
+        match file.try_lock() {
+            Ok(()) => return Ok(true),
+            Err(std::fs::TryLockError::WouldBlock) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            Err(std::fs::TryLockError::WouldBlock) => return Ok(false),
+            Err(std::fs::TryLockError::Error(e)) => return Err(e),
         }
-        if std::time::Instant::now() >= deadline {
-            return false;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(20));
     }
 }
 

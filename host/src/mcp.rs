@@ -41,30 +41,34 @@ pub struct WardenMcp {
 pub fn tools(rt: &Runtime) -> Vec<Tool> {
     rt.tool_names()
         .into_iter()
-        .filter_map(|name| rt.plugin_for(name)?.tool(name))
-        .map(|t| {
-            let schema = match &t.schema {
-                Value::Object(m) => m.clone(),
-                _ => JsonObject::new(),
-            };
-            let a = t.annotations;
-            let mut tool = Tool::new(t.name.clone(), t.description.clone(), Arc::new(schema))
-                .with_annotations(
-                    ToolAnnotations::new()
-                        .read_only(a.read_only)
-                        .destructive(a.destructive)
-                        .idempotent(a.idempotent)
-                        .open_world(a.open_world),
-                );
-            if let Some(title) = &t.title {
-                tool = tool.with_title(title.clone());
-            }
-            if let Some(Value::Object(out)) = &t.output_schema {
-                tool = tool.with_raw_output_schema(Arc::new(out.clone()));
-            }
-            tool
-        })
+        .filter_map(|name| tool(rt, name))
         .collect()
+}
+
+/// The MCP description of `name`, if `rt` serves it.
+pub fn tool(rt: &Runtime, name: &str) -> Option<Tool> {
+    rt.plugin_for(name)?.tool(name).map(|t| {
+        let schema = match &t.schema {
+            Value::Object(m) => m.clone(),
+            _ => JsonObject::new(),
+        };
+        let a = t.annotations;
+        let mut tool = Tool::new(t.name.clone(), t.description.clone(), Arc::new(schema))
+            .with_annotations(
+                ToolAnnotations::new()
+                    .read_only(a.read_only)
+                    .destructive(a.destructive)
+                    .idempotent(a.idempotent)
+                    .open_world(a.open_world),
+            );
+        if let Some(title) = &t.title {
+            tool = tool.with_title(title.clone());
+        }
+        if let Some(Value::Object(out)) = &t.output_schema {
+            tool = tool.with_raw_output_schema(Arc::new(out.clone()));
+        }
+        tool
+    })
 }
 
 fn text_result(is_error: bool, text: String) -> CallToolResponse {
@@ -209,9 +213,7 @@ impl ServerHandler for WardenMcp {
     }
 
     fn get_tool(&self, name: &str) -> Option<Tool> {
-        tools(&self.server.runtime())
-            .into_iter()
-            .find(|t| t.name == name)
+        tool(&self.server.runtime(), name)
     }
 
     async fn call_tool(
