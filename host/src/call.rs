@@ -203,6 +203,7 @@ impl Runtime {
     /// Run one governed call.
     pub async fn call(&self, request: CallRequest<'_>) -> Result<CallReport, CallError> {
         let started = Instant::now();
+        let _caller = self.audit.as_ref().map(|a| a.caller());
         let time_ms = crate::now_ms();
 
         let plugin = self

@@ -32,6 +32,7 @@ pub mod runtime;
 pub mod sandbox;
 pub mod secrets;
 pub mod serve;
+pub mod stdio;
 pub mod tokens;
 pub mod vault;
 

@@ -458,7 +458,7 @@ pub async fn serve_stdio(server: Arc<Server>, principal: String) -> anyhow::Resu
         server: server.clone(),
         stdio_principal: Some(principal),
     };
-    let running = handler.serve(rmcp::transport::stdio()).await?;
+    let running = handler.serve(crate::stdio::streams()).await?;
     tokio::select! {
         r = running.waiting() => { r?; }
         _ = stop.cancelled() => {}
