@@ -48,9 +48,30 @@ pub enum AuditError {
     },
 }
 
+/// One record's fields as JSON text (`,"kind":...`), without `seq`, `prev` and `hash`,
+/// which the writer adds as it chains the record.
+struct Fields(Vec<u8>);
+
+impl Fields {
+    fn of(record: &Map<String, Value>) -> Fields {
+        let mut out = Vec::with_capacity(512);
+        for (k, v) in record {
+            if k == "seq" || k == "prev" || k == "hash" {
+                continue;
+            }
+            out.push(b',');
+            // Writing JSON into a Vec cannot fail: keys are strings, values are Values.
+            let _ = serde_json::to_writer(&mut out, k);
+            out.push(b':');
+            let _ = serde_json::to_writer(&mut out, v);
+        }
+        Fields(out)
+    }
+}
+
 /// A queued batch and who to tell when it is durable.
 struct Commit {
-    records: Vec<Map<String, Value>>,
+    records: Vec<Fields>,
     /// Wait for fsync (durable), or only for the write to reach the file.
     durable: bool,
     done: tokio::sync::oneshot::Sender<Result<(), AuditError>>,
@@ -256,6 +277,9 @@ impl AuditLog {
         if records.is_empty() {
             return Ok(());
         }
+        // Serialized here, on the caller's thread, so the writer (one thread for every
+        // caller) only chains, hashes and writes.
+        let records: Vec<Fields> = records.iter().map(Fields::of).collect();
         if durable && self.alone() {
             // Let calls that are ready to run reach the log first: with company, one
             // fsync on the writer thread covers them all (a single-threaded server
@@ -298,11 +322,7 @@ impl AuditLog {
 
     /// Commit on this thread when no other caller is around (see [`AuditLog::caller`]);
     /// `None` when the writer thread should take it.
-    fn commit_alone(
-        &self,
-        records: &[Map<String, Value>],
-        durable: bool,
-    ) -> Option<Result<(), AuditError>> {
+    fn commit_alone(&self, records: &[Fields], durable: bool) -> Option<Result<(), AuditError>> {
         if !self.alone() {
             return None;
         }
@@ -451,10 +471,7 @@ impl Writer {
         })
     }
 
-    fn write<'a>(
-        &mut self,
-        records: impl Iterator<Item = &'a Map<String, Value>>,
-    ) -> Result<(), AuditError> {
+    fn write<'a>(&mut self, records: impl Iterator<Item = &'a Fields>) -> Result<(), AuditError> {
         if self.failed {
             return Err(AuditError::Failed);
         }
@@ -468,30 +485,28 @@ impl Writer {
 
     fn try_write<'a>(
         &mut self,
-        records: impl Iterator<Item = &'a Map<String, Value>>,
+        records: impl Iterator<Item = &'a Fields>,
     ) -> Result<(), AuditError> {
         self.buf.clear();
         let (mut seq, mut hash) = (self.seq, self.hash.clone());
-        let mut body = Vec::with_capacity(1024);
+        let mut head = Vec::with_capacity(128);
+        let mut hex = [0u8; 64];
         for record in records {
             seq += 1;
-            // Serialized field by field (no copy of the record): seq, prev, then the rest.
-            body.clear();
-            write!(body, "{{\"seq\":{seq},\"prev\":\"{hash}\"").map_err(|e| self.error(e))?;
-            for (k, v) in record {
-                if k == "seq" || k == "prev" || k == "hash" {
-                    continue;
-                }
-                body.push(b',');
-                serde_json::to_writer(&mut body, k).map_err(|e| self.error(e))?;
-                body.push(b':');
-                serde_json::to_writer(&mut body, v).map_err(|e| self.error(e))?;
-            }
-            body.push(b'}');
-            hash = hex::encode(Sha256::digest(&body));
-            self.buf.extend_from_slice(&body[..body.len() - 1]);
+            head.clear();
+            write!(head, "{{\"seq\":{seq},\"prev\":\"{hash}\"").map_err(|e| self.error(e))?;
+            let digest = Sha256::new()
+                .chain_update(&head)
+                .chain_update(&record.0)
+                .chain_update(b"}")
+                .finalize();
+            hex::encode_to_slice(digest, &mut hex).map_err(|e| self.error(e))?;
+            // The digest's hex digits are ASCII.
+            hash = String::from_utf8_lossy(&hex).into_owned();
+            self.buf.extend_from_slice(&head);
+            self.buf.extend_from_slice(&record.0);
             self.buf.extend_from_slice(b",\"hash\":\"");
-            self.buf.extend_from_slice(hash.as_bytes());
+            self.buf.extend_from_slice(&hex);
             self.buf.extend_from_slice(b"\"}\n");
         }
         if self.size > 0 && self.size + self.buf.len() as u64 > self.max_segment_bytes {

@@ -379,6 +379,11 @@ async fn audit_throughput(dir: &Path) -> Result<()> {
 
 /// Governed calls/s with audit on and off, `concurrency` calls in flight over two
 /// threads (the way a server runs): group commit shares each fsync among them.
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values.get(values.len() / 2).copied().unwrap_or(0.0)
+}
+
 async fn audit_on_off(config: &Path, args: &BenchArgs) -> Result<()> {
     let mut on_config = Config::load(config)?;
     on_config.audit_enabled = true;
@@ -389,38 +394,53 @@ async fn audit_on_off(config: &Path, args: &BenchArgs) -> Result<()> {
     off_config.audit_enabled = false;
     let off = Arc::new(Runtime::load(off_config).await?);
     let calls = args.iterations.max(1000);
+    // Alternating on and off rounds, ratio per pair, median of the pairs: this machine's
+    // speed drifts by tens of percent between seconds, which a single on-then-off
+    // comparison reads as a difference between them.
+    const ROUNDS: usize = 5;
     for concurrency in [1usize, 64, 256] {
-        let mut rates = Vec::new();
-        for rt in [on, &off] {
-            let started = Instant::now();
-            let per_task = calls / concurrency;
-            let tasks: Vec<_> = (0..concurrency)
-                .map(|_| {
-                    let rt = rt.clone();
-                    let (tool, input) = (args.tool.clone(), args.input.clone());
-                    tokio::spawn(async move {
-                        for _ in 0..per_task {
-                            rt.call(CallRequest {
-                                principal: "bench",
-                                tool: &tool,
-                                input: &input,
-                            })
-                            .await?;
-                        }
-                        Ok::<(), warden::CallError>(())
+        let per_task = (calls / ROUNDS / concurrency).max(1);
+        let (mut on_rates, mut off_rates, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
+        for _ in 0..ROUNDS {
+            let mut pair = [0.0; 2];
+            for (slot, rt) in [on, &off].into_iter().enumerate() {
+                let started = Instant::now();
+                let tasks: Vec<_> = (0..concurrency)
+                    .map(|_| {
+                        let rt = rt.clone();
+                        let (tool, input) = (args.tool.clone(), args.input.clone());
+                        tokio::spawn(async move {
+                            for _ in 0..per_task {
+                                rt.call(CallRequest {
+                                    principal: "bench",
+                                    tool: &tool,
+                                    input: &input,
+                                })
+                                .await?;
+                            }
+                            Ok::<(), warden::CallError>(())
+                        })
                     })
-                })
-                .collect();
-            for t in tasks {
-                t.await??;
+                    .collect();
+                for t in tasks {
+                    t.await??;
+                }
+                pair[slot] = (per_task * concurrency) as f64 / started.elapsed().as_secs_f64();
             }
-            rates.push((per_task * concurrency) as f64 / started.elapsed().as_secs_f64());
+            on_rates.push(pair[0]);
+            off_rates.push(pair[1]);
+            ratios.push(pair[1] / pair[0]);
         }
         println!(
-            "governed calls, {concurrency:>2} in flight: audit on {:>7.0} calls/s, off {:>7.0} calls/s: on takes {:.2}x the time of off",
-            rates[0],
-            rates[1],
-            rates[1] / rates[0]
+            "governed calls, {concurrency:>3} in flight: audit on {:>7.0} calls/s, off {:>7.0} calls/s: on takes {:.2}x the time of off (median of {ROUNDS} alternating pairs; pairs {})",
+            median(on_rates),
+            median(off_rates),
+            median(ratios.clone()),
+            ratios
+                .iter()
+                .map(|r| format!("{r:.2}"))
+                .collect::<Vec<_>>()
+                .join(" "),
         );
     }
     Ok(())
