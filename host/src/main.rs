@@ -155,6 +155,12 @@ enum Command {
     BenchMcp(bench_mcp::BenchMcpArgs),
 }
 
+// A governed call allocates and frees many small objects across threads (records,
+// JSON values, the sandbox's tables); glibc's malloc spent a fifth of the CPU of a
+// concurrent load in its arena locks and consolidation (BENCHMARKS.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     match run() {
         Ok(code) => code,
