@@ -310,6 +310,39 @@ pub async fn run(config: &Path, args: &BenchMcpArgs) -> Result<ExitCode> {
         rtts.push(t.elapsed());
     }
     report("stdio:", pid, before, rtts)?;
+
+    // stdio with requests pipelined: what a call costs the server when it has company
+    // (an agent running tools in parallel), `--sessions` requests in flight at a time.
+    let window = args.sessions.max(1) as u64;
+    let cpu0 = cpu_ns(pid)?;
+    let started = Instant::now();
+    let first = s.next_id;
+    let last = first + args.calls as u64;
+    let mut answered = 0;
+    while answered < args.calls {
+        while s.next_id < last && s.next_id < first + answered as u64 + window {
+            let id = s.next_id;
+            s.next_id += 1;
+            s.send(&json!({"jsonrpc": "2.0", "id": id, "method": "tools/call", "params": params}))
+                .await?;
+        }
+        let line = s
+            .lines
+            .next_line()
+            .await?
+            .context("the server closed stdout")?;
+        let response: Value = serde_json::from_str(&line)?;
+        if response.get("id").is_some() {
+            check_ok(&response)?;
+            answered += 1;
+        }
+    }
+    let elapsed = started.elapsed();
+    println!(
+        "stdio: {window} requests in flight: {:.0} calls/s; server CPU {:.1} µs per tools/call",
+        args.calls as f64 / elapsed.as_secs_f64(),
+        cpu_ns(pid)?.saturating_sub(cpu0) as f64 / args.calls.max(1) as f64 / 1e3,
+    );
     s.stop().await?;
 
     // HTTP: start a server on a free port.
@@ -352,6 +385,7 @@ pub async fn run(config: &Path, args: &BenchMcpArgs) -> Result<ExitCode> {
     for _ in 0..args.sessions {
         sessions.push(HttpSession::connect(&addr, &token).await?);
     }
+    let cpu0 = cpu_ns(pid)?;
     let started = Instant::now();
     let tasks: Vec<_> = sessions
         .into_iter()
@@ -369,12 +403,13 @@ pub async fn run(config: &Path, args: &BenchMcpArgs) -> Result<ExitCode> {
         t.await??;
     }
     let elapsed = started.elapsed();
+    let done = per * args.sessions;
     println!(
-        "http:  {} sessions at once: {:.0} calls/s ({} calls in {:.2} s)",
+        "http:  {} sessions at once: {:.0} calls/s ({done} calls in {:.2} s); server CPU {:.1} µs per tools/call",
         args.sessions,
-        (per * args.sessions) as f64 / elapsed.as_secs_f64(),
-        per * args.sessions,
-        elapsed.as_secs_f64()
+        done as f64 / elapsed.as_secs_f64(),
+        elapsed.as_secs_f64(),
+        cpu_ns(pid)?.saturating_sub(cpu0) as f64 / done.max(1) as f64 / 1e3,
     );
     let _ = server.start_kill();
     let _ = server.wait().await;
