@@ -146,3 +146,53 @@ impl AsyncWrite for Pipe {
         Poll::Ready(Ok(()))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    fn nonblocking(fd: RawFd) -> bool {
+        // SAFETY: reads the flags of a descriptor the test owns.
+        unsafe { libc::fcntl(fd, libc::F_GETFL) & libc::O_NONBLOCK != 0 }
+    }
+
+    /// Bytes cross a pipe both ways through the reactor, and the descriptors get their
+    /// blocking mode back when the streams are dropped.
+    #[tokio::test]
+    async fn pipes_carry_bytes_and_get_their_flags_back() {
+        let mut fds = [0; 2];
+        // SAFETY: `pipe` fills the two descriptors it is given.
+        assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+        let [read_end, write_end] = fds;
+        {
+            let mut input = Pipe::new(read_end, Interest::READABLE).expect("a pipe registers");
+            let mut output = Pipe::new(write_end, Interest::WRITABLE).expect("a pipe registers");
+            assert!(nonblocking(read_end) && nonblocking(write_end));
+            let reader = tokio::spawn(async move {
+                let mut got = vec![0; 5];
+                input.read_exact(&mut got).await.map(|_| got)
+            });
+            output.write_all(b"hello").await.unwrap();
+            assert_eq!(reader.await.unwrap().unwrap(), b"hello");
+        }
+        assert!(!nonblocking(read_end) && !nonblocking(write_end));
+        // SAFETY: the test's own descriptors, closed once.
+        unsafe {
+            libc::close(read_end);
+            libc::close(write_end);
+        }
+    }
+
+    #[test]
+    fn a_regular_file_is_left_to_tokio() {
+        let file = tempfile::tempfile().unwrap();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_io()
+            .build()
+            .unwrap();
+        let _enter = runtime.enter();
+        assert!(Pipe::new(file.as_raw_fd(), Interest::READABLE).is_none());
+        assert!(!nonblocking(file.as_raw_fd()));
+    }
+}
