@@ -13,7 +13,7 @@ use axum::extract::{Extension, Path, Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
+use serde_json::json;
 
 use crate::approvals::{ApprovalError, Ballot, State as ApprovalState, Verdict};
 use crate::runs::RunFilter;
@@ -227,15 +227,9 @@ pub async fn audit(
     };
     let limit = q.limit.unwrap_or(1000).min(100_000);
     // Reading the log is blocking file I/O.
-    let hits = tokio::task::spawn_blocking(move || {
-        crate::audit::read_all(&dir).map(|all| {
-            let mut hits: Vec<Value> = all.into_iter().filter(|r| search.matches(r)).collect();
-            let skip = hits.len().saturating_sub(limit);
-            hits.drain(..skip);
-            hits
-        })
-    })
-    .await;
+    let hits =
+        tokio::task::spawn_blocking(move || crate::audit::last_matching(&dir, &search, limit))
+            .await;
     match hits {
         Ok(records) => found(&server.runtime(), "records", records.map(Some)),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e),

@@ -806,6 +806,75 @@ pub fn read_all(dir: &Path) -> Result<Vec<Value>, AuditError> {
     Ok(out)
 }
 
+/// Call `found` with every record matching `search`, oldest first, one line in memory
+/// at a time (a SIEM export of the whole log stays small).
+pub fn each_matching(
+    dir: &Path,
+    search: &Search,
+    mut found: impl FnMut(Value),
+) -> Result<(), AuditError> {
+    for index in segments(dir).map_err(|e| read_error(dir, e))? {
+        scan_segment(dir, index, |record| {
+            if search.matches(&record) {
+                found(record);
+            }
+        })?;
+    }
+    Ok(())
+}
+
+/// The last `limit` records matching `search`, oldest first. Reads segments newest
+/// first and stops once it has `limit`: memory stays bounded by `limit` however large
+/// the log is, and a recent query reads only the recent segments.
+pub fn last_matching(dir: &Path, search: &Search, limit: usize) -> Result<Vec<Value>, AuditError> {
+    let mut newest_first: Vec<std::collections::VecDeque<Value>> = Vec::new();
+    let mut kept = 0;
+    for index in segments(dir)
+        .map_err(|e| read_error(dir, e))?
+        .into_iter()
+        .rev()
+    {
+        if kept >= limit {
+            break;
+        }
+        let room = limit - kept;
+        let mut hits = std::collections::VecDeque::new();
+        scan_segment(dir, index, |record| {
+            if search.matches(&record) {
+                if hits.len() == room {
+                    hits.pop_front();
+                }
+                hits.push_back(record);
+            }
+        })?;
+        kept += hits.len();
+        newest_first.push(hits);
+    }
+    Ok(newest_first.into_iter().rev().flatten().collect())
+}
+
+/// Every record of one segment, in order, up to a line that is not a record (a torn
+/// tail; `verify` names any damage).
+fn scan_segment(dir: &Path, index: u64, mut each: impl FnMut(Value)) -> Result<(), AuditError> {
+    let path = dir.join(segment_name(index));
+    let reader = BufReader::new(File::open(&path).map_err(|e| read_error(&path, e))?);
+    for line in reader.lines() {
+        let line = line.map_err(|e| read_error(&path, e))?;
+        let Ok(record) = serde_json::from_str::<Value>(&line) else {
+            break;
+        };
+        each(record);
+    }
+    Ok(())
+}
+
+fn read_error(path: &Path, e: std::io::Error) -> AuditError {
+    AuditError::Io {
+        path: path.display().to_string(),
+        message: e.to_string(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -834,6 +903,38 @@ mod tests {
         assert_eq!(v.records, 12);
         assert!(v.segments > 1, "rotated: {v:?}");
         assert_eq!(read_all(dir.path()).unwrap()[11]["kind"], "two");
+    }
+
+    #[tokio::test]
+    async fn search_keeps_the_last_matches_across_segments_oldest_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = AuditLog::open(dir.path(), 300).unwrap();
+        for i in 0..30 {
+            let kind = if i % 3 == 0 { "hit" } else { "miss" };
+            let mut r = record(kind);
+            r.insert("n".into(), i.into());
+            log.append(vec![r]).await.unwrap();
+        }
+        log.close();
+        let hits = Search {
+            kind: Some("hit".into()),
+            ..Search::default()
+        };
+        let n = |records: Vec<Value>| -> Vec<u64> {
+            records.iter().filter_map(|r| r["n"].as_u64()).collect()
+        };
+        assert_eq!(
+            n(last_matching(dir.path(), &hits, 4).unwrap()),
+            [18, 21, 24, 27]
+        );
+        assert_eq!(n(last_matching(dir.path(), &hits, 100).unwrap()).len(), 10);
+        assert_eq!(
+            n(last_matching(dir.path(), &Search::default(), 2).unwrap()),
+            [28, 29]
+        );
+        let mut all = Vec::new();
+        each_matching(dir.path(), &hits, |r| all.push(r)).unwrap();
+        assert_eq!(n(all), [0, 3, 6, 9, 12, 15, 18, 21, 24, 27]);
     }
 
     /// Commits made alone (on the caller's thread) and group commits (on the writer

@@ -71,9 +71,8 @@ pub fn run(config: &Path, command: &AuditCommand) -> Result<ExitCode> {
             }
         }
         AuditCommand::Tail { lines, json } => {
-            let records = audit::read_all(dir)?;
-            let start = records.len().saturating_sub(*lines);
-            print(&records[start..], *json);
+            let records = audit::last_matching(dir, &audit::Search::default(), *lines)?;
+            print(&records, *json);
             Ok(ExitCode::SUCCESS)
         }
         AuditCommand::Search {
@@ -89,11 +88,9 @@ pub fn run(config: &Path, command: &AuditCommand) -> Result<ExitCode> {
                 since_ms: *since,
                 kind: kind.clone(),
             };
-            let records: Vec<Value> = audit::read_all(dir)?
-                .into_iter()
-                .filter(|r| search.matches(r))
-                .collect();
-            print(&records, *json);
+            audit::each_matching(dir, &search, |record| {
+                print(std::slice::from_ref(&record), *json)
+            })?;
             Ok(ExitCode::SUCCESS)
         }
     }
