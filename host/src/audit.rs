@@ -786,39 +786,31 @@ pub fn verify(dir: &Path) -> Result<Verified, AuditError> {
     })
 }
 
-/// Every record, in order (for `audit tail` and `audit search`). Stops at a line that
-/// is not valid JSON.
+/// Every record, in order, in memory (for tests and small logs; the commands stream).
+/// Stops at a line that is not valid JSON.
 pub fn read_all(dir: &Path) -> Result<Vec<Value>, AuditError> {
-    let io = |e: std::io::Error| AuditError::Io {
-        path: dir.display().to_string(),
-        message: e.to_string(),
-    };
     let mut out = Vec::new();
-    for index in segments(dir).map_err(io)? {
-        let reader = BufReader::new(File::open(dir.join(segment_name(index))).map_err(io)?);
-        for line in reader.lines() {
-            let Ok(record) = serde_json::from_str::<Value>(&line.map_err(io)?) else {
-                return Ok(out);
-            };
-            out.push(record);
-        }
-    }
+    each_matching(dir, &Search::default(), |record| {
+        out.push(record);
+        true
+    })?;
     Ok(out)
 }
 
 /// Call `found` with every record matching `search`, oldest first, one line in memory
-/// at a time (a SIEM export of the whole log stays small).
+/// at a time (a SIEM export of the whole log stays small), until it returns `false`.
 pub fn each_matching(
     dir: &Path,
     search: &Search,
-    mut found: impl FnMut(Value),
+    mut found: impl FnMut(Value) -> bool,
 ) -> Result<(), AuditError> {
     for index in segments(dir).map_err(|e| read_error(dir, e))? {
-        scan_segment(dir, index, |record| {
-            if search.matches(&record) {
-                found(record);
-            }
+        let more = scan_segment(dir, index, |record| {
+            !search.matches(&record) || found(record)
         })?;
+        if !more {
+            break;
+        }
     }
     Ok(())
 }
@@ -846,6 +838,7 @@ pub fn last_matching(dir: &Path, search: &Search, limit: usize) -> Result<Vec<Va
                 }
                 hits.push_back(record);
             }
+            true
         })?;
         kept += hits.len();
         newest_first.push(hits);
@@ -854,18 +847,25 @@ pub fn last_matching(dir: &Path, search: &Search, limit: usize) -> Result<Vec<Va
 }
 
 /// Every record of one segment, in order, up to a line that is not a record (a torn
-/// tail; `verify` names any damage).
-fn scan_segment(dir: &Path, index: u64, mut each: impl FnMut(Value)) -> Result<(), AuditError> {
+/// tail; `verify` names any damage) or until `each` returns `false`. `false` when it
+/// stopped early for either reason.
+fn scan_segment(
+    dir: &Path,
+    index: u64,
+    mut each: impl FnMut(Value) -> bool,
+) -> Result<bool, AuditError> {
     let path = dir.join(segment_name(index));
     let reader = BufReader::new(File::open(&path).map_err(|e| read_error(&path, e))?);
     for line in reader.lines() {
         let line = line.map_err(|e| read_error(&path, e))?;
         let Ok(record) = serde_json::from_str::<Value>(&line) else {
-            break;
+            return Ok(false);
         };
-        each(record);
+        if !each(record) {
+            return Ok(false);
+        }
     }
-    Ok(())
+    Ok(true)
 }
 
 fn read_error(path: &Path, e: std::io::Error) -> AuditError {
@@ -933,8 +933,19 @@ mod tests {
             [28, 29]
         );
         let mut all = Vec::new();
-        each_matching(dir.path(), &hits, |r| all.push(r)).unwrap();
+        each_matching(dir.path(), &hits, |r| {
+            all.push(r);
+            true
+        })
+        .unwrap();
         assert_eq!(n(all), [0, 3, 6, 9, 12, 15, 18, 21, 24, 27]);
+        let mut first = Vec::new();
+        each_matching(dir.path(), &hits, |r| {
+            first.push(r);
+            first.len() < 4
+        })
+        .unwrap();
+        assert_eq!(n(first), [0, 3, 6, 9], "stops when told to");
     }
 
     /// Commits made alone (on the caller's thread) and group commits (on the writer

@@ -1,5 +1,6 @@
 //! `warden audit`: verify the chain, show the newest records, search them.
 
+use std::io::Write;
 use std::path::Path;
 use std::process::ExitCode;
 
@@ -71,8 +72,10 @@ pub fn run(config: &Path, command: &AuditCommand) -> Result<ExitCode> {
             }
         }
         AuditCommand::Tail { lines, json } => {
-            let records = audit::last_matching(dir, &audit::Search::default(), *lines)?;
-            print(&records, *json);
+            let mut out = std::io::stdout().lock();
+            for record in audit::last_matching(dir, &audit::Search::default(), *lines)? {
+                print(&mut out, &record, *json)?;
+            }
             Ok(ExitCode::SUCCESS)
         }
         AuditCommand::Search {
@@ -88,65 +91,68 @@ pub fn run(config: &Path, command: &AuditCommand) -> Result<ExitCode> {
                 since_ms: *since,
                 kind: kind.clone(),
             };
+            // Streamed: a write error (a closed pipe) stops the scan and is returned.
+            let mut out = std::io::stdout().lock();
+            let mut written = Ok(());
             audit::each_matching(dir, &search, |record| {
-                print(std::slice::from_ref(&record), *json)
+                written = print(&mut out, &record, *json);
+                written.is_ok()
             })?;
+            written?;
             Ok(ExitCode::SUCCESS)
         }
     }
 }
 
-fn print(records: &[Value], json: bool) {
-    for r in records {
-        if json {
-            println!("{r}");
-            continue;
-        }
-        let detail = match r["kind"].as_str().unwrap_or_default() {
-            "host-call" => format!(
-                "{} {}.{} -> {} ({} µs)",
-                r["component"].as_str().unwrap_or(""),
-                r["interface"].as_str().unwrap_or(""),
-                r["function"].as_str().unwrap_or(""),
-                r["outcome"].as_str().unwrap_or(""),
-                r["duration_us"]
-            ),
-            "policy-decision" => format!(
-                "{} {} {}",
-                r["policy"].as_str().unwrap_or(""),
-                r["decision"].as_str().unwrap_or(""),
-                r["reason"].as_str().unwrap_or("")
-            ),
-            "run-start" => format!(
-                "{} {} by {}",
-                r["tool"].as_str().unwrap_or(""),
-                r["plugin"].as_str().unwrap_or(""),
-                r["principal"].as_str().unwrap_or("")
-            ),
-            "run-end" => format!(
-                "{} {}",
-                r["status"].as_str().unwrap_or(""),
-                r["error"].as_str().unwrap_or("")
-            ),
-            "grant-denied" => r["request"].as_str().unwrap_or("").to_string(),
-            "secret-reveal" => format!(
-                "{} revealed to {}",
-                r["secret"].as_str().unwrap_or(""),
-                r["plugin"].as_str().unwrap_or("")
-            ),
-            "config-load" => format!(
-                "{} {}",
-                r["config"].as_str().unwrap_or(""),
-                r["config_digest"].as_str().unwrap_or("")
-            ),
-            _ => String::new(),
-        };
-        println!(
-            "{:>8}  {}  {:<16} {:<32} {detail}",
-            r["seq"],
-            r["ts_ms"],
-            r["kind"].as_str().unwrap_or(""),
-            r["run"].as_str().unwrap_or("-")
-        );
+fn print(out: &mut impl Write, r: &Value, json: bool) -> std::io::Result<()> {
+    if json {
+        return writeln!(out, "{r}");
     }
+    let detail = match r["kind"].as_str().unwrap_or_default() {
+        "host-call" => format!(
+            "{} {}.{} -> {} ({} µs)",
+            r["component"].as_str().unwrap_or(""),
+            r["interface"].as_str().unwrap_or(""),
+            r["function"].as_str().unwrap_or(""),
+            r["outcome"].as_str().unwrap_or(""),
+            r["duration_us"]
+        ),
+        "policy-decision" => format!(
+            "{} {} {}",
+            r["policy"].as_str().unwrap_or(""),
+            r["decision"].as_str().unwrap_or(""),
+            r["reason"].as_str().unwrap_or("")
+        ),
+        "run-start" => format!(
+            "{} {} by {}",
+            r["tool"].as_str().unwrap_or(""),
+            r["plugin"].as_str().unwrap_or(""),
+            r["principal"].as_str().unwrap_or("")
+        ),
+        "run-end" => format!(
+            "{} {}",
+            r["status"].as_str().unwrap_or(""),
+            r["error"].as_str().unwrap_or("")
+        ),
+        "grant-denied" => r["request"].as_str().unwrap_or("").to_string(),
+        "secret-reveal" => format!(
+            "{} revealed to {}",
+            r["secret"].as_str().unwrap_or(""),
+            r["plugin"].as_str().unwrap_or("")
+        ),
+        "config-load" => format!(
+            "{} {}",
+            r["config"].as_str().unwrap_or(""),
+            r["config_digest"].as_str().unwrap_or("")
+        ),
+        _ => String::new(),
+    };
+    writeln!(
+        out,
+        "{:>8}  {}  {:<16} {:<32} {detail}",
+        r["seq"],
+        r["ts_ms"],
+        r["kind"].as_str().unwrap_or(""),
+        r["run"].as_str().unwrap_or("-")
+    )
 }
