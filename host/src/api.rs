@@ -9,7 +9,8 @@
 use std::sync::Arc;
 
 use axum::Json;
-use axum::extract::{Extension, Path, Query, State};
+use axum::extract::{FromRequestParts, Path, Query, State};
+use axum::http::request::Parts;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
@@ -50,14 +51,49 @@ fn found<T: Serialize, E: std::fmt::Display>(
     }
 }
 
-/// The refusal for a principal without `role`, if it lacks it.
-fn refuse(p: &Principal, role: Role) -> Option<Response> {
-    (!p.has(role)).then(|| {
-        error(
+/// A request whose principal holds the operator role (403 otherwise). Extracted before
+/// the query, path and body, so a refusal never depends on them.
+pub struct Operator;
+
+/// The request's principal, admitted only with the approver role (operators have it).
+pub struct Approver(Principal);
+
+/// The principal the auth layer put on the request, if it holds `role`; else the
+/// refusal's status and message.
+fn admitted(parts: &Parts, role: Role) -> Result<Principal, (StatusCode, String)> {
+    let Some(p) = parts.extensions.get::<Principal>() else {
+        return Err((
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "no principal on the request (the auth layer did not run)".into(),
+        ));
+    };
+    if !p.has(role) {
+        return Err((
             StatusCode::FORBIDDEN,
             format!("token {} lacks the {} role", p.token, role.as_str()),
-        )
-    })
+        ));
+    }
+    Ok(p.clone())
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for Operator {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Response> {
+        admitted(parts, Role::Operator)
+            .map(|_| Operator)
+            .map_err(|(status, why)| error(status, why))
+    }
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for Approver {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Response> {
+        admitted(parts, Role::Approver)
+            .map(Approver)
+            .map_err(|(status, why)| error(status, why))
+    }
 }
 
 #[derive(Deserialize)]
@@ -70,12 +106,9 @@ pub struct RunsQuery {
 
 pub async fn runs(
     State(server): State<Arc<Server>>,
-    Extension(p): Extension<Principal>,
+    _: Operator,
     Query(q): Query<RunsQuery>,
 ) -> Response {
-    if let Some(r) = refuse(&p, Role::Operator) {
-        return r;
-    }
     let filter = RunFilter {
         tool: q.tool,
         status: q.status,
@@ -88,12 +121,9 @@ pub async fn runs(
 
 pub async fn run(
     State(server): State<Arc<Server>>,
-    Extension(p): Extension<Principal>,
+    _: Operator,
     Path(id): Path<String>,
 ) -> Response {
-    if let Some(r) = refuse(&p, Role::Operator) {
-        return r;
-    }
     let rt = server.runtime();
     found(&rt, &format!("run {id}"), rt.runs.get(&id))
 }
@@ -106,12 +136,9 @@ pub struct ApprovalsQuery {
 
 pub async fn approvals(
     State(server): State<Arc<Server>>,
-    Extension(p): Extension<Principal>,
+    _: Approver,
     Query(q): Query<ApprovalsQuery>,
 ) -> Response {
-    if let Some(r) = refuse(&p, Role::Approver) {
-        return r;
-    }
     let state = match q.state.as_deref().map(ApprovalState::parse) {
         None => None,
         Some(Some(s)) => Some(s),
@@ -127,12 +154,9 @@ pub async fn approvals(
 
 pub async fn approval(
     State(server): State<Arc<Server>>,
-    Extension(p): Extension<Principal>,
+    _: Approver,
     Path(id): Path<String>,
 ) -> Response {
-    if let Some(r) = refuse(&p, Role::Approver) {
-        return r;
-    }
     let rt = server.runtime();
     let Some(queue) = &rt.approvals else {
         return error(StatusCode::CONFLICT, "the approval queue is disabled");
@@ -152,9 +176,6 @@ async fn decide(
     verdict: Verdict,
     body: DecisionBody,
 ) -> Response {
-    if let Some(r) = refuse(p, Role::Approver) {
-        return r;
-    }
     let reason = body.reason.filter(|r| !r.trim().is_empty());
     if verdict == Verdict::Reject && reason.is_none() {
         return error(StatusCode::BAD_REQUEST, "a rejection needs a reason");
@@ -183,7 +204,7 @@ async fn decide(
 
 pub async fn approve(
     State(server): State<Arc<Server>>,
-    Extension(p): Extension<Principal>,
+    Approver(p): Approver,
     Path(id): Path<String>,
     body: Option<Json<DecisionBody>>,
 ) -> Response {
@@ -193,7 +214,7 @@ pub async fn approve(
 
 pub async fn reject(
     State(server): State<Arc<Server>>,
-    Extension(p): Extension<Principal>,
+    Approver(p): Approver,
     Path(id): Path<String>,
     body: Option<Json<DecisionBody>>,
 ) -> Response {
@@ -212,12 +233,9 @@ pub struct AuditQuery {
 
 pub async fn audit(
     State(server): State<Arc<Server>>,
-    Extension(p): Extension<Principal>,
+    _: Operator,
     Query(q): Query<AuditQuery>,
 ) -> Response {
-    if let Some(r) = refuse(&p, Role::Operator) {
-        return r;
-    }
     let dir = server.runtime().config.audit_dir.clone();
     let search = crate::audit::Search {
         run: q.run,
@@ -236,26 +254,14 @@ pub async fn audit(
     }
 }
 
-pub async fn reload(
-    State(server): State<Arc<Server>>,
-    Extension(p): Extension<Principal>,
-) -> Response {
-    if let Some(r) = refuse(&p, Role::Operator) {
-        return r;
-    }
+pub async fn reload(State(server): State<Arc<Server>>, _: Operator) -> Response {
     match server.reload().await {
         Ok(tools) => Json(json!({ "reloaded": true, "tools": tools })).into_response(),
         Err(e) => error(StatusCode::UNPROCESSABLE_ENTITY, e),
     }
 }
 
-pub async fn metrics(
-    State(server): State<Arc<Server>>,
-    Extension(p): Extension<Principal>,
-) -> Response {
-    if let Some(r) = refuse(&p, Role::Operator) {
-        return r;
-    }
+pub async fn metrics(State(server): State<Arc<Server>>, _: Operator) -> Response {
     let text = server.render_metrics();
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }
