@@ -49,29 +49,70 @@ pub enum AuditError {
 }
 
 /// One record's fields as JSON text (`,"kind":...`), without `seq`, `prev` and `hash`,
-/// which the writer adds as it chains the record.
-struct Fields(Vec<u8>);
+/// which the writer adds as it chains the record. Built on the caller's thread, so
+/// the writer (one thread for every caller) only chains, hashes and writes; the
+/// records of every governed call are built field by field, with no JSON map between.
+pub struct Entry(Vec<u8>);
 
-impl Fields {
-    fn of(record: &Map<String, Value>) -> Fields {
-        let mut out = Vec::with_capacity(512);
+impl Entry {
+    /// A record of `kind`; add its fields with the builder methods, in order.
+    pub fn new(kind: &str) -> Entry {
+        let mut entry = Entry(Vec::with_capacity(384));
+        entry.str("kind", kind);
+        entry
+    }
+
+    /// The fields of a JSON object record.
+    pub fn of(record: &Map<String, Value>) -> Entry {
+        let mut entry = Entry(Vec::with_capacity(512));
         for (k, v) in record {
-            if k == "seq" || k == "prev" || k == "hash" {
-                continue;
+            if k != "seq" && k != "prev" && k != "hash" {
+                entry.value(k, v);
             }
-            out.push(b',');
-            // Writing JSON into a Vec cannot fail: keys are strings, values are Values.
-            let _ = serde_json::to_writer(&mut out, k);
-            out.push(b':');
-            let _ = serde_json::to_writer(&mut out, v);
         }
-        Fields(out)
+        entry
+    }
+
+    fn key(&mut self, key: &str) {
+        debug_assert!(
+            !matches!(key, "seq" | "prev" | "hash"),
+            "the writer sets {key}"
+        );
+        self.0.push(b',');
+        // Writing JSON into a Vec cannot fail.
+        let _ = serde_json::to_writer(&mut self.0, key);
+        self.0.push(b':');
+    }
+
+    pub fn str(&mut self, key: &str, value: &str) -> &mut Entry {
+        self.key(key);
+        let _ = serde_json::to_writer(&mut self.0, value);
+        self
+    }
+
+    /// A string, or `null`.
+    pub fn opt_str(&mut self, key: &str, value: Option<&str>) -> &mut Entry {
+        self.key(key);
+        let _ = serde_json::to_writer(&mut self.0, &value);
+        self
+    }
+
+    pub fn num(&mut self, key: &str, value: u64) -> &mut Entry {
+        self.key(key);
+        let _ = serde_json::to_writer(&mut self.0, &value);
+        self
+    }
+
+    pub fn value(&mut self, key: &str, value: &Value) -> &mut Entry {
+        self.key(key);
+        let _ = serde_json::to_writer(&mut self.0, value);
+        self
     }
 }
 
 /// A queued batch and who to tell when it is durable.
 struct Commit {
-    records: Vec<Fields>,
+    records: Vec<Entry>,
     /// Wait for fsync (durable), or only for the write to reach the file.
     durable: bool,
     done: tokio::sync::oneshot::Sender<Result<(), AuditError>>,
@@ -259,27 +300,23 @@ impl AuditLog {
 
     /// Append `records` (JSON objects) and wait until they are durable (fsynced).
     pub async fn append(&self, records: Vec<Map<String, Value>>) -> Result<(), AuditError> {
-        self.send(records, true).await
+        self.commit(records.iter().map(Entry::of).collect(), true)
+            .await
     }
 
     /// Append `records` and wait until they are written to the file (not yet synced:
     /// they become durable with the next durable append). A failed write (disk full,
     /// unwritable file) is still reported before this returns.
     pub async fn append_written(&self, records: Vec<Map<String, Value>>) -> Result<(), AuditError> {
-        self.send(records, false).await
+        self.commit(records.iter().map(Entry::of).collect(), false)
+            .await
     }
 
-    async fn send(
-        &self,
-        records: Vec<Map<String, Value>>,
-        durable: bool,
-    ) -> Result<(), AuditError> {
+    /// Append `records` and wait until they are `durable` (fsynced), or else written.
+    pub async fn commit(&self, records: Vec<Entry>, durable: bool) -> Result<(), AuditError> {
         if records.is_empty() {
             return Ok(());
         }
-        // Serialized here, on the caller's thread, so the writer (one thread for every
-        // caller) only chains, hashes and writes.
-        let records: Vec<Fields> = records.iter().map(Fields::of).collect();
         if durable && self.alone() {
             // Let calls that are ready to run reach the log first: with company, one
             // fsync on the writer thread covers them all (a single-threaded server
@@ -322,7 +359,7 @@ impl AuditLog {
 
     /// Commit on this thread when no other caller is around (see [`AuditLog::caller`]);
     /// `None` when the writer thread should take it.
-    fn commit_alone(&self, records: &[Fields], durable: bool) -> Option<Result<(), AuditError>> {
+    fn commit_alone(&self, records: &[Entry], durable: bool) -> Option<Result<(), AuditError>> {
         if !self.alone() {
             return None;
         }
@@ -471,7 +508,7 @@ impl Writer {
         })
     }
 
-    fn write<'a>(&mut self, records: impl Iterator<Item = &'a Fields>) -> Result<(), AuditError> {
+    fn write<'a>(&mut self, records: impl Iterator<Item = &'a Entry>) -> Result<(), AuditError> {
         if self.failed {
             return Err(AuditError::Failed);
         }
@@ -485,7 +522,7 @@ impl Writer {
 
     fn try_write<'a>(
         &mut self,
-        records: impl Iterator<Item = &'a Fields>,
+        records: impl Iterator<Item = &'a Entry>,
     ) -> Result<(), AuditError> {
         self.buf.clear();
         let (mut seq, mut hash) = (self.seq, self.hash.clone());
@@ -883,6 +920,29 @@ mod tests {
         let mut m = Map::new();
         m.insert("kind".into(), kind.into());
         m
+    }
+
+    #[test]
+    fn built_entries_match_entries_of_maps() {
+        let mut built = Entry::new("run-end");
+        built
+            .num("ts_ms", 17)
+            .str("run", "r \"1\"\n")
+            .opt_str("error", None)
+            .opt_str("tier", Some("soft"))
+            .value("n", &serde_json::json!([1, {"a": "b"}]));
+        let map = serde_json::json!({
+            "kind": "run-end", "ts_ms": 17, "run": "r \"1\"\n", "error": null,
+            "tier": "soft", "n": [1, {"a": "b"}],
+        });
+        let Value::Object(map) = map else { panic!() };
+        assert_eq!(
+            String::from_utf8_lossy(&built.0),
+            String::from_utf8_lossy(&Entry::of(&map).0)
+        );
+        let line = format!("{{\"seq\":1{}}}", String::from_utf8_lossy(&built.0));
+        let parsed: Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(parsed["run"], "r \"1\"\n");
     }
 
     #[tokio::test]

@@ -401,9 +401,11 @@ async fn audit_on_off(config: &Path, args: &BenchArgs) -> Result<()> {
     for concurrency in [1usize, 64, 256] {
         let per_task = (calls / ROUNDS / concurrency).max(1);
         let (mut on_rates, mut off_rates, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut on_cpu, mut cpu_ratios) = (Vec::new(), Vec::new());
         for _ in 0..ROUNDS {
-            let mut pair = [0.0; 2];
+            let (mut pair, mut cpu_pair) = ([0.0; 2], [0.0; 2]);
             for (slot, rt) in [on, &off].into_iter().enumerate() {
+                let cpu = crate::bench_mcp::cpu_ns(std::process::id())?;
                 let started = Instant::now();
                 let tasks: Vec<_> = (0..concurrency)
                     .map(|_| {
@@ -425,15 +427,23 @@ async fn audit_on_off(config: &Path, args: &BenchArgs) -> Result<()> {
                 for t in tasks {
                     t.await??;
                 }
-                pair[slot] = (per_task * concurrency) as f64 / started.elapsed().as_secs_f64();
+                let n = (per_task * concurrency) as f64;
+                pair[slot] = n / started.elapsed().as_secs_f64();
+                // CPU as well as wall time: a round that leaves cores idle shows here.
+                let used = crate::bench_mcp::cpu_ns(std::process::id())?.saturating_sub(cpu);
+                cpu_pair[slot] = used as f64 / n / 1e3;
             }
+            on_cpu.push(cpu_pair[0]);
+            cpu_ratios.push(cpu_pair[0] / cpu_pair[1]);
             on_rates.push(pair[0]);
             off_rates.push(pair[1]);
             ratios.push(pair[1] / pair[0]);
         }
         println!(
-            "governed calls, {concurrency:>3} in flight: audit on {:>7.0} calls/s, off {:>7.0} calls/s: on takes {:.2}x the time of off (median of {ROUNDS} alternating pairs; pairs {})",
+            "governed calls, {concurrency:>3} in flight: audit on {:>7.0} calls/s ({:.0} µs CPU each, {:.2}x off's), off {:>7.0} calls/s: on takes {:.2}x the time of off (median of {ROUNDS} alternating pairs; pairs {})",
             median(on_rates),
+            median(on_cpu),
+            median(cpu_ratios),
             median(off_rates),
             median(ratios.clone()),
             ratios

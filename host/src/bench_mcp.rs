@@ -37,7 +37,7 @@ pub struct BenchMcpArgs {
 /// CPU time all the process's threads have used (ns), from /proc/PID/task/*/schedstat.
 /// (Threads that already exited are not counted: the server's threads live as long
 /// as it does.)
-fn cpu_ns(pid: u32) -> Result<u64> {
+pub(crate) fn cpu_ns(pid: u32) -> Result<u64> {
     let mut total = 0;
     for task in std::fs::read_dir(format!("/proc/{pid}/task"))? {
         let path = task?.path().join("schedstat");

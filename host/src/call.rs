@@ -13,6 +13,7 @@ use serde_json::Value;
 use thiserror::Error;
 
 use crate::approvals::{Approval, NewRequest, State, Vote};
+use crate::audit::Entry;
 use crate::bindings::Action;
 use crate::hostcalls::{self, SharedRecorder};
 use crate::interfaces::host::ProgressUpdate;
@@ -282,7 +283,7 @@ impl Runtime {
         // Nothing runs unless its start and its decisions are in the log: a write that
         // fails (disk full, unwritable) stops the call here. They become durable with
         // the run's last records, before the result is returned.
-        let mut first = record::before_execution(&report, &action.input);
+        let mut first = record::before_execution(&report, &action.input, &self.redactor);
         first.extend(self.take_host_calls(&report.run_id, &recorder));
         self.audit(first, false).await?;
 
@@ -355,7 +356,7 @@ impl Runtime {
         };
         // In the log (durably, with the held run's end) before it exists in the queue:
         // nothing is decided or run on a request the audit log does not know.
-        let requested = vec![record::approval_requested(&approval)];
+        let requested = vec![self.entry(record::approval_requested(&approval))];
         let report = self
             .conclude(report, &recorder, &action.input, started, requested)
             .await?;
@@ -410,7 +411,7 @@ impl Runtime {
         recorder: &SharedRecorder,
         input: &str,
         started: Instant,
-        mut last: Vec<serde_json::Map<String, Value>>,
+        mut last: Vec<Entry>,
     ) -> Result<CallReport, CallError> {
         if self.redactor.is_active() {
             scrub_report(&self.redactor, &mut report);
@@ -418,7 +419,7 @@ impl Runtime {
         last.extend(self.take_host_calls(&report.run_id, recorder));
         report.host_calls = recorder.lock().map_or(0, |r| r.total());
         report.timings.total_us = micros(started.elapsed());
-        last.extend(record::after_execution(&report));
+        last.extend(record::after_execution(&report, &self.redactor));
         self.audit(last, true).await?;
         let row = record::run_row(&report, &self.redactor.scrub(input));
         self.runs.insert(row).map_err(CallError::NotRecorded)?;
@@ -427,36 +428,35 @@ impl Runtime {
 }
 
 impl Runtime {
-    /// Write `records` (redacted) and wait until they are written, or `durable`; a
-    /// failure stops the call.
-    pub(crate) async fn audit(
-        &self,
-        records: Vec<serde_json::Map<String, Value>>,
-        durable: bool,
-    ) -> Result<(), CallError> {
+    /// Write `records` (already redacted: see [`Runtime::entry`]) and wait until they
+    /// are written, or `durable`; a failure stops the call.
+    pub(crate) async fn audit(&self, records: Vec<Entry>, durable: bool) -> Result<(), CallError> {
         let Some(audit) = &self.audit else {
             return Ok(());
         };
-        let records = record::redact(&self.redactor, records);
-        let appended = if durable {
-            audit.append(records).await
-        } else {
-            audit.append_written(records).await
-        };
-        appended.map_err(|e| CallError::NotRecorded(e.to_string()))
+        audit
+            .commit(records, durable)
+            .await
+            .map_err(|e| CallError::NotRecorded(e.to_string()))
+    }
+
+    /// A record redacted and ready for [`Runtime::audit`].
+    pub(crate) fn entry(&self, record: serde_json::Map<String, Value>) -> Entry {
+        record::redact(&self.redactor, record)
     }
 
     /// The host calls recorded so far, as audit records.
-    fn take_host_calls(
-        &self,
-        run: &str,
-        recorder: &SharedRecorder,
-    ) -> Vec<serde_json::Map<String, Value>> {
+    fn take_host_calls(&self, run: &str, recorder: &SharedRecorder) -> Vec<Entry> {
         let Ok(mut r) = recorder.lock() else {
             return Vec::new();
         };
         let calls = r.take();
-        record::host_calls(run, |component| self.digest_of(component), calls.iter())
+        record::host_calls(
+            run,
+            |component| self.digest_of(component),
+            calls.iter(),
+            &self.redactor,
+        )
     }
 }
 

@@ -138,13 +138,13 @@ impl Runtime {
         let mut records = Vec::new();
         let mut done = Vec::new();
         for (a, v) in &votes {
-            records.push(record::approval_vote(a, v));
+            records.push(self.entry(record::approval_vote(a, v)));
             done.push((a.id.clone(), v.seq));
             let ends = matches!(v.vote.as_str(), "reject" | "expire")
                 && matches!(a.state, State::Rejected | State::Expired);
             if ends {
                 let row = self.unrun_row(a);
-                records.extend(record::after_execution(&row));
+                records.extend(record::after_execution(&row, &self.redactor));
                 self.runs
                     .insert(record::run_row(&row, &self.redactor.scrub(&a.input)))
                     .map_err(CallError::NotRecorded)?;
@@ -170,8 +170,8 @@ impl Runtime {
     /// End a request that will never run (interrupted, or refused at execution).
     async fn end_unrun(&self, a: &Approval) -> Result<(), CallError> {
         let report = self.unrun_row(a);
-        let mut records = vec![record::approval_ended(a)];
-        records.extend(record::after_execution(&report));
+        let mut records = vec![self.entry(record::approval_ended(a))];
+        records.extend(record::after_execution(&report, &self.redactor));
         self.audit(records, true).await?;
         self.runs
             .insert(record::run_row(&report, &self.redactor.scrub(&a.input)))
@@ -235,7 +235,7 @@ impl Runtime {
             .votes
             .iter()
             .filter(|v| !v.audited)
-            .map(|v| record::approval_vote(&a, v))
+            .map(|v| self.entry(record::approval_vote(&a, v)))
             .collect();
         // Written now, durable with the run's last records.
         self.audit(votes, false).await?;
@@ -274,7 +274,8 @@ impl Runtime {
             .ok_or_else(|| CallError::NotRecorded(format!("tool `{}` is not loaded", a.tool)))?;
         let mut report = self.report_for(&a, a.decisions.clone());
         let recorder: SharedRecorder = std::sync::Arc::default();
-        self.audit(vec![record::run_resume(&a)], false).await?;
+        self.audit(vec![self.entry(record::run_resume(&a))], false)
+            .await?;
         self.invoke(&mut report, plugin, &a.tool, &a.input, &recorder)
             .await;
         let status = report.outcome.status();
@@ -321,16 +322,13 @@ impl Runtime {
             } else {
                 delivered += 1;
             }
-            self.audit(
-                vec![record::notice_attempt(
-                    &id,
-                    attempt,
-                    outcome.as_ref().err().map(String::as_str),
-                    outcome.is_err() && retry.is_none(),
-                )],
-                false,
-            )
-            .await?;
+            let notice = record::notice_attempt(
+                &id,
+                attempt,
+                outcome.as_ref().err().map(String::as_str),
+                outcome.is_err() && retry.is_none(),
+            );
+            self.audit(vec![self.entry(notice)], false).await?;
             queue
                 .notice_attempted(&id, outcome, retry, now)
                 .await

@@ -10,6 +10,7 @@
 use serde_json::{Map, Value, json};
 
 use crate::approvals::{self, Approval, Vote};
+use crate::audit::Entry;
 use crate::call::{CallReport, Outcome};
 use crate::hostcalls::HostCall;
 use crate::policy::Verdict;
@@ -26,19 +27,52 @@ fn object(value: Value) -> Map<String, Value> {
     }
 }
 
-/// Scrub every string of every record.
-pub fn redact(redactor: &Redactor, records: Vec<Map<String, Value>>) -> Vec<Map<String, Value>> {
+/// Scrub every string of a record and serialize it for the log.
+pub fn redact(redactor: &Redactor, record: Map<String, Value>) -> Entry {
     if !redactor.is_active() {
-        return records;
+        return Entry::of(&record);
     }
-    records
-        .into_iter()
-        .map(|r| {
-            let mut v = Value::Object(r);
-            redactor.scrub_value(&mut v);
-            object(v)
-        })
-        .collect()
+    let mut v = Value::Object(record);
+    redactor.scrub_value(&mut v);
+    Entry::of(&object(v))
+}
+
+/// Builds one record, every string through the redactor: the records of each governed
+/// call are written field by field (no JSON map between), the hot path of auditing.
+struct Scrubbed<'r> {
+    entry: Entry,
+    redactor: &'r Redactor,
+}
+
+impl<'r> Scrubbed<'r> {
+    fn new(redactor: &'r Redactor, kind: &str, ts_ms: u64, run: &str) -> Scrubbed<'r> {
+        let mut s = Scrubbed {
+            entry: Entry::new(kind),
+            redactor,
+        };
+        s.num("ts_ms", ts_ms).str("run", run);
+        s
+    }
+
+    fn str(&mut self, key: &str, value: &str) -> &mut Self {
+        self.entry.str(key, &self.redactor.scrub(value));
+        self
+    }
+
+    fn opt_str(&mut self, key: &str, value: Option<&str>) -> &mut Self {
+        let value = value.map(|v| self.redactor.scrub(v));
+        self.entry.opt_str(key, value.as_deref());
+        self
+    }
+
+    fn num(&mut self, key: &str, value: u64) -> &mut Self {
+        self.entry.num(key, value);
+        self
+    }
+
+    fn done(self) -> Entry {
+        self.entry
+    }
 }
 
 pub fn config_load(file: &str, digest: &str, components: Value) -> Map<String, Value> {
@@ -48,37 +82,35 @@ pub fn config_load(file: &str, digest: &str, components: Value) -> Map<String, V
 }
 
 /// The records written before the tool may run: the run's start and every decision.
-pub fn before_execution(report: &CallReport, input: &str) -> Vec<Map<String, Value>> {
-    let mut out = vec![object(json!({
-        "kind": "run-start",
-        "ts_ms": report.time_ms,
-        "run": report.run_id,
-        "principal": report.principal,
-        "tool": report.tool,
-        "plugin": report.plugin,
-        "digest": report.plugin_digest,
-        "input": bounded_to(input, MAX_AUDIT_TEXT),
-    }))];
+pub fn before_execution(report: &CallReport, input: &str, redactor: &Redactor) -> Vec<Entry> {
+    let mut out = Vec::with_capacity(1 + report.decisions.len());
+    let mut start = Scrubbed::new(redactor, "run-start", report.time_ms, &report.run_id);
+    start
+        .str("principal", &report.principal)
+        .str("tool", &report.tool)
+        .str("plugin", &report.plugin)
+        .str("digest", &report.plugin_digest)
+        .str("input", &bounded_to(input, MAX_AUDIT_TEXT));
+    out.push(start.done());
     for d in &report.decisions {
         let (decision, reason, tier) = match &d.verdict {
             Verdict::Allow => ("allow", None, None),
             Verdict::Deny { reason } => ("deny", Some(reason.as_str()), None),
-            Verdict::RequireApproval { tier, reason, .. } => {
-                ("require-approval", Some(reason.as_str()), Some(*tier))
-            }
+            Verdict::RequireApproval { tier, reason, .. } => (
+                "require-approval",
+                Some(reason.as_str()),
+                Some(approvals::tier_name(*tier)),
+            ),
         };
-        out.push(object(json!({
-            "kind": "policy-decision",
-            "ts_ms": crate::now_ms(),
-            "run": report.run_id,
-            "policy": d.policy,
-            "digest": d.digest,
-            "decision": decision,
-            "tier": tier,
-            "reason": reason,
-            "failure": d.failure,
-            "duration_us": d.elapsed.as_micros() as u64,
-        })));
+        let mut r = Scrubbed::new(redactor, "policy-decision", crate::now_ms(), &report.run_id);
+        r.str("policy", &d.policy)
+            .str("digest", &d.digest)
+            .str("decision", decision)
+            .opt_str("tier", tier)
+            .opt_str("reason", reason)
+            .opt_str("failure", d.failure.as_deref())
+            .num("duration_us", d.elapsed.as_micros() as u64);
+        out.push(r.done());
     }
     out
 }
@@ -87,51 +119,55 @@ pub fn host_calls<'a>(
     run: &str,
     digest_of: impl Fn(&str) -> String,
     calls: impl Iterator<Item = &'a HostCall>,
-) -> Vec<Map<String, Value>> {
+    redactor: &Redactor,
+) -> Vec<Entry> {
     let ts = crate::now_ms();
     calls
         .map(|c| {
-            object(json!({
-                "kind": "host-call",
-                "ts_ms": ts,
-                "run": run,
-                "component": c.component,
-                "digest": digest_of(&c.component),
-                "interface": c.interface,
-                "function": c.function,
-                "args": c.args,
-                "result": c.result,
-                "outcome": c.outcome(),
-                "duration_us": c.duration_us,
-            }))
+            let mut r = Scrubbed::new(redactor, "host-call", ts, run);
+            r.str("component", &c.component)
+                .str("digest", &digest_of(&c.component))
+                .str("interface", &c.interface)
+                .str("function", &c.function)
+                .str("args", &c.args)
+                .str("result", &c.result)
+                .str("outcome", c.outcome())
+                .num("duration_us", c.duration_us);
+            r.done()
         })
         .collect()
 }
 
 /// The records written after the tool ran (or was refused): grant denials, reveals, the end.
-pub fn after_execution(report: &CallReport) -> Vec<Map<String, Value>> {
+pub fn after_execution(report: &CallReport, redactor: &Redactor) -> Vec<Entry> {
     let ts = crate::now_ms();
+    let run = report.run_id.as_str();
     let mut out = Vec::new();
     for request in &report.denied_requests {
-        out.push(object(json!({ "kind": "grant-denied", "ts_ms": ts, "run": report.run_id, "plugin": report.plugin, "request": request })));
+        let mut r = Scrubbed::new(redactor, "grant-denied", ts, run);
+        r.str("plugin", &report.plugin).str("request", request);
+        out.push(r.done());
     }
     for secret in &report.secret_reveals {
-        out.push(object(json!({ "kind": "secret-reveal", "ts_ms": ts, "run": report.run_id, "plugin": report.plugin, "secret": secret })));
+        let mut r = Scrubbed::new(redactor, "secret-reveal", ts, run);
+        r.str("plugin", &report.plugin).str("secret", secret);
+        out.push(r.done());
     }
+    let joined;
     let error = match &report.outcome {
-        Outcome::Failed { error, .. } => Some(error.clone()),
-        Outcome::Denied { reasons } | Outcome::Held { reasons, .. } => Some(reasons.join("; ")),
+        Outcome::Failed { error, .. } => Some(error.as_str()),
+        Outcome::Denied { reasons } | Outcome::Held { reasons, .. } => {
+            joined = reasons.join("; ");
+            Some(joined.as_str())
+        }
         Outcome::Ok { .. } => None,
     };
-    out.push(object(json!({
-        "kind": "run-end",
-        "ts_ms": ts,
-        "run": report.run_id,
-        "status": report.outcome.status(),
-        "error": error,
-        "host_calls": report.host_calls,
-        "total_us": report.timings.total_us,
-    })));
+    let mut end = Scrubbed::new(redactor, "run-end", ts, run);
+    end.str("status", report.outcome.status())
+        .opt_str("error", error)
+        .num("host_calls", report.host_calls)
+        .num("total_us", report.timings.total_us);
+    out.push(end.done());
     out
 }
 
