@@ -34,6 +34,9 @@ use crate::metrics::{Gauges, Metrics};
 use crate::runtime::Runtime;
 use crate::tokens::{self, Role};
 
+/// How long shutdown waits for finished calls' results to reach their clients.
+const RESULTS_LEAVE_WITHIN: Duration = Duration::from_secs(2);
+
 /// How often the driver looks at the approval queue when nothing wakes it.
 const DRIVE_EVERY: Duration = Duration::from_millis(250);
 
@@ -45,14 +48,53 @@ pub struct Server {
     pub(crate) signer: LinkSigner,
     peers: Mutex<Vec<Peer<RoleServer>>>,
     sinks: Mutex<Vec<SubscriptionSink>>,
-    in_flight: Arc<AtomicU64>,
-    flight_done: Arc<tokio::sync::Notify>,
+    /// Governed calls running.
+    calls: Tally,
+    /// MCP POST responses not yet sent (a result leaves its handler before it reaches
+    /// the client's stream).
+    sending: Tally,
     stopping: AtomicBool,
     /// Serializes reloads (SIGHUP and the API at once).
     reloading: tokio::sync::Mutex<()>,
 }
 
-/// Counts a call in flight until dropped.
+/// Counts things in flight (calls, responses being sent) for a graceful shutdown.
+#[derive(Default)]
+struct Tally {
+    count: Arc<AtomicU64>,
+    done: Arc<tokio::sync::Notify>,
+}
+
+impl Tally {
+    fn enter(&self) -> Flight {
+        self.count.fetch_add(1, Ordering::AcqRel);
+        Flight {
+            count: self.count.clone(),
+            done: self.done.clone(),
+        }
+    }
+
+    fn now(&self) -> u64 {
+        self.count.load(Ordering::Acquire)
+    }
+
+    /// Wait until nothing is in flight, or `limit` passes; what is left.
+    async fn settled(&self, limit: Duration) -> u64 {
+        let _ = tokio::time::timeout(limit, async {
+            loop {
+                let done = self.done.notified();
+                if self.now() == 0 {
+                    return;
+                }
+                done.await;
+            }
+        })
+        .await;
+        self.now()
+    }
+}
+
+/// One thing in flight until dropped.
 pub struct Flight {
     count: Arc<AtomicU64>,
     done: Arc<tokio::sync::Notify>,
@@ -76,8 +118,8 @@ impl Server {
             signer,
             peers: Mutex::default(),
             sinks: Mutex::default(),
-            in_flight: Arc::default(),
-            flight_done: Arc::default(),
+            calls: Tally::default(),
+            sending: Tally::default(),
             stopping: AtomicBool::new(false),
             reloading: tokio::sync::Mutex::new(()),
         }))
@@ -91,12 +133,9 @@ impl Server {
             .clone()
     }
 
+    /// Count a governed call as running until the guard drops.
     pub fn in_flight(&self) -> Flight {
-        self.in_flight.fetch_add(1, Ordering::AcqRel);
-        Flight {
-            count: self.in_flight.clone(),
-            done: self.flight_done.clone(),
-        }
+        self.calls.enter()
     }
 
     pub fn add_peer(&self, peer: Peer<RoleServer>) {
@@ -175,7 +214,7 @@ impl Server {
                 .and_then(|q| q.pending().ok())
                 .unwrap_or(0),
             audit_lag_records: rt.audit.as_ref().map_or(0, |a| a.lag()),
-            in_flight: self.in_flight.load(Ordering::Relaxed),
+            in_flight: self.calls.now(),
         };
         self.metrics.render(&rt.tool_names(), &gauges)
     }
@@ -216,18 +255,8 @@ impl Server {
     /// Wait up to the grace period for calls in flight; record the ones cut off.
     async fn drain(&self) {
         let grace = Duration::from_millis(self.runtime().config.server.shutdown_grace_ms);
-        let waited = tokio::time::timeout(grace, async {
-            loop {
-                let done = self.flight_done.notified();
-                if self.in_flight.load(Ordering::Acquire) == 0 {
-                    return;
-                }
-                done.await;
-            }
-        })
-        .await;
-        let left = self.in_flight.load(Ordering::Acquire);
-        if waited.is_err() && left > 0 {
+        let left = self.calls.settled(grace).await;
+        if left > 0 {
             tracing::warn!(
                 calls = left,
                 "shutdown grace period over; calls still running are interrupted"
@@ -341,8 +370,11 @@ pub fn router(server: Arc<Server>, stop: &CancellationToken) -> Router {
         Arc::new(LocalSessionManager::default()),
         mcp_config,
     );
-    let authenticated = Router::new()
+    let mcp = Router::new()
         .nest_service("/mcp", mcp)
+        .layer(middleware::from_fn_with_state(server.clone(), until_sent));
+    let authenticated = Router::new()
+        .merge(mcp)
         .route("/api/runs", get(crate::api::runs))
         .route("/api/runs/{id}", get(crate::api::run))
         .route("/api/approvals", get(crate::api::approvals))
@@ -433,9 +465,15 @@ pub async fn serve_http(
         }
     }
     server.drain().await;
-    // A call's result leaves its handler before it reaches the client's stream:
-    // give the results of the calls that just finished a moment to go out.
-    tokio::time::sleep(Duration::from_millis(250)).await;
+    // Closing the sessions cancels responses not yet sent: let the results of the calls
+    // that just finished reach their clients first.
+    let unsent = server.sending.settled(RESULTS_LEAVE_WITHIN).await;
+    if unsent > 0 {
+        tracing::warn!(
+            responses = unsent,
+            "shutdown: MCP responses still unsent are dropped"
+        );
+    }
     sessions.cancel();
     let result = match tokio::time::timeout(Duration::from_secs(5), served).await {
         Ok(Ok(r)) => r.map_err(anyhow::Error::from),
@@ -469,6 +507,22 @@ pub async fn serve_stdio(server: Arc<Server>, principal: String) -> anyhow::Resu
     sig.abort();
     server.runtime().close();
     Ok(())
+}
+
+/// Count an MCP POST as in flight until its response body has been sent to the client
+/// (or dropped with the connection), so shutdown can wait for it.
+async fn until_sent(State(server): State<Arc<Server>>, req: Request, next: Next) -> Response {
+    if req.method() != axum::http::Method::POST {
+        return next.run(req).await;
+    }
+    let sending = server.sending.enter();
+    let response = next.run(req).await;
+    response.map(|body| {
+        axum::body::Body::new(http_body_util::BodyExt::map_frame(body, move |frame| {
+            let _held = &sending;
+            frame
+        }))
+    })
 }
 
 /// The address to bind, refusing non-loopback ones unless `public` is set.
