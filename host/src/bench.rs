@@ -196,6 +196,7 @@ pub async fn run(config: &Path, args: &BenchArgs) -> Result<ExitCode> {
         approvals(config, args, &rt).await?;
     }
     if wanted(Scenario::Audit) {
+        disk_floor(&rt.config.data_dir)?;
         audit_throughput(&rt.config.data_dir.join("bench-audit")).await?;
         audit_on_off(config, args).await?;
     }
@@ -313,6 +314,43 @@ fn egress(iterations: usize) -> Result<()> {
         "egress: added by header injection {:.2} µs, by placeholder substitution {:.2} µs (p50 differences)",
         (medians[1].as_secs_f64() - medians[0].as_secs_f64()) * 1e6,
         (medians[2].as_secs_f64() - medians[0].as_secs_f64()) * 1e6
+    );
+    Ok(())
+}
+
+/// This thread's CPU time.
+fn thread_cpu() -> Duration {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes one timespec through a valid pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+}
+
+/// What durability costs on this disk, whatever warden does: append one audit-sized
+/// record and `fdatasync`, over and over, in wall time and in this thread's CPU. A
+/// call that must be durable before it returns, one at a time, costs at least this.
+fn disk_floor(dir: &Path) -> Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let path = dir.join("bench-fsync-probe");
+    let mut file = std::fs::File::create(&path)?;
+    let record = [b'x'; 2048];
+    let (mut wall, mut cpu) = (Vec::new(), Vec::new());
+    for _ in 0..2000 {
+        let (t, c) = (Instant::now(), thread_cpu());
+        std::io::Write::write_all(&mut file, &record)?;
+        file.sync_data()?;
+        wall.push(t.elapsed().as_secs_f64() * 1e6);
+        cpu.push((thread_cpu() - c).as_secs_f64() * 1e6);
+    }
+    drop(file);
+    std::fs::remove_file(&path)?;
+    println!(
+        "disk: append 2 KiB + fdatasync p50 {:.0} µs wall, {:.0} µs CPU (median of 2000; the floor of one durable call at a time)",
+        median(wall),
+        median(cpu)
     );
     Ok(())
 }

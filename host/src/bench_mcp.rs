@@ -52,8 +52,11 @@ pub(crate) fn cpu_ns(pid: u32) -> Result<u64> {
     Ok(total)
 }
 
-/// Resident set size (KiB), from /proc/PID/status.
+/// Resident set size (KiB), from /proc/PID/status, once the server has been idle a
+/// moment: the allocator gives freed pages back after a short delay, and a reading
+/// taken mid-load swings by megabytes either way.
 fn rss_kib(pid: u32) -> Result<u64> {
+    std::thread::sleep(Duration::from_millis(200));
     let text = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
     text.lines()
         .find_map(|l| l.strip_prefix("VmRSS:"))
@@ -302,7 +305,8 @@ pub async fn run(config: &Path, args: &BenchMcpArgs) -> Result<ExitCode> {
         check_ok(&s.request("tools/call", params.clone()).await?)?;
     }
     let pid = s.pid()?;
-    let before = (cpu_ns(pid)?, rss_kib(pid)?);
+    let rss = rss_kib(pid)?;
+    let before = (cpu_ns(pid)?, rss);
     let mut rtts = Vec::with_capacity(args.calls);
     for _ in 0..args.calls {
         let t = Instant::now();
@@ -370,7 +374,8 @@ pub async fn run(config: &Path, args: &BenchMcpArgs) -> Result<ExitCode> {
     for _ in 0..warmup {
         check_ok(&one.call(&args.tool, &input).await?)?;
     }
-    let before = (cpu_ns(pid)?, rss_kib(pid)?);
+    let rss = rss_kib(pid)?;
+    let before = (cpu_ns(pid)?, rss);
     let mut rtts = Vec::with_capacity(args.calls);
     for _ in 0..args.calls {
         let t = Instant::now();
