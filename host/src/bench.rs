@@ -13,17 +13,24 @@ use warden::call::{CallRequest, Outcome};
 use warden::config::Config;
 use warden::runtime::Runtime;
 
+/// The call every benchmark makes (`bench` and `bench-mcp`).
 #[derive(clap::Args)]
-pub struct BenchArgs {
+pub struct BenchCall {
     /// The tool to call (a pure tool measures the runtime, not the tool).
     #[arg(long, default_value = "text_stats")]
-    tool: String,
+    pub tool: String,
     /// Input JSON for the tool.
     #[arg(
         long,
         default_value = r#"{"text":"the quick brown fox jumps over the lazy dog"}"#
     )]
-    input: String,
+    pub input: String,
+}
+
+#[derive(clap::Args)]
+pub struct BenchArgs {
+    #[command(flatten)]
+    call: BenchCall,
     /// Measured iterations per scenario (after a warm-up).
     #[arg(long, default_value_t = 5000)]
     iterations: usize,
@@ -112,21 +119,21 @@ pub async fn run(config: &Path, args: &BenchArgs) -> Result<ExitCode> {
         started.elapsed().as_millis()
     );
     let plugin = rt
-        .plugin_for(&args.tool)
-        .with_context(|| format!("no tool {}", args.tool))?;
-    let tool = plugin.tool(&args.tool).context("tool vanished")?;
-    let policies: Vec<_> = rt.policies_for(&args.tool).collect();
+        .plugin_for(&args.call.tool)
+        .with_context(|| format!("no tool {}", args.call.tool))?;
+    let tool = plugin.tool(&args.call.tool).context("tool vanished")?;
+    let policies: Vec<_> = rt.policies_for(&args.call.tool).collect();
     println!(
         "tool {} (plugin {}), {} policies in scope, {} iterations",
-        args.tool,
+        args.call.tool,
         plugin.id,
         policies.len(),
         args.iterations
     );
     let request = CallRequest {
         principal: "bench",
-        tool: &args.tool,
-        input: &args.input,
+        tool: &args.call.tool,
+        input: &args.call.input,
     };
     let first = rt.call(request).await?;
     if !matches!(first.outcome, Outcome::Ok { .. }) {
@@ -141,10 +148,10 @@ pub async fn run(config: &Path, args: &BenchArgs) -> Result<ExitCode> {
     if let Some(policy) = policies.first().filter(|_| wanted(Scenario::Policy)) {
         let action = Action {
             principal: "bench".into(),
-            tool: args.tool.clone(),
+            tool: args.call.tool.clone(),
             plugin: plugin.id.clone(),
             plugin_digest: plugin.digest.clone(),
-            input: args.input.clone(),
+            input: args.call.input.clone(),
             annotations: tool.annotations,
             time_ms: SystemTime::now().duration_since(UNIX_EPOCH)?.as_millis() as u64,
             config: policy.config.clone(),
@@ -166,7 +173,7 @@ pub async fn run(config: &Path, args: &BenchArgs) -> Result<ExitCode> {
             args.iterations,
             || async {
                 plugin
-                    .invoke(&args.tool, &args.input)
+                    .invoke(&args.call.tool, &args.call.input)
                     .await
                     .result
                     .map(drop)
@@ -448,7 +455,7 @@ async fn audit_on_off(config: &Path, args: &BenchArgs) -> Result<()> {
                 let tasks: Vec<_> = (0..concurrency)
                     .map(|_| {
                         let rt = rt.clone();
-                        let (tool, input) = (args.tool.clone(), args.input.clone());
+                        let (tool, input) = (args.call.tool.clone(), args.call.input.clone());
                         tokio::spawn(async move {
                             for _ in 0..per_task {
                                 rt.call(CallRequest {
@@ -506,8 +513,8 @@ async fn approvals(config: &Path, args: &BenchArgs, rt: &Arc<Runtime>) -> Result
     let off = Runtime::load(off_config).await?;
     let request = CallRequest {
         principal: "bench",
-        tool: &args.tool,
-        input: &args.input,
+        tool: &args.call.tool,
+        input: &args.call.input,
     };
     let (mut on_p50, mut off_p50) = (Vec::new(), Vec::new());
     for _ in 0..3 {
@@ -555,7 +562,7 @@ async fn approvals(config: &Path, args: &BenchArgs, rt: &Arc<Runtime>) -> Result
         let tasks: Vec<_> = (0..concurrency)
             .map(|_| {
                 let rt = held.clone();
-                let (tool, input) = (args.tool.clone(), args.input.clone());
+                let (tool, input) = (args.call.tool.clone(), args.call.input.clone());
                 tokio::spawn(async move {
                     for _ in 0..per_task {
                         let report = rt

@@ -25,13 +25,8 @@ pub struct BenchMcpArgs {
     /// Concurrent HTTP sessions for the throughput scenario.
     #[arg(long, default_value_t = 8)]
     sessions: usize,
-    #[arg(long, default_value = "text_stats")]
-    tool: String,
-    #[arg(
-        long,
-        default_value = r#"{"text":"the quick brown fox jumps over the lazy dog"}"#
-    )]
-    input: String,
+    #[command(flatten)]
+    call: crate::bench::BenchCall,
 }
 
 /// CPU time all the process's threads have used (ns), from /proc/PID/task/*/schedstat.
@@ -266,7 +261,7 @@ fn bench_config(config: &Path) -> Result<(PathBuf, String)> {
 
 pub async fn run(config: &Path, args: &BenchMcpArgs) -> Result<ExitCode> {
     let (config, token) = bench_config(config)?;
-    let input: Value = serde_json::from_str(&args.input).context("--input")?;
+    let input: Value = serde_json::from_str(&args.call.input).context("--input")?;
     let warmup = (args.calls / 10).max(200);
 
     // Start-up: spawn to the answer of tools/list, warm compile cache (best of 5).
@@ -300,7 +295,7 @@ pub async fn run(config: &Path, args: &BenchMcpArgs) -> Result<ExitCode> {
     // stdio: round trip and server CPU per call, one call at a time.
     let mut s = Stdio_::start(&config).await?;
     s.initialize().await?;
-    let params = json!({"name": args.tool, "arguments": input});
+    let params = json!({"name": args.call.tool, "arguments": input});
     for _ in 0..warmup {
         check_ok(&s.request("tools/call", params.clone()).await?)?;
     }
@@ -372,14 +367,14 @@ pub async fn run(config: &Path, args: &BenchMcpArgs) -> Result<ExitCode> {
     }
     let mut one = HttpSession::connect(&addr, &token).await?;
     for _ in 0..warmup {
-        check_ok(&one.call(&args.tool, &input).await?)?;
+        check_ok(&one.call(&args.call.tool, &input).await?)?;
     }
     let rss = rss_kib(pid)?;
     let before = (cpu_ns(pid)?, rss);
     let mut rtts = Vec::with_capacity(args.calls);
     for _ in 0..args.calls {
         let t = Instant::now();
-        check_ok(&one.call(&args.tool, &input).await?)?;
+        check_ok(&one.call(&args.call.tool, &input).await?)?;
         rtts.push(t.elapsed());
     }
     report("http: ", pid, before, rtts)?;
@@ -395,7 +390,7 @@ pub async fn run(config: &Path, args: &BenchMcpArgs) -> Result<ExitCode> {
     let tasks: Vec<_> = sessions
         .into_iter()
         .map(|mut s| {
-            let (tool, input) = (args.tool.clone(), input.clone());
+            let (tool, input) = (args.call.tool.clone(), input.clone());
             tokio::spawn(async move {
                 for _ in 0..per {
                     check_ok(&s.call(&tool, &input).await?)?;
