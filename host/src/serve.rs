@@ -34,7 +34,9 @@ use crate::metrics::{Gauges, Metrics};
 use crate::runtime::Runtime;
 use crate::tokens::{self, Role};
 
-/// How long shutdown waits for finished calls' results to reach their clients.
+/// How long shutdown waits for finished calls' results to reach their clients. Only a
+/// POST whose stream never ends on its own (a 2026-07-28 `subscriptions/listen`) waits
+/// this long; results leave within milliseconds.
 const RESULTS_LEAVE_WITHIN: Duration = Duration::from_secs(2);
 
 /// How often the driver looks at the approval queue when nothing wakes it.
