@@ -227,6 +227,15 @@ impl ServerHandler for WardenMcp {
         // Calls in flight keep the version they started on across a reload.
         let rt = self.server.runtime();
         let _flight = self.server.in_flight();
+        if self.server.is_stopping() {
+            self.server
+                .metrics
+                .call(&request.name, "shutting-down", None);
+            return Ok(text_result(
+                true,
+                "not run: warden is shutting down; call again once it is back".into(),
+            ));
+        }
         let input = Value::Object(request.arguments.clone().unwrap_or_default()).to_string();
         let result = rt
             .call(CallRequest {

@@ -221,8 +221,13 @@ impl Server {
         self.metrics.render(&rt.tool_names(), &gauges)
     }
 
+    /// Has shutdown begun (new calls are refused; the ones in flight finish)?
+    pub fn is_stopping(&self) -> bool {
+        self.stopping.load(Ordering::Acquire)
+    }
+
     pub async fn ready(&self) -> Result<(), String> {
-        if self.stopping.load(Ordering::Relaxed) {
+        if self.is_stopping() {
             return Err("shutting down".into());
         }
         match &self.runtime().audit {
@@ -423,7 +428,7 @@ async fn signals(server: Arc<Server>, stop: CancellationToken) {
         }
     }
     eprintln!("warden serve: shutting down");
-    server.stopping.store(true, Ordering::Relaxed);
+    server.stopping.store(true, Ordering::Release);
     stop.cancel();
 }
 
@@ -489,7 +494,8 @@ pub async fn serve_http(
 }
 
 /// Serve MCP on stdin/stdout as `principal` until the client closes it or a signal.
-/// Nothing but MCP messages is ever written to stdout.
+/// Nothing but MCP messages is ever written to stdout. On a signal the service keeps
+/// running while the calls in flight finish, so their results still reach the client.
 pub async fn serve_stdio(server: Arc<Server>, principal: String) -> anyhow::Result<()> {
     let stop = CancellationToken::new();
     let driver = tokio::spawn(server.clone().drive(stop.clone()));
@@ -498,12 +504,23 @@ pub async fn serve_stdio(server: Arc<Server>, principal: String) -> anyhow::Resu
         server: server.clone(),
         stdio_principal: Some(principal),
     };
-    let running = handler.serve(crate::stdio::streams()).await?;
-    tokio::select! {
-        r = running.waiting() => { r?; }
-        _ = stop.cancelled() => {}
-    }
+    let (input, output) = crate::stdio::streams();
+    let written = Arc::new(AtomicU64::new(0));
+    let output = crate::stdio::Counted::new(output, written.clone());
+    let running = handler.serve((input, output)).await?;
+    let quit = running.cancellation_token();
+    let mut waiting = std::pin::pin!(running.waiting());
+    let client_left = tokio::select! {
+        r = &mut waiting => { r?; true }
+        _ = stop.cancelled() => false,
+    };
     server.drain().await;
+    if !client_left {
+        // The results of the calls that just finished are on their way to stdout.
+        crate::stdio::quiet(&written, RESULTS_LEAVE_WITHIN).await;
+        quit.cancel();
+        let _ = waiting.await;
+    }
     stop.cancel();
     let _ = driver.await;
     sig.abort();

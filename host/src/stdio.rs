@@ -7,13 +7,18 @@
 //! reactor in nonblocking mode instead. Anything else (a terminal, a file) falls back to
 //! tokio's streams, where blocking is harmless.
 //!
+//! [`Counted`] and [`quiet`] let shutdown see the last results leave.
+//!
 //! It owns the descriptors' `O_NONBLOCK` flag while serving and must never leave it
 //! changed: the flag belongs to the open file, which the parent may share.
 
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
 use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll, ready};
+use std::time::Duration;
 
 use tokio::io::unix::AsyncFd;
 use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
@@ -144,6 +149,58 @@ impl AsyncWrite for Pipe {
 
     fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Poll::Ready(Ok(()))
+    }
+}
+
+/// A writer that counts the bytes it has passed on, so shutdown can tell when the
+/// last results have gone out.
+pub struct Counted {
+    inner: Box<dyn AsyncWrite + Send + Unpin>,
+    written: Arc<AtomicU64>,
+}
+
+impl Counted {
+    pub fn new(inner: Box<dyn AsyncWrite + Send + Unpin>, written: Arc<AtomicU64>) -> Counted {
+        Counted { inner, written }
+    }
+}
+
+impl AsyncWrite for Counted {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let n = ready!(Pin::new(&mut self.inner).poll_write(cx, data))?;
+        self.written.fetch_add(n as u64, Ordering::Release);
+        Poll::Ready(Ok(n))
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// How long output must stand still to count as done.
+const QUIET: Duration = Duration::from_millis(20);
+
+/// Wait until nothing has been written for [`QUIET`], or `limit` passes. Results of
+/// calls that have finished reach the writer within microseconds on the server's one
+/// thread; only a client that stopped reading makes this wait out the limit.
+pub async fn quiet(written: &AtomicU64, limit: Duration) {
+    let give_up = tokio::time::Instant::now() + limit;
+    let mut seen = written.load(Ordering::Acquire);
+    while tokio::time::Instant::now() < give_up {
+        tokio::time::sleep(QUIET).await;
+        let now = written.load(Ordering::Acquire);
+        if now == seen {
+            return;
+        }
+        seen = now;
     }
 }
 

@@ -357,6 +357,82 @@ fn sigterm_lets_the_call_in_flight_finish_and_flushes_the_audit_log() {
 }
 
 #[test]
+fn sigterm_on_stdio_answers_the_call_in_flight_and_refuses_new_ones() {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let (env, _) = served_env("[server]\nstdio_principal = \"desktop-agent\"");
+    env.append_config("[[plugin]]\nid = \"hostile\"\ncomponent = \"{hostile}\"\n[plugin.limits]\ntimeout_ms = 3000\n");
+    let mut server = Command::new(env!("CARGO_BIN_EXE_warden"))
+        .args(["-c", env.config().to_str().unwrap(), "serve", "--stdio"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut to = server.stdin.take().unwrap();
+    let mut from = std::io::BufReader::new(server.stdout.take().unwrap());
+    let mut send = |line: &str| writeln!(to, "{line}").unwrap();
+    let mut answers = Vec::new();
+    let mut answer = || -> Value {
+        let mut line = String::new();
+        from.read_line(&mut line).unwrap();
+        serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line:?}"))
+    };
+    send(
+        r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"t","version":"1"}}}"#,
+    );
+    assert_eq!(answer()["id"], 1);
+    send(r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#);
+    send(
+        r#"{"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"spin","arguments":{}}}"#,
+    );
+    // The spin runs until its 3 s timeout: signal well inside it, and more than 2 s
+    // before it ends (rmcp's own wait for answers once its service is cancelled).
+    std::thread::sleep(Duration::from_millis(400));
+    let kill = Command::new("kill")
+        .args(["-TERM", &server.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    std::thread::sleep(Duration::from_millis(200));
+    send(
+        r#"{"jsonrpc":"2.0","id":3,"method":"tools/call","params":{"name":"text_stats","arguments":{"text":"late"}}}"#,
+    );
+    while answers.len() < 2 {
+        let a = answer();
+        if a.get("id").is_some() {
+            answers.push(a);
+        }
+    }
+    let text = |a: &Value| {
+        a["result"]["content"][0]["text"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    };
+    let spin = answers
+        .iter()
+        .find(|a| a["id"] == 2)
+        .expect("the call in flight was answered");
+    assert!(text(spin).contains("timed out"), "{spin}");
+    let late = answers
+        .iter()
+        .find(|a| a["id"] == 3)
+        .expect("the late call was answered");
+    assert_eq!(late["result"]["isError"], true, "{late}");
+    assert!(text(late).contains("shutting down"), "{late}");
+    assert!(server.wait().unwrap().success());
+    let verify = env.warden(&["audit", "verify"]);
+    assert_eq!(verify.code, OK, "{verify:?}");
+    let late_runs = env.warden(&["runs", "list", "--tool", "text_stats", "--json"]);
+    assert_eq!(
+        late_runs.stdout.trim(),
+        "",
+        "the late call never ran: {late_runs:?}"
+    );
+}
+
+#[test]
 fn eight_clients_at_once_every_call_accounted_for() {
     let (env, [agent, _, ops]) = served_env("");
     let mut server = env.serve();
