@@ -538,8 +538,9 @@ impl Writer {
                 .chain_update(b"}")
                 .finalize();
             hex::encode_to_slice(digest, &mut hex).map_err(|e| self.error(e))?;
-            // The digest's hex digits are ASCII.
-            hash = String::from_utf8_lossy(&hex).into_owned();
+            hash.clear();
+            // The digest's hex digits are ASCII: this never loses a byte.
+            hash.push_str(&String::from_utf8_lossy(&hex));
             self.buf.extend_from_slice(&head);
             self.buf.extend_from_slice(&record.0);
             self.buf.extend_from_slice(b",\"hash\":\"");
