@@ -422,13 +422,38 @@ async fn audit_throughput(dir: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Governed calls/s with audit on and off, `concurrency` calls in flight over two
-/// threads (the way a server runs): group commit shares each fsync among them.
 fn median(mut values: Vec<f64>) -> f64 {
     values.sort_by(f64::total_cmp);
     values.get(values.len() / 2).copied().unwrap_or(0.0)
 }
 
+/// Run `one` `per_task` times over in each of `concurrency` tasks at once; how long
+/// they all took.
+async fn in_flight<F, Fut>(concurrency: usize, per_task: usize, one: F) -> Result<Duration>
+where
+    F: Fn() -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = Result<()>> + Send,
+{
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..concurrency)
+        .map(|_| {
+            let one = one.clone();
+            tokio::spawn(async move {
+                for _ in 0..per_task {
+                    one().await?;
+                }
+                Ok::<(), anyhow::Error>(())
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await??;
+    }
+    Ok(started.elapsed())
+}
+
+/// Governed calls/s with audit on and off, `concurrency` calls in flight over two
+/// threads (the way a server runs): group commit shares each fsync among them.
 async fn audit_on_off(config: &Path, args: &BenchArgs) -> Result<()> {
     let mut on_config = Config::load(config)?;
     on_config.audit_enabled = true;
@@ -439,6 +464,7 @@ async fn audit_on_off(config: &Path, args: &BenchArgs) -> Result<()> {
     off_config.audit_enabled = false;
     let off = Arc::new(Runtime::load(off_config).await?);
     let calls = args.iterations.max(1000);
+    let call = Arc::new((args.call.tool.clone(), args.call.input.clone()));
     // Alternating on and off rounds, ratio per pair, median of the pairs: this machine's
     // speed drifts by tens of percent between seconds, which a single on-then-off
     // comparison reads as a difference between them.
@@ -451,29 +477,22 @@ async fn audit_on_off(config: &Path, args: &BenchArgs) -> Result<()> {
             let (mut pair, mut cpu_pair) = ([0.0; 2], [0.0; 2]);
             for (slot, rt) in [on, &off].into_iter().enumerate() {
                 let cpu = crate::bench_mcp::cpu_ns(std::process::id())?;
-                let started = Instant::now();
-                let tasks: Vec<_> = (0..concurrency)
-                    .map(|_| {
-                        let rt = rt.clone();
-                        let (tool, input) = (args.call.tool.clone(), args.call.input.clone());
-                        tokio::spawn(async move {
-                            for _ in 0..per_task {
-                                rt.call(CallRequest {
-                                    principal: "bench",
-                                    tool: &tool,
-                                    input: &input,
-                                })
-                                .await?;
-                            }
-                            Ok::<(), warden::CallError>(())
+                let (rt, call) = (rt.clone(), call.clone());
+                let elapsed = in_flight(concurrency, per_task, move || {
+                    let (rt, call) = (rt.clone(), call.clone());
+                    async move {
+                        rt.call(CallRequest {
+                            principal: "bench",
+                            tool: &call.0,
+                            input: &call.1,
                         })
-                    })
-                    .collect();
-                for t in tasks {
-                    t.await??;
-                }
+                        .await?;
+                        Ok(())
+                    }
+                })
+                .await?;
                 let n = (per_task * concurrency) as f64;
-                pair[slot] = n / started.elapsed().as_secs_f64();
+                pair[slot] = n / elapsed.as_secs_f64();
                 // CPU as well as wall time: a round that leaves cores idle shows here.
                 let used = crate::bench_mcp::cpu_ns(std::process::id())?.saturating_sub(cpu);
                 cpu_pair[slot] = used as f64 / n / 1e3;
@@ -555,50 +574,41 @@ async fn approvals(config: &Path, args: &BenchArgs, rt: &Arc<Runtime>) -> Result
         }
     }
     let held = Arc::new(Runtime::load(held_config).await?);
+    let call = Arc::new((args.call.tool.clone(), args.call.input.clone()));
     let calls = (args.iterations / 5).max(500);
     for concurrency in [1usize, 16, 64] {
         let per_task = calls / concurrency;
-        let started = Instant::now();
-        let tasks: Vec<_> = (0..concurrency)
-            .map(|_| {
-                let rt = held.clone();
-                let (tool, input) = (args.call.tool.clone(), args.call.input.clone());
-                tokio::spawn(async move {
-                    for _ in 0..per_task {
-                        let report = rt
-                            .call(CallRequest {
-                                principal: "bench",
-                                tool: &tool,
-                                input: &input,
-                            })
-                            .await?;
-                        let id = report
-                            .approval
-                            .map(|a| a.id)
-                            .context("the benchmark call was not held")?;
-                        let queue = rt.approvals.as_ref().context("queue disabled")?;
-                        let ballot = Ballot {
-                            principal: "bench-approver",
-                            verdict: Verdict::Approve,
-                            reason: None,
-                            via: "api",
-                            now_ms: warden::now_ms() as i64,
-                        };
-                        queue.decide(&rt.config.approvals, &id, &ballot).await?;
-                        match rt.resume(&id).await? {
-                            Resume::Ran(report) if matches!(report.outcome, Outcome::Ok { .. }) => {
-                            }
-                            other => bail!("approved call did not run: {other:?}"),
-                        }
-                    }
-                    Ok(())
-                })
-            })
-            .collect();
-        for t in tasks {
-            t.await??;
-        }
-        let elapsed = started.elapsed();
+        let (rt, call) = (held.clone(), call.clone());
+        let elapsed = in_flight(concurrency, per_task, move || {
+            let (rt, call) = (rt.clone(), call.clone());
+            async move {
+                let report = rt
+                    .call(CallRequest {
+                        principal: "bench",
+                        tool: &call.0,
+                        input: &call.1,
+                    })
+                    .await?;
+                let id = report
+                    .approval
+                    .map(|a| a.id)
+                    .context("the benchmark call was not held")?;
+                let queue = rt.approvals.as_ref().context("queue disabled")?;
+                let ballot = Ballot {
+                    principal: "bench-approver",
+                    verdict: Verdict::Approve,
+                    reason: None,
+                    via: "api",
+                    now_ms: warden::now_ms() as i64,
+                };
+                queue.decide(&rt.config.approvals, &id, &ballot).await?;
+                match rt.resume(&id).await? {
+                    Resume::Ran(report) if matches!(report.outcome, Outcome::Ok { .. }) => Ok(()),
+                    other => bail!("approved call did not run: {other:?}"),
+                }
+            }
+        })
+        .await?;
         let n = per_task * concurrency;
         println!(
             "{:<48} {:>10.0} calls/s ({n} in {:.2} s)",
