@@ -269,7 +269,8 @@ impl AuditLog {
         })
     }
 
-    /// Mark one governed call as using the log until the guard drops. While it is the
+    /// Mark one governed call (or resumed held run) as using the log until the guard
+    /// drops; every path that commits a run's records holds one. While it is the
     /// only one (and nothing is queued), its commits are written on its own thread:
     /// the hand-off to the writer thread and back costs more CPU on this kind of VM
     /// than the write itself. With company, commits go to the writer thread, where one

@@ -73,6 +73,8 @@ impl Runtime {
 
     /// Bring `id` forward as far as it can go now.
     pub async fn resume(&self, id: &str) -> Result<Resume, CallError> {
+        // A resumed run commits like a call: with company, through the group commit.
+        let _caller = self.audit.as_ref().map(|a| a.caller());
         let queue = self
             .approvals
             .as_ref()
