@@ -236,7 +236,7 @@ pub async fn audit(
     _: Operator,
     Query(q): Query<AuditQuery>,
 ) -> Response {
-    let dir = server.runtime().config.audit_dir.clone();
+    let dir = server.runtime().config.audit.dir.clone();
     let search = crate::audit::Search {
         run: q.run,
         plugin: q.plugin,

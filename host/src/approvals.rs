@@ -244,7 +244,7 @@ pub fn input_hash(input: &str) -> String {
 impl ApprovalQueue {
     pub fn open(path: &Path) -> Result<ApprovalQueue, ApprovalError> {
         let shown = path.display().to_string();
-        let store = |e: rusqlite::Error| ApprovalError::Store {
+        let store = |e: crate::db::SchemaError| ApprovalError::Store {
             path: shown.clone(),
             message: e.to_string(),
         };

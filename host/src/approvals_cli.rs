@@ -204,13 +204,13 @@ async fn decide(
     }
     // A short-lived process (another command) lets go of the log within moments; one
     // that keeps it (a server, a caller waiting for this decision) drives the queue.
-    if config.audit_enabled
-        && !warden::audit::wait_until_free(&config.audit_dir, std::time::Duration::from_secs(2))
+    if config.audit.enabled
+        && !warden::audit::wait_until_free(&config.audit.dir, std::time::Duration::from_secs(2))
     {
         eprintln!(
             "approval {}: another warden process holds the audit log ({}); it will {} the call",
             a.id,
-            config.audit_dir.display(),
+            config.audit.dir.display(),
             if a.state == State::Approved {
                 "run"
             } else {

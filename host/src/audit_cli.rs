@@ -1,20 +1,42 @@
-//! `warden audit`: verify the chain, show the newest records, search them.
+//! `warden audit`: verify the chain, show and search records, repair what a crash or a
+//! full disk left, force a checkpoint, show and rotate the signing key.
 
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use clap::Subcommand;
-use serde_json::Value;
+use serde_json::{Value, json};
 
-use warden::audit;
+use warden::audit::{self, AuditLog, AuditOptions, Repair, Signer, VerifyOptions};
 use warden::config::Config;
+
+use crate::exit;
 
 #[derive(Subcommand)]
 pub enum AuditCommand {
-    /// Check the whole hash chain; exits 1 and names the first bad record on any break.
-    Verify,
+    /// Check every hash, link and signed checkpoint, and the end of the log against
+    /// HEAD (and the witness); exits 1 naming the first break and where trust ends.
+    Verify {
+        /// Verify the log in this directory (a copy, say) without a config.
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+        /// A public key trusted to sign checkpoints (64 hex digits, or a file holding
+        /// them; repeatable). With a config, its signing key is trusted too.
+        #[arg(long = "key", value_name = "KEY")]
+        keys: Vec<String>,
+        /// A witness directory (or file) holding this log's checkpoints (with a config,
+        /// `[audit.witness] dir` is used unless this is given).
+        #[arg(long, value_name = "PATH")]
+        witness: Option<PathBuf>,
+        /// Verify without HEAD (records deleted from the end then go unnoticed).
+        #[arg(long)]
+        no_head: bool,
+        #[arg(long)]
+        json: bool,
+    },
     /// Show the newest records.
     Tail {
         /// How many records.
@@ -34,42 +56,58 @@ pub enum AuditCommand {
         /// Milliseconds since the Unix epoch.
         #[arg(long)]
         since: Option<u64>,
-        /// Record kind: run-start, policy-decision, host-call, grant-denied, secret-reveal, run-end, config-load.
+        /// Record kind: run-start, policy-decision, host-call, grant-denied, secret-reveal, run-end, config-load, checkpoint, ...
         #[arg(long)]
         kind: Option<String>,
         #[arg(long)]
         json: bool,
     },
+    /// Repair what a crash or a full disk left: cut a record cut short at the very end
+    /// (never a whole record), and, only when told, accept a log shorter than HEAD says
+    /// or a missing HEAD. Every repair is recorded in the log.
+    Repair {
+        /// Accept that records at the end are missing (or not the ones HEAD names).
+        #[arg(long)]
+        accept_missing_records: bool,
+        /// Accept that HEAD is missing.
+        #[arg(long)]
+        accept_missing_head: bool,
+    },
+    /// Sign the log as it stands now (warden also does so every `checkpoint_every`
+    /// records, every `checkpoint_secs` and when it stops).
+    Checkpoint,
+    /// Print the public key that verifies this log's checkpoints.
+    Key,
+    /// Sign with a new key from now on: the old key endorses the new one in the log, then
+    /// steps aside (kept as `<key>.retired-<ms>`).
+    RotateKey,
 }
 
-pub fn run(config: &Path, command: &AuditCommand) -> Result<ExitCode> {
+pub async fn run(config: &Path, command: &AuditCommand) -> Result<ExitCode> {
+    if let AuditCommand::Verify {
+        dir: Some(dir),
+        keys,
+        witness,
+        no_head,
+        json,
+    } = command
+    {
+        let options = verify_options(keys, None, witness.clone(), *no_head)?;
+        return verify(dir, &options, *json);
+    }
     let config = Config::load(config)?;
-    let dir = &config.audit_dir;
+    let dir = &config.audit.dir;
     match command {
-        AuditCommand::Verify => {
-            let verified = audit::verify(dir)?;
-            match verified.problem {
-                None => {
-                    println!(
-                        "audit log {} is intact: {} records in {} segments",
-                        dir.display(),
-                        verified.records,
-                        verified.segments
-                    );
-                    Ok(ExitCode::SUCCESS)
-                }
-                Some(p) => {
-                    println!(
-                        "audit log {} is BROKEN at record {} ({}): {}",
-                        dir.display(),
-                        p.seq,
-                        p.location,
-                        p.what
-                    );
-                    println!("{} records before it verify", verified.records);
-                    Ok(ExitCode::from(1))
-                }
-            }
+        AuditCommand::Verify {
+            keys,
+            witness,
+            no_head,
+            json,
+            ..
+        } => {
+            let witness = witness.clone().or(config.audit.witness.dir.clone());
+            let options = verify_options(keys, Some(&config), witness, *no_head)?;
+            verify(dir, &options, *json)
         }
         AuditCommand::Tail { lines, json } => {
             let mut out = std::io::stdout().lock();
@@ -101,50 +139,252 @@ pub fn run(config: &Path, command: &AuditCommand) -> Result<ExitCode> {
             written?;
             Ok(ExitCode::SUCCESS)
         }
+        AuditCommand::Repair {
+            accept_missing_records,
+            accept_missing_head,
+        } => {
+            let repair = Repair {
+                accept_missing_records: *accept_missing_records,
+                accept_missing_head: *accept_missing_head,
+                by: operator(),
+            };
+            let options = options(&config)?;
+            let dir = dir.clone();
+            let (log, repaired) =
+                tokio::task::spawn_blocking(move || AuditLog::repair(&dir, options, &repair))
+                    .await??;
+            log.checkpoint().await?;
+            log.close();
+            if repaired.actions.is_empty() {
+                eprintln!("warden audit repair: nothing to repair");
+            }
+            for action in &repaired.actions {
+                eprintln!("warden audit repair: {action} (recorded in the log)");
+            }
+            Ok(ExitCode::from(exit::OK))
+        }
+        AuditCommand::Checkpoint => {
+            let log = open(&config).await?;
+            log.checkpoint().await?;
+            log.close();
+            eprintln!("warden audit checkpoint: signed");
+            Ok(ExitCode::from(exit::OK))
+        }
+        AuditCommand::Key => {
+            let path = config.audit.signing_key().map_err(anyhow::Error::msg)?;
+            let public = Signer::public_of(path)
+                .map_err(anyhow::Error::msg)?
+                .with_context(|| {
+                    format!(
+                        "no signing key at {} yet (warden creates it when it first writes the log)",
+                        path.display()
+                    )
+                })?;
+            crate::print(&format!("{public}\n"))?;
+            eprintln!("warden audit key: the public half of {}", path.display());
+            Ok(ExitCode::from(exit::OK))
+        }
+        AuditCommand::RotateKey => {
+            let path = config
+                .audit
+                .signing_key()
+                .map_err(anyhow::Error::msg)?
+                .to_path_buf();
+            let next_path = path.with_extension(format!("next-{}", warden::now_ms()));
+            let next = Arc::new(Signer::create_new(&next_path).map_err(anyhow::Error::msg)?);
+            let log = open(&config).await?;
+            let rotated = log.rotate_key(next.clone()).await;
+            log.close();
+            if let Err(e) = rotated {
+                let _ = std::fs::remove_file(&next_path);
+                let _ = std::fs::remove_file(audit::public_path(&next_path));
+                return Err(e.into());
+            }
+            let retired = path.with_extension(format!("retired-{}", warden::now_ms()));
+            std::fs::rename(&path, &retired)
+                .with_context(|| format!("moving {} aside", path.display()))?;
+            std::fs::rename(&next_path, &path)
+                .with_context(|| format!("putting the new key at {}", path.display()))?;
+            let _ = std::fs::remove_file(audit::public_path(&next_path));
+            std::fs::write(audit::public_path(&path), format!("{}\n", next.public()))?;
+            crate::print(&format!("{}\n", next.public()))?;
+            eprintln!(
+                "warden audit rotate-key: new key in {} (the old one, now {}, endorsed it in the log)",
+                path.display(),
+                retired.display()
+            );
+            Ok(ExitCode::from(exit::OK))
+        }
     }
+}
+
+/// The options the log is opened with, from the config.
+fn options(config: &Config) -> Result<AuditOptions> {
+    let a = &config.audit;
+    let signer = a
+        .signing_key()
+        .and_then(Signer::open)
+        .map_err(|e| anyhow::anyhow!("audit signing key: {e}"))?;
+    Ok(AuditOptions {
+        max_segment_bytes: a.max_segment_bytes,
+        signer: Some(Arc::new(signer)),
+        checkpoint_every: a.checkpoint_every,
+        checkpoint_interval: std::time::Duration::from_secs(a.checkpoint_secs),
+        witness: a.witness.clone(),
+    })
+}
+
+async fn open(config: &Config) -> Result<AuditLog> {
+    let options = options(config)?;
+    let dir = config.audit.dir.clone();
+    Ok(tokio::task::spawn_blocking(move || AuditLog::open(&dir, options)).await??)
+}
+
+/// Who is at the keyboard, for the record of a repair.
+fn operator() -> String {
+    let user = std::env::var("USER").or_else(|_| std::env::var("LOGNAME"));
+    // SAFETY: getuid has no preconditions and cannot fail.
+    let uid = unsafe { libc::getuid() };
+    match user {
+        Ok(name) => format!("{name} (uid {uid}, warden audit repair)"),
+        Err(_) => format!("uid {uid} (warden audit repair)"),
+    }
+}
+
+fn verify_options(
+    keys: &[String],
+    config: Option<&Config>,
+    witness: Option<PathBuf>,
+    no_head: bool,
+) -> Result<VerifyOptions> {
+    let mut trusted = Vec::new();
+    for key in keys {
+        trusted.push(audit::parse_public_key(key).map_err(anyhow::Error::msg)?);
+    }
+    if let Some(config) = config
+        && let Some(path) = &config.audit.signing_key
+        && let Some(public) = Signer::public_of(path).map_err(anyhow::Error::msg)?
+        && !trusted.contains(&public)
+    {
+        trusted.push(public);
+    }
+    Ok(VerifyOptions {
+        trusted_keys: trusted,
+        witness,
+        no_head,
+    })
+}
+
+fn verify(dir: &Path, options: &VerifyOptions, json: bool) -> Result<ExitCode> {
+    let v = audit::verify(dir, options)?;
+    if json {
+        let report = json!({
+            "dir": dir.display().to_string(),
+            "intact": v.problem.is_none(),
+            "records": v.records,
+            "segments": v.segments,
+            "checkpoints": v.checkpoints,
+            "last_checkpoint": v.last_checkpoint,
+            "unsigned": v.unsigned,
+            "keys": v.keys,
+            "trusted": v.trusted,
+            "witnessed": v.witnessed,
+            "live": v.live,
+            "problem": v.problem.as_ref().map(|p| json!({ "seq": p.seq, "location": p.location, "what": p.what })),
+        });
+        crate::print(&format!("{report}\n"))?;
+    } else {
+        let mut out = String::new();
+        match &v.problem {
+            None => {
+                out += &format!(
+                    "audit log {} is intact: {} records in {} segments{}\n",
+                    dir.display(),
+                    v.records,
+                    v.segments,
+                    if v.live { " (being written)" } else { "" }
+                );
+            }
+            Some(p) => {
+                out += &format!(
+                    "audit log {} is BROKEN at record {} ({}): {}\n",
+                    dir.display(),
+                    p.seq,
+                    p.location,
+                    p.what
+                );
+                out += &format!("{} records before it verify\n", v.records);
+            }
+        }
+        out += &match (v.last_checkpoint, v.trusted) {
+            (None, _) => "  checkpoints: none\n".to_string(),
+            (Some(c), trusted) => format!(
+                "  checkpoints: {} verified, the last at record {c}, signed by {}{}\n",
+                v.checkpoints,
+                v.keys.join(", "),
+                if trusted {
+                    " (trusted)"
+                } else {
+                    " (checked against the keys the log names only: pass --key to check who signed)"
+                }
+            ),
+        };
+        if v.unsigned > 0 {
+            out += &format!(
+                "  {} records after the last checkpoint are not signed yet\n",
+                v.unsigned
+            );
+        }
+        match (&v.head, options.no_head) {
+            (_, true) => out += "  HEAD: not checked (--no-head)\n",
+            (None, false) => out += "  HEAD: missing\n",
+            (Some(h), false) => {
+                out += &format!(
+                    "  HEAD: names record {}{}\n",
+                    h.seq,
+                    if h.clean {
+                        " (warden stopped cleanly)"
+                    } else {
+                        ""
+                    }
+                )
+            }
+        }
+        if let Some(w) = v.witnessed {
+            out += &format!("  witness: agrees up to record {w}\n");
+        }
+        crate::print(&out)?;
+    }
+    if v.problem.is_some() {
+        return Ok(ExitCode::from(1));
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn print(out: &mut impl Write, r: &Value, json: bool) -> std::io::Result<()> {
     if json {
         return writeln!(out, "{r}");
     }
-    let detail = match r["kind"].as_str().unwrap_or_default() {
+    let s = |k: &str| r[k].as_str().unwrap_or("");
+    let detail = match s("kind") {
         "host-call" => format!(
             "{} {}.{} -> {} ({} µs)",
-            r["component"].as_str().unwrap_or(""),
-            r["interface"].as_str().unwrap_or(""),
-            r["function"].as_str().unwrap_or(""),
-            r["outcome"].as_str().unwrap_or(""),
+            s("component"),
+            s("interface"),
+            s("function"),
+            s("outcome"),
             r["duration_us"]
         ),
-        "policy-decision" => format!(
-            "{} {} {}",
-            r["policy"].as_str().unwrap_or(""),
-            r["decision"].as_str().unwrap_or(""),
-            r["reason"].as_str().unwrap_or("")
-        ),
-        "run-start" => format!(
-            "{} {} by {}",
-            r["tool"].as_str().unwrap_or(""),
-            r["plugin"].as_str().unwrap_or(""),
-            r["principal"].as_str().unwrap_or("")
-        ),
-        "run-end" => format!(
-            "{} {}",
-            r["status"].as_str().unwrap_or(""),
-            r["error"].as_str().unwrap_or("")
-        ),
-        "grant-denied" => r["request"].as_str().unwrap_or("").to_string(),
-        "secret-reveal" => format!(
-            "{} revealed to {}",
-            r["secret"].as_str().unwrap_or(""),
-            r["plugin"].as_str().unwrap_or("")
-        ),
-        "config-load" => format!(
-            "{} {}",
-            r["config"].as_str().unwrap_or(""),
-            r["config_digest"].as_str().unwrap_or("")
-        ),
+        "policy-decision" => format!("{} {} {}", s("policy"), s("decision"), s("reason")),
+        "run-start" => format!("{} {} by {}", s("tool"), s("plugin"), s("principal")),
+        "run-end" => format!("{} {}", s("status"), s("error")),
+        "grant-denied" => s("request").to_string(),
+        "secret-reveal" => format!("{} revealed to {}", s("secret"), s("plugin")),
+        "config-load" => format!("{} {}", s("config"), s("config_digest")),
+        "checkpoint" => format!("signs record {} ({})", r["covers"], s("key")),
+        "key-rotation" => format!("{} ({})", s("key"), s("reason")),
+        "audit-repair" => format!("{} by {}", s("action"), s("by")),
+        "audit-write-failed" => s("error").to_string(),
         _ => String::new(),
     };
     writeln!(
@@ -152,7 +392,7 @@ fn print(out: &mut impl Write, r: &Value, json: bool) -> std::io::Result<()> {
         "{:>8}  {}  {:<16} {:<32} {detail}",
         r["seq"],
         r["ts_ms"],
-        r["kind"].as_str().unwrap_or(""),
+        s("kind"),
         r["run"].as_str().unwrap_or("-")
     )
 }

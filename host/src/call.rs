@@ -64,6 +64,9 @@ pub enum Outcome {
         approvers: Vec<String>,
         timeout_secs: Option<u32>,
     },
+    /// The run was cut off (warden stopped while it ran); whether the tool had its
+    /// effect is unknown.
+    Interrupted { reason: String },
     /// The tool ran and failed, or was stopped at a limit.
     Failed {
         #[serde(serialize_with = "failure_kind")]
@@ -195,6 +198,7 @@ impl Outcome {
             Outcome::Ok { .. } => "ok",
             Outcome::Denied { .. } => "denied",
             Outcome::Held { .. } => "held",
+            Outcome::Interrupted { .. } => "interrupted",
             Outcome::Failed { kind, .. } => failure_name(kind),
         }
     }
@@ -203,6 +207,11 @@ impl Outcome {
 impl Runtime {
     /// Run one governed call.
     pub async fn call(&self, request: CallRequest<'_>) -> Result<CallReport, CallError> {
+        if self.read_only {
+            return Err(CallError::NotRecorded(
+                "this runtime was loaded read-only (no audit log): it runs nothing".into(),
+            ));
+        }
         let started = Instant::now();
         let _caller = self.audit.as_ref().map(|a| a.caller());
         let time_ms = crate::now_ms();
@@ -262,7 +271,7 @@ impl Runtime {
             config: String::new(),
             usage: "{}".to_string(),
         };
-        let recorder: SharedRecorder = Arc::default();
+        let recorder = self.recorder();
         let recording = self.audit.is_some();
         let evaluate = async {
             let mut decisions = Vec::new();
@@ -422,7 +431,10 @@ impl Runtime {
         last.extend(record::after_execution(&report, &self.redactor));
         self.audit(last, true).await?;
         let row = record::run_row(&report, &self.redactor.scrub(input));
-        self.runs.insert(row).map_err(CallError::NotRecorded)?;
+        self.runs
+            .insert(row)
+            .await
+            .map_err(CallError::NotRecorded)?;
         Ok(report)
     }
 }
@@ -441,8 +453,15 @@ impl Runtime {
     }
 
     /// A record redacted and ready for [`Runtime::audit`].
-    pub(crate) fn entry(&self, record: serde_json::Map<String, Value>) -> Entry {
+    pub fn entry(&self, record: serde_json::Map<String, Value>) -> Entry {
         record::redact(&self.redactor, record)
+    }
+
+    /// A recorder for one run's host calls.
+    pub(crate) fn recorder(&self) -> SharedRecorder {
+        Arc::new(std::sync::Mutex::new(hostcalls::Recorder::keeping(
+            hostcalls::MAX_SUMMARY + self.redactor.longest(),
+        )))
     }
 
     /// The host calls recorded so far, as audit records.
@@ -473,6 +492,7 @@ fn scrub_report(r: &Redactor, report: &mut CallReport) {
         Outcome::Denied { reasons } | Outcome::Held { reasons, .. } => {
             reasons.iter_mut().for_each(|s| r.scrub_string(s))
         }
+        Outcome::Interrupted { reason } => r.scrub_string(reason),
         Outcome::Failed { kind, error } => {
             r.scrub_string(error);
             match kind {

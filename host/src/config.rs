@@ -74,12 +74,11 @@ pub struct Config {
     /// The master key file; `<data_dir>/master.key` unless `[vault] key_file` is set.
     /// `WARDEN_MASTER_KEY` takes precedence over it.
     pub key_file: PathBuf,
-    /// `<data_dir>/audit`. `[audit] enabled = false` turns auditing off (for
-    /// measurements only: `warden check` says so loudly).
-    pub audit_dir: PathBuf,
-    pub audit_enabled: bool,
-    /// Size at which the audit log starts a new segment (`[audit] max_segment_kb`, 64 MiB).
-    pub audit_segment_bytes: u64,
+    /// Where warden's keys live when not named one by one: outside the data dir, so a
+    /// copy of the data dir holds no key. `key_dir`, or `$XDG_CONFIG_HOME/warden`, or
+    /// `~/.config/warden`; `None` when none of those is set.
+    pub key_dir: Option<PathBuf>,
+    pub audit: AuditConfig,
     /// Run history and the approval queue: `<data_dir>/runs.db`.
     pub runs_db: PathBuf,
     pub approvals: ApprovalsConfig,
@@ -143,6 +142,38 @@ pub struct ApprovalsConfig {
     /// Default 86400 s.
     pub link_ttl_secs: u32,
     pub webhook: Option<Webhook>,
+}
+
+/// `[audit]`: the audit log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditConfig {
+    /// `false` turns auditing off (for measurements only: `warden check` and
+    /// `warden serve` say so loudly). Default true.
+    pub enabled: bool,
+    /// `[audit] dir`; default `<data_dir>/audit`.
+    pub dir: PathBuf,
+    /// Size at which a new segment starts (`max_segment_kb`, default 64 MiB).
+    pub max_segment_bytes: u64,
+    /// The Ed25519 key that signs checkpoints (`signing_key`; default
+    /// `<key_dir>/audit-signing.key`, created on first use). Never inside the data dir.
+    /// `None` when there is no key dir to default to: opening the log then fails, saying
+    /// what to set.
+    pub signing_key: Option<PathBuf>,
+    /// A checkpoint every this many records (`checkpoint_every`, default 1000)...
+    pub checkpoint_every: u64,
+    /// ...or this often (`checkpoint_secs`, default 10), and when warden stops.
+    pub checkpoint_secs: u64,
+    /// `[audit.witness]`: where checkpoints are also sent. Default: nowhere.
+    pub witness: crate::audit::WitnessConfig,
+}
+
+impl AuditConfig {
+    /// The signing key's path, or why there is none.
+    pub fn signing_key(&self) -> Result<&Path, String> {
+        self.signing_key.as_deref().ok_or_else(|| {
+            "no place for the audit signing key: set key_dir (a directory outside the data dir) or [audit] signing_key in the config (neither XDG_CONFIG_HOME nor HOME is set)".to_string()
+        })
+    }
 }
 
 /// `[server]`: how `warden serve` listens.
@@ -240,6 +271,7 @@ pub struct Limits {
 struct RawConfig {
     data_dir: Option<Spanned<String>>,
     cache_dir: Option<Spanned<String>>,
+    key_dir: Option<Spanned<String>>,
     #[serde(default)]
     vault: RawVault,
     #[serde(default)]
@@ -307,14 +339,31 @@ enum Substitute {
 struct RawAudit {
     #[serde(default = "yes")]
     enabled: bool,
+    dir: Option<Spanned<String>>,
     max_segment_kb: Option<Spanned<u64>>,
+    signing_key: Option<Spanned<String>>,
+    checkpoint_every: Option<Spanned<u64>>,
+    checkpoint_secs: Option<Spanned<u64>>,
+    witness: Option<RawWitness>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawWitness {
+    dir: Option<Spanned<String>>,
+    url: Option<Spanned<String>>,
 }
 
 impl Default for RawAudit {
     fn default() -> Self {
         RawAudit {
             enabled: true,
+            dir: None,
             max_segment_kb: None,
+            signing_key: None,
+            checkpoint_every: None,
+            checkpoint_secs: None,
+            witness: None,
         }
     }
 }
@@ -465,19 +514,28 @@ impl Config {
             .path
             .as_ref()
             .map_or_else(|| data_dir.join("vault.json"), |p| base.join(p));
-        let audit_dir = data_dir.join("audit");
-        let runs_db = data_dir.join("runs.db");
-        let audit_segment_bytes = match &raw.audit.max_segment_kb {
-            None => 64 << 20,
-            Some(kb) if (1..=1 << 22).contains(kb.get_ref()) => kb.get_ref() << 10,
-            Some(kb) => {
-                return Err(locate.error(
-                    kb.span().start,
-                    "audit.max_segment_kb",
-                    "must be between 1 and 4194304",
-                ));
+        let key_dir = match &raw.key_dir {
+            Some(dir) if dir.get_ref().trim().is_empty() => {
+                return Err(locate.error(dir.span().start, "key_dir", "must not be empty"));
             }
+            Some(dir) => Some(base.join(dir.get_ref())),
+            None => default_key_dir(),
         };
+        if let (Some(dir), Some(raw_dir)) = (&key_dir, &raw.key_dir)
+            && absolute(dir).starts_with(absolute(&data_dir))
+        {
+            return Err(locate.error(
+                raw_dir.span().start,
+                "key_dir",
+                &format!(
+                    "{} is inside the data dir ({}): a copy of the data dir would hold the keys",
+                    dir.display(),
+                    data_dir.display()
+                ),
+            ));
+        }
+        let runs_db = data_dir.join("runs.db");
+        let audit = check_audit(&locate, base, &data_dir, key_dir.as_deref(), &raw.audit)?;
         let key_file = raw
             .vault
             .key_file
@@ -604,9 +662,8 @@ impl Config {
             cache_dir,
             vault_path,
             key_file,
-            audit_dir,
-            audit_enabled: raw.audit.enabled,
-            audit_segment_bytes,
+            key_dir,
+            audit,
             runs_db,
             approvals,
             server,
@@ -705,6 +762,106 @@ impl Locator<'_> {
             message: message.to_string(),
         }
     }
+}
+
+/// Where keys go when no location is configured: `$XDG_CONFIG_HOME/warden`, or
+/// `$HOME/.config/warden`.
+fn default_key_dir() -> Option<PathBuf> {
+    let set = |name: &str| {
+        std::env::var_os(name)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    };
+    set("XDG_CONFIG_HOME")
+        .map(|d| d.join("warden"))
+        .or_else(|| set("HOME").map(|h| h.join(".config/warden")))
+}
+
+fn check_audit(
+    locate: &Locator,
+    base: &Path,
+    data_dir: &Path,
+    key_dir: Option<&Path>,
+    raw: &RawAudit,
+) -> Result<AuditConfig, ConfigError> {
+    let dir = match &raw.dir {
+        Some(dir) if dir.get_ref().trim().is_empty() => {
+            return Err(locate.error(dir.span().start, "audit.dir", "must not be empty"));
+        }
+        Some(dir) => base.join(dir.get_ref()),
+        None => data_dir.join("audit"),
+    };
+    let number = |v: &Option<Spanned<u64>>, key: &str, default: u64, max: u64| match v {
+        None => Ok(default),
+        Some(n) if (1..=max).contains(n.get_ref()) => Ok(*n.get_ref()),
+        Some(n) => Err(locate.error(
+            n.span().start,
+            &format!("audit.{key}"),
+            &format!("must be between 1 and {max}"),
+        )),
+    };
+    let max_segment_bytes = number(&raw.max_segment_kb, "max_segment_kb", 65536, 1 << 22)? << 10;
+    let checkpoint_every = number(&raw.checkpoint_every, "checkpoint_every", 1000, 1_000_000)?;
+    let checkpoint_secs = number(&raw.checkpoint_secs, "checkpoint_secs", 10, 86_400)?;
+    let (signing_key, at, key) = match &raw.signing_key {
+        Some(path) => (
+            Some(base.join(path.get_ref())),
+            path.span().start,
+            "audit.signing_key",
+        ),
+        None => (key_dir.map(|d| d.join("audit-signing.key")), 0, "key_dir"),
+    };
+    if let Some(path) = &signing_key
+        && absolute(path).starts_with(absolute(data_dir))
+    {
+        return Err(locate.error(
+            at,
+            key,
+            &format!(
+                "the audit signing key {} is inside the data dir ({}): whoever can rewrite the log could then re-sign it",
+                path.display(),
+                data_dir.display()
+            ),
+        ));
+    }
+    let mut witness = crate::audit::WitnessConfig::default();
+    if let Some(w) = &raw.witness {
+        if let Some(d) = &w.dir {
+            let path = base.join(d.get_ref());
+            if absolute(&path).starts_with(absolute(data_dir)) {
+                return Err(locate.error(
+                    d.span().start,
+                    "audit.witness.dir",
+                    "the witness must live outside the data dir (on another volume, ideally another host)",
+                ));
+            }
+            witness.dir = Some(path);
+        }
+        if let Some(u) = &w.url {
+            let text = u.get_ref().trim_end_matches('/');
+            let ok = (text.starts_with("http://") || text.starts_with("https://"))
+                && text
+                    .parse::<http::Uri>()
+                    .is_ok_and(|uri| uri.authority().is_some());
+            if !ok {
+                return Err(locate.error(
+                    u.span().start,
+                    "audit.witness.url",
+                    &format!("{:?} is not an http(s) URL", u.get_ref()),
+                ));
+            }
+            witness.url = Some(u.get_ref().clone());
+        }
+    }
+    Ok(AuditConfig {
+        enabled: raw.enabled,
+        dir,
+        max_segment_bytes,
+        signing_key,
+        checkpoint_every,
+        checkpoint_secs,
+        witness,
+    })
 }
 
 /// Is `name` usable as a principal (or group) name: non-empty, short, no spaces or

@@ -93,12 +93,23 @@ const MIGRATIONS: &[&str] = &[
     ",
 ];
 
+/// Why the store's schema cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum SchemaError {
+    #[error(transparent)]
+    Sql(#[from] rusqlite::Error),
+    #[error(
+        "schema version {found} was written by a newer warden (this one knows {SCHEMA_VERSION})"
+    )]
+    Newer { found: usize },
+}
+
 /// The schema version this warden writes.
 pub const SCHEMA_VERSION: usize = MIGRATIONS.len();
 
 /// Open the store at `path`, creating or migrating it. `durable` connections fsync
 /// every commit (the approval queue); others rely on WAL's checkpointing.
-pub fn open(path: &Path, durable: bool) -> rusqlite::Result<Connection> {
+pub fn open(path: &Path, durable: bool) -> Result<Connection, SchemaError> {
     if let Some(dir) = path.parent() {
         let _ = std::fs::create_dir_all(dir);
     }
@@ -111,16 +122,12 @@ pub fn open(path: &Path, durable: bool) -> rusqlite::Result<Connection> {
     Ok(conn)
 }
 
-fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
+fn migrate(conn: &mut Connection) -> Result<(), SchemaError> {
     let version = |c: &Connection| -> rusqlite::Result<usize> {
         let v: i64 = c.pragma_query_value(None, "user_version", |r| r.get(0))?;
         Ok(usize::try_from(v).unwrap_or(0))
     };
-    let newer = |v: usize| {
-        rusqlite::Error::InvalidParameterName(format!(
-            "schema version {v} was written by a newer warden (this one knows {SCHEMA_VERSION})"
-        ))
-    };
+    let newer = |found: usize| SchemaError::Newer { found };
     let v = version(conn)?;
     if v > SCHEMA_VERSION {
         return Err(newer(v));
@@ -138,5 +145,5 @@ fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
         tx.execute_batch(migration)?;
     }
     tx.pragma_update(None, "user_version", SCHEMA_VERSION as i64)?;
-    tx.commit()
+    Ok(tx.commit()?)
 }

@@ -13,7 +13,6 @@ use serde_json::Value;
 
 use crate::approvals::{Approval, State};
 use crate::call::{ApprovalRef, CallError, CallReport, Outcome};
-use crate::hostcalls::SharedRecorder;
 use crate::record;
 use crate::runtime::Runtime;
 
@@ -52,7 +51,7 @@ impl Runtime {
         let mut pass = Pass::default();
         for a in queue.recover(now).await.map_err(Self::queue_error)? {
             pass.recovered += 1;
-            self.end_unrun(&a).await?;
+            self.end_unrun(&a, true).await?;
         }
         pass.settled = queue
             .expire_due(now)
@@ -139,44 +138,55 @@ impl Runtime {
         }
         let mut records = Vec::new();
         let mut done = Vec::new();
+        let mut rows = Vec::new();
         for (a, v) in &votes {
             records.push(self.entry(record::approval_vote(a, v)));
             done.push((a.id.clone(), v.seq));
             let ends = matches!(v.vote.as_str(), "reject" | "expire")
                 && matches!(a.state, State::Rejected | State::Expired);
             if ends {
-                let row = self.unrun_row(a);
+                let row = self.unrun_row(a, false);
                 records.extend(record::after_execution(&row, &self.redactor));
-                self.runs
-                    .insert(record::run_row(&row, &self.redactor.scrub(&a.input)))
-                    .map_err(CallError::NotRecorded)?;
+                rows.push(record::run_row(&row, &self.redactor.scrub(&a.input)));
             }
         }
         self.audit(records, true).await?;
+        for row in rows {
+            self.runs
+                .insert(row)
+                .await
+                .map_err(CallError::NotRecorded)?;
+        }
         queue.mark_audited(done).await.map_err(Self::queue_error)
     }
 
-    /// The report of a held run that ended without running.
-    fn unrun_row(&self, a: &Approval) -> CallReport {
+    /// The report of a held run that ended without running (or was cut off while it
+    /// ran: `interrupted`).
+    fn unrun_row(&self, a: &Approval, interrupted: bool) -> CallReport {
         let reason = a
             .result
             .clone()
             .unwrap_or_else(|| format!("approval {}", a.state.as_str()));
         let mut report = self.report_for(a, Value::Null);
-        report.outcome = Outcome::Denied {
-            reasons: vec![reason],
+        report.outcome = if interrupted {
+            Outcome::Interrupted { reason }
+        } else {
+            Outcome::Denied {
+                reasons: vec![reason],
+            }
         };
         report
     }
 
     /// End a request that will never run (interrupted, or refused at execution).
-    async fn end_unrun(&self, a: &Approval) -> Result<(), CallError> {
-        let report = self.unrun_row(a);
+    async fn end_unrun(&self, a: &Approval, interrupted: bool) -> Result<(), CallError> {
+        let report = self.unrun_row(a, interrupted);
         let mut records = vec![self.entry(record::approval_ended(a))];
         records.extend(record::after_execution(&report, &self.redactor));
         self.audit(records, true).await?;
         self.runs
             .insert(record::run_row(&report, &self.redactor.scrub(&a.input)))
+            .await
             .map_err(CallError::NotRecorded)
     }
 
@@ -266,8 +276,8 @@ impl Runtime {
                 .map_err(Self::queue_error)?;
             a.state = State::Failed;
             a.result = Some(why);
-            self.end_unrun(&a).await?;
-            let mut report = self.unrun_row(&a);
+            self.end_unrun(&a, false).await?;
+            let mut report = self.unrun_row(&a, false);
             report.approval = Some(ApprovalRef::of(&a, a.decisions.clone()));
             return Ok(report);
         }
@@ -275,7 +285,7 @@ impl Runtime {
             .plugin_for(&a.tool)
             .ok_or_else(|| CallError::NotRecorded(format!("tool `{}` is not loaded", a.tool)))?;
         let mut report = self.report_for(&a, a.decisions.clone());
-        let recorder: SharedRecorder = std::sync::Arc::default();
+        let recorder = self.recorder();
         self.audit(vec![self.entry(record::run_resume(&a))], false)
             .await?;
         self.invoke(&mut report, plugin, &a.tool, &a.input, &recorder)

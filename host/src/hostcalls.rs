@@ -19,8 +19,8 @@ use tracing::span::{Attributes, Id, Record};
 use tracing::subscriber::Interest;
 use tracing::{Dispatch, Event, Metadata, Subscriber};
 
-/// Longest argument or result summary kept.
-const MAX_SUMMARY: usize = 512;
+/// Longest argument or result summary put in a record (after redaction).
+pub const MAX_SUMMARY: usize = 512;
 /// Most host calls kept per run; later ones are counted only.
 const MAX_CALLS: usize = 10_000;
 
@@ -56,9 +56,11 @@ impl HostCall {
 }
 
 /// The host calls of one run.
-#[derive(Default)]
 pub struct Recorder {
     component: String,
+    /// Bytes of each summary kept before redaction: `MAX_SUMMARY` plus the longest
+    /// secret form, so a value straddling the cut is still whole when it is scrubbed.
+    keep: usize,
     open: HashMap<u64, (HostCall, Instant)>,
     stack: Vec<u64>,
     calls: Vec<HostCall>,
@@ -68,7 +70,26 @@ pub struct Recorder {
     dropped: u64,
 }
 
+impl Default for Recorder {
+    fn default() -> Self {
+        Recorder::keeping(MAX_SUMMARY)
+    }
+}
+
 impl Recorder {
+    /// A recorder keeping `keep` bytes of each argument and result summary.
+    pub fn keeping(keep: usize) -> Recorder {
+        Recorder {
+            component: String::new(),
+            keep: keep.max(MAX_SUMMARY),
+            open: HashMap::new(),
+            stack: Vec::new(),
+            calls: Vec::new(),
+            taken: 0,
+            dropped: 0,
+        }
+    }
+
     /// Attribute the host calls that follow to `component`.
     pub fn set_component(&mut self, component: String) {
         self.component = component;
@@ -144,7 +165,7 @@ impl Subscriber for HostCallSubscriber {
 
     fn new_span(&self, attrs: &Attributes<'_>) -> Id {
         let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
-        let mut fields = Fields::default();
+        let mut fields = Fields::keeping(with_recorder(|r| r.keep).unwrap_or(MAX_SUMMARY));
         attrs.record(&mut fields);
         with_recorder(|r| {
             let call = HostCall {
@@ -165,7 +186,7 @@ impl Subscriber for HostCallSubscriber {
     fn record_follows_from(&self, _span: &Id, _follows: &Id) {}
 
     fn event(&self, event: &Event<'_>) {
-        let mut fields = Fields::default();
+        let mut fields = Fields::keeping(with_recorder(|r| r.keep).unwrap_or(MAX_SUMMARY));
         event.record(&mut fields);
         with_recorder(|r| {
             let Some(id) = r.stack.last().copied() else {
@@ -209,12 +230,24 @@ impl Subscriber for HostCallSubscriber {
 }
 
 /// Field values of a span or event, as bounded text.
-#[derive(Default)]
 struct Fields {
     module: String,
     function: String,
     message: String,
     rest: String,
+    keep: usize,
+}
+
+impl Fields {
+    fn keeping(keep: usize) -> Fields {
+        Fields {
+            module: String::new(),
+            function: String::new(),
+            message: String::new(),
+            rest: String::new(),
+            keep,
+        }
+    }
 }
 
 impl Visit for Fields {
@@ -231,15 +264,15 @@ impl Visit for Fields {
             self.message = format!("{value:?}");
             return;
         }
-        if self.rest.len() >= MAX_SUMMARY {
+        if self.rest.len() >= self.keep {
             return;
         }
         if !self.rest.is_empty() {
             self.rest.push(' ');
         }
         let _ = write!(self.rest, "{}={value:?}", field.name());
-        if self.rest.len() > MAX_SUMMARY {
-            let cut = self.rest.floor_char_boundary(MAX_SUMMARY);
+        if self.rest.len() > self.keep {
+            let cut = self.rest.floor_char_boundary(self.keep);
             self.rest.truncate(cut);
             self.rest.push('…');
         }

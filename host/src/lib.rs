@@ -27,6 +27,7 @@ pub mod notify;
 pub mod plugin;
 pub mod policy;
 pub mod record;
+pub mod recovery;
 pub mod runs;
 pub mod runtime;
 pub mod sandbox;

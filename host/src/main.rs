@@ -169,9 +169,27 @@ fn main() -> ExitCode {
                 return ExitCode::from(exit::OK);
             }
             eprintln!("warden: {error:#}");
-            ExitCode::from(exit::USAGE)
+            ExitCode::from(if is_not_recorded(&error) {
+                exit::NOT_RECORDED
+            } else {
+                exit::USAGE
+            })
         }
     }
+}
+
+/// Does `error` come from a store that cannot record (the audit log, its key, the run
+/// history, the approval queue)? Such a failure is exit 5, not a usage error.
+fn is_not_recorded(error: &anyhow::Error) -> bool {
+    error.chain().any(|e| {
+        e.is::<warden::audit::AuditError>()
+            || e.is::<warden::runs::RunsError>()
+            || e.is::<warden::approvals::ApprovalError>()
+            || matches!(
+                e.downcast_ref::<warden::runtime::LoadError>(),
+                Some(warden::runtime::LoadError::Store(_))
+            )
+    })
 }
 
 fn run() -> Result<ExitCode> {
@@ -251,7 +269,9 @@ fn run() -> Result<ExitCode> {
             Command::Secrets(ref command) => {
                 secrets_cli::run(&cli.config, command).context("secrets")
             }
-            Command::Audit(ref command) => audit_cli::run(&cli.config, command).context("audit"),
+            Command::Audit(ref command) => {
+                audit_cli::run(&cli.config, command).await.context("audit")
+            }
             Command::Runs(ref command) => runs_cli::run(&cli.config, command).context("runs"),
             Command::Approvals(ref command) => approvals_cli::run(&cli.config, command)
                 .await
@@ -266,9 +286,16 @@ async fn load(config: &Path) -> Result<Runtime> {
     Ok(Runtime::load(config).await?)
 }
 
+/// The components only: for commands that change nothing (and so never wait for the
+/// audit log's lock, held by a running server).
+async fn look(config: &Path) -> Result<Runtime> {
+    let config = Config::load(config)?;
+    Ok(Runtime::load_read_only(config).await?)
+}
+
 async fn check(config: &Path) -> Result<ExitCode> {
     let started = Instant::now();
-    let rt = load(config).await?;
+    let rt = look(config).await?;
     let mut out = String::new();
     let c = &rt.config;
     out += &format!(
@@ -328,11 +355,30 @@ async fn check(config: &Path) -> Result<ExitCode> {
         out += "    sockets, DNS, host env/args/cwd/stdio: denied\n";
         out += &format!("    limits: {}\n", limits_text(l));
     }
-    if c.audit_enabled {
+    if c.audit.enabled {
         out += &format!(
-            "audit log: {} (segments of {} KiB)\n",
-            c.audit_dir.display(),
-            c.audit_segment_bytes >> 10
+            "audit log: {} (segments of {} KiB), checkpoints every {} records or {} s signed by {}{}\n",
+            c.audit.dir.display(),
+            c.audit.max_segment_bytes >> 10,
+            c.audit.checkpoint_every,
+            c.audit.checkpoint_secs,
+            c.audit
+                .signing_key
+                .as_ref()
+                .map_or("(no key dir: set key_dir)".to_string(), |k| k
+                    .display()
+                    .to_string()),
+            match (&c.audit.witness.dir, &c.audit.witness.url) {
+                (None, None) => ", no witness".to_string(),
+                (dir, url) => format!(
+                    ", witnessed by {}",
+                    dir.iter()
+                        .map(|d| d.display().to_string())
+                        .chain(url.iter().cloned())
+                        .collect::<Vec<_>>()
+                        .join(" and ")
+                ),
+            }
         );
     } else {
         out += "audit log: DISABLED ([audit] enabled = false): calls and host calls are NOT recorded\n";
@@ -368,7 +414,7 @@ fn limits_text(l: &warden::config::Limits) -> String {
 }
 
 async fn tools(config: &Path, json: bool) -> Result<ExitCode> {
-    let rt = load(config).await?;
+    let rt = look(config).await?;
     let mut list = Vec::new();
     for name in rt.tool_names() {
         let Some(plugin) = rt.plugin_for(name) else {
@@ -445,6 +491,7 @@ async fn inspect(file: &Path, json: bool) -> Result<ExitCode> {
                 limits: warden::config::DEFAULT_PLUGIN_LIMITS,
                 span: 0,
             },
+            Default::default(),
             Default::default(),
         )
         .await?;
@@ -615,6 +662,13 @@ fn print_outcome(
             let approval = report.approval.as_ref();
             let v = json!({ "status": "held", "run_id": report.run_id, "approval_id": approval.map(|a| &a.id), "expires_ms": approval.map(|a| a.expires_ms), "approvals_required": approval.map(|a| a.approvals_required), "tier": tier, "reasons": reasons, "approvers": approvers, "timeout_secs": timeout_secs });
             (exit::HELD, v)
+        }
+        Outcome::Interrupted { reason } => {
+            eprintln!("warden call: {tool} interrupted: {reason}");
+            (
+                exit::TOOL_ERROR,
+                json!({ "status": "interrupted", "error": reason, "run_id": report.run_id }),
+            )
         }
         Outcome::Failed { kind, error } => {
             eprintln!("warden call: {tool} failed: {error}");

@@ -98,6 +98,9 @@ fn result_of(report: &CallReport) -> CallToolResponse {
         Outcome::Failed { error, .. } => {
             text_result(true, format!("the tool failed (run {run}): {error}"))
         }
+        Outcome::Interrupted { reason } => {
+            text_result(true, format!("interrupted (run {run}): {reason}"))
+        }
         Outcome::Held { tier, reasons, .. } => {
             let approval = report.approval.as_ref().map_or("", |a| a.id.as_str());
             let status = json!({

@@ -19,7 +19,7 @@ use crate::interfaces::log::LogLine;
 use crate::limits::{self, LimitExceeded};
 use crate::runtime::Shared;
 use crate::sandbox::{ToolSandbox, ToolState};
-use crate::secrets::PluginSecrets;
+use crate::secrets::{PluginSecrets, Redactor};
 
 /// One tool a plugin exports, validated at load.
 pub struct Tool {
@@ -91,6 +91,7 @@ impl Plugin {
         shared: &Shared,
         config: &PluginConfig,
         secrets: Arc<PluginSecrets>,
+        redactor: Arc<Redactor>,
     ) -> anyhow::Result<Plugin> {
         let loaded = shared.component(&config.component, config.sha256.as_deref(), World::Tool)?;
         let instance_pre = shared.tool_linker.instantiate_pre(&loaded.component)?;
@@ -99,7 +100,7 @@ impl Plugin {
             id: config.id.clone(),
             digest: loaded.digest,
             path: config.component.clone(),
-            sandbox: ToolSandbox::new(config.grants.clone(), secrets, config.limits),
+            sandbox: ToolSandbox::new(config.grants.clone(), secrets, config.limits, redactor),
             tools: Vec::new(),
             pre,
             fuel: shared.fuel,

@@ -27,14 +27,22 @@ fn object(value: Value) -> Map<String, Value> {
     }
 }
 
-/// Scrub every string of a record and serialize it for the log.
+/// Scrub every string of a record, then bound it, and serialize it for the log.
 pub fn redact(redactor: &Redactor, record: Map<String, Value>) -> Entry {
-    if !redactor.is_active() {
-        return Entry::of(&record);
-    }
     let mut v = Value::Object(record);
     redactor.scrub_value(&mut v);
+    bound_strings(&mut v);
     Entry::of(&object(v))
+}
+
+/// Cut every string of `v` to `MAX_AUDIT_TEXT` (after it was scrubbed).
+fn bound_strings(v: &mut Value) {
+    match v {
+        Value::String(s) if s.len() > MAX_AUDIT_TEXT => *s = bounded_to(s, MAX_AUDIT_TEXT),
+        Value::Array(items) => items.iter_mut().for_each(bound_strings),
+        Value::Object(map) => map.values_mut().for_each(bound_strings),
+        _ => {}
+    }
 }
 
 /// Builds one record, every string through the redactor: the records of each governed
@@ -55,12 +63,22 @@ impl<'r> Scrubbed<'r> {
     }
 
     fn str(&mut self, key: &str, value: &str) -> &mut Self {
-        self.entry.str(key, &self.redactor.scrub(value));
+        self.bounded(key, value, MAX_AUDIT_TEXT)
+    }
+
+    /// Scrubbed first, then cut to `max` bytes.
+    fn bounded(&mut self, key: &str, value: &str, max: usize) -> &mut Self {
+        let clean = self.redactor.scrub(value);
+        if clean.len() > max {
+            self.entry.str(key, &bounded_to(&clean, max));
+        } else {
+            self.entry.str(key, &clean);
+        }
         self
     }
 
     fn opt_str(&mut self, key: &str, value: Option<&str>) -> &mut Self {
-        let value = value.map(|v| self.redactor.scrub(v));
+        let value = value.map(|v| self.redactor.bounded(v, MAX_AUDIT_TEXT));
         self.entry.opt_str(key, value.as_deref());
         self
     }
@@ -90,7 +108,7 @@ pub fn before_execution(report: &CallReport, input: &str, redactor: &Redactor) -
         .str("tool", &report.tool)
         .str("plugin", &report.plugin)
         .str("digest", &report.plugin_digest)
-        .str("input", &bounded_to(input, MAX_AUDIT_TEXT));
+        .str("input", input);
     out.push(start.done());
     for d in &report.decisions {
         let (decision, reason, tier) = match &d.verdict {
@@ -129,8 +147,8 @@ pub fn host_calls<'a>(
                 .str("digest", &digest_of(&c.component))
                 .str("interface", &c.interface)
                 .str("function", &c.function)
-                .str("args", &c.args)
-                .str("result", &c.result)
+                .bounded("args", &c.args, crate::hostcalls::MAX_SUMMARY)
+                .bounded("result", &c.result, crate::hostcalls::MAX_SUMMARY)
                 .str("outcome", c.outcome())
                 .num("duration_us", c.duration_us);
             r.done()
@@ -155,7 +173,9 @@ pub fn after_execution(report: &CallReport, redactor: &Redactor) -> Vec<Entry> {
     }
     let joined;
     let error = match &report.outcome {
-        Outcome::Failed { error, .. } => Some(error.as_str()),
+        Outcome::Failed { error, .. } | Outcome::Interrupted { reason: error } => {
+            Some(error.as_str())
+        }
         Outcome::Denied { reasons } | Outcome::Held { reasons, .. } => {
             joined = reasons.join("; ");
             Some(joined.as_str())
@@ -255,14 +275,14 @@ pub fn notice_attempt(
 /// A request refused for a missing or unknown bearer token.
 pub fn auth_denied(path: &str, remote: &str, why: &str) -> Map<String, Value> {
     object(
-        json!({ "kind": "auth-denied", "ts_ms": crate::now_ms(), "path": bounded_to(path, 256), "remote": remote, "reason": why }),
+        json!({ "kind": "auth-denied", "ts_ms": crate::now_ms(), "path": path, "remote": remote, "reason": why }),
     )
 }
 
 /// A reload that was refused (the old config keeps serving).
 pub fn reload_failed(file: &str, error: &str) -> Map<String, Value> {
     object(
-        json!({ "kind": "config-reload-failed", "ts_ms": crate::now_ms(), "config": file, "error": bounded_to(error, MAX_AUDIT_TEXT) }),
+        json!({ "kind": "config-reload-failed", "ts_ms": crate::now_ms(), "config": file, "error": error }),
     )
 }
 
@@ -289,6 +309,7 @@ pub fn run_row(report: &CallReport, input: &str) -> RunRow {
         Outcome::Denied { reasons } | Outcome::Held { reasons, .. } => {
             (None, Some(reasons.join("; ")), None)
         }
+        Outcome::Interrupted { reason } => (None, Some(reason.clone()), None),
     };
     let to_i64 = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
     RunRow {

@@ -1,6 +1,7 @@
 //! Run history: one row per governed call in the embedded store (`db`). Owns writing
-//! rows (batched, off the call path) and reading them back. It must never store an
-//! unredacted value or an unbounded one.
+//! rows (group-committed on one writer thread, each caller answered once its row is
+//! committed) and reading them back. It must never store an unredacted value or an
+//! unbounded one, and a call's result is returned only after its row is in the store.
 
 use std::path::Path;
 use std::sync::Mutex;
@@ -9,18 +10,28 @@ use rusqlite::{Connection, OptionalExtension, params};
 use serde::Serialize;
 use serde_json::Value;
 
-/// How long the writer waits after a row arrives for more to commit with it. Rows
-/// reach `runs list` this much later; the audit log is the durable record meanwhile.
-const LINGER: std::time::Duration = std::time::Duration::from_millis(5);
+/// Most rows committed together.
+const MAX_BATCH: usize = 1024;
 
 /// Largest input or output text kept per run.
 pub const MAX_TEXT: usize = 64 * 1024;
 
 #[derive(Debug, thiserror::Error)]
-#[error("run history {path}: {source}")]
+#[error("run history {path}: {cause}")]
 pub struct RunsError {
     path: String,
-    source: rusqlite::Error,
+    cause: StoreError,
+}
+
+/// What went wrong under the run history.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error(transparent)]
+    Sql(#[from] rusqlite::Error),
+    #[error(transparent)]
+    Schema(#[from] crate::db::SchemaError),
+    #[error("cannot start the writer: {0}")]
+    Thread(String),
 }
 
 /// One run, as stored.
@@ -61,10 +72,16 @@ pub struct RunFilter {
     pub limit: usize,
 }
 
+/// A row and who to tell once it is committed.
+type Queued = (
+    RunRow,
+    Option<tokio::sync::oneshot::Sender<Result<(), String>>>,
+);
+
 pub struct RunStore {
     /// For reads; writes go through the writer thread, which batches them.
     conn: Mutex<Connection>,
-    writer: Mutex<Option<std::sync::mpsc::Sender<RunRow>>>,
+    writer: Mutex<Option<std::sync::mpsc::Sender<Queued>>>,
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
     path: String,
 }
@@ -72,12 +89,11 @@ pub struct RunStore {
 impl RunStore {
     pub fn open(path: &Path) -> Result<RunStore, RunsError> {
         let shown = path.display().to_string();
-        let err = |source| RunsError {
+        let conn = crate::db::open(path, false).map_err(|source| RunsError {
             path: shown.clone(),
-            source,
-        };
-        let conn = crate::db::open(path, false).map_err(err)?;
-        let (writer, thread) = RunStore::start_writer(path).map_err(err)?;
+            cause: source.into(),
+        })?;
+        let (writer, thread) = RunStore::start_writer(path)?;
         Ok(RunStore {
             conn: Mutex::new(conn),
             writer: Mutex::new(Some(writer)),
@@ -86,48 +102,69 @@ impl RunStore {
         })
     }
 
-    /// One connection that inserts whatever is queued, in a single transaction.
-    #[allow(clippy::type_complexity)]
+    /// One connection that inserts whatever is queued, in a single transaction: rows
+    /// that arrive while a commit runs share the next one.
     fn start_writer(
         path: &Path,
-    ) -> rusqlite::Result<(std::sync::mpsc::Sender<RunRow>, std::thread::JoinHandle<()>)> {
-        let mut conn = crate::db::open(path, false)?;
-        let (tx, rx) = std::sync::mpsc::channel::<RunRow>();
+    ) -> Result<(std::sync::mpsc::Sender<Queued>, std::thread::JoinHandle<()>), RunsError> {
         let shown = path.display().to_string();
+        let mut conn = crate::db::open(path, false).map_err(|source| RunsError {
+            path: shown.clone(),
+            cause: source.into(),
+        })?;
+        let (tx, rx) = std::sync::mpsc::channel::<Queued>();
         let thread = std::thread::Builder::new()
             .name("warden-runs".into())
             .spawn(move || {
                 while let Ok(first) = rx.recv() {
-                    // Rows arriving meanwhile join this batch without waking the thread
-                    // again: one wake-up and one commit per batch, not per call.
-                    std::thread::sleep(LINGER);
                     let mut batch = vec![first];
-                    while let Ok(more) = rx.try_recv() {
-                        batch.push(more);
-                        if batch.len() >= 1024 {
-                            break;
+                    while batch.len() < MAX_BATCH {
+                        match rx.try_recv() {
+                            Ok(more) => batch.push(more),
+                            Err(_) => break,
                         }
                     }
-                    if let Err(e) = insert_all(&mut conn, batch.iter()) {
-                        tracing::error!(path = %shown, runs = batch.len(), "run history write failed: {e}");
+                    let written = insert_all(&mut conn, batch.iter().map(|(row, _)| row))
+                        .map_err(|e| format!("run history {shown}: {e}"));
+                    if let Err(e) = &written {
+                        tracing::error!(runs = batch.len(), "{e}");
+                    }
+                    for (_, done) in batch {
+                        if let Some(done) = done {
+                            let _ = done.send(written.clone());
+                        }
                     }
                 }
             })
-            .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
+            .map_err(|e| RunsError {
+                path: path.display().to_string(),
+                cause: StoreError::Thread(e.to_string()),
+            })?;
         Ok((tx, thread))
     }
 
     fn err(&self, source: rusqlite::Error) -> RunsError {
         RunsError {
             path: self.path.clone(),
-            source,
+            cause: source.into(),
         }
     }
 
-    /// Queue `row`; the writer commits queued rows in batches. The run history is the
-    /// operator's view: the audit log, written before this, is the durable record. Rows
-    /// queued when the store is dropped are committed before the drop returns.
-    pub fn insert(&self, row: RunRow) -> Result<(), String> {
+    /// Commit `row` and wait until it is in the store (not fsynced: the audit log,
+    /// written before this, is the durable record, and recovery rebuilds a row a power
+    /// cut lost from it).
+    pub async fn insert(&self, row: RunRow) -> Result<(), String> {
+        let (done, wait) = tokio::sync::oneshot::channel();
+        self.queue(row, Some(done))?;
+        wait.await
+            .unwrap_or_else(|_| Err(format!("run history {}: writer stopped", self.path)))
+    }
+
+    fn queue(
+        &self,
+        row: RunRow,
+        done: Option<tokio::sync::oneshot::Sender<Result<(), String>>>,
+    ) -> Result<(), String> {
         let sender = self
             .writer
             .lock()
@@ -135,7 +172,7 @@ impl RunStore {
             .and_then(|w| w.clone())
             .ok_or("run history is closed")?;
         sender
-            .send(row)
+            .send((row, done))
             .map_err(|_| format!("run history {}: writer stopped", self.path))
     }
 

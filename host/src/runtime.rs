@@ -12,8 +12,10 @@ use std::sync::Arc;
 use wasmtime::Engine;
 use wasmtime::component::Linker;
 
+use thiserror::Error;
+
 use crate::approvals::ApprovalQueue;
-use crate::audit::AuditLog;
+use crate::audit::{AuditLog, AuditOptions, Signer};
 use crate::cache::CompileCache;
 use crate::component::{self, ComponentError, Loaded, World};
 use crate::config::{Config, ConfigError};
@@ -69,6 +71,28 @@ impl Shared {
     }
 }
 
+/// Why a config could not be loaded into a runtime.
+#[derive(Debug, Error)]
+pub enum LoadError {
+    /// The config or a component is wrong (the CLI exits 2).
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// A store cannot be used: the audit log (or its signing key), the run history or
+    /// the approval queue. Nothing may run unrecorded (the CLI exits 5).
+    #[error("{0}")]
+    Store(String),
+}
+
+/// What a load opens besides the components.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stores {
+    /// Everything: the audit log (taking its lock), run history, approval queue.
+    Open,
+    /// Nothing is written: for commands that only look (`check`, `tools`). Such a
+    /// runtime refuses calls.
+    ReadOnly,
+}
+
 pub struct Runtime {
     pub config: Config,
     pub shared: Shared,
@@ -77,47 +101,60 @@ pub struct Runtime {
     /// Tool name -> index into `plugins`.
     tools: HashMap<String, usize>,
     /// Scrubs every granted secret value from what leaves a call.
-    pub redactor: Redactor,
+    pub redactor: Arc<Redactor>,
     /// `None` only when the config turns auditing off.
     pub audit: Option<AuditLog>,
     pub runs: Arc<RunStore>,
     /// `None` only when `[approvals] enabled = false` (held calls are then denied).
     pub approvals: Option<Arc<ApprovalQueue>>,
     pub notifier: Notifier,
+    /// Loaded with [`Stores::ReadOnly`]: calls are refused.
+    pub read_only: bool,
 }
 
 impl Runtime {
-    /// Load every component `config` names, compiling through the cache in `cache_dir`.
-    pub async fn load(config: Config) -> Result<Runtime, ConfigError> {
-        Runtime::load_with(config, None).await
+    /// Load every component `config` names, compiling through the cache in `cache_dir`,
+    /// and open the stores (after a crash, ending what it cut off).
+    pub async fn load(config: Config) -> Result<Runtime, LoadError> {
+        Runtime::load_with(config, None, Stores::Open).await
+    }
+
+    /// Load the components only, writing nothing (see [`Stores::ReadOnly`]).
+    pub async fn load_read_only(config: Config) -> Result<Runtime, LoadError> {
+        Runtime::load_with(config, None, Stores::ReadOnly).await
     }
 
     /// Load `config` as the next version of this runtime: the components are loaded
     /// afresh, the stores (audit log, run history, approval queue) are shared, so calls
     /// in flight on this version finish on it. The stores cannot move: a config whose
     /// data dir, audit or approval settings differ is refused.
-    pub async fn reload(&self, config: Config) -> Result<Runtime, ConfigError> {
+    pub async fn reload(&self, config: Config) -> Result<Runtime, LoadError> {
         let same = config.data_dir == self.config.data_dir
             && config.runs_db == self.config.runs_db
-            && config.audit_dir == self.config.audit_dir
-            && config.audit_enabled == self.config.audit_enabled
+            && config.audit == self.config.audit
             && config.approvals.enabled == self.config.approvals.enabled;
         if !same {
-            return Err(config.error_at(
-                0,
-                "data_dir",
-                "the data dir, [audit] enabled and [approvals] enabled cannot change on reload; restart warden",
-            ));
+            return Err(config
+                .error_at(
+                    0,
+                    "data_dir",
+                    "the data dir, [audit] and [approvals] enabled cannot change on reload; restart warden",
+                )
+                .into());
         }
-        let stores = Stores {
+        let stores = OpenStores {
             audit: self.audit.clone(),
             runs: self.runs.clone(),
             approvals: self.approvals.clone(),
         };
-        Runtime::load_with(config, Some(stores)).await
+        Runtime::load_with(config, Some(stores), Stores::Open).await
     }
 
-    async fn load_with(config: Config, stores: Option<Stores>) -> Result<Runtime, ConfigError> {
+    async fn load_with(
+        config: Config,
+        stores: Option<OpenStores>,
+        mode: Stores,
+    ) -> Result<Runtime, LoadError> {
         let all_limits = config
             .plugins
             .iter()
@@ -132,24 +169,29 @@ impl Runtime {
             .map_err(|e| config.error_at(0, "", format!("cannot start the wasm engine: {e:#}")))?;
 
         let (secrets, redactor) = load_secrets(&config)?;
+        let redactor = Arc::new(redactor);
         let mut plugins = Vec::new();
         let mut tools: HashMap<String, usize> = HashMap::new();
         for (i, (pc, secrets)) in config.plugins.iter().zip(secrets).enumerate() {
             let key = format!("plugin[{i}]");
-            let plugin = Plugin::load(&shared, pc, secrets).await.map_err(|e| {
-                config.error_at(pc.span, &key, format!("plugin {:?}: {e:#}", pc.id))
-            })?;
+            let plugin = Plugin::load(&shared, pc, secrets, redactor.clone())
+                .await
+                .map_err(|e| {
+                    config.error_at(pc.span, &key, format!("plugin {:?}: {e:#}", pc.id))
+                })?;
             for tool in &plugin.tools {
                 if let Some(&other) = tools.get(&tool.name) {
                     let other: &Plugin = &plugins[other];
-                    return Err(config.error_at(
-                        pc.span,
-                        &key,
-                        format!(
-                            "plugin {:?} exports tool `{}`, which plugin {:?} already exports",
-                            pc.id, tool.name, other.id
-                        ),
-                    ));
+                    return Err(config
+                        .error_at(
+                            pc.span,
+                            &key,
+                            format!(
+                                "plugin {:?} exports tool `{}`, which plugin {:?} already exports",
+                                pc.id, tool.name, other.id
+                            ),
+                        )
+                        .into());
                 }
                 tools.insert(tool.name.clone(), plugins.len());
             }
@@ -169,36 +211,38 @@ impl Runtime {
                     .keys()
                     .any(|t| crate::config::pattern_matches(pattern, t))
                 {
-                    return Err(config.error_at(
-                        pc.span,
-                        &format!("{key}.tools"),
-                        format!(
-                            "policy {:?} applies to `{pattern}`, which matches no loaded tool",
-                            pc.id
-                        ),
-                    ));
+                    return Err(config
+                        .error_at(
+                            pc.span,
+                            &format!("{key}.tools"),
+                            format!(
+                                "policy {:?} applies to `{pattern}`, which matches no loaded tool",
+                                pc.id
+                            ),
+                        )
+                        .into());
                 }
             }
             policies.push(policy);
         }
-        let (runs, approvals, audit) = match stores {
-            Some(s) => (s.runs, s.approvals, s.audit.map(Ok)),
+        let store = |e: &dyn std::fmt::Display| LoadError::Store(e.to_string());
+        let (runs, approvals, audit, fresh) = match stores {
+            Some(s) => (s.runs, s.approvals, s.audit, false),
             None => {
-                let runs =
-                    RunStore::open(&config.runs_db).map_err(|e| config.error_at(0, "", e))?;
+                let runs = RunStore::open(&config.runs_db).map_err(|e| store(&e))?;
                 let approvals = if config.approvals.enabled {
                     Some(Arc::new(
-                        ApprovalQueue::open(&config.runs_db)
-                            .map_err(|e| config.error_at(0, "approvals", e))?,
+                        ApprovalQueue::open(&config.runs_db).map_err(|e| store(&e))?,
                     ))
                 } else {
                     None
                 };
-                let audit = config.audit_enabled.then(|| {
-                    AuditLog::open(&config.audit_dir, config.audit_segment_bytes)
-                        .map_err(|e| config.error_at(0, "audit", e))
-                });
-                (Arc::new(runs), approvals, audit)
+                let audit = if config.audit.enabled && mode == Stores::Open {
+                    Some(open_audit(&config).await?)
+                } else {
+                    None
+                };
+                (Arc::new(runs), approvals, audit, true)
             }
         };
         let signer = match &config.approvals.public_url {
@@ -209,7 +253,6 @@ impl Runtime {
         };
         let notifier = Notifier::new(&config.approvals, signer);
         let audit = if let Some(log) = audit {
-            let log = log?;
             let components: Vec<serde_json::Value> = plugins
                 .iter()
                 .map(|p| serde_json::json!({ "plugin": p.id, "digest": p.digest }))
@@ -224,14 +267,14 @@ impl Runtime {
                 &config.digest(),
                 components.into(),
             );
-            log.append(vec![record])
+            log.append(vec![record::redact(&redactor, record)])
                 .await
-                .map_err(|e| config.error_at(0, "audit", e))?;
+                .map_err(|e| store(&e))?;
             Some(log)
         } else {
             None
         };
-        Ok(Runtime {
+        let rt = Runtime {
             audit,
             runs,
             approvals,
@@ -242,7 +285,12 @@ impl Runtime {
             plugins,
             policies,
             tools,
-        })
+            read_only: mode == Stores::ReadOnly,
+        };
+        if fresh && let Some(log) = &rt.audit {
+            crate::recovery::recover(&rt, log).await?;
+        }
+        Ok(rt)
     }
 
     /// Stop the audit writer after writing what is queued (and its `HEAD`).
@@ -347,8 +395,30 @@ fn load_secrets(config: &Config) -> Result<(Vec<Arc<PluginSecrets>>, Redactor), 
     Ok((out, redactor))
 }
 
+/// Open the audit log (off the async runtime: it may wait for another process) with
+/// its signing key and checkpoint settings.
+async fn open_audit(config: &Config) -> Result<AuditLog, LoadError> {
+    let a = &config.audit;
+    let signer = a
+        .signing_key()
+        .and_then(Signer::open)
+        .map_err(|e| LoadError::Store(format!("audit signing key: {e}")))?;
+    let options = AuditOptions {
+        max_segment_bytes: a.max_segment_bytes,
+        signer: Some(Arc::new(signer)),
+        checkpoint_every: a.checkpoint_every,
+        checkpoint_interval: std::time::Duration::from_secs(a.checkpoint_secs),
+        witness: a.witness.clone(),
+    };
+    let dir = a.dir.clone();
+    tokio::task::spawn_blocking(move || AuditLog::open(&dir, options))
+        .await
+        .map_err(|e| LoadError::Store(format!("opening the audit log: {e}")))?
+        .map_err(|e| LoadError::Store(e.to_string()))
+}
+
 /// What a reloaded runtime shares with the one it replaces.
-struct Stores {
+struct OpenStores {
     audit: Option<AuditLog>,
     runs: Arc<RunStore>,
     approvals: Option<Arc<ApprovalQueue>>,

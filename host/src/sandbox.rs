@@ -32,7 +32,7 @@ use crate::egress::{Egress, HttpGrant};
 use crate::interfaces::host::{HasHost, HostView, Progress};
 use crate::interfaces::log::{GuestLog, HasLog, LogLine};
 use crate::limits::{Limited, MemoryLimiter};
-use crate::secrets::{CallSecrets, PluginSecrets};
+use crate::secrets::{CallSecrets, PluginSecrets, Redactor};
 
 /// Store data of a tool call.
 pub struct ToolState {
@@ -45,6 +45,9 @@ pub struct ToolState {
     pub limiter: MemoryLimiter,
     stdout: Capture,
     stderr: Capture,
+    /// Scrubs what is cut from the call's output before it is cut.
+    pub redactor: Arc<Redactor>,
+    log_budget: usize,
 }
 
 /// Store data of a policy decision.
@@ -63,29 +66,39 @@ pub struct ToolSandbox {
     /// The granted secrets with their values.
     pub secrets: Arc<PluginSecrets>,
     pub limits: Limits,
+    /// Every granted secret value (of any plugin), scrubbed from what a call leaves.
+    pub redactor: Arc<Redactor>,
 }
 
 impl ToolSandbox {
-    pub fn new(grants: Grants, secrets: Arc<PluginSecrets>, limits: Limits) -> ToolSandbox {
+    pub fn new(
+        grants: Grants,
+        secrets: Arc<PluginSecrets>,
+        limits: Limits,
+        redactor: Arc<Redactor>,
+    ) -> ToolSandbox {
         let http = grants.http.clone().into();
         ToolSandbox {
             grants,
             http,
             secrets,
             limits,
+            redactor,
         }
     }
 
     /// A sandbox with no grants at all (used to ask a plugin to `describe` itself).
     pub fn deny_all(limits: Limits) -> ToolSandbox {
-        ToolSandbox::new(Grants::default(), Arc::default(), limits)
+        ToolSandbox::new(Grants::default(), Arc::default(), limits, Arc::default())
     }
 
     /// Fresh state for one call.
     pub fn state(&self) -> Result<ToolState> {
         let log_budget = (self.limits.max_log_kb as usize) << 10;
-        let stdout = Capture::new(log_budget);
-        let stderr = Capture::new(log_budget);
+        // Kept past the budget by the longest secret form, so the cut (made after the
+        // text is scrubbed) never splits a value.
+        let stdout = Capture::new(log_budget + self.redactor.longest());
+        let stderr = Capture::new(log_budget + self.redactor.longest());
         let mut wasi = deny_all_builder();
         wasi.stdout(stdout.clone()).stderr(stderr.clone());
         for (key, value) in &self.grants.env {
@@ -111,6 +124,8 @@ impl ToolSandbox {
             limiter: MemoryLimiter::new(self.limits.memory_mb),
             stdout,
             stderr,
+            redactor: self.redactor.clone(),
+            log_budget,
         })
     }
 }
@@ -131,7 +146,13 @@ impl ToolState {
             log.push_unbudgeted(note("log", message));
         }
         for (source, capture) in [("stdout", &self.stdout), ("stderr", &self.stderr)] {
-            let (text, dropped) = capture.take();
+            let (text, mut dropped) = capture.take();
+            let mut text = self.redactor.scrub(&text).into_owned();
+            if text.len() > self.log_budget {
+                let cut = text.floor_char_boundary(self.log_budget);
+                dropped += (text.len() - cut) as u64;
+                text.truncate(cut);
+            }
             if !text.is_empty() {
                 log.push_unbudgeted(LogLine {
                     level: "info",
@@ -186,6 +207,7 @@ pub fn tool_linker(engine: &Engine) -> Result<Linker<ToolState>> {
     bindings::tool::warden::plugin::host::add_to_linker::<_, HasHost>(&mut linker, |s| HostView {
         progress: &mut s.progress,
         secrets: &mut s.egress.secrets,
+        redactor: &s.redactor,
     })?;
     Ok(linker)
 }

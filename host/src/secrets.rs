@@ -254,6 +254,10 @@ fn normalize_host(host: &str) -> String {
 #[derive(Default)]
 pub struct Redactor {
     matcher: Option<AhoCorasick>,
+    /// The longest form of any value, in bytes: text kept to be cut at N bytes must be
+    /// kept to N + this before it is scrubbed, or a value straddling the cut leaks its
+    /// first bytes.
+    longest: usize,
 }
 
 pub const REDACTED: &str = "[REDACTED]";
@@ -288,7 +292,18 @@ impl Redactor {
                     .ok()
             })
             .flatten();
-        Redactor { matcher }
+        let longest = patterns.iter().map(String::len).max().unwrap_or(0);
+        Redactor { matcher, longest }
+    }
+
+    /// See [`Redactor::longest`] (the field).
+    pub fn longest(&self) -> usize {
+        self.longest
+    }
+
+    /// Scrub `text`, then cut it to `max` bytes: never the other way round.
+    pub fn bounded(&self, text: &str, max: usize) -> String {
+        crate::runs::bounded_to(&self.scrub(text), max)
     }
 
     pub fn scrub<'a>(&self, text: &'a str) -> Cow<'a, str> {

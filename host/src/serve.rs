@@ -170,7 +170,7 @@ impl Server {
                 let record =
                     crate::record::reload_failed(&self.config_path.display().to_string(), &e);
                 if let Some(audit) = &current.audit {
-                    let _ = audit.append(vec![record]).await;
+                    let _ = audit.append(vec![current.entry(record)]).await;
                 }
                 return Err(e);
             }
@@ -268,8 +268,11 @@ impl Server {
                 calls = left,
                 "shutdown grace period over; calls still running are interrupted"
             );
-            if let Some(audit) = &self.runtime().audit {
-                let _ = audit.append(vec![crate::record::shutdown(left)]).await;
+            let rt = self.runtime();
+            if let Some(audit) = &rt.audit {
+                let _ = audit
+                    .append(vec![rt.entry(crate::record::shutdown(left))])
+                    .await;
             }
         }
     }
@@ -337,7 +340,10 @@ async fn authenticate(
         };
         if let Some(audit) = &rt.audit {
             let _ = audit
-                .append_written(vec![crate::record::auth_denied(&path, &remote, why)])
+                .commit(
+                    vec![rt.entry(crate::record::auth_denied(&path, &remote, why))],
+                    false,
+                )
                 .await;
         }
         let mut response = (StatusCode::UNAUTHORIZED, format!("{why}\n")).into_response();

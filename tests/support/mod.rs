@@ -90,8 +90,9 @@ impl Env {
     }
 
     pub fn write_config(&self, body: &str) {
+        // Keys live beside the data dir, never in it (as in production).
         let mut text = format!(
-            "data_dir = \"data\"\ncache_dir = {:?}\n",
+            "data_dir = \"data\"\nkey_dir = \"keys\"\ncache_dir = {:?}\n",
             shared_cache().display().to_string()
         );
         text += &expand(body);

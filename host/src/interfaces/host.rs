@@ -7,10 +7,12 @@
 use serde::Serialize;
 
 use crate::bindings::{SecretError, ToolHost};
-use crate::secrets::CallSecrets;
+use crate::secrets::{CallSecrets, Redactor};
 
 /// Most progress updates kept per call; later ones replace the last.
 const MAX_UPDATES: usize = 256;
+/// Longest progress message kept.
+const MAX_MESSAGE: usize = 1024;
 
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct ProgressUpdate {
@@ -28,6 +30,7 @@ pub struct Progress {
 pub struct HostView<'a> {
     pub progress: &'a mut Progress,
     pub secrets: &'a mut CallSecrets,
+    pub redactor: &'a Redactor,
 }
 
 impl ToolHost for HostView<'_> {
@@ -44,16 +47,14 @@ impl ToolHost for HostView<'_> {
     }
 
     fn progress(&mut self, done: u64, total: Option<u64>, message: Option<String>) {
+        // Scrubbed before it is cut, so a cut never leaves part of a secret.
+        let message = message.map(|m| self.redactor.bounded(&m, MAX_MESSAGE));
         self.progress.record(done, total, message);
     }
 }
 
 impl Progress {
     fn record(&mut self, done: u64, total: Option<u64>, message: Option<String>) {
-        let message = message.map(|mut m| {
-            m.truncate(m.floor_char_boundary(1024));
-            m
-        });
         let update = ProgressUpdate {
             done,
             total,

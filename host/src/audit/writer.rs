@@ -1,0 +1,1070 @@
+//! Writing the log: the writer thread, its group commit, checkpoints, `HEAD`, and what
+//! happens when a write fails.
+//!
+//! Every record is chained, written and (for a durable commit) fsynced on one thread;
+//! callers wait on a channel and never block the async runtime. A write that fails
+//! (a full disk) is cut back to the last whole record and the log keeps refusing until
+//! a write succeeds again; the first record written then says what was lost. An fsync
+//! that fails leaves the log refusing for good: after it the page cache cannot be
+//! trusted. It must never acknowledge a record before it is durable.
+
+use std::collections::BTreeMap;
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, mpsc};
+use std::time::{Duration, Instant};
+
+use sha2::{Digest, Sha256};
+
+use super::AuditError;
+use super::checkpoint::{Checkpoint, Signer, Witness, WitnessConfig};
+use super::entry::Entry;
+use super::head::{self, Head};
+use super::segments::{self, LastError, ZERO_HASH, segment_name};
+
+/// Most records written in one group commit.
+const MAX_BATCH: usize = 8192;
+/// How long the writer waits for more records when the last commit was shared.
+const GROUP_COMMIT_WAIT: Duration = Duration::from_micros(250);
+/// How long opening the log waits for another process to let go of it.
+const LOCK_PATIENCE: Duration = Duration::from_secs(5);
+/// How often the writer brings `HEAD` up to date and looks for a checkpoint that is
+/// due by time. `HEAD` lags the log by at most this after a crash.
+const TICK: Duration = Duration::from_millis(100);
+
+/// How the log is opened.
+#[derive(Debug, Clone)]
+pub struct AuditOptions {
+    /// Start a new segment past this size.
+    pub max_segment_bytes: u64,
+    /// Signs checkpoints; `None` writes none (only for logs nobody relies on: tests of
+    /// other things, benchmarks).
+    pub signer: Option<Arc<Signer>>,
+    /// A checkpoint after this many records...
+    pub checkpoint_every: u64,
+    /// ...or this long after the last one, whichever comes first (and at close).
+    pub checkpoint_interval: Duration,
+    pub witness: WitnessConfig,
+}
+
+impl AuditOptions {
+    /// Segments of `max_segment_bytes`, no signing key, no witness.
+    pub fn new(max_segment_bytes: u64) -> AuditOptions {
+        AuditOptions {
+            max_segment_bytes,
+            signer: None,
+            checkpoint_every: 1000,
+            checkpoint_interval: Duration::from_secs(10),
+            witness: WitnessConfig::default(),
+        }
+    }
+}
+
+/// What `warden audit repair` allows beyond cutting a torn tail.
+#[derive(Debug, Clone, Default)]
+pub struct Repair {
+    /// Accept a log shorter than `HEAD` says (or not the one `HEAD` names): the loss is
+    /// recorded and `HEAD` follows the log.
+    pub accept_missing_records: bool,
+    /// Accept a log whose `HEAD` is gone.
+    pub accept_missing_head: bool,
+    /// Who repairs (recorded).
+    pub by: String,
+}
+
+/// What a repair did, one line each.
+#[derive(Debug, Clone, Default)]
+pub struct Repaired {
+    pub actions: Vec<String>,
+}
+
+/// A queued batch and who to tell when it is durable.
+struct Commit {
+    records: Vec<Entry>,
+    /// Wait for fsync (durable), or only for the write to reach the file.
+    durable: bool,
+    done: tokio::sync::oneshot::Sender<Result<(), AuditError>>,
+}
+
+enum Message {
+    Commit(Commit),
+    /// Write a checkpoint now (if anything is unsigned) and make it durable.
+    Checkpoint(tokio::sync::oneshot::Sender<Result<(), AuditError>>),
+    /// Hand signing over to a new key, endorsed by the current one.
+    Rotate(
+        Arc<Signer>,
+        tokio::sync::oneshot::Sender<Result<(), AuditError>>,
+    ),
+    /// Sign what is unsigned, write `HEAD` (clean) and stop.
+    Close,
+}
+
+/// Handle to the writer thread. Cloneable, cheap; the log is closed (checkpointed,
+/// synced, `HEAD` written, lock released) by `close` or when the last handle is
+/// dropped, so several runtimes (a reload's old and new) can share one log.
+#[derive(Clone)]
+pub struct AuditLog {
+    tx: mpsc::Sender<Message>,
+    closer: Arc<Closer>,
+    runs: Arc<Runs>,
+    /// Records handed to the writer and not yet acknowledged (the audit lag).
+    queued: Arc<AtomicU64>,
+    /// Set while appends fail (a write failed and nothing has been written since).
+    failed: Arc<AtomicBool>,
+    recovery: Option<u64>,
+    pub dir: PathBuf,
+}
+
+/// The runs in flight, by the record number the log was at when each began: `HEAD`
+/// says where the oldest began, so recovery after a crash reads only from there.
+#[derive(Default)]
+struct Runs {
+    open: Mutex<BTreeMap<u64, usize>>,
+    /// The number the next record will get.
+    next_seq: AtomicU64,
+}
+
+impl Runs {
+    fn enter(&self, at: u64) {
+        if let Ok(mut open) = self.open.lock() {
+            *open.entry(at).or_default() += 1;
+        }
+    }
+
+    fn leave(&self, at: u64) {
+        if let Ok(mut open) = self.open.lock()
+            && let Some(n) = open.get_mut(&at)
+        {
+            *n -= 1;
+            if *n == 0 {
+                open.remove(&at);
+            }
+        }
+    }
+
+    fn oldest(&self) -> Option<u64> {
+        self.open.lock().ok()?.keys().next().copied()
+    }
+}
+
+struct Closer {
+    tx: mpsc::Sender<Message>,
+    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+impl Closer {
+    fn close(&self) {
+        let _ = self.tx.send(Message::Close);
+        if let Some(thread) = self.thread.lock().ok().and_then(|mut t| t.take()) {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Drop for Closer {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+/// A run in flight (see [`AuditLog::caller`]).
+pub struct Caller {
+    runs: Arc<Runs>,
+    at: u64,
+}
+
+impl Drop for Caller {
+    fn drop(&mut self) {
+        self.runs.leave(self.at);
+    }
+}
+
+impl AuditLog {
+    /// Open (or create) the log in `dir`. Blocking (it may wait for another process to
+    /// let go of the log): call it off the async runtime.
+    ///
+    /// Refuses a log that does not end where `HEAD` says (records deleted from the
+    /// end, or `HEAD` itself deleted) and one whose last record is cut short, naming
+    /// what is wrong: nothing is appended to it until `warden audit repair`.
+    pub fn open(dir: &Path, options: AuditOptions) -> Result<AuditLog, AuditError> {
+        AuditLog::open_with(dir, options, None).map(|(log, _)| log)
+    }
+
+    /// Open the log in `dir` for an operator's repair: cut a torn tail (never a whole
+    /// record), and accept what `repair` allows; every change is recorded in the log.
+    pub fn repair(
+        dir: &Path,
+        options: AuditOptions,
+        repair: &Repair,
+    ) -> Result<(AuditLog, Repaired), AuditError> {
+        AuditLog::open_with(dir, options, Some(repair))
+    }
+
+    fn open_with(
+        dir: &Path,
+        options: AuditOptions,
+        repair: Option<&Repair>,
+    ) -> Result<(AuditLog, Repaired), AuditError> {
+        let io = |e: std::io::Error| AuditError::io(dir, e);
+        std::fs::create_dir_all(dir).map_err(io)?;
+        if !dir.is_dir() {
+            return Err(AuditError::io(
+                dir,
+                std::io::Error::other("not a directory"),
+            ));
+        }
+        // One writer per log: a second warden process on the same data dir waits here
+        // (a while: short commands finish) rather than fork the chain, then gives up
+        // naming who holds it. The lock lives as long as the writer thread.
+        let lock_path = dir.join("LOCK");
+        let lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(|e| AuditError::io(&lock_path, e))?;
+        if !segments::lock_within(&lock, LOCK_PATIENCE)
+            .map_err(|e| AuditError::io(&lock_path, e))?
+        {
+            let server = dir
+                .parent()
+                .and_then(|d| std::fs::read_to_string(d.join("serve.pid")).ok())
+                .map(|pid| format!(" (`warden serve`, pid {})", pid.trim()))
+                .unwrap_or_default();
+            return Err(AuditError::Busy {
+                path: dir.display().to_string(),
+                holder: server,
+                waited_secs: LOCK_PATIENCE.as_secs(),
+            });
+        }
+        let mut repaired = Repaired::default();
+        let mut first = Vec::new();
+        let (mut writer, recovery) = prepare(dir, &options, repair, &mut repaired, &mut first)?;
+        if !first.is_empty() {
+            writer.write(first.iter())?;
+            writer.sync()?;
+        }
+        let runs = Arc::new(Runs::default());
+        runs.next_seq.store(writer.seq + 1, Ordering::Release);
+        if let Some(from) = recovery {
+            // Held until the runtime has ended what the crash cut off (`recovered`).
+            runs.enter(from);
+        }
+        let witness = if options.witness.is_set() && options.signer.is_some() {
+            Some(Witness::start(options.witness.clone()).map_err(io)?)
+        } else {
+            None
+        };
+        let core = Core {
+            writer,
+            witness,
+            head_written: None,
+        };
+        let (tx, rx) = mpsc::channel::<Message>();
+        let failed = Arc::new(AtomicBool::new(false));
+        let thread = {
+            let (runs, failed) = (runs.clone(), failed.clone());
+            std::thread::Builder::new()
+                .name("warden-audit".into())
+                .spawn(move || {
+                    let _lock = lock;
+                    run_writer(core, &rx, &runs, &failed);
+                })
+                .map_err(io)?
+        };
+        let log = AuditLog {
+            closer: Arc::new(Closer {
+                tx: tx.clone(),
+                thread: Mutex::new(Some(thread)),
+            }),
+            tx,
+            runs,
+            queued: Arc::default(),
+            failed,
+            recovery,
+            dir: dir.to_path_buf(),
+        };
+        Ok((log, repaired))
+    }
+
+    /// Where a crash cut runs off: the record to read the log from to find them. Set
+    /// when the last writer did not stop cleanly; `None` after a clean stop.
+    pub fn recovery(&self) -> Option<u64> {
+        self.recovery
+    }
+
+    /// The runs a crash cut off have been ended: `HEAD` may move on past them.
+    pub fn recovered(&self) {
+        if let Some(from) = self.recovery {
+            self.runs.leave(from);
+        }
+    }
+
+    /// Mark one run (a governed call, a resumed held run) as in flight until the guard
+    /// drops; every path that writes a run's records holds one until its run-history
+    /// row is committed too. After a crash, recovery reads the log from the oldest run
+    /// that was in flight.
+    pub fn caller(&self) -> Caller {
+        let at = self.runs.next_seq.load(Ordering::Acquire);
+        self.runs.enter(at);
+        Caller {
+            runs: self.runs.clone(),
+            at,
+        }
+    }
+
+    /// Sign what is unsigned, write what is queued, bring `HEAD` up to date (clean) and
+    /// stop the writer. Appends after this fail. Called when the runtime shuts down.
+    pub fn close(&self) {
+        self.closer.close();
+    }
+
+    /// Does the log refuse appends now (the last write failed)?
+    pub fn has_failed(&self) -> bool {
+        self.failed.load(Ordering::Relaxed)
+    }
+
+    /// Records handed to the writer and not yet acknowledged.
+    pub fn lag(&self) -> u64 {
+        self.queued.load(Ordering::Relaxed)
+    }
+
+    /// Append `records` and wait until they are durable (fsynced).
+    pub async fn append(&self, records: Vec<Entry>) -> Result<(), AuditError> {
+        self.commit(records, true).await
+    }
+
+    /// Append `records` and wait until they are `durable` (fsynced), or else written
+    /// (they become durable with the next durable commit; a failed write is still
+    /// reported before this returns).
+    pub async fn commit(&self, records: Vec<Entry>, durable: bool) -> Result<(), AuditError> {
+        if records.is_empty() {
+            return Ok(());
+        }
+        let (done, wait) = tokio::sync::oneshot::channel();
+        let n = records.len() as u64;
+        self.queued.fetch_add(n, Ordering::Relaxed);
+        let sent = self.tx.send(Message::Commit(Commit {
+            records,
+            durable,
+            done,
+        }));
+        let result = match sent {
+            Ok(()) => wait.await.unwrap_or(Err(AuditError::Failed)),
+            Err(_) => Err(AuditError::Failed),
+        };
+        self.queued.fetch_sub(n, Ordering::Relaxed);
+        result
+    }
+
+    /// Sign the chain as it stands now (if anything is unsigned) and wait until the
+    /// checkpoint is durable.
+    pub async fn checkpoint(&self) -> Result<(), AuditError> {
+        let (done, wait) = tokio::sync::oneshot::channel();
+        self.tx
+            .send(Message::Checkpoint(done))
+            .map_err(|_| AuditError::Failed)?;
+        wait.await.unwrap_or(Err(AuditError::Failed))
+    }
+
+    /// Sign from now on with `next`: a `key-rotation` record endorsed by the current
+    /// key (so a verifier that trusts it trusts `next`), then a checkpoint by `next`.
+    pub async fn rotate_key(&self, next: Arc<Signer>) -> Result<(), AuditError> {
+        let (done, wait) = tokio::sync::oneshot::channel();
+        self.tx
+            .send(Message::Rotate(next, done))
+            .map_err(|_| AuditError::Failed)?;
+        wait.await.unwrap_or(Err(AuditError::Failed))
+    }
+}
+
+/// Check the log against `HEAD`, repair what `repair` allows, and open it for appends.
+/// Records to write first (what a repair did, a new signing key) go into `first`.
+fn prepare(
+    dir: &Path,
+    options: &AuditOptions,
+    repair: Option<&Repair>,
+    repaired: &mut Repaired,
+    first: &mut Vec<Entry>,
+) -> Result<(Writer, Option<u64>), AuditError> {
+    let now = crate::now_ms();
+    let indexes = segments::segments(dir).map_err(|e| AuditError::io(dir, e))?;
+    let head = head::read(dir).map_err(|message| AuditError::BadHead {
+        path: dir.join("HEAD").display().to_string(),
+        message,
+    })?;
+    let last = loop {
+        match segments::last_record(dir, &indexes) {
+            Ok(last) => break last,
+            Err(LastError::Io(path, e)) => return Err(AuditError::io(&path, e)),
+            Err(LastError::NotARecord(path)) => {
+                return Err(AuditError::BadHead {
+                    path: path.display().to_string(),
+                    message: "the last line is not an audit record (edited?); `warden audit verify` says more".into(),
+                });
+            }
+            Err(LastError::Torn { path, whole, len }) => {
+                let Some(repair) = repair else {
+                    return Err(AuditError::TruncatedTail {
+                        path: path.display().to_string(),
+                        bytes: len - whole,
+                    });
+                };
+                let cut = cut_torn_tail(&path, whole, len)?;
+                repaired.actions.push(format!(
+                    "cut {} bytes of a record cut short from the end of {}",
+                    len - whole,
+                    path.display()
+                ));
+                let mut entry = Entry::new("audit-repair");
+                entry
+                    .num("ts_ms", now)
+                    .str("by", &repair.by)
+                    .str("action", "cut-torn-tail")
+                    .str(
+                        "segment",
+                        &path.file_name().unwrap_or_default().to_string_lossy(),
+                    )
+                    .num("removed_bytes", len - whole)
+                    .str("removed_sha256", &cut.0)
+                    .str("removed_start", &cut.1);
+                first.push(entry);
+            }
+        }
+    };
+    let (last_seq, last_hash) = last.clone().unwrap_or((0, ZERO_HASH.to_string()));
+    let mut recovery = head.as_ref().filter(|h| !h.clean).map(|h| h.open_from);
+    let accept = |what: &str,
+                  action: &str,
+                  allowed: bool,
+                  repaired: &mut Repaired,
+                  first: &mut Vec<Entry>| {
+        let repair = repair.filter(|_| allowed)?;
+        repaired.actions.push(what.to_string());
+        let mut entry = Entry::new("audit-repair");
+        entry
+            .num("ts_ms", now)
+            .str("by", &repair.by)
+            .str("action", action)
+            .str("accepted", what);
+        first.push(entry);
+        Some(())
+    };
+    match &head {
+        None if last.is_some() => {
+            let what = format!(
+                "HEAD was missing; the log's {last_seq} records were kept as they are, unchecked at their end"
+            );
+            if accept(
+                &what,
+                "accept-missing-head",
+                repair.is_some_and(|r| r.accept_missing_head),
+                repaired,
+                first,
+            )
+            .is_none()
+            {
+                return Err(AuditError::HeadMissing {
+                    path: dir.join("HEAD").display().to_string(),
+                    records: last_seq,
+                });
+            }
+            recovery = Some(1);
+        }
+        Some(h) if h.seq > last_seq => {
+            let what = format!(
+                "records {}..={} were missing from the end of the log (HEAD named record {} {})",
+                last_seq + 1,
+                h.seq,
+                h.seq,
+                h.hash
+            );
+            if accept(
+                &what,
+                "accept-missing-records",
+                repair.is_some_and(|r| r.accept_missing_records),
+                repaired,
+                first,
+            )
+            .is_none()
+            {
+                return Err(AuditError::Shortened {
+                    path: dir.display().to_string(),
+                    last: last_seq,
+                    head: h.seq,
+                });
+            }
+            recovery = recovery.map(|from| from.min(last_seq + 1));
+        }
+        Some(h) if h.seq > 0 => {
+            let found =
+                segments::hash_of(dir, &indexes, h.seq).map_err(|e| AuditError::io(dir, e))?;
+            if found.as_deref() != Some(h.hash.as_str()) {
+                let what = format!(
+                    "record {} is not the one HEAD named ({}); the log was kept as it is",
+                    h.seq, h.hash
+                );
+                if accept(
+                    &what,
+                    "accept-rewritten-records",
+                    repair.is_some_and(|r| r.accept_missing_records),
+                    repaired,
+                    first,
+                )
+                .is_none()
+                {
+                    return Err(AuditError::Diverged {
+                        path: dir.display().to_string(),
+                        seq: h.seq,
+                    });
+                }
+            }
+        }
+        _ => {}
+    }
+    let genesis = match indexes.first() {
+        Some(&index) if last.is_some() => first_hash(&dir.join(segment_name(index)))?,
+        _ => None,
+    };
+    let index = indexes.last().copied().unwrap_or(1);
+    let path = dir.join(segment_name(index));
+    let file = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+        .map_err(|e| AuditError::io(&path, e))?;
+    let size = file.metadata().map_err(|e| AuditError::io(&path, e))?.len();
+    let checkpoints = options.signer.as_ref().map(|signer| Checkpointing {
+        signer: signer.clone(),
+        every: options.checkpoint_every.max(1),
+        interval: options.checkpoint_interval,
+        unsigned: 0,
+        last_at: Instant::now(),
+        not_yet_durable: Vec::new(),
+    });
+    if let Some(signer) = &options.signer {
+        // A log signed so far by another key says so, in the chain, before the new key
+        // signs anything.
+        let previous = last_key(dir, &indexes)?;
+        if previous.as_deref() != Some(signer.public()) {
+            let reason = match &previous {
+                None if last.is_some() => "the log had no signing key before",
+                None => "a new log",
+                Some(_) => "the signing key changed while warden was stopped",
+            };
+            first.push(signer.rotation(previous.as_deref(), None, reason, now));
+        }
+    }
+    let writer = Writer {
+        dir: dir.to_path_buf(),
+        file,
+        index,
+        size,
+        max_segment_bytes: options.max_segment_bytes,
+        seq: last_seq,
+        hash: last_hash.clone(),
+        durable: (last_seq, last_hash),
+        broken: false,
+        pending_failure: None,
+        buf: Vec::new(),
+        checkpoints,
+        genesis,
+    };
+    // The log is in use, and (after a crash) where recovery must read from, before
+    // anything is appended.
+    let head = Head {
+        seq: writer.seq,
+        hash: writer.hash.clone(),
+        open_from: recovery.unwrap_or(writer.seq + 1),
+        clean: false,
+        ts_ms: now,
+    };
+    head::write(dir, &head).map_err(|e| AuditError::io(&dir.join("HEAD"), e))?;
+    Ok((writer, recovery))
+}
+
+/// Cut the torn bytes from `whole` to `len` off `path`: their SHA-256 and their start
+/// (escaped) for the record of the repair.
+fn cut_torn_tail(path: &Path, whole: u64, len: u64) -> Result<(String, String), AuditError> {
+    use std::io::{Read, Seek, SeekFrom};
+    let io = |e: std::io::Error| AuditError::io(path, e);
+    let mut file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .map_err(io)?;
+    file.seek(SeekFrom::Start(whole)).map_err(io)?;
+    let mut torn = Vec::with_capacity((len - whole) as usize);
+    file.read_to_end(&mut torn).map_err(io)?;
+    let sha = hex::encode(Sha256::digest(&torn));
+    let start = String::from_utf8_lossy(&torn[..torn.len().min(200)]).into_owned();
+    file.set_len(whole).map_err(io)?;
+    file.sync_all().map_err(io)?;
+    Ok((sha, start))
+}
+
+/// The hash of the first record in the segment at `path`.
+fn first_hash(path: &Path) -> Result<Option<String>, AuditError> {
+    use std::io::BufRead;
+    let file = File::open(path).map_err(|e| AuditError::io(path, e))?;
+    let mut line = Vec::new();
+    std::io::BufReader::new(file)
+        .read_until(b'\n', &mut line)
+        .map_err(|e| AuditError::io(path, e))?;
+    if line.last() == Some(&b'\n') {
+        line.pop();
+    }
+    Ok(segments::parse_line(&line).map(|l| l.hash.to_string()))
+}
+
+/// The key that signed the log's newest checkpoint or key rotation (looking back two
+/// segments at most: a log rotates far less often than it checkpoints).
+fn last_key(dir: &Path, indexes: &[u64]) -> Result<Option<String>, AuditError> {
+    let line = segments::last_line_where(dir, indexes, 2, |l| {
+        matches!(l.kind, Some("checkpoint" | "key-rotation"))
+    })
+    .map_err(|e| AuditError::io(dir, e))?;
+    Ok(line.and_then(|l| {
+        let v: serde_json::Value = serde_json::from_slice(&l).ok()?;
+        v["key"].as_str().map(str::to_string)
+    }))
+}
+
+/// What the writer thread owns: the open segment, the chain head and the witness.
+struct Core {
+    writer: Writer,
+    witness: Option<Witness>,
+    /// What `HEAD` says now: (seq, open_from).
+    head_written: Option<(u64, u64)>,
+}
+
+fn run_writer(mut core: Core, rx: &mpsc::Receiver<Message>, runs: &Runs, failed: &AtomicBool) {
+    let mut concurrent = false;
+    let mut ticked = Instant::now();
+    loop {
+        let message = match rx.recv_timeout(TICK) {
+            Ok(m) => Some(m),
+            Err(mpsc::RecvTimeoutError::Timeout) => None,
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+        };
+        match message {
+            Some(Message::Commit(first)) => {
+                // Under concurrent load, linger briefly so one fsync covers more
+                // callers: on this kind of disk an fsync costs CPU as well as time.
+                if concurrent {
+                    std::thread::sleep(GROUP_COMMIT_WAIT);
+                }
+                let mut batch = vec![first];
+                let mut after = Vec::new();
+                while batch.len() < MAX_BATCH {
+                    match rx.try_recv() {
+                        Ok(Message::Commit(more)) => batch.push(more),
+                        Ok(other) => {
+                            after.push(other);
+                            break;
+                        }
+                        Err(_) => break,
+                    }
+                }
+                concurrent = batch.len() > 1;
+                core.commit(batch, failed, runs);
+                let mut closing = false;
+                for m in after {
+                    match m {
+                        Message::Close => closing = true,
+                        other => core.control(other, failed, runs),
+                    }
+                }
+                if closing {
+                    break;
+                }
+            }
+            Some(Message::Close) => break,
+            Some(other) => core.control(other, failed, runs),
+            None => {}
+        }
+        if ticked.elapsed() >= TICK {
+            ticked = Instant::now();
+            core.tick(failed, runs);
+        }
+    }
+    core.close(runs);
+}
+
+impl Core {
+    fn commit(&mut self, batch: Vec<Commit>, failed: &AtomicBool, runs: &Runs) {
+        let written = self
+            .writer
+            .write(batch.iter().flat_map(|c| c.records.iter()));
+        let (durable, written_only): (Vec<Commit>, Vec<Commit>) =
+            batch.into_iter().partition(|c| c.durable);
+        let synced = if durable.is_empty() {
+            written.clone()
+        } else {
+            written.clone().and_then(|()| self.sync())
+        };
+        failed.store(synced.is_err() || written.is_err(), Ordering::Relaxed);
+        runs.next_seq.store(self.writer.seq + 1, Ordering::Release);
+        for commit in written_only {
+            let _ = commit.done.send(written.clone());
+        }
+        for commit in durable {
+            let _ = commit.done.send(synced.clone());
+        }
+    }
+
+    /// A checkpoint or a key rotation asked for.
+    fn control(&mut self, message: Message, failed: &AtomicBool, runs: &Runs) {
+        match message {
+            Message::Checkpoint(done) => {
+                let _ = done.send(self.checkpoint_now(failed, runs));
+            }
+            Message::Rotate(next, done) => {
+                let _ = done.send(self.rotate_key(next, failed, runs));
+            }
+            Message::Commit(c) => self.commit(vec![c], failed, runs),
+            Message::Close => {}
+        }
+    }
+
+    fn rotate_key(
+        &mut self,
+        next: Arc<Signer>,
+        failed: &AtomicBool,
+        runs: &Runs,
+    ) -> Result<(), AuditError> {
+        let Some(c) = &self.writer.checkpoints else {
+            return Err(AuditError::Io {
+                path: self.writer.dir.display().to_string(),
+                message: "this log is not signed: there is no key to rotate".into(),
+            });
+        };
+        let old = c.signer.clone();
+        let record = next.rotation(
+            Some(old.public()),
+            Some(&old),
+            "rotated by the operator (warden audit rotate-key)",
+            crate::now_ms(),
+        );
+        self.writer.write(std::iter::once(&record))?;
+        if let Some(c) = &mut self.writer.checkpoints {
+            c.signer = next;
+        }
+        self.checkpoint_now(failed, runs)
+    }
+
+    fn sync(&mut self) -> Result<(), AuditError> {
+        let ready = self.writer.sync()?;
+        if let Some(witness) = &self.witness {
+            for c in ready {
+                witness.send(c);
+            }
+        }
+        Ok(())
+    }
+
+    /// A checkpoint now, made durable (nothing when the chain's end is signed already).
+    fn checkpoint_now(&mut self, failed: &AtomicBool, runs: &Runs) -> Result<(), AuditError> {
+        let result = self.writer.write_checkpoint().and_then(|()| self.sync());
+        failed.store(result.is_err(), Ordering::Relaxed);
+        runs.next_seq.store(self.writer.seq + 1, Ordering::Release);
+        result
+    }
+
+    /// What is due by time: a checkpoint, and `HEAD`.
+    fn tick(&mut self, failed: &AtomicBool, runs: &Runs) {
+        let due = self
+            .writer
+            .checkpoints
+            .as_ref()
+            .is_some_and(|c| c.unsigned > 0 && c.last_at.elapsed() >= c.interval);
+        if due {
+            let _ = self.checkpoint_now(failed, runs);
+        }
+        self.write_head(runs, false);
+    }
+
+    /// Bring `HEAD` up to date with what is durable, if it changed.
+    fn write_head(&mut self, runs: &Runs, clean: bool) {
+        let w = &self.writer;
+        if w.broken {
+            return;
+        }
+        let (seq, hash) = w.durable.clone();
+        let open_from = runs.oldest().map_or(seq + 1, |o| o.min(seq + 1));
+        if !clean && self.head_written == Some((seq, open_from)) {
+            return;
+        }
+        let head = Head {
+            seq,
+            hash,
+            open_from,
+            clean,
+            ts_ms: crate::now_ms(),
+        };
+        match head::write(&w.dir, &head) {
+            Ok(()) => self.head_written = Some((seq, open_from)),
+            Err(e) => tracing::warn!(dir = %w.dir.display(), "cannot write the audit HEAD: {e}"),
+        }
+    }
+
+    fn close(&mut self, runs: &Runs) {
+        let failed = AtomicBool::new(false);
+        let signed = self.checkpoint_now(&failed, runs);
+        let synced = self.sync();
+        // Clean only when nothing was lost and nothing is in flight.
+        let clean = signed.is_ok()
+            && synced.is_ok()
+            && self.writer.pending_failure.is_none()
+            && runs.oldest().is_none();
+        self.write_head(runs, clean);
+        if let Some(witness) = &mut self.witness {
+            witness.close();
+        }
+    }
+}
+
+/// A write that failed and was cut back, to be recorded once the log takes records
+/// again.
+#[derive(Debug, Clone)]
+struct FailureNote {
+    since_ms: u64,
+    error: String,
+    records_lost: u64,
+    attempts: u64,
+}
+
+struct Checkpointing {
+    signer: Arc<Signer>,
+    every: u64,
+    interval: Duration,
+    /// Records written since the last checkpoint.
+    unsigned: u64,
+    last_at: Instant,
+    /// Checkpoints written but not yet fsynced: the witness gets them once they are.
+    not_yet_durable: Vec<Checkpoint>,
+}
+
+struct Writer {
+    dir: PathBuf,
+    file: File,
+    index: u64,
+    size: u64,
+    max_segment_bytes: u64,
+    /// The last record written.
+    seq: u64,
+    hash: String,
+    /// The last record fsynced.
+    durable: (u64, String),
+    /// An fsync failed: nothing more can be trusted to reach the disk.
+    broken: bool,
+    pending_failure: Option<FailureNote>,
+    buf: Vec<u8>,
+    checkpoints: Option<Checkpointing>,
+    /// The hash of record 1: which log this is (for the witness).
+    genesis: Option<String>,
+}
+
+impl Writer {
+    fn error(&self, e: impl std::fmt::Display) -> AuditError {
+        AuditError::Io {
+            path: self
+                .dir
+                .join(segment_name(self.index))
+                .display()
+                .to_string(),
+            message: e.to_string(),
+        }
+    }
+
+    /// Append `records` (and a checkpoint, when one is due by count). On failure the
+    /// segment is cut back to its last whole record.
+    fn write<'a>(&mut self, records: impl Iterator<Item = &'a Entry>) -> Result<(), AuditError> {
+        if self.broken {
+            return Err(AuditError::Failed);
+        }
+        let note = self.pending_failure.as_ref().map(|f| {
+            let mut entry = Entry::new("audit-write-failed");
+            entry
+                .num("ts_ms", crate::now_ms())
+                .num("failed_since_ms", f.since_ms)
+                .str("error", &f.error)
+                .num("records_not_written", f.records_lost)
+                .num("attempts", f.attempts)
+                .str("action", "each failed write was cut back to the last whole record; the calls whose records these were did not run or were withheld");
+            entry
+        });
+        let mut all: Vec<&Entry> = note.iter().collect();
+        for record in records {
+            all.push(record);
+        }
+        let count = all.len() as u64;
+        match self.try_write(all.into_iter()) {
+            Ok(()) => {
+                self.pending_failure = None;
+                Ok(())
+            }
+            Err(e) => {
+                let lost = count.saturating_sub(u64::from(note.is_some()));
+                // Cut back to the last whole record: a torn record must never be built on.
+                // (`size` moves only on success; a rotation that happened first left an
+                // empty new segment, size 0.)
+                match self.file.set_len(self.size) {
+                    Ok(()) => {
+                        let note = self.pending_failure.get_or_insert(FailureNote {
+                            since_ms: crate::now_ms(),
+                            error: String::new(),
+                            records_lost: 0,
+                            attempts: 0,
+                        });
+                        note.error = e.to_string();
+                        note.records_lost += lost;
+                        note.attempts += 1;
+                    }
+                    Err(cut) => {
+                        tracing::error!("audit log: cannot cut back a failed write: {cut}");
+                        self.broken = true;
+                    }
+                }
+                Err(e)
+            }
+        }
+    }
+
+    fn try_write<'a>(
+        &mut self,
+        records: impl Iterator<Item = &'a Entry>,
+    ) -> Result<(), AuditError> {
+        self.buf.clear();
+        let (mut seq, mut hash) = (self.seq, self.hash.clone());
+        let mut genesis = None;
+        let mut written = 0u64;
+        for record in records {
+            seq += 1;
+            written += 1;
+            self.chain(seq, &mut hash, record);
+            if seq == 1 {
+                genesis = Some(hash.clone());
+            }
+        }
+        let mut checkpoint = None;
+        if let Some(c) = &self.checkpoints
+            && c.unsigned + written >= c.every
+        {
+            let ts = crate::now_ms();
+            let (entry, sig) = c.signer.checkpoint(seq, &hash, ts, c.every);
+            checkpoint = Some(Checkpoint {
+                log: self
+                    .genesis
+                    .clone()
+                    .or_else(|| genesis.clone())
+                    .unwrap_or_else(|| hash.clone()),
+                seq: seq + 1,
+                covers: seq,
+                covers_hash: hash.clone(),
+                ts_ms: ts,
+                key: c.signer.public().to_string(),
+                sig,
+            });
+            seq += 1;
+            self.chain(seq, &mut hash, &entry);
+        }
+        if self.size > 0 && self.size + self.buf.len() as u64 > self.max_segment_bytes {
+            self.rotate()?;
+        }
+        self.file.write_all(&self.buf).map_err(|e| self.error(e))?;
+        self.size += self.buf.len() as u64;
+        self.seq = seq;
+        self.hash = hash;
+        if self.genesis.is_none() {
+            self.genesis = genesis;
+        }
+        if let Some(c) = &mut self.checkpoints {
+            match checkpoint {
+                Some(cp) => {
+                    c.unsigned = 0;
+                    c.last_at = Instant::now();
+                    c.not_yet_durable.push(cp);
+                }
+                None => c.unsigned += written,
+            }
+        }
+        Ok(())
+    }
+
+    /// Add the line for `record` as number `seq` to the buffer, moving `hash` on.
+    fn chain(&mut self, seq: u64, hash: &mut String, record: &Entry) {
+        let mut head = Vec::with_capacity(96);
+        // Writing into a Vec cannot fail.
+        let _ = write!(head, "{{\"seq\":{seq},\"prev\":\"{hash}\"");
+        let digest = Sha256::new()
+            .chain_update(&head)
+            .chain_update(&record.0)
+            .chain_update(b"}")
+            .finalize();
+        let mut hex = [0u8; 64];
+        let _ = hex::encode_to_slice(digest, &mut hex);
+        hash.clear();
+        // The digest's hex digits are ASCII: this never loses a byte.
+        hash.push_str(&String::from_utf8_lossy(&hex));
+        self.buf.extend_from_slice(&head);
+        self.buf.extend_from_slice(&record.0);
+        self.buf.extend_from_slice(b",\"hash\":\"");
+        self.buf.extend_from_slice(&hex);
+        self.buf.extend_from_slice(b"\"}\n");
+    }
+
+    /// Write a checkpoint by itself (when anything is unsigned).
+    fn write_checkpoint(&mut self) -> Result<(), AuditError> {
+        let Some(c) = &mut self.checkpoints else {
+            return Ok(());
+        };
+        if c.unsigned == 0 {
+            return Ok(());
+        }
+        // Due by count now: `write` adds it.
+        c.unsigned = c.every;
+        self.write(std::iter::empty())
+    }
+
+    /// fsync; returns the checkpoints that just became durable.
+    fn sync(&mut self) -> Result<Vec<Checkpoint>, AuditError> {
+        if self.broken {
+            return Err(AuditError::Failed);
+        }
+        if let Err(e) = self.file.sync_data() {
+            self.broken = true;
+            return Err(self.error(e));
+        }
+        self.durable = (self.seq, self.hash.clone());
+        Ok(self
+            .checkpoints
+            .as_mut()
+            .map(|c| std::mem::take(&mut c.not_yet_durable))
+            .unwrap_or_default())
+    }
+
+    fn rotate(&mut self) -> Result<(), AuditError> {
+        // The segment being left must be durable before records go to the next one.
+        if let Err(e) = self.file.sync_data() {
+            self.broken = true;
+            return Err(self.error(e));
+        }
+        let path = self.dir.join(segment_name(self.index + 1));
+        let file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .map_err(|e| AuditError::io(&path, e))?;
+        self.file = file;
+        self.index += 1;
+        self.size = 0;
+        if let Err(e) = File::open(&self.dir).and_then(|d| d.sync_all()) {
+            self.broken = true;
+            return Err(self.error(e));
+        }
+        Ok(())
+    }
+}
