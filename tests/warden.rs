@@ -2,6 +2,8 @@
 
 #[path = "warden/approvals.rs"]
 mod approvals;
+#[path = "warden/audit.rs"]
+mod audit;
 #[path = "warden/mcp.rs"]
 mod mcp;
 mod support;

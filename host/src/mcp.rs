@@ -80,8 +80,33 @@ fn text_result(is_error: bool, text: String) -> CallToolResponse {
     }
 }
 
+/// `_meta` of a result: the run id (`runs show` takes it) and how the run ended. The
+/// structured content stays exactly what the tool returned: it must match the tool's
+/// declared output schema.
+fn meta(run_id: &str, status: &str) -> rmcp::model::MetaObject {
+    let mut m = JsonObject::new();
+    m.insert("warden/run_id".into(), run_id.into());
+    m.insert("warden/status".into(), status.into());
+    rmcp::model::MetaObject(m)
+}
+
 /// A finished report as an MCP tool result.
 fn result_of(report: &CallReport) -> CallToolResponse {
+    with_meta(
+        outcome_result(report),
+        &report.run_id,
+        report.outcome.status(),
+    )
+}
+
+fn with_meta(mut response: CallToolResponse, run_id: &str, status: &str) -> CallToolResponse {
+    if let CallToolResponse::Complete(r) = &mut response {
+        r.meta = Some(meta(run_id, status));
+    }
+    response
+}
+
+fn outcome_result(report: &CallReport) -> CallToolResponse {
     let run = &report.run_id;
     match &report.outcome {
         Outcome::Ok { output } => {
@@ -178,9 +203,13 @@ impl WardenMcp {
                         .result
                         .clone()
                         .unwrap_or_else(|| format!("approval {}", a.state.as_str()));
-                    return text_result(
-                        true,
-                        format!("not run: {why} (approval {}, run {})", a.id, a.run_id),
+                    return with_meta(
+                        text_result(
+                            true,
+                            format!("not run: {why} (approval {}, run {})", a.id, a.run_id),
+                        ),
+                        &a.run_id,
+                        a.state.as_str(),
                     );
                 }
                 Err(e) => return text_result(true, e.to_string()),

@@ -9,6 +9,9 @@ Scenarios print one JSON object on stdout:
   load N TOOL ARGS_JSON
                 N calls one after another
   listen        wait for notifications/tools/list_changed (up to 20 s)
+  hammer K TOOL ARGS_JSON
+                K concurrent callers until the server goes away; a line per
+                success ({"ok": RUN_ID}) as it comes
 """
 import json
 import sys
@@ -21,7 +24,8 @@ from mcp.shared._httpx_utils import create_mcp_http_client
 
 def result_json(r):
     text = " ".join(getattr(c, "text", "") for c in r.content)
-    return {"is_error": bool(r.is_error), "text": text, "structured": r.structured_content}
+    meta = getattr(r, "meta", None)
+    return {"is_error": bool(r.is_error), "text": text, "structured": r.structured_content, "meta": meta}
 
 
 async def scenario(client, name, args):
@@ -76,6 +80,23 @@ async def scenario(client, name, args):
             else:
                 ok += 1
         return {"ok": ok, "errors": errors}
+    if name == "hammer":
+        # K tasks calling TOOL until the server goes away; one line per success, at once.
+        k, tool, arguments = int(args[0]), args[1], json.loads(args[2])
+
+        async def worker():
+            while True:
+                try:
+                    r = await client.call_tool(tool, arguments)
+                except Exception:
+                    return
+                if not r.is_error:
+                    print(json.dumps({"ok": (r.meta or {}).get("warden/run_id")}), flush=True)
+
+        async with anyio.create_task_group() as tg:
+            for _ in range(k):
+                tg.start_soon(worker)
+        return {"done": True}
     if name == "listen":
         with anyio.fail_after(20):
             async with client.listen(tools_list_changed=True) as sub:

@@ -503,3 +503,62 @@ pub fn http(
         .unwrap_or_default();
     (status, body)
 }
+
+/// A small tmpfs mounted at `path` (the suite runs as root on CI machines, as the
+/// README says), unmounted when dropped: a real disk that fills up.
+pub struct Tmpfs {
+    pub path: PathBuf,
+}
+
+impl Tmpfs {
+    pub fn mount(path: &Path, size: &str, read_only: bool) -> Tmpfs {
+        std::fs::create_dir_all(path).expect("mount point");
+        let mut options = format!("size={size}");
+        if read_only {
+            options += ",ro";
+        }
+        let status = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &options, "tmpfs"])
+            .arg(path)
+            .status()
+            .expect("run mount");
+        assert!(
+            status.success(),
+            "mounting a tmpfs at {} failed: the disk-full tests need root (or CAP_SYS_ADMIN)",
+            path.display()
+        );
+        Tmpfs {
+            path: path.to_path_buf(),
+        }
+    }
+
+    /// Fill the file system, then free `room` bytes (rounded to pages by tmpfs).
+    pub fn fill_leaving(&self, room: u64) {
+        let filler = self.path.join("filler");
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&filler)
+            .expect("filler");
+        let chunk = vec![0u8; 4096];
+        while file.write_all(&chunk).is_ok() {}
+        drop(file);
+        let len = std::fs::metadata(&filler).expect("filler").len();
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&filler)
+            .expect("filler");
+        file.set_len(len.saturating_sub(room)).expect("free room");
+    }
+
+    /// Give the space back.
+    pub fn empty(&self) {
+        let _ = std::fs::remove_file(self.path.join("filler"));
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.path).status();
+    }
+}

@@ -53,6 +53,12 @@ tools = {{ notes_read = "deny", notes_write = "hard" }}
     (env, tokens)
 }
 
+/// The served config and its agent's token.
+pub fn agent_env() -> (Env, String) {
+    let (env, [agent, _, _]) = served_env("");
+    (env, agent)
+}
+
 fn json_of(run: &Run) -> Value {
     let last = run.stdout.lines().last().unwrap_or_default();
     serde_json::from_str(last).unwrap_or_else(|e| panic!("{e}: {run:?}"))

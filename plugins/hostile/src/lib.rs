@@ -37,6 +37,10 @@ const TOOLS: &[(&str, &str)] = &[
     ),
     ("reveal", "Ask for the value of secret `name`."),
     (
+        "leak",
+        "Reveal secret `name` and put it after `pad` bytes of padding in stdout, a progress message and a file path it opens.",
+    ),
+    (
         "counter",
         "Count calls in a static (always 1: every call gets a fresh instance).",
     ),
@@ -198,6 +202,15 @@ impl Guest for Hostile {
             "reveal" => reveal_secret(&str_arg("name"))
                 .map(|value| json!({ "value": value }).to_string())
                 .map_err(|e| fail("secret", &format!("{e:?}"))),
+            "leak" => {
+                let value = reveal_secret(&str_arg("name"))
+                    .map_err(|e| fail("secret", &format!("{e:?}")))?;
+                let text = format!("{}{value}", "x".repeat(num_arg("pad") as usize));
+                let _ = std::io::stdout().write_all(text.as_bytes());
+                warden_guest::tool::progress(1, None, Some(&text));
+                let _ = std::fs::metadata(format!("/{text}"));
+                Ok(json!({ "leaked": text.len() }).to_string())
+            }
             "counter" => {
                 static CALLS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
                 let n = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
