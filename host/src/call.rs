@@ -213,7 +213,7 @@ impl Runtime {
             ));
         }
         let started = Instant::now();
-        let _caller = self.audit.as_ref().map(|a| a.caller());
+        let caller = self.audit.as_ref().map(|a| a.caller());
         let time_ms = crate::now_ms();
 
         let plugin = self
@@ -360,14 +360,21 @@ impl Runtime {
         }
         let Some((approval, notice)) = queued else {
             return self
-                .conclude(report, &recorder, &action.input, started, Vec::new())
+                .conclude(
+                    report,
+                    &recorder,
+                    &action.input,
+                    started,
+                    Vec::new(),
+                    caller,
+                )
                 .await;
         };
         // In the log (durably, with the held run's end) before it exists in the queue:
         // nothing is decided or run on a request the audit log does not know.
         let requested = vec![self.entry(record::approval_requested(&approval))];
         let report = self
-            .conclude(report, &recorder, &action.input, started, requested)
+            .conclude(report, &recorder, &action.input, started, requested, caller)
             .await?;
         let queue = self
             .approvals
@@ -413,7 +420,8 @@ impl Runtime {
         report.timings.execute_us = micros(run.execute);
     }
 
-    /// Redact the report, make its last records durable, queue its run row.
+    /// Redact the report, make its last records durable, queue its run row (which
+    /// keeps the run's audit guard, `caller`, until it is committed).
     pub(crate) async fn conclude(
         &self,
         mut report: CallReport,
@@ -421,19 +429,25 @@ impl Runtime {
         input: &str,
         started: Instant,
         mut last: Vec<Entry>,
+        caller: Option<crate::audit::Caller>,
     ) -> Result<CallReport, CallError> {
         if self.redactor.is_active() {
             scrub_report(&self.redactor, &mut report);
         }
         last.extend(self.take_host_calls(&report.run_id, recorder));
         report.host_calls = recorder.lock().map_or(0, |r| r.total());
+        let counts = recorder
+            .lock()
+            .map(|mut r| r.take_counts())
+            .unwrap_or_default();
+        last.extend(record::host_call_counts(&report.run_id, &counts));
         report.timings.total_us = micros(started.elapsed());
         last.extend(record::after_execution(&report, &self.redactor));
         self.audit(last, true).await?;
         let row = record::run_row(&report, &self.redactor.scrub(input));
+        let keep = caller.map(|c| Box::new(c) as Box<dyn Send>);
         self.runs
-            .insert(row)
-            .await
+            .insert(row, keep)
             .map_err(CallError::NotRecorded)?;
         Ok(report)
     }

@@ -153,7 +153,7 @@ impl Runtime {
         self.audit(records, true).await?;
         for row in rows {
             self.runs
-                .insert(row)
+                .commit(row)
                 .await
                 .map_err(CallError::NotRecorded)?;
         }
@@ -185,7 +185,7 @@ impl Runtime {
         records.extend(record::after_execution(&report, &self.redactor));
         self.audit(records, true).await?;
         self.runs
-            .insert(record::run_row(&report, &self.redactor.scrub(&a.input)))
+            .commit(record::run_row(&report, &self.redactor.scrub(&a.input)))
             .await
             .map_err(CallError::NotRecorded)
     }
@@ -285,6 +285,7 @@ impl Runtime {
             .plugin_for(&a.tool)
             .ok_or_else(|| CallError::NotRecorded(format!("tool `{}` is not loaded", a.tool)))?;
         let mut report = self.report_for(&a, a.decisions.clone());
+        let caller = self.audit.as_ref().map(|log| log.caller());
         let recorder = self.recorder();
         self.audit(vec![self.entry(record::run_resume(&a))], false)
             .await?;
@@ -292,7 +293,7 @@ impl Runtime {
             .await;
         let status = report.outcome.status();
         let concluded = self
-            .conclude(report, &recorder, &a.input, started, Vec::new())
+            .conclude(report, &recorder, &a.input, started, Vec::new(), caller)
             .await;
         let result = match &concluded {
             Ok(_) => format!("ran: {status}"),

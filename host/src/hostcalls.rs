@@ -21,8 +21,21 @@ use tracing::{Dispatch, Event, Metadata, Subscriber};
 
 /// Longest argument or result summary put in a record (after redaction).
 pub const MAX_SUMMARY: usize = 512;
-/// Most host calls kept per run; later ones are counted only.
-const MAX_CALLS: usize = 10_000;
+/// Most host calls recorded one by one per run; later ones are counted per component,
+/// interface, function and outcome, and the counts go in one summary record, so a guest
+/// looping on a host call cannot flood the log.
+pub const MAX_CALLS: usize = 1_000;
+
+/// WASI and `wasi:http` error codes that mean "refused" (by a grant or the sandbox),
+/// as their Debug text names them.
+const DENIED_CODES: [&str; 6] = [
+    "access",
+    "not-permitted",
+    "read-only",
+    "access-denied",
+    "ErrorCode::HttpRequestDenied",
+    "HttpRequestDenied",
+];
 
 /// One host call.
 #[derive(Debug, Clone)]
@@ -37,21 +50,40 @@ pub struct HostCall {
 }
 
 impl HostCall {
-    /// `ok`, `error`, or `denied` (refused by a grant or the sandbox).
+    /// `ok`, `error`, or `denied` (refused by a grant or the sandbox), by the error code
+    /// the call returned.
     pub fn outcome(&self) -> &'static str {
-        let r = self.result.trim_start_matches("result=");
-        if r.starts_with("Err") || r.contains("Err(") {
-            if ["Access", "NotPermitted", "Denied"]
-                .iter()
-                .any(|d| r.contains(d))
-            {
-                "denied"
-            } else {
-                "error"
-            }
+        let Some(code) = error_code(&self.result) else {
+            return "ok";
+        };
+        // Name lookups are never granted: any failure of one is the sandbox refusing.
+        let lookup = self.interface.ends_with("ip-name-lookup");
+        if lookup || DENIED_CODES.contains(&code) {
+            "denied"
         } else {
-            "ok"
+            "error"
         }
+    }
+}
+
+/// The error code of a result's Debug text, if it is an error: WASI's `Err(<code>
+/// (error N))`, `wasi:http`'s `Err(ErrorCode::<Name>)`, or a bare `Err(<code>)`.
+fn error_code(result: &str) -> Option<&str> {
+    let at = result.find("Err(")?;
+    let rest = &result[at + 4..];
+    let end = rest
+        .find(['(', ')', ' ', ',', '{', '\n'])
+        .unwrap_or(rest.len());
+    let code = rest[..end].trim_end_matches(':');
+    Some(if code.is_empty() { "error" } else { code })
+}
+
+/// Debug text of a host error without the host's own stack (wasmtime errors carry one
+/// when `RUST_BACKTRACE` is set): the log says what the guest did, not where the host was.
+fn without_host_backtrace(text: &str) -> &str {
+    match text.find("\nStack backtrace:") {
+        Some(i) => &text[..i],
+        None => text,
     }
 }
 
@@ -66,8 +98,9 @@ pub struct Recorder {
     calls: Vec<HostCall>,
     /// Calls already taken with [`Recorder::take`].
     taken: u64,
-    /// Calls beyond `MAX_CALLS`, counted only.
-    dropped: u64,
+    /// Calls beyond `MAX_CALLS`, counted only: (component, interface, function,
+    /// outcome) -> calls.
+    counted: std::collections::BTreeMap<(String, String, String, &'static str), u64>,
 }
 
 impl Default for Recorder {
@@ -86,7 +119,7 @@ impl Recorder {
             stack: Vec::new(),
             calls: Vec::new(),
             taken: 0,
-            dropped: 0,
+            counted: std::collections::BTreeMap::new(),
         }
     }
 
@@ -103,7 +136,16 @@ impl Recorder {
 
     /// Every call recorded, taken or not, kept or only counted.
     pub fn total(&self) -> u64 {
-        self.taken + self.calls.len() as u64 + self.dropped
+        self.taken + self.calls.len() as u64 + self.counted.values().sum::<u64>()
+    }
+
+    /// The calls past the per-run bound, counted: (component, interface, function,
+    /// outcome, calls). Taken once.
+    pub fn take_counts(&mut self) -> Vec<(String, String, String, &'static str, u64)> {
+        std::mem::take(&mut self.counted)
+            .into_iter()
+            .map(|((c, i, f, o), n)| (c, i, f, o, n))
+            .collect()
     }
 }
 
@@ -193,9 +235,10 @@ impl Subscriber for HostCallSubscriber {
                 return;
             };
             if let Some((call, _)) = r.open.get_mut(&id) {
+                let text = without_host_backtrace(&fields.rest).to_string();
                 match fields.message.as_str() {
-                    "call" => call.args = fields.rest,
-                    "return" => call.result = fields.rest,
+                    "call" => call.args = text,
+                    "return" => call.result = text,
                     _ => {}
                 }
             }
@@ -221,7 +264,10 @@ impl Subscriber for HostCallSubscriber {
                 if r.taken as usize + r.calls.len() < MAX_CALLS {
                     r.calls.push(call);
                 } else {
-                    r.dropped += 1;
+                    let outcome = call.outcome();
+                    *r.counted
+                        .entry((call.component, call.interface, call.function, outcome))
+                        .or_default() += 1;
                 }
             }
         });

@@ -193,6 +193,12 @@ fn is_not_recorded(error: &anyhow::Error) -> bool {
 }
 
 fn run() -> Result<ExitCode> {
+    if std::env::var_os("RUST_LIB_BACKTRACE").is_none() {
+        // wasmtime captures a stack trace in every host error when RUST_BACKTRACE is set
+        // (one per refused host call): costly, and nothing the audit log may carry.
+        // Panics still print theirs. SAFETY: no other thread runs yet.
+        unsafe { std::env::set_var("RUST_LIB_BACKTRACE", "0") };
+    }
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {

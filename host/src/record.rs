@@ -156,6 +156,29 @@ pub fn host_calls<'a>(
         .collect()
 }
 
+/// The host calls of a run past the per-run bound, counted in one record.
+pub fn host_call_counts(
+    run: &str,
+    counts: &[(String, String, String, &'static str, u64)],
+) -> Option<Entry> {
+    if counts.is_empty() {
+        return None;
+    }
+    let list: Vec<Value> = counts
+        .iter()
+        .map(|(component, interface, function, outcome, calls)| {
+            json!({ "component": component, "interface": interface, "function": function, "outcome": outcome, "calls": calls })
+        })
+        .collect();
+    let mut entry = Entry::new("host-calls-counted");
+    entry
+        .num("ts_ms", crate::now_ms())
+        .str("run", run)
+        .num("first_recorded", crate::hostcalls::MAX_CALLS as u64)
+        .value("counts", &Value::from(list));
+    Some(entry)
+}
+
 /// The records written after the tool ran (or was refused): grant denials, reveals, the end.
 pub fn after_execution(report: &CallReport, redactor: &Redactor) -> Vec<Entry> {
     let ts = crate::now_ms();

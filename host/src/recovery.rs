@@ -89,7 +89,7 @@ pub async fn recover(rt: &Runtime, log: &AuditLog) -> Result<(), LoadError> {
         .await
         .map_err(|e| LoadError::Store(e.to_string()))?;
     for row in rows {
-        rt.runs.insert(row).await.map_err(LoadError::Store)?;
+        rt.runs.commit(row).await.map_err(LoadError::Store)?;
     }
     log.recovered();
     Ok(())

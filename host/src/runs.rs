@@ -1,10 +1,16 @@
 //! Run history: one row per governed call in the embedded store (`db`). Owns writing
-//! rows (group-committed on one writer thread, each caller answered once its row is
-//! committed) and reading them back. It must never store an unredacted value or an
-//! unbounded one, and a call's result is returned only after its row is in the store.
+//! rows (batched on one writer thread, off the call path) and reading them back. It
+//! must never store an unredacted value or an unbounded one.
+//!
+//! A call's row is queued, not waited for: the audit log (durable before the call
+//! returns) is the record, and each queued row carries its run's audit guard until it
+//! is committed, so after a crash the next start reads the log back far enough to
+//! rebuild a row that never reached the store (`recovery`). A row that cannot be
+//! written keeps its guard for good (the next start rebuilds it) and refuses the rows
+//! after it until a write succeeds again: nothing runs unrecorded.
 
 use std::path::Path;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use rusqlite::{Connection, OptionalExtension, params};
 use serde::Serialize;
@@ -12,6 +18,9 @@ use serde_json::Value;
 
 /// Most rows committed together.
 const MAX_BATCH: usize = 1024;
+/// How long the writer waits after a row arrives for more to commit with it: one
+/// wake-up and one commit per batch, not per call.
+const LINGER: std::time::Duration = std::time::Duration::from_millis(5);
 
 /// Largest input or output text kept per run.
 pub const MAX_TEXT: usize = 64 * 1024;
@@ -72,16 +81,19 @@ pub struct RunFilter {
     pub limit: usize,
 }
 
-/// A row and who to tell once it is committed.
-type Queued = (
-    RunRow,
-    Option<tokio::sync::oneshot::Sender<Result<(), String>>>,
-);
+/// A row, what to keep until it is committed, and who to tell once it is.
+struct Queued {
+    row: RunRow,
+    keep: Option<Box<dyn Send>>,
+    done: Option<tokio::sync::oneshot::Sender<Result<(), String>>>,
+}
 
 pub struct RunStore {
     /// For reads; writes go through the writer thread, which batches them.
     conn: Mutex<Connection>,
     writer: Mutex<Option<std::sync::mpsc::Sender<Queued>>>,
+    /// Why the last write failed, while nothing has been written since.
+    failure: Arc<Mutex<Option<String>>>,
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
     path: String,
 }
@@ -93,10 +105,12 @@ impl RunStore {
             path: shown.clone(),
             cause: source.into(),
         })?;
-        let (writer, thread) = RunStore::start_writer(path)?;
+        let failure = Arc::new(Mutex::new(None));
+        let (writer, thread) = RunStore::start_writer(path, failure.clone())?;
         Ok(RunStore {
             conn: Mutex::new(conn),
             writer: Mutex::new(Some(writer)),
+            failure,
             thread: Mutex::new(Some(thread)),
             path: shown,
         })
@@ -106,6 +120,7 @@ impl RunStore {
     /// that arrive while a commit runs share the next one.
     fn start_writer(
         path: &Path,
+        failure: Arc<Mutex<Option<String>>>,
     ) -> Result<(std::sync::mpsc::Sender<Queued>, std::thread::JoinHandle<()>), RunsError> {
         let shown = path.display().to_string();
         let mut conn = crate::db::open(path, false).map_err(|source| RunsError {
@@ -116,7 +131,13 @@ impl RunStore {
         let thread = std::thread::Builder::new()
             .name("warden-runs".into())
             .spawn(move || {
+                // Guards of rows that could not be written: kept until the process ends,
+                // so the log is not closed clean and the next start rebuilds those rows.
+                let mut lost: Vec<Box<dyn Send>> = Vec::new();
                 while let Ok(first) = rx.recv() {
+                    if first.done.is_none() {
+                        std::thread::sleep(LINGER);
+                    }
                     let mut batch = vec![first];
                     while batch.len() < MAX_BATCH {
                         match rx.try_recv() {
@@ -124,17 +145,24 @@ impl RunStore {
                             Err(_) => break,
                         }
                     }
-                    let written = insert_all(&mut conn, batch.iter().map(|(row, _)| row))
+                    let written = insert_all(&mut conn, batch.iter().map(|q| &q.row))
                         .map_err(|e| format!("run history {shown}: {e}"));
+                    if let Ok(mut f) = failure.lock() {
+                        *f = written.as_ref().err().cloned();
+                    }
                     if let Err(e) = &written {
                         tracing::error!(runs = batch.len(), "{e}");
                     }
-                    for (_, done) in batch {
-                        if let Some(done) = done {
+                    for q in batch {
+                        if written.is_err() {
+                            lost.extend(q.keep);
+                        }
+                        if let Some(done) = q.done {
                             let _ = done.send(written.clone());
                         }
                     }
                 }
+                drop(lost);
             })
             .map_err(|e| RunsError {
                 path: path.display().to_string(),
@@ -150,21 +178,34 @@ impl RunStore {
         }
     }
 
-    /// Commit `row` and wait until it is in the store (not fsynced: the audit log,
-    /// written before this, is the durable record, and recovery rebuilds a row a power
-    /// cut lost from it).
-    pub async fn insert(&self, row: RunRow) -> Result<(), String> {
+    /// Queue `row`, keeping `keep` (the run's audit guard) until it is committed. Refused
+    /// while the last write failed.
+    pub fn insert(&self, row: RunRow, keep: Option<Box<dyn Send>>) -> Result<(), String> {
+        if let Some(why) = self.failure.lock().ok().and_then(|f| f.clone()) {
+            return Err(format!(
+                "{why}; nothing runs unrecorded until a write succeeds"
+            ));
+        }
+        self.send(Queued {
+            row,
+            keep,
+            done: None,
+        })
+    }
+
+    /// Commit `row` and wait until it is in the store.
+    pub async fn commit(&self, row: RunRow) -> Result<(), String> {
         let (done, wait) = tokio::sync::oneshot::channel();
-        self.queue(row, Some(done))?;
+        self.send(Queued {
+            row,
+            keep: None,
+            done: Some(done),
+        })?;
         wait.await
             .unwrap_or_else(|_| Err(format!("run history {}: writer stopped", self.path)))
     }
 
-    fn queue(
-        &self,
-        row: RunRow,
-        done: Option<tokio::sync::oneshot::Sender<Result<(), String>>>,
-    ) -> Result<(), String> {
+    fn send(&self, queued: Queued) -> Result<(), String> {
         let sender = self
             .writer
             .lock()
@@ -172,7 +213,7 @@ impl RunStore {
             .and_then(|w| w.clone())
             .ok_or("run history is closed")?;
         sender
-            .send((row, done))
+            .send(queued)
             .map_err(|_| format!("run history {}: writer stopped", self.path))
     }
 

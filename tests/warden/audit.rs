@@ -577,16 +577,27 @@ fn kill_9_under_load_loses_no_run_a_client_saw_and_marks_the_cut_off_ones_interr
             r#"{"text":"load"}"#,
         ]);
         let out = client.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
         let reader = std::thread::spawn(move || {
-            std::io::BufReader::new(out)
-                .lines()
-                .map_while(Result::ok)
-                .filter_map(|l| serde_json::from_str::<Value>(&l).ok())
-                .filter_map(|v| v["ok"].as_str().map(str::to_string))
-                .collect::<Vec<_>>()
+            let mut seen = Vec::new();
+            for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+                if let Some(id) = serde_json::from_str::<Value>(&line)
+                    .ok()
+                    .and_then(|v| v["ok"].as_str().map(str::to_string))
+                {
+                    seen.push(id);
+                    let _ = tx.send(());
+                }
+            }
+            seen
         });
+        // Kill it in the thick of the load: once calls flow, a little later each round.
         let started = Instant::now();
-        std::thread::sleep(Duration::from_millis(1200 + 300 * round));
+        for _ in 0..20 {
+            rx.recv_timeout(Duration::from_secs(60))
+                .expect("the load runs");
+        }
+        std::thread::sleep(Duration::from_millis(100 + 150 * round));
         served.child.kill().unwrap();
         served.child.wait().unwrap();
         let _ = client.kill();
@@ -681,4 +692,97 @@ fn a_secret_straddling_any_cut_never_leaves_its_first_bytes_behind() {
     for run in &runs {
         assert!(!run.stdout.contains(prefix), "{run:?}");
     }
+}
+
+#[test]
+fn every_refusal_is_recorded_as_denied_without_the_hosts_own_stack() {
+    let listener = crate::support::Listener::http();
+    let env = super::hostile_env(listener.port, super::HOSTILE_LIMITS);
+    let cases = [
+        ("read_file", r#"{"path":"/data/../outside.txt"}"#),
+        ("write_file", r#"{"path":"/ro/x.txt","text":"x"}"#),
+        ("tcp_connect", r#"{"addr":"127.0.0.1:9"}"#),
+        ("dns_lookup", r#"{"host":"example.com"}"#),
+        ("http_get", r#"{"url":"http://10.0.0.1/"}"#),
+    ];
+    for (tool, input) in cases {
+        // As an operator debugging with backtraces on would run it.
+        let run = env.warden_with_env(
+            &["call", tool, "--input", input, "--report"],
+            &[("RUST_BACKTRACE", "1")],
+        );
+        let report: Value = serde_json::from_str(&run.stdout).unwrap_or(Value::Null);
+        let id = report["run_id"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{run:?}"));
+        let records: Vec<Value> = audit_records(&env)
+            .into_iter()
+            .filter(|r| r["run"] == id && r["kind"] == "host-call")
+            .collect();
+        let refused: Vec<&Value> = records
+            .iter()
+            .filter(|r| r["result"].as_str().unwrap().contains("Err"))
+            .collect();
+        assert!(!refused.is_empty(), "{tool}: {records:?}");
+        for r in refused {
+            assert_eq!(r["outcome"], "denied", "{tool}: {r}");
+        }
+        for r in &records {
+            let text = r.to_string();
+            assert!(
+                !text.contains("backtrace") && !text.contains("wasmtime"),
+                "{tool}: the host's stack in a record: {text}"
+            );
+        }
+    }
+    // Allowed calls say ok.
+    let (run, report) = env.call("read_file", r#"{"path":"/ro/inside.txt"}"#);
+    assert_eq!(run.code, OK, "{run:?}");
+    let id = report["run_id"].as_str().unwrap();
+    assert!(
+        audit_records(&env)
+            .iter()
+            .filter(|r| r["run"] == id && r["kind"] == "host-call")
+            .all(|r| r["outcome"] == "ok")
+    );
+}
+
+#[test]
+fn a_host_call_flood_is_counted_past_the_bound_not_written_line_by_line() {
+    let env = audit_env();
+    let (run, report) = env.call("log_flood", r#"{"lines": 5000}"#);
+    assert_eq!(run.code, OK, "{run:?}");
+    let id = report["run_id"].as_str().unwrap();
+    let records: Vec<Value> = audit_records(&env)
+        .into_iter()
+        .filter(|r| r["run"] == id)
+        .collect();
+    let one_by_one = records.iter().filter(|r| r["kind"] == "host-call").count();
+    assert_eq!(one_by_one, 1000, "the first 1000 one by one");
+    let counted = records
+        .iter()
+        .find(|r| r["kind"] == "host-calls-counted")
+        .expect("the rest counted");
+    let logs = counted["counts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["function"] == "log")
+        .unwrap();
+    assert!(logs["calls"].as_u64().unwrap() >= 4000, "{counted}");
+    assert_eq!(
+        report["host_calls"].as_u64().unwrap() as usize,
+        one_by_one
+            + counted["counts"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|c| c["calls"].as_u64().unwrap() as usize)
+                .sum::<usize>()
+    );
+    let bytes: u64 = std::fs::read_dir(env.path().join("data/audit"))
+        .unwrap()
+        .map(|e| e.unwrap().metadata().unwrap().len())
+        .sum();
+    assert!(bytes < 1 << 20, "the log stays small: {bytes} bytes");
 }
