@@ -51,6 +51,22 @@ fn found<T: Serialize, E: std::fmt::Display>(
     }
 }
 
+/// Run `read` (SQLite, files: blocking) off the async runtime, and answer with what it
+/// found.
+async fn looked_up<T, E, F>(server: &Server, what: String, read: F) -> Response
+where
+    T: Serialize + Send + 'static,
+    E: std::fmt::Display + Send + 'static,
+    F: FnOnce(&Runtime) -> Result<Option<T>, E> + Send + 'static,
+{
+    let rt = server.runtime();
+    let reader = rt.clone();
+    match tokio::task::spawn_blocking(move || read(&reader)).await {
+        Ok(result) => found(&rt, &what, result),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
+    }
+}
+
 /// A request whose principal holds the operator role (403 otherwise). Extracted before
 /// the query, path and body, so a refusal never depends on them.
 pub struct Operator;
@@ -115,8 +131,10 @@ pub async fn runs(
         since_ms: q.since,
         limit: q.limit.unwrap_or(50).min(1000),
     };
-    let rt = server.runtime();
-    found(&rt, "runs", rt.runs.list(&filter).map(Some))
+    looked_up(&server, "runs".into(), move |rt| {
+        rt.runs.list(&filter).map(Some)
+    })
+    .await
 }
 
 pub async fn run(
@@ -124,8 +142,7 @@ pub async fn run(
     _: Operator,
     Path(id): Path<String>,
 ) -> Response {
-    let rt = server.runtime();
-    found(&rt, &format!("run {id}"), rt.runs.get(&id))
+    looked_up(&server, format!("run {id}"), move |rt| rt.runs.get(&id)).await
 }
 
 #[derive(Deserialize)]
@@ -144,12 +161,15 @@ pub async fn approvals(
         Some(Some(s)) => Some(s),
         Some(None) => return error(StatusCode::BAD_REQUEST, "unknown state"),
     };
-    let rt = server.runtime();
-    let Some(queue) = &rt.approvals else {
+    if server.runtime().approvals.is_none() {
         return error(StatusCode::CONFLICT, "the approval queue is disabled");
-    };
-    let list = queue.list(state, q.limit.unwrap_or(50).min(1000)).map(Some);
-    found(&rt, "approvals", list)
+    }
+    let limit = q.limit.unwrap_or(50).min(1000);
+    looked_up(&server, "approvals".into(), move |rt| match &rt.approvals {
+        Some(queue) => queue.list(state, limit).map(Some),
+        None => Ok(None),
+    })
+    .await
 }
 
 pub async fn approval(
@@ -157,16 +177,28 @@ pub async fn approval(
     _: Approver,
     Path(id): Path<String>,
 ) -> Response {
-    let rt = server.runtime();
-    let Some(queue) = &rt.approvals else {
+    if server.runtime().approvals.is_none() {
         return error(StatusCode::CONFLICT, "the approval queue is disabled");
-    };
-    found(&rt, &format!("approval request {id}"), queue.get(&id))
+    }
+    looked_up(
+        &server,
+        format!("approval request {id}"),
+        move |rt| match &rt.approvals {
+            Some(queue) => queue.get(&id),
+            None => Ok(None),
+        },
+    )
+    .await
 }
 
 #[derive(Deserialize, Default)]
 pub struct DecisionBody {
     reason: Option<String>,
+    /// The input hash the decider was shown (`GET /api/approvals/ID`): a decision on
+    /// another input is refused.
+    input_sha256: Option<String>,
+    /// Break-glass (operators only): decide for this approver; recorded as such.
+    on_behalf_of: Option<String>,
 }
 
 async fn decide(
@@ -180,6 +212,29 @@ async fn decide(
     if verdict == Verdict::Reject && reason.is_none() {
         return error(StatusCode::BAD_REQUEST, "a rejection needs a reason");
     }
+    let Some(seen) = body.input_sha256.filter(|s| !s.is_empty()) else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "input_sha256 is required: the hash of the input you were shown (GET /api/approvals/ID)",
+        );
+    };
+    if body.on_behalf_of.is_some() {
+        if !p.has(Role::Operator) {
+            return error(
+                StatusCode::FORBIDDEN,
+                format!(
+                    "token {} may not decide on someone's behalf (operator role)",
+                    p.token
+                ),
+            );
+        }
+        if reason.is_none() {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "a break-glass decision needs a reason",
+            );
+        }
+    }
     let rt = server.runtime();
     let Some(queue) = &rt.approvals else {
         return error(StatusCode::CONFLICT, "the approval queue is disabled");
@@ -189,6 +244,8 @@ async fn decide(
         verdict,
         reason: reason.as_deref(),
         via: "api",
+        input_sha256: &seen,
+        on_behalf_of: body.on_behalf_of.as_deref(),
         now_ms: crate::now_ms() as i64,
     };
     match queue.decide(&rt.config.approvals, id, &ballot).await {
@@ -198,6 +255,7 @@ async fn decide(
         Err(e @ ApprovalError::NotFound(_)) => error(StatusCode::NOT_FOUND, e),
         Err(e @ ApprovalError::AlreadyDecided { .. }) => error(StatusCode::CONFLICT, e),
         Err(e @ ApprovalError::NotAllowed { .. }) => error(StatusCode::FORBIDDEN, e),
+        Err(e @ ApprovalError::InputChanged { .. }) => error(StatusCode::CONFLICT, e),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
     }
 }

@@ -26,14 +26,19 @@ pub struct DecisionForm {
     decision: String,
     #[serde(default)]
     reason: String,
+    /// The input hash the page showed.
+    #[serde(default)]
+    sha: String,
 }
 
 fn secure(mut response: Response) -> Response {
     let h = response.headers_mut();
-    // The token is in the URL: never leak it to another site or a cache.
+    // The token is in the URL: never leak it to another site or a cache. `same-origin`
+    // (not `no-referrer`, which makes a browser send `Origin: null`) lets the page's own
+    // form carry its real origin back.
     h.insert(
         header::REFERRER_POLICY,
-        HeaderValue::from_static("no-referrer"),
+        HeaderValue::from_static("same-origin"),
     );
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
@@ -137,10 +142,13 @@ pub async fn page(
     if a.state == crate::approvals::State::Pending {
         body += &format!(
             "<form method=\"post\"><input type=\"hidden\" name=\"t\" value=\"{t}\">\
+             <input type=\"hidden\" name=\"sha\" value=\"{sha}\">\
              <p>Deciding as <b>{p}</b>. Reason: <input name=\"reason\" size=\"40\"></p>\
              <button name=\"decision\" value=\"approve\">Approve</button> \
              <button name=\"decision\" value=\"reject\">Reject</button></form>",
             t = escape(q.t.as_deref().unwrap_or_default()),
+            // The hash of the input this page shows (not the one the request claims).
+            sha = escape(&crate::approvals::input_hash(&a.input)),
             p = escape(&principal),
         );
     }
@@ -185,6 +193,8 @@ pub async fn decide(
         verdict,
         reason: (!reason.is_empty()).then_some(reason),
         via: "link",
+        input_sha256: &form.sha,
+        on_behalf_of: None,
         now_ms: crate::now_ms() as i64,
     };
     match queue.decide(&rt.config.approvals, &id, &ballot).await {
@@ -212,6 +222,11 @@ pub async fn decide(
         Err(e @ crate::approvals::ApprovalError::NotAllowed { .. }) => html(
             StatusCode::FORBIDDEN,
             "Not allowed",
+            &format!("<p>{}</p>", escape(&e.to_string())),
+        ),
+        Err(e @ crate::approvals::ApprovalError::InputChanged { .. }) => html(
+            StatusCode::CONFLICT,
+            "The request changed",
             &format!("<p>{}</p>", escape(&e.to_string())),
         ),
         Err(e) => html(

@@ -14,21 +14,38 @@
 //! connection that fsyncs its commits; changes queued together share one commit (each
 //! in its own savepoint, so one refused change does not undo the others). Concurrent
 //! deciders (tasks or processes) are serialized and the first decision stands; a
-//! change is acknowledged only once its commit is durable. It must never let a request execute twice: only the `approved ->
-//! executing` claim grants execution, and a claim interrupted by a crash ends `failed`
-//! rather than being retried (the tool may already have had its effect). It never runs
-//! tools itself; `runtime::Runtime` does, after a claim.
+//! change is acknowledged only once its commit is durable.
+//!
+//! A request is approved when every policy that held it has its own approvals: the
+//! approvers one policy names never satisfy another's hold. A vote carries the input
+//! hash its voter was shown, and one cast on another input is refused. A held input
+//! is sealed under the vault's key while it waits and removed once the request ends.
+//!
+//! It must never let a request execute twice: only the `approved -> executing` claim
+//! grants execution; the claim names its process by a lock file the kernel releases
+//! when the process dies (never by pid, which a restart or pid reuse makes lie), and a
+//! claim whose process is gone ends `failed` rather than being retried (the tool may
+//! already have had its effect). It never runs tools itself; `runtime::Runtime` does,
+//! after a claim.
 
-use std::path::Path;
+use std::collections::HashMap;
+use std::fs::File;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as B64;
+use chacha20poly1305::aead::{Aead, KeyInit, Payload};
+use chacha20poly1305::{Key, XChaCha20Poly1305, XNonce};
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use sha2::{Digest, Sha256};
 use thiserror::Error;
+use zeroize::Zeroizing;
 
 use crate::config::ApprovalsConfig;
-use crate::policy::Hold;
+use crate::policy::{Hold, PolicyHold};
 
 /// Where a request is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -98,6 +115,17 @@ pub struct Vote {
     pub audited: bool,
 }
 
+/// One holding policy's share of a request: who may approve for it, and how many
+/// distinct approvals it needs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HoldSet {
+    pub policy: String,
+    pub tier: Hold,
+    /// Principals or `group:NAME` (the configured default when the policy named none).
+    pub approvers: Vec<String>,
+    pub required: u32,
+}
+
 /// A request, as stored.
 #[derive(Debug, Clone, Serialize)]
 pub struct Approval {
@@ -114,10 +142,12 @@ pub struct Approval {
     pub decisions: Value,
     pub tier: Hold,
     pub reasons: Vec<String>,
-    /// Principals or `group:NAME` who may decide.
+    /// Principals or `group:NAME` who may decide (every holding policy's).
     pub approvers: Vec<String>,
-    /// Distinct approvals needed.
+    /// The most distinct approvals any one hold needs.
     pub required: u32,
+    /// Each holding policy's approvers and approvals; all must be satisfied.
+    pub holds: Vec<HoldSet>,
     pub created_ms: i64,
     pub expires_ms: i64,
     pub state: State,
@@ -130,6 +160,32 @@ pub struct Approval {
 impl Approval {
     pub fn approvals(&self) -> usize {
         self.votes.iter().filter(|v| v.vote == "approve").count()
+    }
+
+    /// For each hold, the distinct approvals it has from its own approvers.
+    pub fn progress(&self, config: &ApprovalsConfig) -> Vec<(String, u32, u32)> {
+        self.holds
+            .iter()
+            .map(|h| {
+                let allowed = expand(config, &h.approvers);
+                let mut by: Vec<&str> = self
+                    .votes
+                    .iter()
+                    .filter(|v| v.vote == "approve" && allowed.contains(&v.principal))
+                    .map(|v| v.principal.as_str())
+                    .collect();
+                by.sort_unstable();
+                by.dedup();
+                (h.policy.clone(), by.len() as u32, h.required)
+            })
+            .collect()
+    }
+
+    /// Has every hold its approvals?
+    pub fn satisfied(&self, config: &ApprovalsConfig) -> bool {
+        self.progress(config)
+            .iter()
+            .all(|(_, have, need)| have >= need)
     }
 }
 
@@ -145,10 +201,10 @@ pub struct NewRequest<'a> {
     pub decisions: Value,
     pub tier: Hold,
     pub reasons: &'a [String],
-    /// Approvers the policies named (the configured default applies when empty).
-    pub approvers: &'a [String],
+    /// Each holding policy with the approvers it named (the configured default applies
+    /// to a policy that named none).
+    pub holds: &'a [PolicyHold],
     pub timeout_secs: Option<u32>,
-    pub approvals_required: Option<u32>,
     pub now_ms: i64,
 }
 
@@ -161,11 +217,17 @@ pub enum Verdict {
 /// One principal's decision on a request.
 #[derive(Debug, Clone, Copy)]
 pub struct Ballot<'a> {
+    /// Who decides (proved by their token or their link).
     pub principal: &'a str,
     pub verdict: Verdict,
     pub reason: Option<&'a str>,
     /// `cli`, `link` or `api`.
     pub via: &'a str,
+    /// The input hash the decider was shown: a vote on another input is refused.
+    pub input_sha256: &'a str,
+    /// Break-glass: an operator (`principal`) decides for this approver, and the vote
+    /// says so.
+    pub on_behalf_of: Option<&'a str>,
     pub now_ms: i64,
 }
 
@@ -195,6 +257,14 @@ pub enum ApprovalError {
         principal: String,
         why: String,
     },
+    #[error(
+        "approval {id}: the input you were shown ({shown}) is not the request's ({actual}); look at it again"
+    )]
+    InputChanged {
+        id: String,
+        shown: String,
+        actual: String,
+    },
     #[error("approval queue {path}: {message}")]
     Store { path: String, message: String },
 }
@@ -208,9 +278,123 @@ pub struct ApprovalQueue {
     path: String,
     /// Woken on every change this process makes, so local waiters need not poll.
     pub changed: Arc<tokio::sync::Notify>,
-    /// Held while votes are put in the audit log and marked, so two tasks of this
-    /// process never audit the same vote twice.
-    pub auditing: tokio::sync::Mutex<()>,
+    /// One lock per request, held while its votes go to the audit log and while it is
+    /// claimed, so two tasks of this process never audit a vote twice; requests never
+    /// wait for each other.
+    locks: Mutex<HashMap<String, std::sync::Weak<tokio::sync::Mutex<()>>>>,
+    sealer: Arc<Option<Sealer>>,
+    owner: Owner,
+}
+
+/// Seals held inputs under a key derived from the vault's master key.
+pub struct Sealer {
+    key: Zeroizing<[u8; 32]>,
+}
+
+impl Sealer {
+    /// A sealer whose key is derived from the vault's master key.
+    pub fn new(master: &[u8; 32]) -> Sealer {
+        let mut key = Zeroizing::new([0u8; 32]);
+        key.copy_from_slice(
+            &Sha256::new()
+                .chain_update(b"warden-approvals-input-1\n")
+                .chain_update(master)
+                .finalize(),
+        );
+        Sealer { key }
+    }
+
+    fn seal(&self, id: &str, input: &str) -> Result<String, String> {
+        let cipher = XChaCha20Poly1305::new(Key::from_slice(self.key.as_slice()));
+        let mut nonce = [0u8; 24];
+        getrandom::fill(&mut nonce).map_err(|e| e.to_string())?;
+        let ct = cipher
+            .encrypt(
+                XNonce::from_slice(&nonce),
+                Payload {
+                    msg: input.as_bytes(),
+                    aad: id.as_bytes(),
+                },
+            )
+            .map_err(|_| "cannot seal the input".to_string())?;
+        Ok(format!("{}:{}", B64.encode(nonce), B64.encode(ct)))
+    }
+
+    fn open(&self, id: &str, sealed: &str) -> Option<String> {
+        let (nonce, ct) = sealed.split_once(':')?;
+        let nonce = B64.decode(nonce).ok().filter(|n| n.len() == 24)?;
+        let ct = B64.decode(ct).ok()?;
+        let cipher = XChaCha20Poly1305::new(Key::from_slice(self.key.as_slice()));
+        let plain = cipher
+            .decrypt(
+                XNonce::from_slice(&nonce),
+                Payload {
+                    msg: &ct,
+                    aad: id.as_bytes(),
+                },
+            )
+            .ok()?;
+        String::from_utf8(plain).ok()
+    }
+}
+
+/// What a sealed input reads as without the key (or after tampering).
+pub const SEALED: &str = "[sealed: the vault's master key is needed to read this input]";
+/// What an ended request's input reads as: it ran (or never will) and its run keeps
+/// the redacted input.
+pub const REMOVED: &str = "[removed when the request ended: `warden runs show` has it, redacted]";
+
+/// This process, as claims name it: a token and a lock file (`owners/<token>.lock`)
+/// it holds until it exits. The kernel drops the lock when the process dies, however
+/// it dies, so another process can tell a live claim from an orphaned one.
+struct Owner {
+    token: String,
+    dir: PathBuf,
+    _lock: File,
+}
+
+impl Owner {
+    fn take(dir: &Path) -> std::io::Result<Owner> {
+        std::fs::create_dir_all(dir)?;
+        let mut raw = [0u8; 16];
+        getrandom::fill(&mut raw).map_err(|e| std::io::Error::other(e.to_string()))?;
+        let token = hex::encode(raw);
+        let lock = File::create(dir.join(format!("{token}.lock")))?;
+        lock.lock()?;
+        Ok(Owner {
+            token,
+            dir: dir.to_path_buf(),
+            _lock: lock,
+        })
+    }
+
+    /// Is the process that took `token` gone? (Its lock file is free or missing.)
+    fn is_gone(&self, token: &str) -> bool {
+        if token == self.token {
+            return false;
+        }
+        if token.is_empty() || !token.bytes().all(|b| b.is_ascii_hexdigit()) {
+            // A pid from an older warden, or garbage: no lock can prove it alive.
+            return true;
+        }
+        let path = self.dir.join(format!("{token}.lock"));
+        match File::open(&path) {
+            Err(_) => true,
+            Ok(f) => match f.try_lock() {
+                Ok(()) => {
+                    let _ = std::fs::remove_file(&path);
+                    true
+                }
+                Err(_) => false,
+            },
+        }
+    }
+}
+
+impl Drop for Owner {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(self.dir.join(format!("{}.lock", self.token)));
+    }
 }
 
 /// One change: run in its own savepoint; says whether it succeeded and what to tell
@@ -242,8 +426,14 @@ pub fn input_hash(input: &str) -> String {
 }
 
 impl ApprovalQueue {
-    pub fn open(path: &Path) -> Result<ApprovalQueue, ApprovalError> {
+    /// The queue in the store at `path`, sealing held inputs with `sealer` when given.
+    pub fn open(path: &Path, sealer: Option<Sealer>) -> Result<ApprovalQueue, ApprovalError> {
         let shown = path.display().to_string();
+        let owners = path.parent().unwrap_or(Path::new(".")).join("owners");
+        let owner = Owner::take(&owners).map_err(|e| ApprovalError::Store {
+            path: owners.display().to_string(),
+            message: e.to_string(),
+        })?;
         let store = |e: crate::db::SchemaError| ApprovalError::Store {
             path: shown.clone(),
             message: e.to_string(),
@@ -278,8 +468,27 @@ impl ApprovalQueue {
             writer: Mutex::new(Some(writer)),
             path: shown,
             changed,
-            auditing: tokio::sync::Mutex::new(()),
+            locks: Mutex::default(),
+            sealer: Arc::new(sealer),
+            owner,
         })
+    }
+
+    /// The lock of request `id` (see the field).
+    pub async fn lock(&self, id: &str) -> tokio::sync::OwnedMutexGuard<()> {
+        let lock = {
+            let mut locks = self.locks.lock().unwrap_or_else(|p| p.into_inner());
+            locks.retain(|_, l| l.strong_count() > 0);
+            match locks.get(id).and_then(std::sync::Weak::upgrade) {
+                Some(lock) => lock,
+                None => {
+                    let lock = Arc::new(tokio::sync::Mutex::new(()));
+                    locks.insert(id.to_string(), Arc::downgrade(&lock));
+                    lock
+                }
+            }
+        };
+        lock.lock_owned().await
     }
 
     fn store(&self, e: rusqlite::Error) -> ApprovalError {
@@ -351,21 +560,36 @@ impl ApprovalQueue {
 
     /// The request a held call becomes (not yet queued: see `insert`).
     pub fn prepare(&self, config: &ApprovalsConfig, request: &NewRequest<'_>) -> Approval {
-        let (timeout, required) = match request.tier {
-            Hold::Soft => (request.timeout_secs.unwrap_or(config.soft_window_secs), 1),
-            Hold::Hard => (
-                request.timeout_secs.unwrap_or(config.hard_timeout_secs),
-                request
-                    .approvals_required
-                    .unwrap_or(config.hard_approvals)
-                    .max(1),
-            ),
+        let timeout = match request.tier {
+            Hold::Soft => request.timeout_secs.unwrap_or(config.soft_window_secs),
+            Hold::Hard => request.timeout_secs.unwrap_or(config.hard_timeout_secs),
         };
-        let approvers = if request.approvers.is_empty() {
-            config.approvers.clone()
-        } else {
-            request.approvers.to_vec()
-        };
+        let holds: Vec<HoldSet> = request
+            .holds
+            .iter()
+            .map(|h| HoldSet {
+                policy: h.policy.clone(),
+                tier: h.tier,
+                approvers: if h.approvers.is_empty() {
+                    config.approvers.clone()
+                } else {
+                    h.approvers.clone()
+                },
+                required: match h.tier {
+                    Hold::Soft => 1,
+                    Hold::Hard => h.approvals_required.unwrap_or(config.hard_approvals).max(1),
+                },
+            })
+            .collect();
+        let mut approvers: Vec<String> = Vec::new();
+        for h in &holds {
+            for a in &h.approvers {
+                if !approvers.contains(a) {
+                    approvers.push(a.clone());
+                }
+            }
+        }
+        let required = holds.iter().map(|h| h.required).max().unwrap_or(1);
         Approval {
             id: new_id(request.run_id),
             run_id: request.run_id.to_string(),
@@ -380,6 +604,7 @@ impl ApprovalQueue {
             reasons: request.reasons.to_vec(),
             approvers,
             required,
+            holds,
             created_ms: request.now_ms,
             expires_ms: request.now_ms + i64::from(timeout) * 1000,
             state: State::Pending,
@@ -393,9 +618,22 @@ impl ApprovalQueue {
     pub async fn insert(&self, a: &Approval, notice: Option<&str>) -> Result<(), ApprovalError> {
         let a = a.clone();
         let notice = notice.map(str::to_string);
+        let (input, sealed) = match self.sealer.as_ref() {
+            Some(sealer) => (
+                sealer
+                    .seal(&a.id, &a.input)
+                    .map_err(|message| ApprovalError::Store {
+                        path: self.path.clone(),
+                        message,
+                    })?,
+                true,
+            ),
+            None => (a.input.clone(), false),
+        };
+        let holds = serde_json::to_string(&a.holds).unwrap_or_default();
         self.write(move |tx| {
             tx.execute(
-                "INSERT INTO approvals VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, NULL, NULL)",
+                "INSERT INTO approvals VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, NULL, NULL, ?18, NULL, ?19)",
                 params![
                     a.id,
                     a.run_id,
@@ -403,7 +641,7 @@ impl ApprovalQueue {
                     a.tool,
                     a.plugin,
                     a.plugin_digest,
-                    a.input,
+                    input,
                     a.input_sha256,
                     a.decisions.to_string(),
                     tier_name(a.tier),
@@ -414,6 +652,8 @@ impl ApprovalQueue {
                     a.expires_ms,
                     a.state.as_str(),
                     a.state_ms,
+                    holds,
+                    sealed,
                 ],
             )?;
             if let Some(payload) = notice {
@@ -429,7 +669,7 @@ impl ApprovalQueue {
 
     pub fn get(&self, id: &str) -> Result<Option<Approval>, ApprovalError> {
         let conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
-        load(&conn, id).map_err(|e| self.store(e))
+        load(&conn, id, self.sealer.as_ref().as_ref()).map_err(|e| self.store(e))
     }
 
     /// Requests, newest first, optionally in one state.
@@ -449,7 +689,9 @@ impl ApprovalQueue {
         };
         let mut out = Vec::new();
         for id in ids {
-            if let Some(a) = load(&conn, &id).map_err(|e| self.store(e))? {
+            if let Some(a) =
+                load(&conn, &id, self.sealer.as_ref().as_ref()).map_err(|e| self.store(e))?
+            {
                 out.push(a);
             }
         }
@@ -478,11 +720,21 @@ impl ApprovalQueue {
     ) -> Result<Approval, ApprovalError> {
         let config = config.clone();
         let id = id.to_string();
-        let principal = ballot.principal.to_string();
+        // Break-glass: the vote counts for the approver it is cast for, and says who cast it.
+        let (principal, via) = match ballot.on_behalf_of {
+            Some(approver) => (
+                approver.to_string(),
+                format!("{} (break-glass by {})", ballot.via, ballot.principal),
+            ),
+            None => (ballot.principal.to_string(), ballot.via.to_string()),
+        };
         let reason = ballot.reason.map(str::to_string);
-        let (verdict, via, now_ms) = (ballot.verdict, ballot.via.to_string(), ballot.now_ms);
+        let shown = ballot.input_sha256.to_string();
+        let (verdict, now_ms) = (ballot.verdict, ballot.now_ms);
+        let sealer = self.sealer.clone();
         self.write(move |tx| {
-            let mut a = load(tx, &id)?.ok_or_else(|| ApprovalError::NotFound(id.clone()))?;
+            let mut a = load(tx, &id, sealer.as_ref().as_ref())?
+                .ok_or_else(|| ApprovalError::NotFound(id.clone()))?;
             if a.state == State::Pending && now_ms >= a.expires_ms {
                 // Settled now, in this commit, and then refused below.
                 settle_expired(tx, &mut a, now_ms)?;
@@ -492,6 +744,13 @@ impl ApprovalQueue {
                 return Err(already(&a));
             }
             may_decide(&config, &a, &principal)?;
+            if shown != a.input_sha256 {
+                return Err(ApprovalError::InputChanged {
+                    id: a.id.clone(),
+                    shown,
+                    actual: a.input_sha256.clone(),
+                });
+            }
             if a.votes.iter().any(|v| v.principal == principal) {
                 return Err(ApprovalError::AlreadyDecided {
                     id: a.id.clone(),
@@ -506,15 +765,18 @@ impl ApprovalQueue {
             add_vote(
                 tx,
                 &mut a,
-                &principal,
-                name,
-                reason.as_deref(),
-                &via,
+                Cast {
+                    principal: &principal,
+                    vote: name,
+                    reason: reason.as_deref(),
+                    via: &via,
+                    input_sha256: &shown,
+                },
                 now_ms,
             )?;
             let next = match verdict {
                 Verdict::Reject => Some(State::Rejected),
-                Verdict::Approve if a.approvals() >= a.required as usize => Some(State::Approved),
+                Verdict::Approve if a.satisfied(&config) => Some(State::Approved),
                 Verdict::Approve => None,
             };
             if let Some(next) = next {
@@ -569,8 +831,9 @@ impl ApprovalQueue {
             return Ok(None);
         }
         let id = id.to_string();
+        let sealer = self.sealer.clone();
         self.write(move |tx| {
-            let Some(mut a) = load(tx, &id)? else {
+            let Some(mut a) = load(tx, &id, sealer.as_ref().as_ref())? else {
                 return Ok(None);
             };
             if a.state == State::Pending && now_ms >= a.expires_ms {
@@ -594,16 +857,18 @@ impl ApprovalQueue {
     }
 
     /// Take the right to execute `id`: `approved -> executing`, recording this
-    /// process, and marking its votes audited (the caller has written them to the
-    /// audit log). `None` when it is not approved (another process claimed it first,
-    /// or it was never approved).
+    /// process (by its owner lock), and marking its votes audited (the caller has
+    /// written them to the audit log). `None` when it is not approved (another process
+    /// claimed it first, or it was never approved).
     pub async fn claim(&self, id: &str, now_ms: i64) -> Result<Option<Approval>, ApprovalError> {
         let id = id.to_string();
+        let owner = self.owner.token.clone();
+        let sealer = self.sealer.clone();
         self.write(move |tx| {
             let changed = tx.execute(
-                "UPDATE approvals SET state = 'executing', state_ms = ?2, claimed_by = ?3
+                "UPDATE approvals SET state = 'executing', state_ms = ?2, owner = ?3
                  WHERE id = ?1 AND state = 'approved'",
-                params![id, now_ms, std::process::id()],
+                params![id, now_ms, owner],
             )?;
             if changed == 0 {
                 return Ok(None);
@@ -612,7 +877,7 @@ impl ApprovalQueue {
                 "UPDATE approval_votes SET audited = 1 WHERE approval_id = ?1",
                 [&id],
             )?;
-            Ok(load(tx, &id)?)
+            Ok(load(tx, &id, sealer.as_ref().as_ref())?)
         })
         .await
     }
@@ -629,23 +894,24 @@ impl ApprovalQueue {
         let (id, result) = (id.to_string(), result.to_string());
         self.write_with(false, move |tx| {
             tx.execute(
-                "UPDATE approvals SET state = ?2, state_ms = ?3, result = ?4
+                "UPDATE approvals SET state = ?2, state_ms = ?3, result = ?4, input = ?5, sealed = 0
                  WHERE id = ?1 AND state = 'executing'",
-                params![id, state.as_str(), now_ms, result],
+                params![id, state.as_str(), now_ms, result, REMOVED],
             )?;
             Ok(())
         })
         .await
     }
 
-    /// Requests left `executing` by a process that is gone end `failed`: the tool may
-    /// have run, so running it again could do its effect twice. Returns them.
+    /// Requests left `executing` by a process that is gone (its owner lock is free)
+    /// end `failed`: the tool may have run, so running it again could do its effect
+    /// twice. Returns them.
     pub async fn recover(&self, now_ms: i64) -> Result<Vec<Approval>, ApprovalError> {
-        let stuck: Vec<(String, i64)> = {
+        let stuck: Vec<(String, String)> = {
             let conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
             let mut stmt = conn
                 .prepare_cached(
-                    "SELECT id, coalesce(claimed_by, 0) FROM approvals WHERE state = 'executing'",
+                    "SELECT id, coalesce(owner, '') FROM approvals WHERE state = 'executing'",
                 )
                 .map_err(|e| self.store(e))?;
             stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
@@ -653,48 +919,41 @@ impl ApprovalQueue {
                 .map_err(|e| self.store(e))?
         };
         let mut out = Vec::new();
-        for (id, pid) in stuck {
-            if process_alive(pid) {
+        for (id, owner) in stuck {
+            if !self.owner.is_gone(&owner) {
                 continue;
             }
             let why = "interrupted: warden stopped while the tool ran; not run again (it may have had its effect)";
             let key = id.clone();
-            self.write(move |tx| {
-                tx.execute(
-                    "UPDATE approvals SET state = 'failed', state_ms = ?2, result = ?3
-                     WHERE id = ?1 AND state = 'executing'",
-                    params![key, now_ms, why],
-                )?;
-                Ok(())
-            })
-            .await?;
-            out.extend(self.get(&id)?);
+            let found = self
+                .write(move |tx| {
+                    let changed = tx.execute(
+                        "UPDATE approvals SET state = 'failed', state_ms = ?2, result = ?3, input = ?4, sealed = 0
+                         WHERE id = ?1 AND state = 'executing' AND coalesce(owner, '') = ?5",
+                        params![key, now_ms, why, REMOVED, owner],
+                    )?;
+                    Ok(changed > 0)
+                })
+                .await?;
+            if found {
+                out.extend(self.get(&id)?);
+            }
         }
         Ok(out)
     }
 
-    /// Votes not yet in the audit log, oldest first, with their request.
-    pub fn unaudited_votes(&self) -> Result<Vec<(Approval, Vote)>, ApprovalError> {
+    /// Requests with votes not yet in the audit log, oldest vote first.
+    pub fn with_unaudited_votes(&self) -> Result<Vec<String>, ApprovalError> {
         let conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
-        let keys: Vec<(String, i64)> = {
-            let mut stmt = conn
-                .prepare_cached(
-                    "SELECT approval_id, seq FROM approval_votes WHERE audited = 0 ORDER BY at_ms, seq",
-                )
-                .map_err(|e| self.store(e))?;
-            stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
-                .and_then(|rows| rows.collect())
-                .map_err(|e| self.store(e))?
-        };
-        let mut out = Vec::new();
-        for (id, seq) in keys {
-            if let Some(a) = load(&conn, &id).map_err(|e| self.store(e))?
-                && let Some(v) = a.votes.iter().find(|v| v.seq == seq).cloned()
-            {
-                out.push((a, v));
-            }
-        }
-        Ok(out)
+        let mut stmt = conn
+            .prepare_cached(
+                "SELECT approval_id FROM approval_votes WHERE audited = 0
+                 GROUP BY approval_id ORDER BY min(at_ms)",
+            )
+            .map_err(|e| self.store(e))?;
+        stmt.query_map([], |r| r.get(0))
+            .and_then(|rows| rows.collect())
+            .map_err(|e| self.store(e))
     }
 
     pub async fn mark_audited(&self, votes: Vec<(String, i64)>) -> Result<(), ApprovalError> {
@@ -832,12 +1091,15 @@ pub fn may_decide(
     if principal == "warden" {
         return Err(refuse("`warden` is the queue's own principal".into()));
     }
-    if a.approvers.is_empty() {
+    if a.holds.iter().all(|h| h.approvers.is_empty()) {
         return Err(refuse(
             "the request names no approvers and [approvals] approvers is empty".into(),
         ));
     }
-    if expand(config, &a.approvers).iter().any(|p| p == principal) {
+    if a.holds
+        .iter()
+        .any(|h| expand(config, &h.approvers).iter().any(|p| p == principal))
+    {
         Ok(())
     } else {
         Err(refuse(format!(
@@ -885,13 +1147,17 @@ fn already(a: &Approval) -> ApprovalError {
 fn settle_expired(tx: &Connection, a: &mut Approval, now_ms: i64) -> rusqlite::Result<()> {
     match a.tier {
         Hold::Soft => {
+            let sha = a.input_sha256.clone();
             add_vote(
                 tx,
                 a,
-                "warden",
-                "window",
-                Some("soft window passed with no rejection"),
-                "queue",
+                Cast {
+                    principal: "warden",
+                    vote: "window",
+                    reason: Some("soft window passed with no rejection"),
+                    via: "queue",
+                    input_sha256: &sha,
+                },
                 now_ms,
             )?;
             set_state(tx, a, State::Approved, None, now_ms)
@@ -903,35 +1169,54 @@ fn settle_expired(tx: &Connection, a: &mut Approval, now_ms: i64) -> rusqlite::R
                 a.approvals(),
                 a.required
             );
-            add_vote(tx, a, "warden", "expire", Some(&why), "queue", now_ms)?;
+            let sha = a.input_sha256.clone();
+            add_vote(
+                tx,
+                a,
+                Cast {
+                    principal: "warden",
+                    vote: "expire",
+                    reason: Some(&why),
+                    via: "queue",
+                    input_sha256: &sha,
+                },
+                now_ms,
+            )?;
             set_state(tx, a, State::Expired, Some(why), now_ms)
         }
     }
 }
 
+/// One vote to add.
+struct Cast<'a> {
+    principal: &'a str,
+    vote: &'a str,
+    reason: Option<&'a str>,
+    via: &'a str,
+    /// The input hash the voter was shown.
+    input_sha256: &'a str,
+}
+
 fn add_vote(
     tx: &Connection,
     a: &mut Approval,
-    principal: &str,
-    vote: &str,
-    reason: Option<&str>,
-    via: &str,
+    cast: Cast<'_>,
     now_ms: i64,
 ) -> rusqlite::Result<()> {
     let seq = a.votes.len() as i64 + 1;
     tx.execute(
         "INSERT INTO approval_votes (approval_id, seq, principal, vote, reason, input_sha256, at_ms, via)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-        params![a.id, seq, principal, vote, reason, a.input_sha256, now_ms, via],
+        params![a.id, seq, cast.principal, cast.vote, cast.reason, cast.input_sha256, now_ms, cast.via],
     )?;
     a.votes.push(Vote {
         seq,
-        principal: principal.to_string(),
-        vote: vote.to_string(),
-        reason: reason.map(str::to_string),
-        input_sha256: a.input_sha256.clone(),
+        principal: cast.principal.to_string(),
+        vote: cast.vote.to_string(),
+        reason: cast.reason.map(str::to_string),
+        input_sha256: cast.input_sha256.to_string(),
         at_ms: now_ms,
-        via: via.to_string(),
+        via: cast.via.to_string(),
         audited: false,
     });
     Ok(())
@@ -948,6 +1233,13 @@ fn set_state(
         "UPDATE approvals SET state = ?2, state_ms = ?3, result = coalesce(?4, result) WHERE id = ?1",
         params![a.id, state.as_str(), now_ms, result],
     )?;
+    if state.is_final() {
+        // It will never run: its input (which may hold a secret) has no reason to stay.
+        tx.execute(
+            "UPDATE approvals SET input = ?2, sealed = 0 WHERE id = ?1",
+            params![a.id, REMOVED],
+        )?;
+    }
     a.state = state;
     a.state_ms = now_ms;
     if result.is_some() {
@@ -956,43 +1248,81 @@ fn set_state(
     Ok(())
 }
 
-fn load(conn: &Connection, id: &str) -> rusqlite::Result<Option<Approval>> {
+fn load(
+    conn: &Connection,
+    id: &str,
+    sealer: Option<&Sealer>,
+) -> rusqlite::Result<Option<Approval>> {
     let json_list =
         |text: String| -> Vec<String> { serde_json::from_str(&text).unwrap_or_default() };
     let a = conn
         .prepare_cached(
             "SELECT id, run_id, principal, tool, plugin, plugin_digest, input, input_sha256,
                     decisions, tier, reasons, approvers, required, created_ms, expires_ms,
-                    state, state_ms, result
+                    state, state_ms, result, holds, sealed
              FROM approvals WHERE id = ?1",
         )?
         .query_row([id], |r| {
-            let tier: String = r.get(9)?;
+            let stored_tier: String = r.get(9)?;
             let state: String = r.get(15)?;
+            let id: String = r.get(0)?;
+            let stored: String = r.get(6)?;
+            let sealed: bool = r.get(19)?;
+            let input = if sealed {
+                sealer
+                    .and_then(|s| s.open(&id, &stored))
+                    .unwrap_or_else(|| SEALED.to_string())
+            } else {
+                stored
+            };
+            let approvers = json_list(r.get(11)?);
+            let required: u32 = r.get(12)?;
+            // An unknown tier or state (a hand-edited row) fails closed: never run.
+            let (tier, known_tier) = match stored_tier.as_str() {
+                "soft" => (Hold::Soft, true),
+                "hard" => (Hold::Hard, true),
+                _ => (Hold::Hard, false),
+            };
+            let mut state = State::parse(&state).unwrap_or(State::Failed);
+            let mut result: Option<String> = r.get(17)?;
+            if !known_tier && !state.is_final() {
+                state = State::Failed;
+                result = Some(format!(
+                    "the stored tier {stored_tier:?} is not one warden knows: not run (fail closed)"
+                ));
+            }
+            // Requests from before per-policy holds: one hold with every approver.
+            let holds = r
+                .get::<_, Option<String>>(18)?
+                .and_then(|h| serde_json::from_str(&h).ok())
+                .unwrap_or_else(|| {
+                    vec![HoldSet {
+                        policy: "*".into(),
+                        tier,
+                        approvers: approvers.clone(),
+                        required,
+                    }]
+                });
             Ok(Approval {
-                id: r.get(0)?,
+                id,
                 run_id: r.get(1)?,
                 principal: r.get(2)?,
                 tool: r.get(3)?,
                 plugin: r.get(4)?,
                 plugin_digest: r.get(5)?,
-                input: r.get(6)?,
+                input,
                 input_sha256: r.get(7)?,
                 decisions: serde_json::from_str(&r.get::<_, String>(8)?).unwrap_or(Value::Null),
-                tier: if tier == "hard" {
-                    Hold::Hard
-                } else {
-                    Hold::Soft
-                },
+                tier,
                 reasons: json_list(r.get(10)?),
-                approvers: json_list(r.get(11)?),
-                required: r.get(12)?,
+                approvers,
+                required,
+                holds,
                 created_ms: r.get(13)?,
                 expires_ms: r.get(14)?,
-                // An unknown state (a hand-edited row) is treated as failed: never run.
-                state: State::parse(&state).unwrap_or(State::Failed),
+                state,
                 state_ms: r.get(16)?,
-                result: r.get(17)?,
+                result,
                 votes: Vec::new(),
             })
         })
@@ -1031,8 +1361,4 @@ pub fn tier_name(tier: Hold) -> &'static str {
 /// An approval id derived from its run id (one request per run).
 fn new_id(run_id: &str) -> String {
     format!("apr-{}", run_id.strip_prefix("run-").unwrap_or(run_id))
-}
-
-fn process_alive(pid: i64) -> bool {
-    pid > 0 && (pid == i64::from(std::process::id()) || Path::new(&format!("/proc/{pid}")).exists())
 }

@@ -1,13 +1,17 @@
 //! `warden approvals`: list, show, approve, reject and process held calls.
 //!
-//! A decision is recorded in the store at once. The call then runs in the warden
-//! process that holds the audit log (a server, or a caller waiting with `--wait`);
-//! when none does, this command becomes that process and runs it itself.
+//! Deciding proves who decides: the approver's token (`--token` or `WARDEN_TOKEN`, as
+//! `warden tokens create` made it), checked against the config's `[[token]]` hashes.
+//! With a server running, the decision goes to it over the operator API (the server
+//! checks the token again and runs the call at once); without one it is recorded in
+//! the store here, and this command then runs the call itself when no other warden
+//! process holds the audit log. A vote always carries the input hash this command
+//! showed.
 
 use std::path::Path;
 use std::process::ExitCode;
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use clap::Subcommand;
 
 use warden::approvals::{
@@ -17,6 +21,7 @@ use warden::config::Config;
 use warden::driver::Resume;
 use warden::runtime::Runtime;
 use warden::secrets::Redactor;
+use warden::tokens::{self, Principal, Role};
 
 use crate::exit;
 
@@ -38,26 +43,38 @@ pub enum ApprovalsCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Approve a request; it runs once it has the approvals it needs.
+    /// Approve a request as the token's principal; it runs once every policy that held
+    /// it has its approvals.
     Approve {
         id: String,
-        /// The principal deciding (never the one who made the request).
-        #[arg(long = "as")]
-        principal: String,
+        #[command(flatten)]
+        who: Decider,
         #[arg(long)]
         reason: Option<String>,
     },
-    /// Reject a request; it will not run.
+    /// Reject a request as the token's principal; it will not run.
     Reject {
         id: String,
-        #[arg(long = "as")]
-        principal: String,
+        #[command(flatten)]
+        who: Decider,
         #[arg(long)]
         reason: String,
     },
     /// Run approved requests, settle expired ones and send due notices, once (what
     /// `warden serve` does continuously).
     Process,
+}
+
+/// Who decides: their token, and (break-glass, operators only) whom they decide for.
+#[derive(clap::Args)]
+pub struct Decider {
+    /// Your bearer token (from `warden tokens create`); default `WARDEN_TOKEN`.
+    #[arg(long, env = "WARDEN_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// Break-glass: decide for this approver (your token needs the operator role, and
+    /// the vote records that you cast it for them).
+    #[arg(long = "for", value_name = "PRINCIPAL", requires = "token")]
+    on_behalf_of: Option<String>,
 }
 
 pub async fn run(config_path: &Path, command: &ApprovalsCommand) -> Result<ExitCode> {
@@ -68,7 +85,7 @@ pub async fn run(config_path: &Path, command: &ApprovalsCommand) -> Result<ExitC
             config.file.display()
         );
     }
-    let queue = ApprovalQueue::open(&config.runs_db)?;
+    let queue = ApprovalQueue::open(&config.runs_db, warden::runtime::sealer(&config))?;
     let now = warden::now_ms() as i64;
     match command {
         ApprovalsCommand::List { state, limit, json } => {
@@ -117,62 +134,90 @@ pub async fn run(config_path: &Path, command: &ApprovalsCommand) -> Result<ExitC
             }
             Ok(ExitCode::from(exit::OK))
         }
-        ApprovalsCommand::Approve {
-            id,
-            principal,
-            reason,
-        } => {
-            decide(
-                &config,
-                &queue,
-                id,
-                principal,
-                Verdict::Approve,
-                reason.as_deref(),
-            )
-            .await
+        ApprovalsCommand::Approve { id, who, reason } => {
+            decide(&config, queue, id, who, Verdict::Approve, reason.as_deref()).await
         }
-        ApprovalsCommand::Reject {
-            id,
-            principal,
-            reason,
-        } => {
-            decide(
-                &config,
-                &queue,
-                id,
-                principal,
-                Verdict::Reject,
-                Some(reason),
-            )
-            .await
+        ApprovalsCommand::Reject { id, who, reason } => {
+            decide(&config, queue, id, who, Verdict::Reject, Some(reason)).await
         }
         ApprovalsCommand::Process => {
+            drop(queue);
             let rt = Runtime::load(config).await?;
             let pass = rt.drive().await?;
+            let notices = rt.deliver_notices().await?;
             eprintln!(
-                "approvals: ran {}, settled {} by their time, ended {} interrupted, delivered {} notices",
-                pass.ran, pass.settled, pass.recovered, pass.notices
+                "approvals: ran {}, settled {} by their time, ended {} interrupted, delivered {notices} notices",
+                pass.ran, pass.settled, pass.recovered
             );
             Ok(ExitCode::from(exit::OK))
         }
     }
 }
 
+/// The principal `who`'s token speaks for, checked against the config: an approver
+/// (or operator); an operator for a break-glass decision.
+fn decider(config: &Config, who: &Decider) -> Result<Principal> {
+    let token = who.token.as_deref().context(
+        "deciding needs your token: pass --token or set WARDEN_TOKEN (`warden tokens create NAME --role approver` makes one)",
+    )?;
+    let p = tokens::verify(&config.tokens, token.trim()).with_context(|| {
+        format!(
+            "the token matches no [[token]] in {}",
+            config.file.display()
+        )
+    })?;
+    if !p.has(Role::Approver) {
+        bail!("token {} may not decide approvals (approver role)", p.token);
+    }
+    if who.on_behalf_of.is_some() && !p.has(Role::Operator) {
+        bail!(
+            "token {} may not decide on someone's behalf (operator role)",
+            p.token
+        );
+    }
+    Ok(p)
+}
+
 async fn decide(
     config: &Config,
-    queue: &ApprovalQueue,
+    queue: ApprovalQueue,
     id: &str,
-    principal: &str,
+    who: &Decider,
     verdict: Verdict,
     reason: Option<&str>,
 ) -> Result<ExitCode> {
+    let p = match decider(config, who) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("warden approvals: {e:#}");
+            return Ok(ExitCode::from(exit::USAGE));
+        }
+    };
+    if who.on_behalf_of.is_some() && reason.is_none() {
+        eprintln!("warden approvals: a break-glass decision needs --reason");
+        return Ok(ExitCode::from(exit::USAGE));
+    }
+    let redactor = warden::runtime::redactor_for(config)?;
+    if let Some(url) = warden::serve::running(&config.data_dir).and_then(|s| s.url) {
+        drop(queue);
+        return decide_through(&url, id, who, verdict, reason, &redactor).await;
+    }
+    let Some(a) = queue.get(id)? else {
+        eprintln!("warden approvals: no approval request {id}");
+        return Ok(ExitCode::from(exit::USAGE));
+    };
+    eprint!("{}", summary(&a, &redactor));
+    // The hash of the input shown above, not the one the request claims: a tampered
+    // input is refused here rather than approved blind.
+    let shown = warden::approvals::input_hash(&a.input);
     let now = warden::now_ms() as i64;
     let ballot = Ballot {
-        principal,
+        principal: &p.name,
         verdict,
         reason,
         via: "cli",
+        input_sha256: &shown,
+        on_behalf_of: who.on_behalf_of.as_deref(),
         now_ms: now,
     };
     let a = match queue.decide(&config.approvals, id, &ballot).await {
@@ -180,6 +225,7 @@ async fn decide(
         Err(
             e @ (ApprovalError::AlreadyDecided { .. }
             | ApprovalError::NotAllowed { .. }
+            | ApprovalError::InputChanged { .. }
             | ApprovalError::NotFound(_)),
         ) => {
             eprintln!("warden approvals: {e}");
@@ -187,8 +233,13 @@ async fn decide(
         }
         Err(e) => return Err(e.into()),
     };
+    drop(queue);
+    let decided_by = match &who.on_behalf_of {
+        Some(for_whom) => format!("{} for {for_whom} (break-glass)", p.name),
+        None => p.name.clone(),
+    };
     eprintln!(
-        "approval {}: {} by {principal} ({} of {} approvals); now {}",
+        "approval {}: {} by {decided_by} ({} of {} approvals); now {}",
         a.id,
         if verdict == Verdict::Approve {
             "approved"
@@ -203,18 +254,18 @@ async fn decide(
         return Ok(ExitCode::from(exit::HELD));
     }
     // A short-lived process (another command) lets go of the log within moments; one
-    // that keeps it (a server, a caller waiting for this decision) drives the queue.
+    // that keeps it drives the queue: `warden serve` at once, `warden call` as it ends.
     if config.audit.enabled
         && !warden::audit::wait_until_free(&config.audit.dir, std::time::Duration::from_secs(2))
     {
         eprintln!(
-            "approval {}: another warden process holds the audit log ({}); it will {} the call",
+            "approval {}: another warden process holds the audit log ({}); {} when it next drives the queue (`warden call` does as it finishes), or at the next `warden approvals process` or `warden serve`",
             a.id,
             config.audit.dir.display(),
             if a.state == State::Approved {
-                "run"
+                "the call runs"
             } else {
-                "record the end of"
+                "its end is recorded"
             }
         );
         return Ok(ExitCode::from(if a.state == State::Approved {
@@ -239,6 +290,87 @@ async fn decide(
             }))
         }
     }
+}
+
+/// What the decider is shown before the decision is cast (and so what it is cast on).
+fn summary(a: &Approval, r: &Redactor) -> String {
+    format!(
+        "approval {}: {} requested by {} ({} approval)\n  why held: {}\n  input:    {}\n  input sha: {}\n",
+        a.id,
+        a.tool,
+        a.principal,
+        tier_name(a.tier),
+        r.scrub(&a.reasons.join("; ")),
+        r.scrub(&a.input),
+        warden::approvals::input_hash(&a.input)
+    )
+}
+
+/// Decide through the running server's operator API: it checks the token too, and
+/// runs an approved call at once.
+async fn decide_through(
+    url: &str,
+    id: &str,
+    who: &Decider,
+    verdict: Verdict,
+    reason: Option<&str>,
+    redactor: &Redactor,
+) -> Result<ExitCode> {
+    let token = who.token.as_deref().unwrap_or_default().trim();
+    let (status, shown) =
+        crate::client::request("GET", &format!("{url}/api/approvals/{id}"), token, None).await?;
+    if status != 200 {
+        eprintln!(
+            "warden approvals: the server answered {status}: {}",
+            shown["error"].as_str().unwrap_or_default()
+        );
+        return Ok(ExitCode::from(exit::USAGE));
+    }
+    let input = shown["input"].as_str().unwrap_or_default();
+    let sha = shown["input_sha256"].as_str().unwrap_or_default();
+    eprint!(
+        "approval {id}: {} requested by {}\n  input:    {}\n  input sha: {sha}\n",
+        shown["tool"].as_str().unwrap_or_default(),
+        shown["principal"].as_str().unwrap_or_default(),
+        redactor.scrub(input),
+    );
+    let verb = match verdict {
+        Verdict::Approve => "approve",
+        Verdict::Reject => "reject",
+    };
+    let body = serde_json::json!({
+        "reason": reason,
+        "input_sha256": sha,
+        "on_behalf_of": who.on_behalf_of,
+    });
+    let (status, answer) = crate::client::request(
+        "POST",
+        &format!("{url}/api/approvals/{id}/{verb}"),
+        token,
+        Some(body),
+    )
+    .await?;
+    if status != 200 {
+        eprintln!(
+            "warden approvals: the server refused ({status}): {}",
+            answer["error"].as_str().unwrap_or_default()
+        );
+        return Ok(ExitCode::from(exit::USAGE));
+    }
+    let state = answer["state"].as_str().unwrap_or_default();
+    eprintln!(
+        "approval {id}: {verb}d through the server at {url}; now {state}{}",
+        if state == "approved" {
+            " (the server runs it now)"
+        } else {
+            ""
+        }
+    );
+    Ok(ExitCode::from(match state {
+        "pending" => exit::HELD,
+        "rejected" | "expired" | "failed" => exit::DENIED,
+        _ => exit::OK,
+    }))
 }
 
 /// Scrub every granted secret value from what is printed of `a`: the stored input is

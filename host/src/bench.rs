@@ -645,16 +645,16 @@ async fn approvals(config: &Path, args: &BenchArgs, rt: &Arc<Runtime>) -> Result
                         input: &call.1,
                     })
                     .await?;
-                let id = report
-                    .approval
-                    .map(|a| a.id)
-                    .context("the benchmark call was not held")?;
+                let held = report.approval.context("the benchmark call was not held")?;
+                let id = held.id;
                 let queue = rt.approvals.as_ref().context("queue disabled")?;
                 let ballot = Ballot {
                     principal: "bench-approver",
                     verdict: Verdict::Approve,
                     reason: None,
                     via: "api",
+                    input_sha256: &held.input_sha256,
+                    on_behalf_of: None,
                     now_ms: warden::now_ms() as i64,
                 };
                 queue.decide(&rt.config.approvals, &id, &ballot).await?;

@@ -138,6 +138,8 @@ pub struct CallReport {
 pub struct ApprovalRef {
     pub id: String,
     pub state: State,
+    /// The input the request holds (what an approver must see and vote on).
+    pub input_sha256: String,
     pub expires_ms: i64,
     pub approvals_required: u32,
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -152,6 +154,7 @@ impl ApprovalRef {
         ApprovalRef {
             id: a.id.clone(),
             state: a.state,
+            input_sha256: a.input_sha256.clone(),
             expires_ms: a.expires_ms,
             approvals_required: a.required,
             votes: a.votes.clone(),
@@ -304,7 +307,8 @@ impl Runtime {
                 reasons,
                 approvers,
                 timeout_secs,
-                approvals_required,
+                holds,
+                ..
             } => {
                 report.outcome = Outcome::Held {
                     tier,
@@ -338,9 +342,8 @@ impl Runtime {
                                 decisions,
                                 tier,
                                 reasons: &reasons,
-                                approvers: &approvers,
+                                holds: &holds,
                                 timeout_secs,
-                                approvals_required,
                                 now_ms: time_ms as i64,
                             },
                         );

@@ -91,6 +91,13 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX notices_due ON approval_notices(next_ms) WHERE delivered_ms IS NULL AND gave_up = 0;
     ",
+    // 3: each holding policy's approvers; claims by a process's lock, not its pid; held
+    // inputs sealed under the vault's key.
+    "
+    ALTER TABLE approvals ADD COLUMN holds TEXT;
+    ALTER TABLE approvals ADD COLUMN owner TEXT;
+    ALTER TABLE approvals ADD COLUMN sealed INTEGER NOT NULL DEFAULT 0;
+    ",
 ];
 
 /// Why the store's schema cannot be used.

@@ -1,30 +1,36 @@
 //! The approval queue's driver: what the process holding the audit log does with the
 //! queue (`approvals`): audit every vote, settle requests whose time ran out, run
-//! approved calls once, end requests a crash interrupted, and deliver webhook notices.
+//! approved calls once, end requests a crash interrupted, and deliver webhook notices
+//! (on their own, so a slow webhook never delays an approved call).
 //!
 //! Votes may be cast by other processes (`warden approvals approve` while a server or
 //! a waiting caller holds the log); they reach the audit log when a driver next looks.
-//! It must never run a call whose input or plugin is not the one that was approved,
-//! and only runs a call after winning its claim.
+//! A caller waiting on its held call gets that call's result, whoever ran it. It must
+//! never run a call whose input or plugin is not the one that was approved, and only
+//! runs a call after winning its claim.
 
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
 use crate::approvals::{Approval, State};
 use crate::call::{ApprovalRef, CallError, CallReport, Outcome};
+use crate::limits::LimitExceeded;
+use crate::plugin::Failure;
 use crate::record;
+use crate::runs::RunRow;
 use crate::runtime::Runtime;
 
 /// Where a held call stands.
 #[derive(Debug)]
 pub enum Resume {
-    /// Still waiting for a decision (or running in another process).
+    /// Still waiting for a decision (or running, here or in another process).
     Pending(Approval),
-    /// This process ran it now.
+    /// It ran (in this process or another): its result.
     Ran(Box<CallReport>),
-    /// It ended without this process running it: rejected, expired, refused, or run
-    /// by another process (its run row has the outcome).
+    /// It ended without running: rejected, expired, refused or interrupted.
     Ended(Approval),
 }
 
@@ -34,7 +40,37 @@ pub struct Pass {
     pub settled: usize,
     pub ran: usize,
     pub recovered: usize,
-    pub notices: usize,
+}
+
+/// The reports of the approved calls this process ran lately, kept for the callers
+/// waiting on them (a server's driver runs a call an MCP client is waiting for).
+/// Shared by a runtime and the ones that replace it on reload.
+#[derive(Default)]
+pub struct Finished {
+    reports: Mutex<VecDeque<(String, Arc<CallReport>)>>,
+}
+
+/// How many finished reports are kept.
+const FINISHED_KEPT: usize = 512;
+
+impl Finished {
+    fn publish(&self, approval: &str, report: CallReport) {
+        if let Ok(mut reports) = self.reports.lock() {
+            if reports.len() >= FINISHED_KEPT {
+                reports.pop_front();
+            }
+            reports.push_back((approval.to_string(), Arc::new(report)));
+        }
+    }
+
+    fn get(&self, approval: &str) -> Option<Arc<CallReport>> {
+        let reports = self.reports.lock().ok()?;
+        reports
+            .iter()
+            .rev()
+            .find(|(id, _)| id == approval)
+            .map(|(_, r)| r.clone())
+    }
 }
 
 impl Runtime {
@@ -42,11 +78,20 @@ impl Runtime {
         CallError::NotRecorded(e.to_string())
     }
 
-    /// One pass over the whole queue.
+    fn queue(&self) -> Result<&Arc<crate::approvals::ApprovalQueue>, CallError> {
+        self.approvals
+            .as_ref()
+            .ok_or_else(|| CallError::NotRecorded("the approval queue is disabled".into()))
+    }
+
+    /// One pass over the whole queue (webhook notices are [`Runtime::deliver_notices`]).
     pub async fn drive(&self) -> Result<Pass, CallError> {
         let Some(queue) = &self.approvals else {
             return Ok(Pass::default());
         };
+        if self.read_only {
+            return Ok(Pass::default());
+        }
         let now = crate::now_ms() as i64;
         let mut pass = Pass::default();
         for a in queue.recover(now).await.map_err(Self::queue_error)? {
@@ -58,26 +103,20 @@ impl Runtime {
             .await
             .map_err(Self::queue_error)?
             .len();
-        self.audit_votes().await?;
+        for id in queue.with_unaudited_votes().map_err(Self::queue_error)? {
+            self.audit_votes(&id).await?;
+        }
         for id in queue.approved().map_err(Self::queue_error)? {
-            if let Some(a) = queue.get(&id).map_err(Self::queue_error)?
-                && self.claim_and_run(a).await?.is_some()
-            {
+            if self.claim_and_run(&id).await?.is_some() {
                 pass.ran += 1;
             }
         }
-        pass.notices = self.deliver_notices().await?;
         Ok(pass)
     }
 
     /// Bring `id` forward as far as it can go now.
     pub async fn resume(&self, id: &str) -> Result<Resume, CallError> {
-        // A resumed run commits like a call: with company, through the group commit.
-        let _caller = self.audit.as_ref().map(|a| a.caller());
-        let queue = self
-            .approvals
-            .as_ref()
-            .ok_or_else(|| CallError::NotRecorded("the approval queue is disabled".into()))?;
+        let queue = self.queue()?;
         let now = crate::now_ms() as i64;
         queue
             .expire_if_due(id, now)
@@ -87,16 +126,80 @@ impl Runtime {
             return Err(CallError::NotRecorded(format!("no approval request {id}")));
         };
         if a.state == State::Approved
-            && let Some(report) = self.claim_and_run(a).await?
+            && !self.read_only
+            && let Some(report) = self.claim_and_run(id).await?
         {
             return Ok(Resume::Ran(Box::new(report)));
         }
-        self.audit_votes().await?;
-        match queue.get(id).map_err(Self::queue_error)? {
-            Some(a) if a.state.is_final() => Ok(Resume::Ended(a)),
-            Some(a) => Ok(Resume::Pending(a)),
-            None => Err(CallError::NotRecorded(format!("no approval request {id}"))),
+        if !self.read_only {
+            self.audit_votes(id).await?;
         }
+        let Some(a) = queue.get(id).map_err(Self::queue_error)? else {
+            return Err(CallError::NotRecorded(format!("no approval request {id}")));
+        };
+        match a.state {
+            State::Executed => match self.result_of(&a)? {
+                Some(report) => Ok(Resume::Ran(Box::new(report))),
+                // Ran in another process whose run row is not committed yet.
+                None => Ok(Resume::Pending(a)),
+            },
+            s if s.is_final() => Ok(Resume::Ended(a)),
+            _ => Ok(Resume::Pending(a)),
+        }
+    }
+
+    /// The result of the run an executed request made: this process's report, or the
+    /// run-history row another process wrote.
+    fn result_of(&self, a: &Approval) -> Result<Option<CallReport>, CallError> {
+        if let Some(report) = self.finished.get(&a.id) {
+            return Ok(Some((*report).clone()));
+        }
+        let row = self
+            .runs
+            .get(&a.run_id)
+            .map_err(|e| CallError::NotRecorded(e.to_string()))?;
+        Ok(row
+            .filter(|r| r.status != "held")
+            .map(|row| self.report_of_row(a, &row)))
+    }
+
+    /// A report of a run from its run-history row (output as stored: bounded).
+    fn report_of_row(&self, a: &Approval, row: &RunRow) -> CallReport {
+        let mut report = self.report_for(a, a.decisions.clone());
+        let error = row.error.clone().unwrap_or_default();
+        report.outcome = match row.status.as_str() {
+            "ok" => {
+                let text = row.output.clone().unwrap_or_default();
+                Outcome::Ok {
+                    output: serde_json::from_str(&text).unwrap_or(Value::String(text)),
+                }
+            }
+            "interrupted" => Outcome::Interrupted { reason: error },
+            "denied" => Outcome::Denied {
+                reasons: vec![error],
+            },
+            status => {
+                let kind = match status {
+                    "timed-out" => Failure::Limit(LimitExceeded::Timeout(0)),
+                    "memory-limit" => Failure::Limit(LimitExceeded::Memory(0)),
+                    "fuel-exhausted" => Failure::Limit(LimitExceeded::Fuel(0)),
+                    "trapped" => Failure::Trap {
+                        message: error.clone(),
+                        backtrace: row.backtrace.clone().unwrap_or_default(),
+                    },
+                    "bad-output" => Failure::BadOutput(error.clone()),
+                    _ => Failure::Tool {
+                        code: status.to_string(),
+                        message: error.clone(),
+                    },
+                };
+                Outcome::Failed { kind, error }
+            }
+        };
+        if let Some(r) = &mut report.approval {
+            r.state = State::Executed;
+        }
+        report
     }
 
     /// Wait up to `wait` for `id` to be decided, running it here if it is approved.
@@ -125,33 +228,35 @@ impl Runtime {
         }
     }
 
-    /// Put every vote not yet audited in the audit log; a vote that ended a request
-    /// (a rejection, a hard timeout) also ends its run.
-    pub async fn audit_votes(&self) -> Result<(), CallError> {
-        let Some(queue) = &self.approvals else {
+    /// Put the votes on `id` not yet audited in the audit log; a vote that ended the
+    /// request (a rejection, a hard timeout) also ends its run. Under the request's
+    /// lock, so no vote is audited twice.
+    pub async fn audit_votes(&self, id: &str) -> Result<(), CallError> {
+        let queue = self.queue()?;
+        let _lock = queue.lock(id).await;
+        let Some(a) = queue.get(id).map_err(Self::queue_error)? else {
             return Ok(());
         };
-        let _auditing = queue.auditing.lock().await;
-        let votes = queue.unaudited_votes().map_err(Self::queue_error)?;
+        let votes: Vec<_> = a.votes.iter().filter(|v| !v.audited).collect();
         if votes.is_empty() {
             return Ok(());
         }
         let mut records = Vec::new();
         let mut done = Vec::new();
-        let mut rows = Vec::new();
-        for (a, v) in &votes {
-            records.push(self.entry(record::approval_vote(a, v)));
+        let mut row = None;
+        for v in votes {
+            records.push(self.entry(record::approval_vote(&a, v)));
             done.push((a.id.clone(), v.seq));
             let ends = matches!(v.vote.as_str(), "reject" | "expire")
                 && matches!(a.state, State::Rejected | State::Expired);
             if ends {
-                let row = self.unrun_row(a, false);
-                records.extend(record::after_execution(&row, &self.redactor));
-                rows.push(record::run_row(&row, &self.redactor.scrub(&a.input)));
+                let report = self.unrun_row(&a, false);
+                records.extend(record::after_execution(&report, &self.redactor));
+                row = Some(record::run_row(&report, &self.redactor.scrub(&a.input)));
             }
         }
         self.audit(records, true).await?;
-        for row in rows {
+        if let Some(row) = row {
             self.runs
                 .commit(row)
                 .await
@@ -205,6 +310,12 @@ impl Runtime {
 
     /// Why `a` must not run as approved, if it must not.
     fn refusal(&self, a: &Approval) -> Option<String> {
+        if a.input == crate::approvals::SEALED {
+            return Some(
+                "its input is sealed under the vault's master key, which this process cannot use"
+                    .into(),
+            );
+        }
         let hash = crate::approvals::input_hash(&a.input);
         if hash != a.input_sha256 {
             return Some(format!(
@@ -228,16 +339,14 @@ impl Runtime {
         }
     }
 
-    /// Claim an approved request and run it. Its votes go to the audit log first (the
-    /// claim marks them audited); `None` when another process claimed it.
-    async fn claim_and_run(&self, a: Approval) -> Result<Option<CallReport>, CallError> {
-        let queue = self
-            .approvals
-            .as_ref()
-            .ok_or_else(|| CallError::NotRecorded("the approval queue is disabled".into()))?;
-        let auditing = queue.auditing.lock().await;
+    /// Claim approved request `id` and run it. Its votes go to the audit log first (the
+    /// claim marks them audited); `None` when it is not approved any more (another task
+    /// or process claimed it).
+    async fn claim_and_run(&self, id: &str) -> Result<Option<CallReport>, CallError> {
+        let queue = self.queue()?;
+        let lock = queue.lock(id).await;
         // Read again under the lock: another task may have audited the votes meanwhile.
-        let Some(a) = queue.get(&a.id).map_err(Self::queue_error)? else {
+        let Some(a) = queue.get(id).map_err(Self::queue_error)? else {
             return Ok(None);
         };
         if a.state != State::Approved {
@@ -253,7 +362,7 @@ impl Runtime {
         self.audit(votes, false).await?;
         let now = crate::now_ms() as i64;
         let claimed = queue.claim(&a.id, now).await.map_err(Self::queue_error)?;
-        drop(auditing);
+        drop(lock);
         match claimed {
             Some(claimed) => Ok(Some(self.run_approved(claimed).await?)),
             None => Ok(None),
@@ -263,10 +372,7 @@ impl Runtime {
     /// Run a claimed request, exactly as it was approved.
     async fn run_approved(&self, mut a: Approval) -> Result<CallReport, CallError> {
         let started = Instant::now();
-        let queue = self
-            .approvals
-            .as_ref()
-            .ok_or_else(|| CallError::NotRecorded("the approval queue is disabled".into()))?;
+        let queue = self.queue()?;
         let now = || crate::now_ms() as i64;
         if let Some(why) = self.refusal(&a) {
             let why = format!("refused after approval: {why}");
@@ -299,6 +405,15 @@ impl Runtime {
             Ok(_) => format!("ran: {status}"),
             Err(e) => format!("ran: {status}, but {e}"),
         };
+        if let Ok(report) = &concluded {
+            // Published before the request says `executed`, so whoever waits on it and
+            // sees `executed` finds the result.
+            let mut published = report.clone();
+            if let Some(r) = &mut published.approval {
+                r.state = State::Executed;
+            }
+            self.finished.publish(&a.id, published);
+        }
         queue
             .finish(&a.id, State::Executed, &result, now())
             .await
@@ -315,7 +430,7 @@ impl Runtime {
         let Some(queue) = &self.approvals else {
             return Ok(0);
         };
-        if !self.notifier.enabled() {
+        if !self.notifier.enabled() || self.read_only {
             return Ok(0);
         }
         let due = queue

@@ -21,6 +21,7 @@ mod approvals_cli;
 mod audit_cli;
 mod bench;
 mod bench_mcp;
+mod client;
 mod policy_cli;
 mod runs_cli;
 mod secrets_cli;
@@ -613,7 +614,13 @@ async fn call(
         }
         _ => report,
     };
-    print_outcome(&report, full_report, verbose)
+    let code = print_outcome(&report, full_report, verbose);
+    // This process holds the audit log: approved calls that were waiting for whoever
+    // holds it run now, before it lets go.
+    if let Err(e) = rt.drive().await {
+        eprintln!("warden call: approval queue: {e}");
+    }
+    code
 }
 
 /// Print a call's outcome (output JSON, or a status object) and pick the exit code.
@@ -708,47 +715,51 @@ async fn serve(
     principal: Option<String>,
 ) -> Result<ExitCode> {
     let rt = load(config).await?;
-    let pid_file = rt.config.data_dir.join("serve.pid");
+    let data_dir = rt.config.data_dir.clone();
     let (default_listen, stdio_principal) = (
         rt.config.server.listen,
         rt.config.server.stdio_principal.clone(),
     );
+    if !rt.config.audit.enabled {
+        eprintln!(
+            "warden serve: WARNING: the audit log is OFF ([audit] enabled = false): calls and host calls are NOT recorded; /readyz and /metrics say so"
+        );
+    }
     let server = warden::serve::Server::new(rt, config)?;
-    std::fs::write(&pid_file, format!("{}\n", std::process::id()))
-        .with_context(|| format!("writing {}", pid_file.display()))?;
-    let served = if stdio {
+    if stdio {
+        let _pid = warden::serve::PidFile::take(&data_dir, None)?;
         let principal = principal.unwrap_or(stdio_principal);
         eprintln!("warden serve: MCP on stdio as {principal}");
-        warden::serve::serve_stdio(server, principal).await
+        warden::serve::serve_stdio(server, principal).await?;
     } else {
         let addr = warden::serve::check_listen(listen.unwrap_or(default_listen), public)?;
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .with_context(|| format!("binding {addr}"))?;
-        eprintln!(
-            "warden serve: listening on http://{} (MCP at /mcp)",
-            listener.local_addr()?
-        );
-        warden::serve::serve_http(server, listener).await
-    };
-    let _ = std::fs::remove_file(&pid_file);
-    served?;
+        let url = format!("http://{}", listener.local_addr()?);
+        let _pid = warden::serve::PidFile::take(&data_dir, Some(&url))?;
+        eprintln!("warden serve: listening on {url} (MCP at /mcp)");
+        warden::serve::serve_http(server, listener).await?;
+    }
     Ok(ExitCode::from(exit::OK))
 }
 
 fn reload(config: &Path) -> Result<ExitCode> {
     let config = Config::load(config)?;
-    let pid_file = config.data_dir.join("serve.pid");
-    let pid: i32 = std::fs::read_to_string(&pid_file)
-        .with_context(|| format!("no running server ({} not found)", pid_file.display()))?
-        .trim()
-        .parse()
-        .with_context(|| format!("{} does not hold a process id", pid_file.display()))?;
+    // Only a live server holds the pid file's lock: a file left by `kill -9` (whose pid
+    // may now be any other process) is never signalled.
+    let server = warden::serve::running(&config.data_dir).with_context(|| {
+        format!(
+            "no running server for {} (no locked {})",
+            config.data_dir.display(),
+            config.data_dir.join("serve.pid").display()
+        )
+    })?;
+    let pid = server.pid;
     // SAFETY: kill(2) with a pid and a signal number has no memory-safety preconditions.
     if unsafe { libc::kill(pid, libc::SIGHUP) } != 0 {
         anyhow::bail!(
-            "cannot signal process {pid} from {}: {}",
-            pid_file.display(),
+            "cannot signal process {pid}: {}",
             std::io::Error::last_os_error()
         );
     }

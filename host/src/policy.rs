@@ -40,11 +40,23 @@ pub struct Policy {
 }
 
 /// The tier of a held call. Ordered: the highest wins when policies combine.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Hold {
     Soft,
     Hard,
+}
+
+/// One policy's hold on a call: each holding policy's approvers must be satisfied on
+/// their own (an approver named by one policy never satisfies another's hold).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct PolicyHold {
+    pub policy: String,
+    pub tier: Hold,
+    /// Principals or `group:NAME`; empty: the configured default approvers.
+    pub approvers: Vec<String>,
+    /// Distinct approvals from `approvers` the policy asked for (hard holds).
+    pub approvals_required: Option<u32>,
 }
 
 /// A validated decision.
@@ -88,10 +100,13 @@ pub enum Combined {
     Hold {
         tier: Hold,
         reasons: Vec<String>,
+        /// Every approver any holding policy named (for display; `holds` decides).
         approvers: Vec<String>,
         timeout_secs: Option<u32>,
         /// The most approvals any policy asked for.
         approvals_required: Option<u32>,
+        /// Each holding policy, with its own approvers.
+        holds: Vec<PolicyHold>,
     },
     Deny {
         reasons: Vec<String>,
@@ -243,6 +258,7 @@ pub fn combine(decisions: &[PolicyDecision]) -> Combined {
     let mut approvers: Vec<String> = Vec::new();
     let mut timeout: Option<u32> = None;
     let mut required: Option<u32> = None;
+    let mut holds = Vec::new();
     for d in decisions {
         match &d.verdict {
             Verdict::Allow => {}
@@ -256,6 +272,12 @@ pub fn combine(decisions: &[PolicyDecision]) -> Combined {
             } => {
                 hold = hold.max(Some(*tier));
                 required = required.max(*approvals_required);
+                holds.push(PolicyHold {
+                    policy: d.policy.clone(),
+                    tier: *tier,
+                    approvers: who.clone(),
+                    approvals_required: *approvals_required,
+                });
                 reasons.push(format!("{}: {reason}", d.policy));
                 for a in who {
                     if !approvers.contains(a) {
@@ -280,6 +302,7 @@ pub fn combine(decisions: &[PolicyDecision]) -> Combined {
             approvers,
             timeout_secs: timeout,
             approvals_required: required,
+            holds,
         },
         None => Combined::Allow,
     }

@@ -227,6 +227,7 @@ pub fn approval_requested(a: &Approval) -> Map<String, Value> {
         "reasons": a.reasons,
         "approvers": a.approvers,
         "approvals_required": a.required,
+        "holds": a.holds,
         "input_sha256": a.input_sha256,
         "expires_ms": a.expires_ms,
     }))

@@ -110,6 +110,8 @@ pub struct Runtime {
     pub notifier: Notifier,
     /// Loaded with [`Stores::ReadOnly`]: calls are refused.
     pub read_only: bool,
+    /// Reports of approved calls run here lately, for their waiters.
+    pub(crate) finished: Arc<crate::driver::Finished>,
 }
 
 impl Runtime {
@@ -146,6 +148,7 @@ impl Runtime {
             audit: self.audit.clone(),
             runs: self.runs.clone(),
             approvals: self.approvals.clone(),
+            finished: self.finished.clone(),
         };
         Runtime::load_with(config, Some(stores), Stores::Open).await
     }
@@ -226,13 +229,14 @@ impl Runtime {
             policies.push(policy);
         }
         let store = |e: &dyn std::fmt::Display| LoadError::Store(e.to_string());
-        let (runs, approvals, audit, fresh) = match stores {
-            Some(s) => (s.runs, s.approvals, s.audit, false),
+        let (runs, approvals, audit, finished, fresh) = match stores {
+            Some(s) => (s.runs, s.approvals, s.audit, s.finished, false),
             None => {
                 let runs = RunStore::open(&config.runs_db).map_err(|e| store(&e))?;
                 let approvals = if config.approvals.enabled {
                     Some(Arc::new(
-                        ApprovalQueue::open(&config.runs_db).map_err(|e| store(&e))?,
+                        ApprovalQueue::open(&config.runs_db, sealer(&config))
+                            .map_err(|e| store(&e))?,
                     ))
                 } else {
                     None
@@ -242,7 +246,7 @@ impl Runtime {
                 } else {
                     None
                 };
-                (Arc::new(runs), approvals, audit, true)
+                (Arc::new(runs), approvals, audit, Arc::default(), true)
             }
         };
         let signer = match &config.approvals.public_url {
@@ -286,6 +290,7 @@ impl Runtime {
             policies,
             tools,
             read_only: mode == Stores::ReadOnly,
+            finished,
         };
         if fresh && let Some(log) = &rt.audit {
             crate::recovery::recover(&rt, log).await?;
@@ -417,9 +422,18 @@ async fn open_audit(config: &Config) -> Result<AuditLog, LoadError> {
         .map_err(|e| LoadError::Store(e.to_string()))
 }
 
+/// What seals held inputs: the vault's master key, when one can be had (a key file
+/// or `WARDEN_MASTER_KEY`). Without one no secret is granted, so none can be held.
+pub fn sealer(config: &Config) -> Option<crate::approvals::Sealer> {
+    MasterKey::resolve(&config.key_file)
+        .ok()
+        .map(|key| crate::approvals::Sealer::new(key.bytes()))
+}
+
 /// What a reloaded runtime shares with the one it replaces.
 struct OpenStores {
     audit: Option<AuditLog>,
     runs: Arc<RunStore>,
     approvals: Option<Arc<ApprovalQueue>>,
+    finished: Arc<crate::driver::Finished>,
 }

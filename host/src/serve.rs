@@ -236,6 +236,30 @@ impl Server {
         }
     }
 
+    /// Deliver webhook notices until `stop` is cancelled: on their own task, so a slow
+    /// webhook never delays an approved call.
+    async fn notices(self: Arc<Self>, stop: CancellationToken) {
+        loop {
+            let rt = self.runtime();
+            if let Err(e) = rt.deliver_notices().await {
+                tracing::error!("approval notices: {e}");
+            }
+            let changed = rt.approvals.as_ref().map(|q| q.changed.clone());
+            drop(rt);
+            let woken = async {
+                match changed {
+                    Some(n) => n.notified().await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                _ = stop.cancelled() => break,
+                _ = tokio::time::sleep(DRIVE_EVERY * 4) => {}
+                _ = woken => {}
+            }
+        }
+    }
+
     /// Drive the approval queue until `stop` is cancelled.
     async fn drive(self: Arc<Self>, stop: CancellationToken) {
         loop {
@@ -282,15 +306,19 @@ impl Server {
 const LOOPBACK_HOSTS: [&str; 4] = ["localhost", "127.0.0.1", "[::1]", "::1"];
 
 /// Refuse requests whose `Host` (DNS rebinding) or `Origin` (a browser page on
-/// another site) is not this server's.
+/// another site) is not this server's. The server's own origin (the `Host` it was
+/// reached by, once that passed the check, or `[approvals] public_url`) is accepted, as
+/// the MCP specification's DNS-rebinding guidance expects; any other origin must be
+/// listed in `allowed_origins` (`null`, which a browser sends for opaque origins, never
+/// passes unless listed).
 async fn check_host(State(server): State<Arc<Server>>, request: Request, next: Next) -> Response {
     let rt = server.runtime();
     let allowed = &rt.config.server;
-    if let Some(host) = request
+    let host = request
         .headers()
         .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
-    {
+        .and_then(|h| h.to_str().ok());
+    if let Some(host) = host {
         let name = match host.rsplit_once(':') {
             Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) => name,
             _ => host,
@@ -305,11 +333,29 @@ async fn check_host(State(server): State<Arc<Server>>, request: Request, next: N
         .headers()
         .get(header::ORIGIN)
         .and_then(|h| h.to_str().ok())
-        && !allowed.allowed_origins.iter().any(|o| o == origin)
     {
-        return (StatusCode::FORBIDDEN, "Origin not allowed\n").into_response();
+        let own = host
+            .is_some_and(|h| origin == format!("http://{h}") || origin == format!("https://{h}"))
+            || rt
+                .config
+                .approvals
+                .public_url
+                .as_deref()
+                .is_some_and(|u| origin_of(u) == origin);
+        if !own && !allowed.allowed_origins.iter().any(|o| o == origin) {
+            return (StatusCode::FORBIDDEN, "Origin not allowed\n").into_response();
+        }
     }
     next.run(request).await
+}
+
+/// `scheme://host[:port]` of a URL.
+fn origin_of(url: &str) -> &str {
+    let after_scheme = url.find("://").map_or(0, |i| i + 3);
+    match url[after_scheme..].find('/') {
+        Some(i) => &url[..after_scheme + i],
+        None => url,
+    }
 }
 
 /// Verify the bearer token and put its principal in the request; refusals are audited.
@@ -450,6 +496,7 @@ pub async fn serve_http(
     let sessions = CancellationToken::new();
     let app = router(server.clone(), &sessions);
     let driver = tokio::spawn(server.clone().drive(sessions.clone()));
+    let notices = tokio::spawn(server.clone().notices(sessions.clone()));
     let sig = tokio::spawn(signals(server.clone(), stop.clone()));
     // Small JSON-RPC messages: without TCP_NODELAY a response can wait 40 ms for an ACK.
     let listener = listener.tap_io(|tcp| {
@@ -469,6 +516,7 @@ pub async fn serve_http(
             // The listener failed before any signal.
             sessions.cancel();
             let _ = driver.await;
+            let _ = notices.await;
             sig.abort();
             server.runtime().close();
             return match ended {
@@ -494,6 +542,7 @@ pub async fn serve_http(
         Err(_) => Ok(()),
     };
     let _ = driver.await;
+    let _ = notices.await;
     sig.abort();
     server.runtime().close();
     result
@@ -505,6 +554,7 @@ pub async fn serve_http(
 pub async fn serve_stdio(server: Arc<Server>, principal: String) -> anyhow::Result<()> {
     let stop = CancellationToken::new();
     let driver = tokio::spawn(server.clone().drive(stop.clone()));
+    let notices = tokio::spawn(server.clone().notices(stop.clone()));
     let sig = tokio::spawn(signals(server.clone(), stop.clone()));
     let handler = WardenMcp {
         server: server.clone(),
@@ -529,6 +579,7 @@ pub async fn serve_stdio(server: Arc<Server>, principal: String) -> anyhow::Resu
     }
     stop.cancel();
     let _ = driver.await;
+    let _ = notices.await;
     sig.abort();
     server.runtime().close();
     Ok(())
@@ -548,6 +599,83 @@ async fn until_sent(State(server): State<Arc<Server>>, req: Request, next: Next)
             frame
         }))
     })
+}
+
+/// `<data_dir>/serve.pid` while a server runs: its pid and where it listens, under an
+/// exclusive lock it holds until it exits (the kernel drops the lock however it dies),
+/// so a stale file left by `kill -9` is never mistaken for a live server.
+pub struct PidFile {
+    path: PathBuf,
+    _file: std::fs::File,
+}
+
+impl PidFile {
+    /// Write and lock the pid file for this process, serving at `url` (`None`: stdio).
+    pub fn take(data_dir: &Path, url: Option<&str>) -> anyhow::Result<PidFile> {
+        use anyhow::Context as _;
+        use std::io::Write as _;
+        let path = data_dir.join("serve.pid");
+        std::fs::create_dir_all(data_dir)
+            .with_context(|| format!("creating {}", data_dir.display()))?;
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .with_context(|| format!("opening {}", path.display()))?;
+        if file.try_lock().is_err() {
+            anyhow::bail!(
+                "another `warden serve` holds {} (one server per data dir)",
+                path.display()
+            );
+        }
+        file.set_len(0)?;
+        writeln!(
+            file,
+            "{}
+{}",
+            std::process::id(),
+            url.unwrap_or("stdio")
+        )
+        .with_context(|| format!("writing {}", path.display()))?;
+        Ok(PidFile { path, _file: file })
+    }
+}
+
+impl Drop for PidFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// A server running on a data dir, as its pid file says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Running {
+    pub pid: i32,
+    /// `http://ADDR`, or `None` for a stdio server.
+    pub url: Option<String>,
+}
+
+/// The server running on `data_dir`, if one is: its pid file exists and is locked.
+pub fn running(data_dir: &Path) -> Option<Running> {
+    let path = data_dir.join("serve.pid");
+    let file = std::fs::File::open(&path).ok()?;
+    match file.try_lock_shared() {
+        // Nobody holds it: whatever it says is stale.
+        Ok(()) => None,
+        Err(std::fs::TryLockError::WouldBlock) => {
+            let text = std::fs::read_to_string(&path).ok()?;
+            let mut lines = text.lines();
+            let pid = lines.next()?.trim().parse().ok()?;
+            let url = lines
+                .next()
+                .map(str::trim)
+                .filter(|u| u.starts_with("http"))
+                .map(str::to_string);
+            Some(Running { pid, url })
+        }
+        Err(std::fs::TryLockError::Error(_)) => None,
+    }
 }
 
 /// The address to bind, refusing non-loopback ones unless `public` is set.

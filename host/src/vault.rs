@@ -102,6 +102,11 @@ impl MasterKey {
         MasterKey::from_hex(text.trim(), &key_file.display().to_string())
     }
 
+    /// The key's bytes, for keys derived from it.
+    pub fn bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
+
     fn from_hex(hex: &str, source_name: &str) -> Result<MasterKey, VaultError> {
         let mut key = Zeroizing::new([0u8; 32]);
         hex::decode_to_slice(hex, key.as_mut_slice()).map_err(|e| VaultError::BadKey {

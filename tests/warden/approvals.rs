@@ -13,6 +13,27 @@ use crate::support::{Env, Listener, Run, wasm};
 
 const ONCALL: &str = "approvers = [\"group:oncall\"]\ngroups = { oncall = [\"alice\", \"bob\"] }\n";
 
+/// `[[token]]` entries for the test's principals: `token-NAME` speaks for NAME as an
+/// approver; `token-ops` is an operator's.
+pub fn test_tokens() -> String {
+    use sha2::Digest;
+    let mut out = String::new();
+    for (name, roles) in [
+        ("alice", r#""approver""#),
+        ("bob", r#""approver""#),
+        ("carol", r#""approver""#),
+        // The requester may hold the approver role too: it still never decides its own.
+        ("agent", r#""agent", "approver""#),
+        ("ops", r#""operator""#),
+    ] {
+        let hash = hex::encode(sha2::Sha256::digest(format!("token-{name}").as_bytes()));
+        out += &format!(
+            "[[token]]\nname = \"{name}\"\nprincipal = \"{name}\"\nroles = [{roles}]\nsha256 = \"{hash}\"\n"
+        );
+    }
+    out
+}
+
 /// The notes plugin behind the tiered policy with `policy` as its config, and
 /// `[approvals]` set to `approvals`.
 fn queue_env(policy: &str, approvals: &str) -> Env {
@@ -20,6 +41,7 @@ fn queue_env(policy: &str, approvals: &str) -> Env {
     std::fs::create_dir_all(env.path().join("notes")).unwrap();
     env.write_config(&format!(
         r#"
+{tokens}
 [approvals]
 {approvals}
 
@@ -34,7 +56,8 @@ id = "tiers"
 component = "{{tiered-approval}}"
 [policy.config]
 {policy}
-"#
+"#,
+        tokens = test_tokens(),
     ));
     env
 }
@@ -107,10 +130,10 @@ fn held_call_runs_once_when_approved_and_never_by_its_requester_or_a_stranger() 
     assert!(!note_exists(&env, "a"), "a held call must not run");
     assert_eq!(run_row(&env, &run_id)["status"], "held");
 
-    let own = env.warden(&["approvals", "approve", &id, "--as", "agent"]);
+    let own = env.warden(&["approvals", "approve", &id, "--token", "token-agent"]);
     assert_eq!(own.code, USAGE, "{own:?}");
     assert!(own.stderr.contains("their own request"), "{own:?}");
-    let stranger = env.warden(&["approvals", "approve", &id, "--as", "carol"]);
+    let stranger = env.warden(&["approvals", "approve", &id, "--token", "token-carol"]);
     assert_eq!(stranger.code, USAGE, "{stranger:?}");
     assert!(
         stranger.stderr.contains("not among the approvers"),
@@ -122,8 +145,8 @@ fn held_call_runs_once_when_approved_and_never_by_its_requester_or_a_stranger() 
         "approvals",
         "approve",
         &id,
-        "--as",
-        "alice",
+        "--token",
+        "token-alice",
         "--reason",
         "looks fine",
     ]);
@@ -134,7 +157,7 @@ fn held_call_runs_once_when_approved_and_never_by_its_requester_or_a_stranger() 
     );
     assert!(note_exists(&env, "a"));
 
-    let again = env.warden(&["approvals", "approve", &id, "--as", "bob"]);
+    let again = env.warden(&["approvals", "approve", &id, "--token", "token-bob"]);
     assert_eq!(again.code, USAGE, "{again:?}");
     assert!(
         again.stderr.contains("already decided: executed"),
@@ -239,7 +262,7 @@ fn hard_timeout_denies_and_the_call_never_runs() {
     let list = env.warden(&["approvals", "list", "--state", "expired", "--json"]);
     let a: Value = serde_json::from_str(list.stdout.lines().next().unwrap()).unwrap();
     let id = a["id"].as_str().unwrap();
-    let late = env.warden(&["approvals", "approve", id, "--as", "alice"]);
+    let late = env.warden(&["approvals", "approve", id, "--token", "token-alice"]);
     assert_eq!(late.code, USAGE, "{late:?}");
     assert!(late.stderr.contains("already decided: expired"), "{late:?}");
     assert!(!note_exists(&env, "late"));
@@ -251,7 +274,7 @@ fn hard_timeout_denies_and_the_call_never_runs() {
 fn rejected_call_never_runs_and_its_run_says_who_rejected_it() {
     let env = hard_env();
     let (run_id, id) = held_write(&env, "no", &[]);
-    let no_reason = env.warden(&["approvals", "reject", &id, "--as", "bob"]);
+    let no_reason = env.warden(&["approvals", "reject", &id, "--token", "token-bob"]);
     assert_eq!(
         no_reason.code, USAGE,
         "a rejection needs a reason: {no_reason:?}"
@@ -260,13 +283,13 @@ fn rejected_call_never_runs_and_its_run_says_who_rejected_it() {
         "approvals",
         "reject",
         &id,
-        "--as",
-        "bob",
+        "--token",
+        "token-bob",
         "--reason",
         "not today",
     ]);
     assert_eq!(run.code, DENIED, "{run:?}");
-    let after = env.warden(&["approvals", "approve", &id, "--as", "alice"]);
+    let after = env.warden(&["approvals", "approve", &id, "--token", "token-alice"]);
     assert!(
         after.stderr.contains("already decided: rejected"),
         "{after:?}"
@@ -293,19 +316,19 @@ fn hard_request_needs_its_quorum_of_distinct_approvers() {
         ONCALL,
     );
     let (_, id) = held_write(&env, "two", &[]);
-    let first = env.warden(&["approvals", "approve", &id, "--as", "alice"]);
+    let first = env.warden(&["approvals", "approve", &id, "--token", "token-alice"]);
     assert_eq!(
         first.code, HELD,
         "1 of 2 approvals: still pending: {first:?}"
     );
-    let twice = env.warden(&["approvals", "approve", &id, "--as", "alice"]);
+    let twice = env.warden(&["approvals", "approve", &id, "--token", "token-alice"]);
     assert_eq!(twice.code, USAGE, "{twice:?}");
     assert!(
         twice.stderr.contains("alice has already approved"),
         "{twice:?}"
     );
     assert!(!note_exists(&env, "two"));
-    let second = env.warden(&["approvals", "approve", &id, "--as", "bob"]);
+    let second = env.warden(&["approvals", "approve", &id, "--token", "token-bob"]);
     assert_eq!(second.code, OK, "{second:?}");
     assert!(note_exists(&env, "two"));
     assert_eq!(approval(&env, &id)["votes"].as_array().unwrap().len(), 2);
@@ -327,8 +350,8 @@ fn concurrent_approvals_execute_exactly_once() {
             .unwrap()
     };
     let children = [
-        spawn(&["approvals", "approve", &id, "--as", "alice"]),
-        spawn(&["approvals", "approve", &id, "--as", "bob"]),
+        spawn(&["approvals", "approve", &id, "--token", "token-alice"]),
+        spawn(&["approvals", "approve", &id, "--token", "token-bob"]),
         spawn(&["approvals", "process"]),
     ];
     let runs: Vec<Run> = children
@@ -352,39 +375,84 @@ fn concurrent_approvals_execute_exactly_once() {
     assert_eq!(approval(&env, &id)["state"], "executed");
 }
 
+/// Eight processes claim one approved request at the same instant, each through its
+/// own connection to the store: exactly one wins.
 #[test]
-fn claims_race_in_one_process_and_exactly_one_wins() {
+fn claims_race_across_processes_and_exactly_one_wins() {
     let env = hard_env();
     let (_, id) = held_write(&env, "claim", &[]);
+    let sha = approval(&env, &id)["input_sha256"]
+        .as_str()
+        .unwrap()
+        .to_string();
     let config = warden::config::Config::load(&env.config()).unwrap();
-    let queue = warden::approvals::ApprovalQueue::open(&config.runs_db).unwrap();
-    let ballot = warden::approvals::Ballot {
-        principal: "alice",
-        verdict: warden::approvals::Verdict::Approve,
-        reason: None,
-        via: "api",
-        now_ms: warden::now_ms() as i64,
+    {
+        let queue = warden::approvals::ApprovalQueue::open(&config.runs_db, None).unwrap();
+        let ballot = warden::approvals::Ballot {
+            principal: "alice",
+            verdict: warden::approvals::Verdict::Approve,
+            reason: None,
+            via: "api",
+            input_sha256: &sha,
+            on_behalf_of: None,
+            now_ms: warden::now_ms() as i64,
+        };
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        rt.block_on(queue.decide(&config.approvals, &id, &ballot))
+            .unwrap();
+    }
+    let at = warden::now_ms() + 1500;
+    let racers: Vec<Child> = (0..8)
+        .map(|_| {
+            Command::new(std::env::current_exe().unwrap())
+                .args([
+                    "--exact",
+                    "approvals::claim_racer",
+                    "--ignored",
+                    "--nocapture",
+                    "--test-threads",
+                    "1",
+                ])
+                .env("WARDEN_RACE_DB", &config.runs_db)
+                .env("WARDEN_RACE_ID", &id)
+                .env("WARDEN_RACE_AT", at.to_string())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let outputs: Vec<String> = racers
+        .into_iter()
+        .map(|c| String::from_utf8_lossy(&c.wait_with_output().unwrap().stdout).into_owned())
+        .collect();
+    let won = outputs.iter().filter(|o| o.contains("racer: won")).count();
+    let lost = outputs.iter().filter(|o| o.contains("racer: lost")).count();
+    assert_eq!((won, lost), (1, 7), "{outputs:?}");
+    assert_eq!(approval(&env, &id)["state"], "executing");
+}
+
+/// One racer of the test above (run only as its child process).
+#[test]
+#[ignore = "a child process of claims_race_across_processes_and_exactly_one_wins"]
+fn claim_racer() {
+    let (Ok(db), Ok(id), Ok(at)) = (
+        std::env::var("WARDEN_RACE_DB"),
+        std::env::var("WARDEN_RACE_ID"),
+        std::env::var("WARDEN_RACE_AT"),
+    ) else {
+        return;
     };
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+    let queue = warden::approvals::ApprovalQueue::open(std::path::Path::new(&db), None).unwrap();
+    let at: u64 = at.parse().unwrap();
+    std::thread::sleep(Duration::from_millis(at.saturating_sub(warden::now_ms())));
+    let rt = tokio::runtime::Builder::new_current_thread()
         .build()
         .unwrap();
-    let winners: usize = rt.block_on(async {
-        queue.decide(&config.approvals, &id, &ballot).await.unwrap();
-        let queue = std::sync::Arc::new(queue);
-        let claims: Vec<_> = (0..8)
-            .map(|_| {
-                let (queue, id) = (queue.clone(), id.clone());
-                tokio::spawn(async move { queue.claim(&id, 0).await.unwrap().is_some() as usize })
-            })
-            .collect();
-        let mut winners = 0;
-        for c in claims {
-            winners += c.await.unwrap();
-        }
-        winners
-    });
-    assert_eq!(winners, 1);
+    let won = rt.block_on(queue.claim(&id, 0)).unwrap().is_some();
+    println!("racer: {}", if won { "won" } else { "lost" });
 }
 
 #[test]
@@ -396,7 +464,7 @@ fn restart_keeps_pending_and_approved_requests_and_each_ends_once() {
 
     // Approved while another process holds the log: recorded, left for that process.
     let lock = hold_audit_log(&env);
-    let run = env.warden(&["approvals", "approve", &a, "--as", "alice"]);
+    let run = env.warden(&["approvals", "approve", &a, "--token", "token-alice"]);
     assert_eq!(run.code, OK, "{run:?}");
     assert!(
         run.stderr
@@ -456,7 +524,7 @@ fn a_call_whose_input_or_plugin_changed_after_approval_is_refused() {
     let (_, b) = held_write(&env, "other", &[]);
     let lock = hold_audit_log(&env);
     for id in [&a, &b] {
-        let run = env.warden(&["approvals", "approve", id, "--as", "alice"]);
+        let run = env.warden(&["approvals", "approve", id, "--token", "token-alice"]);
         assert_eq!(run.code, OK, "{run:?}");
     }
     drop(lock);
@@ -591,16 +659,53 @@ fn one_click_link_page_never_decides_and_its_signed_form_does() {
     let forged = format!("{}x", &token[..token.len() - 1]);
     let (status, _) = http("POST", &link, Some(&format!("t={forged}&decision=approve")));
     assert_eq!(status, 403, "a token that does not verify decides nothing");
-    let (status, page) = http(
+    // Submitted as a browser submits the page's form: the page's referrer policy lets it
+    // send its real origin (with `no-referrer` it sent `Origin: null`), and the form
+    // carries the input hash the page showed.
+    let (_, page) = http("GET", &link, None);
+    let field = |name: &str| {
+        let marker = format!("name=\"{name}\" value=\"");
+        let start = page.find(&marker).unwrap() + marker.len();
+        page[start..start + page[start..].find('"').unwrap()].to_string()
+    };
+    let sha = field("sha");
+    assert!(sha.starts_with("sha256:"), "{page}");
+    let origin = format!("http://127.0.0.1:{port}");
+    let browser = |form: &str| {
+        crate::support::http(
+            "POST",
+            &link,
+            &[
+                ("content-type", "application/x-www-form-urlencoded"),
+                ("origin", &origin),
+                ("referer", &link),
+                ("sec-fetch-site", "same-origin"),
+                ("sec-fetch-mode", "navigate"),
+            ],
+            Some(form),
+        )
+    };
+    let (status, _) = crate::support::http(
         "POST",
         &link,
-        Some(&format!("t={token}&decision=approve&reason=ok")),
+        &[
+            ("content-type", "application/x-www-form-urlencoded"),
+            ("origin", "null"),
+        ],
+        Some(&format!("t={token}&sha={sha}&decision=approve")),
     );
+    assert_eq!(status, 403, "an opaque origin is still refused");
+    let (status, page) = browser(&format!(
+        "t={token}&sha=sha256:{}&decision=approve",
+        "0".repeat(64)
+    ));
+    assert_eq!(status, 409, "a vote on another input is refused: {page}");
+    let (status, page) = browser(&format!("t={token}&sha={sha}&decision=approve&reason=ok"));
     assert_eq!(status, 200, "{page}");
     wait_until("the server to run the approved call", || {
         note_exists(&env, "linked")
     });
-    let (status, _) = http("POST", &link, Some(&format!("t={token}&decision=approve")));
+    let (status, _) = browser(&format!("t={token}&sha={sha}&decision=approve"));
     assert_eq!(status, 409, "already decided");
 
     let _ = Command::new("kill").arg(server.id().to_string()).status();
@@ -652,7 +757,7 @@ fn webhook_down_leaves_the_queue_unaffected_and_retries_are_logged() {
     assert_eq!(attempts.len(), 2, "every attempt is in the audit log");
     assert_eq!(attempts[0]["outcome"], "retrying");
 
-    let run = env.warden(&["approvals", "approve", &id, "--as", "bob"]);
+    let run = env.warden(&["approvals", "approve", &id, "--token", "token-bob"]);
     assert_eq!(run.code, OK, "the queue works without its webhook: {run:?}");
     assert!(note_exists(&env, "quiet"));
 }
@@ -797,4 +902,266 @@ fn a_secret_in_a_held_input_never_reaches_approvals_output() {
         );
     }
     assert!(outputs[1].stdout.contains("[REDACTED"), "{:?}", outputs[1]);
+}
+
+#[test]
+fn deciding_proves_who_decides_and_a_break_glass_vote_says_who_cast_it() {
+    let env = hard_env();
+    let (_, id) = held_write(&env, "proved", &[]);
+    let decide = |extra: &[&str], envs: &[(&str, &str)]| {
+        let mut args = vec!["approvals", "approve", id.as_str()];
+        args.extend_from_slice(extra);
+        env.warden_with_env(&args, envs)
+    };
+    let none = decide(&[], &[]);
+    assert_eq!(none.code, USAGE, "{none:?}");
+    assert!(none.stderr.contains("--token"), "{none:?}");
+    let wrong = decide(&["--token", "token-mallory"], &[]);
+    assert_eq!(wrong.code, USAGE, "{wrong:?}");
+    assert!(wrong.stderr.contains("matches no [[token]]"), "{wrong:?}");
+    // Naming someone else is not possible: the principal is the token's.
+    let not_for = decide(
+        &["--token", "token-alice", "--for", "bob", "--reason", "x"],
+        &[],
+    );
+    assert_eq!(not_for.code, USAGE, "{not_for:?}");
+    assert!(not_for.stderr.contains("operator role"), "{not_for:?}");
+    assert_eq!(approval(&env, &id)["votes"], serde_json::json!([]));
+
+    // An operator may break glass for an approver; the vote says so.
+    let glass = decide(
+        &["--for", "bob", "--reason", "bob is on a plane"],
+        &[("WARDEN_TOKEN", "token-ops")],
+    );
+    assert_eq!(glass.code, OK, "{glass:?}");
+    let vote = &approval(&env, &id)["votes"][0];
+    assert_eq!(vote["principal"], "bob", "{vote}");
+    assert!(
+        vote["via"].as_str().unwrap().contains("break-glass by ops"),
+        "{vote}"
+    );
+    assert!(note_exists(&env, "proved"));
+}
+
+#[test]
+fn a_decision_goes_through_a_running_server_with_the_token() {
+    let env = hard_env();
+    let (_, id) = held_write(&env, "served", &[]);
+    let mut server = env.serve();
+    let run = env.warden(&["approvals", "approve", &id, "--token", "token-alice"]);
+    assert_eq!(run.code, OK, "{run:?}");
+    assert!(run.stderr.contains("through the server"), "{run:?}");
+    wait_until("the server to run it", || note_exists(&env, "served"));
+    assert!(server.stop().success());
+    let vote = &approval(&env, &id)["votes"][0];
+    assert_eq!(
+        (vote["principal"].as_str(), vote["via"].as_str()),
+        (Some("alice"), Some("api"))
+    );
+}
+
+#[test]
+fn approvers_named_by_one_policy_never_satisfy_another_policys_hold() {
+    let env = Env::new("");
+    std::fs::create_dir_all(env.path().join("notes")).unwrap();
+    env.write_config(&format!(
+        r#"
+{tokens}
+[[plugin]]
+id = "notes"
+component = "{{notes}}"
+[plugin.grants]
+files = [{{ host = "notes", guest = "/notes", mode = "rw" }}]
+
+[[policy]]
+id = "finance"
+component = "{{tiered-approval}}"
+[policy.config]
+approvers = ["alice"]
+tools = {{ notes_write = "hard" }}
+
+[[policy]]
+id = "security"
+component = "{{tiered-approval}}"
+[policy.config]
+approvers = ["bob"]
+tools = {{ notes_write = "hard" }}
+"#,
+        tokens = test_tokens(),
+    ));
+    let (_, id) = held_write(&env, "both", &[]);
+    let a = approval(&env, &id);
+    assert_eq!(a["holds"].as_array().unwrap().len(), 2, "{a}");
+    let alice = env.warden(&["approvals", "approve", &id, "--token", "token-alice"]);
+    assert_eq!(
+        alice.code, HELD,
+        "finance has its approval, security not yet: {alice:?}"
+    );
+    assert!(!note_exists(&env, "both"));
+    let carol = env.warden(&["approvals", "approve", &id, "--token", "token-carol"]);
+    assert_eq!(carol.code, USAGE, "carol is named by neither: {carol:?}");
+    let bob = env.warden(&["approvals", "approve", &id, "--token", "token-bob"]);
+    assert_eq!(bob.code, OK, "{bob:?}");
+    assert!(note_exists(&env, "both"));
+}
+
+#[test]
+fn an_unknown_tier_or_a_changed_input_fails_closed() {
+    let env = hard_env();
+    let (_, weird) = held_write(&env, "weird", &[]);
+    store(&env)
+        .execute(
+            "UPDATE approvals SET tier = 'gentle' WHERE id = ?1",
+            [&weird],
+        )
+        .unwrap();
+    let a = approval(&env, &weird);
+    assert_eq!(a["state"], "failed", "{a}");
+    assert!(a["result"].as_str().unwrap().contains("gentle"), "{a}");
+    let run = env.warden(&["approvals", "approve", &weird, "--token", "token-alice"]);
+    assert_eq!(run.code, USAGE, "{run:?}");
+    assert!(!note_exists(&env, "weird"));
+
+    // An input changed in the store after the request: the approver is shown the new
+    // one, and a vote on it is refused (the request is bound to the old one).
+    let (_, changed) = held_write(&env, "changed", &[]);
+    store(&env)
+        .execute(
+            "UPDATE approvals SET input = '{\"name\":\"evil\",\"text\":\"x\"}' WHERE id = ?1",
+            [&changed],
+        )
+        .unwrap();
+    let run = env.warden(&["approvals", "approve", &changed, "--token", "token-alice"]);
+    assert_eq!(run.code, USAGE, "{run:?}");
+    assert!(run.stderr.contains("is not the request's"), "{run:?}");
+    assert!(!note_exists(&env, "evil") && !note_exists(&env, "changed"));
+}
+
+#[test]
+fn a_claim_is_ended_by_its_owners_lock_not_by_a_pid() {
+    let env = hard_env();
+    let (run_live, live) = held_write(&env, "live", &[]);
+    let (run_gone, gone) = held_write(&env, "gone", &[]);
+    // A live owner: a process (this test) holding its lock file.
+    let owners = env.path().join("data/owners");
+    std::fs::create_dir_all(&owners).unwrap();
+    let lock = File::create(owners.join("00112233445566778899aabbccddeeff.lock")).unwrap();
+    lock.lock().unwrap();
+    let db = store(&env);
+    db.execute(
+        "UPDATE approvals SET state = 'executing', owner = '00112233445566778899aabbccddeeff' WHERE id = ?1",
+        [&live],
+    )
+    .unwrap();
+    // A pid that is always alive (init), as a restarted container's own pid 1 would be.
+    db.execute(
+        "UPDATE approvals SET state = 'executing', owner = '1', claimed_by = 1 WHERE id = ?1",
+        [&gone],
+    )
+    .unwrap();
+    let pass = env.warden(&["approvals", "process"]);
+    assert!(pass.stderr.contains("ended 1 interrupted"), "{pass:?}");
+    assert_eq!(approval(&env, &live)["state"], "executing");
+    assert_eq!(approval(&env, &gone)["state"], "failed");
+    assert_eq!(run_row(&env, &run_gone)["status"], "interrupted");
+    drop(lock);
+    let pass = env.warden(&["approvals", "process"]);
+    assert!(pass.stderr.contains("ended 1 interrupted"), "{pass:?}");
+    assert_eq!(approval(&env, &live)["state"], "failed");
+    assert_eq!(run_row(&env, &run_live)["status"], "interrupted");
+    assert!(!note_exists(&env, "live") && !note_exists(&env, "gone"));
+}
+
+#[test]
+fn an_approval_while_another_process_holds_the_log_says_when_it_runs_and_it_does() {
+    let env = hard_env();
+    let (_, id) = held_write(&env, "later", &[]);
+    let lock = hold_audit_log(&env);
+    let run = env.warden(&["approvals", "approve", &id, "--token", "token-alice"]);
+    drop(lock);
+    assert_eq!(run.code, OK, "{run:?}");
+    assert!(
+        run.stderr
+            .contains("the call runs when it next drives the queue"),
+        "{run:?}"
+    );
+    assert!(!note_exists(&env, "later"));
+    // The next process to hold the log runs it: here, an unrelated call.
+    let other = env.warden(&["call", "notes_list"]);
+    assert_eq!(other.code, OK, "{other:?}");
+    assert!(note_exists(&env, "later"));
+}
+
+#[test]
+fn held_inputs_are_sealed_at_rest_and_removed_when_the_request_ends() {
+    let env = hard_env();
+    let init = env.warden(&["secrets", "init"]);
+    assert_eq!(init.code, OK, "{init:?}");
+    let (_, id) = held_write(&env, "sealed", &[]);
+    let (_, rejected) = held_write(&env, "rejected", &[]);
+    let stored: (String, bool) = store(&env)
+        .query_row(
+            "SELECT input, sealed FROM approvals WHERE id = ?1",
+            [&id],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    assert!(stored.1, "sealed");
+    assert!(
+        !stored.0.contains("written by an approved call"),
+        "{}",
+        stored.0
+    );
+    // Those with the key see it.
+    let a = approval(&env, &id);
+    assert!(
+        a["input"]
+            .as_str()
+            .unwrap()
+            .contains("written by an approved call"),
+        "{a}"
+    );
+
+    let run = env.warden(&["approvals", "approve", &id, "--token", "token-alice"]);
+    assert_eq!(run.code, OK, "{run:?}");
+    let run = env.warden(&[
+        "approvals",
+        "reject",
+        &rejected,
+        "--token",
+        "token-bob",
+        "--reason",
+        "no",
+    ]);
+    assert_eq!(run.code, DENIED, "{run:?}");
+    for done in [&id, &rejected] {
+        let input: String = store(&env)
+            .query_row("SELECT input FROM approvals WHERE id = ?1", [done], |r| {
+                r.get(0)
+            })
+            .unwrap();
+        assert!(input.starts_with("[removed"), "{input}");
+    }
+}
+
+#[test]
+fn reload_never_signals_a_process_named_by_a_stale_pid_file() {
+    let env = hard_env();
+    let mut bystander = Command::new("sleep").arg("30").spawn().unwrap();
+    std::fs::create_dir_all(env.path().join("data")).unwrap();
+    std::fs::write(
+        env.path().join("data/serve.pid"),
+        format!("{}\nhttp://127.0.0.1:1\n", bystander.id()),
+    )
+    .unwrap();
+    let run = env.warden(&["reload"]);
+    assert_eq!(run.code, USAGE, "{run:?}");
+    assert!(run.stderr.contains("no running server"), "{run:?}");
+    std::thread::sleep(Duration::from_millis(100));
+    assert!(
+        bystander.try_wait().unwrap().is_none(),
+        "the bystander was signalled"
+    );
+    let _ = bystander.kill();
+    let _ = bystander.wait();
 }

@@ -230,15 +230,26 @@ fn held_call_reports_progress_and_runs_when_approved_through_the_api() {
             let pending: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
             if let Some(id) = pending[0]["id"].as_str() {
                 std::thread::sleep(Duration::from_millis(1200));
-                let (status, body) = http(
-                    "POST",
-                    &format!("{api}/{id}/approve"),
-                    &[
-                        ("authorization", &auth),
-                        ("content-type", "application/json"),
-                    ],
-                    Some(r#"{"reason":"checked the note"}"#),
-                );
+                let sha = pending[0]["input_sha256"].as_str().unwrap();
+                let post = |body: &str| {
+                    http(
+                        "POST",
+                        &format!("{api}/{id}/approve"),
+                        &[
+                            ("authorization", &auth),
+                            ("content-type", "application/json"),
+                        ],
+                        Some(body),
+                    )
+                };
+                let (status, body) = post(r#"{"reason":"no hash"}"#);
+                assert_eq!(status, 400, "the hash of what was seen is required: {body}");
+                let other = format!(r#"{{"input_sha256":"sha256:{}"}}"#, "0".repeat(64));
+                let (status, body) = post(&other);
+                assert_eq!(status, 409, "a vote on another input is refused: {body}");
+                let (status, body) = post(&format!(
+                    r#"{{"reason":"checked the note","input_sha256":"{sha}"}}"#
+                ));
                 assert_eq!(status, 200, "{body}");
                 return;
             }
