@@ -328,9 +328,15 @@ pub async fn healthz() -> &'static str {
     "ok\n"
 }
 
-/// Ready when the audit log takes records (nothing can run unaudited otherwise).
+/// Ready when the audit log takes records (nothing can run unaudited otherwise); a
+/// server with auditing turned off says so on every probe.
 pub async fn readyz(State(server): State<Arc<Server>>) -> Response {
     match server.ready().await {
+        Ok(()) if !server.runtime().config.audit.enabled => (
+            StatusCode::OK,
+            "ready, but the AUDIT LOG IS OFF ([audit] enabled = false): calls are not recorded\n",
+        )
+            .into_response(),
         Ok(()) => (StatusCode::OK, "ready\n").into_response(),
         Err(why) => (
             StatusCode::SERVICE_UNAVAILABLE,

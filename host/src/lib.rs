@@ -8,6 +8,7 @@ pub mod api;
 pub mod approval_pages;
 pub mod approvals;
 pub mod audit;
+pub mod auth_failures;
 pub mod bindings;
 pub mod cache;
 pub mod call;

@@ -8,13 +8,19 @@
 //! must never offer a tool that changes grants, policies, secrets or approvals: agents
 //! cannot govern themselves, and only components from the config are listed.
 
+// MCP logging (`logging/setLevel`, `notifications/message`) is deprecated by SEP-2577
+// for the newest protocol, and rmcp marks it so; the clients agents use today speak it,
+// so warden keeps it until they move on.
+#![allow(deprecated)]
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rmcp::model::{
     CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, Implementation,
-    JsonObject, ListToolsResult, PaginatedRequestParams, ProgressNotificationParam,
-    ServerCapabilities, ServerConfig, SubscriptionFilter, Tool, ToolAnnotations,
+    JsonObject, ListToolsResult, LoggingLevel, LoggingMessageNotificationParam,
+    PaginatedRequestParams, ProgressNotificationParam, ServerCapabilities, ServerConfig,
+    SetLevelRequestParams, SubscriptionFilter, Tool, ToolAnnotations,
 };
 use rmcp::service::{NotificationContext, RequestContext, SubscriptionContext};
 use rmcp::{ErrorData, RoleServer, ServerHandler};
@@ -35,6 +41,36 @@ pub struct WardenMcp {
     pub server: Arc<Server>,
     /// Set for stdio: every call runs as this principal.
     pub stdio_principal: Option<String>,
+    /// The level this session's client asked for with `logging/setLevel`: the log lines
+    /// of its calls (plugin and policies) at or above it are sent to it as
+    /// `notifications/message`. `None` (never asked): none are sent.
+    log_level: Arc<std::sync::Mutex<Option<LoggingLevel>>>,
+}
+
+/// Most log lines of one call sent to the client, and the longest message.
+const MAX_LOG_NOTICES: usize = 100;
+const MAX_LOG_MESSAGE: usize = 2048;
+
+fn rank(level: LoggingLevel) -> u8 {
+    match level {
+        LoggingLevel::Debug => 0,
+        LoggingLevel::Info => 1,
+        LoggingLevel::Notice => 2,
+        LoggingLevel::Warning => 3,
+        LoggingLevel::Error => 4,
+        LoggingLevel::Critical => 5,
+        LoggingLevel::Alert => 6,
+        LoggingLevel::Emergency => 7,
+    }
+}
+
+fn level_of(name: &str) -> LoggingLevel {
+    match name {
+        "trace" | "debug" => LoggingLevel::Debug,
+        "warn" => LoggingLevel::Warning,
+        "error" => LoggingLevel::Error,
+        _ => LoggingLevel::Info,
+    }
 }
 
 /// The MCP description of every tool `rt` serves, sorted by name.
@@ -147,6 +183,55 @@ fn outcome_result(report: &CallReport) -> CallToolResponse {
 }
 
 impl WardenMcp {
+    /// A handler for one session (its own log level).
+    pub fn new(server: Arc<Server>, stdio_principal: Option<String>) -> WardenMcp {
+        WardenMcp {
+            server,
+            stdio_principal,
+            log_level: Arc::default(),
+        }
+    }
+
+    /// Send the log lines of `report` (its policies' and its plugin's, already scrubbed)
+    /// at or above the session's level, bounded.
+    async fn send_log(&self, report: &CallReport, context: &RequestContext<RoleServer>) {
+        // A 2026-07-28 client asks per request (`_meta`); an older one per session.
+        let session = *self.log_level.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(min) = context.meta.log_level().or(session) else {
+            return;
+        };
+        let mut notices = Vec::new();
+        let policy_lines = report
+            .decisions
+            .iter()
+            .flat_map(|d| d.log.iter().map(|l| (format!("policy:{}", d.policy), l)));
+        let plugin_lines = report
+            .log
+            .iter()
+            .map(|l| (format!("plugin:{}", report.plugin), l));
+        for (logger, line) in policy_lines.chain(plugin_lines) {
+            let level = level_of(line.level);
+            if rank(level) < rank(min) {
+                continue;
+            }
+            if notices.len() == MAX_LOG_NOTICES {
+                break;
+            }
+            let data = json!({
+                "run_id": report.run_id,
+                "source": line.source,
+                "message": crate::runs::bounded_to(&line.message, MAX_LOG_MESSAGE),
+                "fields": line.fields,
+            });
+            notices.push(LoggingMessageNotificationParam::new(level, data).with_logger(logger));
+        }
+        for notice in notices {
+            if context.peer.notify_logging_message(notice).await.is_err() {
+                return;
+            }
+        }
+    }
+
     fn principal(&self, context: &RequestContext<RoleServer>) -> Option<String> {
         if let Some(p) = &self.stdio_principal {
             return Some(p.clone());
@@ -197,7 +282,10 @@ impl WardenMcp {
             };
             match resumed {
                 Ok(Resume::Pending(_)) => {}
-                Ok(Resume::Ran(done)) => return result_of(&done),
+                Ok(Resume::Ran(done)) => {
+                    self.send_log(&done, context).await;
+                    return result_of(&done);
+                }
                 Ok(Resume::Ended(a)) => {
                     let why = a
                         .result
@@ -224,6 +312,7 @@ impl ServerHandler for WardenMcp {
             ServerCapabilities::builder()
                 .enable_tools()
                 .enable_tool_list_changed()
+                .enable_logging()
                 .build(),
         )
         .with_server_info(Implementation::new("warden", env!("CARGO_PKG_VERSION")))
@@ -244,6 +333,15 @@ impl ServerHandler for WardenMcp {
         )))
     }
 
+    async fn set_level(
+        &self,
+        request: SetLevelRequestParams,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<(), ErrorData> {
+        *self.log_level.lock().unwrap_or_else(|p| p.into_inner()) = Some(request.level);
+        Ok(())
+    }
+
     fn get_tool(&self, name: &str) -> Option<Tool> {
         tool(&self.server.runtime(), name)
     }
@@ -260,9 +358,12 @@ impl ServerHandler for WardenMcp {
         let rt = self.server.runtime();
         let _flight = self.server.in_flight();
         if self.server.is_stopping() {
-            self.server
-                .metrics
-                .call(&request.name, "shutting-down", None);
+            self.server.metrics.call(
+                &request.name,
+                rt.plugin_for(&request.name).is_some(),
+                "shutting-down",
+                None,
+            );
             return Ok(text_result(
                 true,
                 "not run: warden is shutting down; call again once it is back".into(),
@@ -283,27 +384,35 @@ impl ServerHandler for WardenMcp {
             Err(e @ CallError::UnknownTool { .. }) => {
                 self.server
                     .metrics
-                    .call(&request.name, "unknown-tool", None);
+                    .call(&request.name, false, "unknown-tool", None);
                 return Err(ErrorData::invalid_params(e.to_string(), None));
             }
             Err(e @ (CallError::InvalidJson(_) | CallError::InvalidInput { .. })) => {
-                self.server
-                    .metrics
-                    .call(&request.name, "invalid-input", None);
+                self.server.metrics.call(
+                    &request.name,
+                    rt.plugin_for(&request.name).is_some(),
+                    "invalid-input",
+                    None,
+                );
                 return Ok(text_result(true, e.to_string()));
             }
             Err(e @ CallError::NotRecorded(_)) => {
-                self.server
-                    .metrics
-                    .call(&request.name, "not-recorded", None);
+                self.server.metrics.call(
+                    &request.name,
+                    rt.plugin_for(&request.name).is_some(),
+                    "not-recorded",
+                    None,
+                );
                 return Ok(text_result(true, e.to_string()));
             }
         };
         self.server.metrics.call(
             &report.tool,
+            true,
             report.outcome.status(),
             Some(report.timings.policy_us),
         );
+        self.send_log(&report, &context).await;
         if matches!(report.outcome, Outcome::Held { .. }) {
             return Ok(self.wait_held(&rt, report, &context).await);
         }

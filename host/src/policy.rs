@@ -139,7 +139,7 @@ impl Policy {
         let started = Instant::now();
         let mut store = Store::new(
             self.pre.engine(),
-            PolicyState::new(&self.limits, action.time_ms),
+            PolicyState::new(&self.limits, action.time_ms, seed_of(action)),
         );
         let result = match limits::apply(&mut store, &self.limits, self.fuel) {
             Err(e) => Err(format!("{e:#}")),
@@ -180,6 +180,35 @@ impl Policy {
             elapsed: started.elapsed(),
         }
     }
+}
+
+/// The seed of a decision's randomness: a digest of every field of the action, each
+/// prefixed with its length.
+fn seed_of(action: &Action) -> [u8; 32] {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    h.update(b"warden-policy-random-1");
+    for field in [
+        &action.principal,
+        &action.tool,
+        &action.plugin,
+        &action.plugin_digest,
+        &action.input,
+        &action.config,
+        &action.usage,
+    ] {
+        h.update((field.len() as u64).to_le_bytes());
+        h.update(field.as_bytes());
+    }
+    h.update(action.time_ms.to_le_bytes());
+    let a = action.annotations;
+    h.update([
+        a.read_only as u8,
+        a.destructive as u8,
+        a.idempotent as u8,
+        a.open_world as u8,
+    ]);
+    h.finalize().into()
 }
 
 /// Check a decision is well formed; anything else is a failure (and so a deny).

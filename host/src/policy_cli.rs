@@ -322,40 +322,9 @@ fn line_of(text: &str, offset: usize) -> usize {
 
 /// `YYYY-MM-DDTHH:MM:SSZ` as milliseconds since the Unix epoch.
 fn parse_utc(t: &str) -> Option<u64> {
-    let b = t.as_bytes();
-    if b.len() != 20
-        || b[4] != b'-'
-        || b[7] != b'-'
-        || b[10] != b'T'
-        || b[13] != b':'
-        || b[16] != b':'
-        || b[19] != b'Z'
-    {
-        return None;
-    }
-    let n = |r: std::ops::Range<usize>| t.get(r)?.parse::<i64>().ok();
-    let (y, m, d, hh, mm, ss) = (
-        n(0..4)?,
-        n(5..7)?,
-        n(8..10)?,
-        n(11..13)?,
-        n(14..16)?,
-        n(17..19)?,
-    );
-    if !(1..=12).contains(&m) || !(1..=31).contains(&d) || hh > 23 || mm > 59 || ss > 60 {
-        return None;
-    }
-    // Days from civil (Howard Hinnant's algorithm).
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (m + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146_097 + doe - 719_468;
-    u64::try_from(((days * 24 + hh) * 60 + mm) * 60 + ss)
-        .ok()
-        .map(|s| s * 1000)
+    // A calendar library, not arithmetic: `2026-02-31` is not a date.
+    let at = chrono::NaiveDateTime::parse_from_str(t, "%Y-%m-%dT%H:%M:%SZ").ok()?;
+    u64::try_from(at.and_utc().timestamp_millis()).ok()
 }
 
 #[cfg(test)]
@@ -368,5 +337,8 @@ mod tests {
             Some(1_795_687_200_000)
         );
         assert_eq!(super::parse_utc("2026-13-01T00:00:00Z"), None);
+        assert_eq!(super::parse_utc("2026-02-31T00:00:00Z"), None);
+        assert_eq!(super::parse_utc("2026-02-28T24:00:00Z"), None);
+        assert_eq!(super::parse_utc("2026-02-28T10:00:00"), None);
     }
 }

@@ -303,6 +303,20 @@ pub fn auth_denied(path: &str, remote: &str, why: &str) -> Map<String, Value> {
     )
 }
 
+/// Failed authentications of one source in one window that no record reported yet.
+pub fn auth_denied_counted(u: &crate::auth_failures::Unreported) -> Map<String, Value> {
+    object(json!({
+        "kind": "auth-denied",
+        "ts_ms": crate::now_ms(),
+        "remote": u.source,
+        "failures": u.failures,
+        "first_ms": u.first_ms,
+        "last_ms": u.last_ms,
+        "paths": u.paths,
+        "reason": "further failures from this source, counted (one record per source per window)",
+    }))
+}
+
 /// A reload that was refused (the old config keeps serving).
 pub fn reload_failed(file: &str, error: &str) -> Map<String, Value> {
     object(

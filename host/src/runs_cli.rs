@@ -9,6 +9,14 @@ use clap::Subcommand;
 use warden::config::Config;
 use warden::runs::{RunFilter, RunStore};
 
+/// `println!` into a String.
+macro_rules! outln {
+    ($out:expr, $($arg:tt)*) => {{
+        use std::fmt::Write as _;
+        let _ = writeln!($out, $($arg)*);
+    }};
+}
+
 #[derive(Subcommand)]
 pub enum RunsCommand {
     /// List runs, newest first.
@@ -37,6 +45,9 @@ pub enum RunsCommand {
 pub fn run(config: &Path, command: &RunsCommand) -> Result<ExitCode> {
     let config = Config::load(config)?;
     let store = RunStore::open(&config.runs_db)?;
+    // Written at once at the end: a closed pipe (`| head`) is an error returned, never
+    // a panic.
+    let mut out = String::new();
     match command {
         RunsCommand::List {
             tool,
@@ -53,9 +64,10 @@ pub fn run(config: &Path, command: &RunsCommand) -> Result<ExitCode> {
             };
             for row in store.list(&filter)? {
                 if *json {
-                    println!("{}", serde_json::to_string(&row)?);
+                    outln!(out, "{}", serde_json::to_string(&row)?);
                 } else {
-                    println!(
+                    outln!(
+                        out,
                         "{}  {}  {:<14} {:<16} {:<10} {:>8} µs  {}",
                         row.id,
                         row.started_ms,
@@ -73,23 +85,29 @@ pub fn run(config: &Path, command: &RunsCommand) -> Result<ExitCode> {
                 bail!("no run {id}")
             };
             if *json {
-                println!("{}", serde_json::to_string_pretty(&row)?);
+                outln!(out, "{}", serde_json::to_string_pretty(&row)?);
+                crate::print(&out)?;
                 return Ok(ExitCode::SUCCESS);
             }
-            println!("run {}: {}", row.id, row.status);
-            println!(
+            outln!(out, "run {}: {}", row.id, row.status);
+            outln!(
+                out,
                 "  tool {} (plugin {} {}) called by {}",
-                row.tool, row.plugin, row.plugin_digest, row.principal
+                row.tool,
+                row.plugin,
+                row.plugin_digest,
+                row.principal
             );
-            println!("  input  {}", row.input);
+            outln!(out, "  input  {}", row.input);
             if let Some(output) = &row.output {
-                println!("  output {output}");
+                outln!(out, "  output {output}");
             }
             if let Some(error) = &row.error {
-                println!("  why    {error}");
+                outln!(out, "  why    {error}");
             }
             for d in row.decisions.as_array().into_iter().flatten() {
-                println!(
+                outln!(
+                    out,
                     "  policy {} -> {} {}{}",
                     d["policy"].as_str().unwrap_or(""),
                     d["decision"].as_str().unwrap_or(""),
@@ -101,10 +119,11 @@ pub fn run(config: &Path, command: &RunsCommand) -> Result<ExitCode> {
                 );
             }
             if let Some(bt) = &row.backtrace {
-                println!("  guest backtrace:\n{bt}");
+                outln!(out, "  guest backtrace:\n{bt}");
             }
             for line in row.log.as_array().into_iter().flatten() {
-                println!(
+                outln!(
+                    out,
                     "  [{} {}] {}",
                     line["source"].as_str().unwrap_or(""),
                     line["level"].as_str().unwrap_or(""),
@@ -112,9 +131,10 @@ pub fn run(config: &Path, command: &RunsCommand) -> Result<ExitCode> {
                 );
             }
             for denied in row.denied_requests.as_array().into_iter().flatten() {
-                println!("  refused: {}", denied.as_str().unwrap_or(""));
+                outln!(out, "  refused: {}", denied.as_str().unwrap_or(""));
             }
-            println!(
+            outln!(
+                out,
                 "  timings: policy {} µs, instantiate {} µs, execute {} µs, total {} µs; peak memory {} bytes; {} host calls{}",
                 row.policy_us,
                 row.instantiate_us,
@@ -126,8 +146,9 @@ pub fn run(config: &Path, command: &RunsCommand) -> Result<ExitCode> {
                     .map(|f| format!("; fuel {f}"))
                     .unwrap_or_default()
             );
-            println!("  audit records: warden audit search --run {}", row.id);
+            outln!(out, "  audit records: warden audit search --run {}", row.id);
         }
     }
+    crate::print(&out)?;
     Ok(ExitCode::SUCCESS)
 }

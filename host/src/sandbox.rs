@@ -7,7 +7,8 @@
 //! - no sockets: TCP, UDP and DNS lookups are refused (`allow_tcp(false)`, etc.);
 //! - outgoing HTTP only to `http` grants, checked per request (`egress`);
 //! - empty stdin; stdout and stderr captured into the call's bounded log;
-//! - for policies, a clock frozen at the request time and nothing else at all.
+//! - for policies, a clock frozen at the request time, randomness seeded from the
+//!   action (so a decision is a function of the action alone), and nothing else at all.
 //!
 //! It must never hand a guest anything from the host process: not its env, cwd,
 //! stdio or network.
@@ -173,12 +174,22 @@ impl ToolState {
 }
 
 impl PolicyState {
-    /// Fresh state for one decision: nothing granted, the clock frozen at `time_ms`.
-    pub fn new(limits: &Limits, time_ms: u64) -> PolicyState {
+    /// Fresh state for one decision: nothing granted, the clock frozen at `time_ms`,
+    /// `wasi:random` a stream determined by `seed` (a digest of the action): two
+    /// evaluations of one action cannot tell themselves apart.
+    pub fn new(limits: &Limits, time_ms: u64, seed: [u8; 32]) -> PolicyState {
+        use rand::SeedableRng as _;
         let mut wasi = deny_all_builder();
         let now = Duration::from_millis(time_ms);
+        let mut insecure = seed;
+        insecure[0] ^= 0xff;
+        let mut seed16 = [0u8; 16];
+        seed16.copy_from_slice(&seed[16..]);
         wasi.wall_clock(FrozenClock(now))
-            .monotonic_clock(FrozenClock(now));
+            .monotonic_clock(FrozenClock(now))
+            .secure_random(rand::rngs::StdRng::from_seed(seed))
+            .insecure_random(rand::rngs::StdRng::from_seed(insecure))
+            .insecure_random_seed(u128::from_le_bytes(seed16));
         PolicyState {
             wasi: wasi.build(),
             table: ResourceTable::new(),

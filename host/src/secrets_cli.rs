@@ -79,14 +79,15 @@ pub fn run(config: &Path, command: &SecretsCommand) -> Result<ExitCode> {
                 }));
             }
             if *json {
-                println!("{}", serde_json::to_string_pretty(&rows)?);
+                crate::print(&format!("{}\n", serde_json::to_string_pretty(&rows)?))?;
             } else {
+                let mut out = String::new();
                 for (row, info) in rows.iter().zip(vault.list()) {
                     let created = info.versions.first().map_or(0, |v| v.1);
                     let rotated = info.versions.last().map_or(0, |v| v.1);
                     let granted = row["granted_to"].as_array().map_or(0, Vec::len);
-                    println!(
-                        "{}  versions {}  created {}  rotated {}  granted to {}",
+                    out += &format!(
+                        "{}  versions {}  created {}  rotated {}  granted to {}\n",
                         info.name,
                         info.versions.len(),
                         time(created),
@@ -98,6 +99,7 @@ pub fn run(config: &Path, command: &SecretsCommand) -> Result<ExitCode> {
                         }
                     );
                 }
+                crate::print(&out)?;
             }
         }
         SecretsCommand::Rm { name, version } => {

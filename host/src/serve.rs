@@ -58,6 +58,8 @@ pub struct Server {
     stopping: AtomicBool,
     /// Serializes reloads (SIGHUP and the API at once).
     reloading: tokio::sync::Mutex<()>,
+    /// Failed authentications by source: aggregated records, throttling.
+    auth_failures: crate::auth_failures::Ledger,
 }
 
 /// Counts things in flight (calls, responses being sent) for a graceful shutdown.
@@ -124,6 +126,7 @@ impl Server {
             sending: Tally::default(),
             stopping: AtomicBool::new(false),
             reloading: tokio::sync::Mutex::new(()),
+            auth_failures: crate::auth_failures::Ledger::default(),
         }))
     }
 
@@ -217,8 +220,9 @@ impl Server {
                 .unwrap_or(0),
             audit_lag_records: rt.audit.as_ref().map_or(0, |a| a.lag()),
             in_flight: self.calls.now(),
+            audit_enabled: rt.config.audit.enabled,
         };
-        self.metrics.render(&rt.tool_names(), &gauges)
+        self.metrics.render(&gauges)
     }
 
     /// Has shutdown begun (new calls are refused; the ones in flight finish)?
@@ -260,6 +264,27 @@ impl Server {
         }
     }
 
+    /// Record the failed authentications no record has reported yet (`all`: also
+    /// those of windows still open, at shutdown).
+    async fn report_auth_failures(&self, all: bool) {
+        let unreported = if all {
+            self.auth_failures.drain()
+        } else {
+            self.auth_failures.ended(crate::now_ms())
+        };
+        if unreported.is_empty() {
+            return;
+        }
+        let rt = self.runtime();
+        if let Some(audit) = &rt.audit {
+            let records = unreported
+                .iter()
+                .map(|u| rt.entry(crate::record::auth_denied_counted(u)))
+                .collect();
+            let _ = audit.commit(records, false).await;
+        }
+    }
+
     /// Drive the approval queue until `stop` is cancelled.
     async fn drive(self: Arc<Self>, stop: CancellationToken) {
         loop {
@@ -267,6 +292,7 @@ impl Server {
             if let Err(e) = rt.drive().await {
                 tracing::error!("approval queue: {e}");
             }
+            self.report_auth_failures(false).await;
             let changed = rt.approvals.as_ref().map(|q| q.changed.clone());
             drop(rt);
             let woken = async {
@@ -285,6 +311,7 @@ impl Server {
 
     /// Wait up to the grace period for calls in flight; record the ones cut off.
     async fn drain(&self) {
+        self.report_auth_failures(true).await;
         let grace = Duration::from_millis(self.runtime().config.server.shutdown_grace_ms);
         let left = self.calls.settled(grace).await;
         if left > 0 {
@@ -365,6 +392,17 @@ async fn authenticate(
     next: Next,
 ) -> Response {
     let rt = server.runtime();
+    let source = request
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0);
+    let now = crate::now_ms();
+    if let Some(addr) = source
+        && server.auth_failures.throttled(addr.ip(), now)
+    {
+        server.metrics.auth_throttled();
+        return too_many();
+    }
     let presented = request
         .headers()
         .get(header::AUTHORIZATION)
@@ -373,24 +411,32 @@ async fn authenticate(
     let principal = presented.and_then(|t| tokens::verify(&rt.config.tokens, t.trim()));
     let path = request.uri().path().to_string();
     let Some(principal) = principal else {
-        server.metrics.auth_failures.fetch_add(1, Ordering::Relaxed);
-        let remote = request
-            .extensions()
-            .get::<ConnectInfo<SocketAddr>>()
-            .map(|c| c.0.to_string())
-            .unwrap_or_default();
+        server.metrics.auth_failure();
         let why = if presented.is_some() {
             "unknown token"
         } else {
             "no bearer token"
         };
-        if let Some(audit) = &rt.audit {
-            let _ = audit
-                .commit(
-                    vec![rt.entry(crate::record::auth_denied(&path, &remote, why))],
-                    false,
-                )
-                .await;
+        let remote = source.map(|a| a.to_string()).unwrap_or_default();
+        let (verdict, earlier) = match source {
+            Some(addr) => server.auth_failures.fail(addr.ip(), &path, now),
+            None => (crate::auth_failures::Verdict::Record, Vec::new()),
+        };
+        let mut records: Vec<_> = earlier
+            .iter()
+            .map(|u| rt.entry(crate::record::auth_denied_counted(u)))
+            .collect();
+        if verdict == crate::auth_failures::Verdict::Record {
+            records.push(rt.entry(crate::record::auth_denied(&path, &remote, why)));
+        }
+        if let Some(audit) = &rt.audit
+            && !records.is_empty()
+        {
+            let _ = audit.commit(records, false).await;
+        }
+        if verdict == crate::auth_failures::Verdict::Throttled {
+            server.metrics.auth_throttled();
+            return too_many();
         }
         let mut response = (StatusCode::UNAUTHORIZED, format!("{why}\n")).into_response();
         response
@@ -409,6 +455,20 @@ async fn authenticate(
     next.run(request).await
 }
 
+/// 429 for a source that failed to authenticate too often this window.
+fn too_many() -> Response {
+    let mut response = (
+        StatusCode::TOO_MANY_REQUESTS,
+        "too many failed authentications from this address; try again later\n",
+    )
+        .into_response();
+    let secs = crate::auth_failures::WINDOW_MS / 1000;
+    if let Ok(v) = HeaderValue::from_str(&secs.to_string()) {
+        response.headers_mut().insert(header::RETRY_AFTER, v);
+    }
+    response
+}
+
 /// Every route: MCP and the API behind the token check, health and the link pages
 /// (which carry their own signed tokens) outside it, all behind the Host/Origin check.
 pub fn router(server: Arc<Server>, stop: &CancellationToken) -> Router {
@@ -420,18 +480,17 @@ pub fn router(server: Arc<Server>, stop: &CancellationToken) -> Router {
     let mcp_config = StreamableHttpServerConfig::default()
         .with_allowed_hosts(allowed_hosts)
         .with_cancellation_token(stop.child_token());
-    let handler = WardenMcp {
-        server: server.clone(),
-        stdio_principal: None,
-    };
+    let for_sessions = server.clone();
     let mcp = StreamableHttpService::new(
-        move || Ok(handler.clone()),
+        // A handler per session: each has its own log level.
+        move || Ok(WardenMcp::new(for_sessions.clone(), None)),
         Arc::new(LocalSessionManager::default()),
         mcp_config,
     );
     let mcp = Router::new()
         .nest_service("/mcp", mcp)
-        .layer(middleware::from_fn_with_state(server.clone(), until_sent));
+        .layer(middleware::from_fn_with_state(server.clone(), until_sent))
+        .layer(middleware::from_fn(json_rpc_body));
     let authenticated = Router::new()
         .merge(mcp)
         .route("/api/runs", get(crate::api::runs))
@@ -510,20 +569,27 @@ pub async fn serve_http(
         .with_graceful_shutdown(stop.clone().cancelled_owned())
         .into_future(),
     );
-    tokio::select! {
-        _ = stop.cancelled() => {}
-        ended = &mut served => {
-            // The listener failed before any signal.
-            sessions.cancel();
-            let _ = driver.await;
-            let _ = notices.await;
-            sig.abort();
-            server.runtime().close();
-            return match ended {
-                Ok(r) => r.map_err(anyhow::Error::from),
-                Err(e) => Err(anyhow::anyhow!("the HTTP server stopped: {e}")),
-            };
-        }
+    // A signal stops the server gracefully; with no connection open, `served` is done
+    // at the same moment, and the shutdown must still drain: only an end of `served`
+    // with no signal is the listener failing.
+    let ended_early = tokio::select! {
+        biased;
+        _ = stop.cancelled() => None,
+        ended = &mut served => Some(ended),
+    };
+    if let Some(ended) = &ended_early
+        && !stop.is_cancelled()
+    {
+        sessions.cancel();
+        let _ = driver.await;
+        let _ = notices.await;
+        sig.abort();
+        server.runtime().close();
+        return match ended {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(anyhow::anyhow!("the HTTP server stopped: {e}")),
+            Err(e) => Err(anyhow::anyhow!("the HTTP server stopped: {e}")),
+        };
     }
     server.drain().await;
     // Closing the sessions cancels responses not yet sent: let the results of the calls
@@ -536,7 +602,11 @@ pub async fn serve_http(
         );
     }
     sessions.cancel();
-    let result = match tokio::time::timeout(Duration::from_secs(5), served).await {
+    let ended = match ended_early {
+        Some(ended) => Ok(ended),
+        None => tokio::time::timeout(Duration::from_secs(5), served).await,
+    };
+    let result = match ended {
         Ok(Ok(r)) => r.map_err(anyhow::Error::from),
         Ok(Err(e)) => Err(anyhow::anyhow!("the HTTP server stopped: {e}")),
         Err(_) => Ok(()),
@@ -556,10 +626,7 @@ pub async fn serve_stdio(server: Arc<Server>, principal: String) -> anyhow::Resu
     let driver = tokio::spawn(server.clone().drive(stop.clone()));
     let notices = tokio::spawn(server.clone().notices(stop.clone()));
     let sig = tokio::spawn(signals(server.clone(), stop.clone()));
-    let handler = WardenMcp {
-        server: server.clone(),
-        stdio_principal: Some(principal),
-    };
+    let handler = WardenMcp::new(server.clone(), Some(principal));
     let (input, output) = crate::stdio::streams();
     let written = Arc::new(AtomicU64::new(0));
     let output = crate::stdio::Counted::new(output, written.clone());
@@ -583,6 +650,81 @@ pub async fn serve_stdio(server: Arc<Server>, principal: String) -> anyhow::Resu
     sig.abort();
     server.runtime().close();
     Ok(())
+}
+
+/// Largest MCP request body taken, in bytes.
+const MAX_MCP_BODY: usize = 4 << 20;
+/// A larger body is read (and thrown away) up to this much before the 413 goes out, so
+/// the client, still sending, reads a status instead of a reset connection.
+const MAX_DRAINED: usize = 64 << 20;
+
+/// A JSON-RPC error answer (`id` null: the request could not be read).
+fn json_rpc_error(status: StatusCode, code: i64, message: &str) -> Response {
+    let body = serde_json::json!({
+        "jsonrpc": "2.0",
+        "id": null,
+        "error": { "code": code, "message": message },
+    });
+    (
+        status,
+        [(header::CONTENT_TYPE, "application/json")],
+        body.to_string(),
+    )
+        .into_response()
+}
+
+/// Every MCP POST's body: at most `MAX_MCP_BODY` (else 413, whatever its size, after
+/// draining it), and JSON (else 400 with the JSON-RPC parse error, -32700), before the
+/// MCP service sees it.
+async fn json_rpc_body(request: Request, next: Next) -> Response {
+    if request.method() != axum::http::Method::POST {
+        return next.run(request).await;
+    }
+    use http_body_util::BodyExt as _;
+    let (parts, mut body) = request.into_parts();
+    let mut bytes: Vec<u8> = Vec::new();
+    let mut seen = 0usize;
+    while let Some(frame) = body.frame().await {
+        let Ok(frame) = frame else {
+            return json_rpc_error(
+                StatusCode::BAD_REQUEST,
+                -32700,
+                "Parse error: the body could not be read",
+            );
+        };
+        let Ok(chunk) = frame.into_data() else {
+            continue;
+        };
+        seen += chunk.len();
+        if seen <= MAX_MCP_BODY {
+            bytes.extend_from_slice(&chunk);
+        } else if seen > MAX_DRAINED {
+            break;
+        }
+    }
+    if seen > MAX_MCP_BODY {
+        return json_rpc_error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            -32600,
+            &format!(
+                "Invalid request: the body is {}{} bytes, over the {MAX_MCP_BODY}-byte limit",
+                if seen > MAX_DRAINED { "over " } else { "" },
+                seen.min(MAX_DRAINED)
+            ),
+        );
+    }
+    if let Err(e) = serde_json::from_slice::<serde::de::IgnoredAny>(&bytes) {
+        return json_rpc_error(
+            StatusCode::BAD_REQUEST,
+            -32700,
+            &format!(
+                "Parse error: {}",
+                crate::runs::bounded_to(&e.to_string(), 200)
+            ),
+        );
+    }
+    next.run(Request::from_parts(parts, axum::body::Body::from(bytes)))
+        .await
 }
 
 /// Count an MCP POST as in flight until its response body has been sent to the client

@@ -9,6 +9,9 @@ Scenarios print one JSON object on stdout:
   load N TOOL ARGS_JSON
                 N calls one after another
   listen        wait for notifications/tools/list_changed (up to 20 s)
+  logged LEVEL TOOL ARGS_JSON
+                one call with log messages asked for at LEVEL
+  unknown N     N calls of tools that do not exist
   hammer K TOOL ARGS_JSON
                 K concurrent callers until the server goes away; a line per
                 success ({"ok": RUN_ID}) as it comes
@@ -80,6 +83,29 @@ async def scenario(client, name, args):
             else:
                 ok += 1
         return {"ok": ok, "errors": errors}
+    if name == "logged":
+        # One call with log messages asked for at LEVEL; the messages received.
+        level, tool, arguments = args[0], args[1], json.loads(args[2])
+        try:
+            await client.set_logging_level(level)
+        except Exception:
+            pass  # a 2026-07-28 session asks per request (`log_level` on the client)
+        r = await client.call_tool(tool, arguments)
+        await anyio.sleep(0.2)
+        out = result_json(r)
+        out["messages"] = [
+            {"level": m.level, "logger": m.logger, "data": m.data} for m in LOGGED
+        ]
+        return out
+    if name == "unknown":
+        # N calls of tools that do not exist, each a protocol error.
+        errors = 0
+        for i in range(int(args[0])):
+            try:
+                await client.call_tool(f"no_such_tool_{i}", {})
+            except Exception:
+                errors += 1
+        return {"errors": errors}
     if name == "hammer":
         # K tasks calling TOOL until the server goes away; one line per success, at once.
         k, tool, arguments = int(args[0]), args[1], json.loads(args[2])
@@ -107,19 +133,33 @@ async def scenario(client, name, args):
     raise SystemExit(f"unknown scenario {name}")
 
 
+LOGGED = []
+
+
+async def on_log(params):
+    LOGGED.append(params)
+
+
+def options(rest):
+    """Client options a scenario needs."""
+    if rest and rest[0] == "logged":
+        return {"logging_callback": on_log, "log_level": rest[1]}
+    return {}
+
+
 async def main(argv):
     if argv[0] == "--stdio":
         split = argv.index("--")
         command, rest = argv[1:split], argv[split + 1:]
         server = StdioServerParameters(command=command[0], args=command[1:])
-        async with Client(server) as client:
+        async with Client(server, **options(rest)) as client:
             out = await scenario(client, rest[0], rest[1:])
             # Printed before the session closes: a server shutting down may cut the close.
             print(json.dumps(out), flush=True)
     else:
         url, token, rest = argv[1], argv[3], argv[4:]
         async with create_mcp_http_client(headers={"Authorization": f"Bearer {token}"}) as http:
-            async with Client(streamable_http_client(url, http_client=http)) as client:
+            async with Client(streamable_http_client(url, http_client=http), **options(rest)) as client:
                 out = await scenario(client, rest[0], rest[1:])
                 print(json.dumps(out), flush=True)
 

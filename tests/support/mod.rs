@@ -562,3 +562,23 @@ impl Drop for Tmpfs {
         let _ = Command::new("umount").arg("-l").arg(&self.path).status();
     }
 }
+
+impl Env {
+    /// Run `warden ARGS` with its stdout a pipe that is already closed (`| head -0`).
+    pub fn warden_into_closed_pipe(&self, args: &[&str]) -> Run {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_warden"))
+            .arg("-c")
+            .arg(self.config())
+            .args(args)
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .current_dir(self.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run warden");
+        drop(child.stdout.take());
+        Run::from(child.wait_with_output().expect("wait for warden"))
+    }
+}

@@ -510,3 +510,195 @@ fn eight_clients_at_once_every_call_accounted_for() {
         .count();
     assert_eq!(ends, total, "every call has its audit records");
 }
+
+const INITIALIZE: &str = r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"t","version":"1"}}}"#;
+
+#[test]
+fn a_loopback_server_accepts_its_own_origin_and_refuses_every_other() {
+    let (env, [agent, _, _]) = served_env("");
+    let server = env.serve();
+    let url = server.url("/mcp");
+    let auth = format!("Bearer {agent}");
+    let post = |origin: &str| {
+        http(
+            "POST",
+            &url,
+            &[
+                ("authorization", &auth),
+                ("content-type", "application/json"),
+                ("accept", "application/json, text/event-stream"),
+                ("origin", origin),
+            ],
+            Some(INITIALIZE),
+        )
+    };
+    let own = format!("http://{}", server.addr);
+    let (status, body) = post(&own);
+    assert_eq!(status, 200, "its own origin: {body}");
+    for other in [
+        "http://evil.example.com",
+        "null",
+        &own.replace("127.0.0.1", "127.0.0.2"),
+    ] {
+        let (status, body) = post(other);
+        assert_eq!(status, 403, "{other}: {body}");
+    }
+}
+
+#[test]
+fn oversized_and_malformed_bodies_get_a_status_and_a_json_rpc_error() {
+    let (env, [agent, _, _]) = served_env("");
+    let server = env.serve();
+    let url = server.url("/mcp");
+    let auth = format!("Bearer {agent}");
+    let post = |body: &str| {
+        http(
+            "POST",
+            &url,
+            &[
+                ("authorization", &auth),
+                ("content-type", "application/json"),
+                ("accept", "application/json, text/event-stream"),
+            ],
+            Some(body),
+        )
+    };
+    for mib in [8, 32] {
+        let big = format!(
+            r#"{{"jsonrpc":"2.0","id":1,"method":"ping","params":{{"x":"{}"}}}}"#,
+            "x".repeat(mib << 20)
+        );
+        let (status, body) = post(&big);
+        assert_eq!(status, 413, "{mib} MiB: {}", &body[..body.len().min(200)]);
+        assert!(body.contains("\"jsonrpc\""), "{mib} MiB: {body}");
+    }
+    let (status, body) = post("{\"jsonrpc\":\"2.0\",\"id\":1,");
+    assert_eq!(status, 400, "{body}");
+    let error: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(error["error"]["code"], -32700, "{body}");
+}
+
+#[test]
+fn failed_authentications_are_counted_per_source_and_throttled() {
+    let (env, [_, _, operator]) = served_env("");
+    let mut server = env.serve();
+    let runs = server.url("/api/runs");
+    let mut statuses = Vec::new();
+    for _ in 0..100 {
+        let (status, _) = http("GET", &runs, &[("authorization", "Bearer wdn_guess")], None);
+        statuses.push(status);
+    }
+    let unauthorized = statuses.iter().filter(|s| **s == 401).count();
+    let throttled = statuses.iter().filter(|s| **s == 429).count();
+    assert_eq!((unauthorized, throttled), (30, 70), "{statuses:?}");
+    // Throttled before its token is looked at, whatever it is.
+    let (status, _) = http(
+        "GET",
+        &runs,
+        &[("authorization", &format!("Bearer {operator}"))],
+        None,
+    );
+    assert_eq!(status, 429);
+    assert!(server.stop().success());
+    let denied: Vec<Value> = warden::audit::read_all(&env.path().join("data/audit"))
+        .unwrap()
+        .into_iter()
+        .filter(|r| r["kind"] == "auth-denied")
+        .collect();
+    assert!(
+        denied.len() <= 3,
+        "one record per source per window, not per request: {denied:?}"
+    );
+    let failures: u64 = denied
+        .iter()
+        .map(|r| r["failures"].as_u64().unwrap_or(1))
+        .sum();
+    assert_eq!(failures, 30, "every failure counted: {denied:?}");
+}
+
+#[test]
+fn metrics_stay_bounded_whatever_tool_names_agents_send() {
+    let (env, [agent, _, operator]) = served_env("");
+    let server = env.serve();
+    let run = mcp_client(&[
+        "--http",
+        &server.url("/mcp"),
+        "--token",
+        &agent,
+        "unknown",
+        "30",
+    ]);
+    assert_eq!(json_of(&run)["errors"], 30, "{run:?}");
+    let (status, metrics) = http(
+        "GET",
+        &server.url("/metrics"),
+        &[("authorization", &format!("Bearer {operator}"))],
+        None,
+    );
+    assert_eq!(status, 200);
+    assert!(!metrics.contains("no_such_tool"), "{metrics}");
+    assert!(
+        metrics.contains("warden_calls_total{tool=\"unknown\",outcome=\"unknown-tool\"} 30"),
+        "{metrics}"
+    );
+    let series: Vec<&str> = metrics.lines().filter(|l| !l.starts_with('#')).collect();
+    let mut names: Vec<&str> = series
+        .iter()
+        .map(|l| l.rsplit_once(' ').map_or(*l, |(name, _)| name))
+        .collect();
+    let total = names.len();
+    names.sort_unstable();
+    names.dedup();
+    assert_eq!(names.len(), total, "no series twice: {metrics}");
+    assert!(metrics.contains("warden_audit_enabled 1"), "{metrics}");
+}
+
+#[test]
+fn a_client_that_asks_for_log_messages_gets_its_calls_log_lines() {
+    let env = Env::new("");
+    env.write_config(&format!(
+        "{}\n[[plugin]]\nid = \"hostile\"\ncomponent = \"{{hostile}}\"\n",
+        crate::approvals::test_tokens()
+    ));
+    let server = env.serve();
+    let url = server.url("/mcp");
+    let run = mcp_client(&[
+        "--http",
+        &url,
+        "--token",
+        "token-agent",
+        "logged",
+        "info",
+        "log_flood",
+        r#"{"lines":3}"#,
+    ]);
+    let out = json_of(&run);
+    let messages = out["messages"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{run:?}"));
+    assert_eq!(messages.len(), 3, "{out}");
+    assert_eq!(messages[0]["logger"], "plugin:hostile", "{out}");
+    assert_eq!(messages[0]["data"]["message"], "line 0", "{out}");
+    assert!(
+        messages[0]["data"]["run_id"]
+            .as_str()
+            .unwrap()
+            .starts_with("run-"),
+        "{out}"
+    );
+    let quiet = mcp_client(&[
+        "--http",
+        &url,
+        "--token",
+        "token-agent",
+        "logged",
+        "error",
+        "log_flood",
+        r#"{"lines":3}"#,
+    ]);
+    assert_eq!(
+        json_of(&quiet)["messages"],
+        serde_json::json!([]),
+        "{quiet:?}"
+    );
+}

@@ -37,6 +37,13 @@ impl Guest for HostilePolicy {
                     || std::fs::read_to_string("/etc/passwd").is_ok();
                 Decision::Deny(format!("now={now} env={env} files={files}"))
             }
+            // Reports what its randomness gives it: the same action must give the same.
+            "random" => {
+                use std::hash::BuildHasher;
+                let a = std::collections::hash_map::RandomState::new().hash_one(42u64);
+                let b = std::collections::hash_map::RandomState::new().hash_one(42u64);
+                Decision::Deny(format!("random={a:016x}{b:016x}"))
+            }
             "alloc" => {
                 let blocks: Vec<Vec<u8>> = (0..4096).map(|_| vec![1u8; 1 << 20]).collect();
                 Decision::Deny(format!("allocated {}", blocks.len()))
