@@ -697,6 +697,22 @@ fn input_is_validated_against_the_tool_schema_before_anything_runs() {
     let run = env.warden(&["call", "text_stat", "--input", "{}"]);
     assert_eq!(run.code, USAGE, "{run:?}");
     assert!(run.stderr.contains("did you mean `text_stats`"), "{run:?}");
+
+    // An error quotes the value it is about: never the whole of a huge one.
+    let huge = format!(r#"{{"text": {{"a": "{}"}}}}"#, "x".repeat(5 << 20));
+    std::fs::write(env.path().join("huge.json"), &huge).unwrap();
+    let run = env.warden(&["call", "text_stats", "--input", "@huge.json"]);
+    assert_eq!(run.code, USAGE, "{run:?}");
+    assert!(
+        run.stderr.contains("not of type"),
+        "{}",
+        &run.stderr[..run.stderr.len().min(500)]
+    );
+    assert!(
+        run.stderr.len() < 4096,
+        "{} bytes of error",
+        run.stderr.len()
+    );
 }
 
 // ---- the CLI ----
@@ -852,6 +868,50 @@ fn compiled_components_are_cached_and_a_corrupt_entry_is_recompiled() {
         std::fs::metadata(&entries[0]).unwrap().len() > 1000,
         "the entry was rewritten"
     );
+
+    // Native code from a file others could have written is never loaded: here another
+    // component's compiled code under this one's name, writable by anyone.
+    use std::os::unix::fs::PermissionsExt;
+    let good = std::fs::read(&entries[0]).unwrap();
+    let other = env.path().join("other-cache");
+    std::fs::write(
+        env.config(),
+        format!(
+            "cache_dir = \"other-cache\"\nkey_dir = \"keys\"\n[[plugin]]\nid = \"a\"\ncomponent = {:?}\n",
+            wasm("notes").display().to_string()
+        ),
+    )
+    .unwrap();
+    assert_eq!(env.warden(&["check"]).code, OK);
+    let planted = std::fs::read_dir(&other)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    std::fs::copy(&planted, &entries[0]).unwrap();
+    std::fs::set_permissions(&entries[0], std::fs::Permissions::from_mode(0o666)).unwrap();
+    std::fs::write(
+        env.config(),
+        format!("cache_dir = \"own-cache\"\nkey_dir = \"keys\"\n{body}"),
+    )
+    .unwrap();
+    let run = env.warden(&["call", "text_stats", "--input", r#"{"text":"x"}"#]);
+    assert_eq!(run.code, OK, "the planted code was not run: {run:?}");
+    assert!(run.stderr.contains("recompiling a cache entry"), "{run:?}");
+    assert_eq!(
+        std::fs::read(&entries[0]).unwrap(),
+        good,
+        "replaced by its own code"
+    );
+    // A cache directory others may write is not used at all.
+    std::fs::set_permissions(&cache, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let run = env.warden(&["call", "text_stats", "--input", r#"{"text":"x"}"#]);
+    assert_eq!(run.code, OK, "{run:?}");
+    assert!(
+        run.stderr.contains("not using the compile cache"),
+        "{run:?}"
+    );
 }
 
 // ---- isolation ----
@@ -1004,7 +1064,9 @@ fn assert_no_secret(env: &Env, runs: &[&support::Run]) {
 fn vault_keeps_values_encrypted_and_refuses_wrong_keys_and_loose_key_files() {
     let (a, b) = (Listener::http(), Listener::http());
     let env = secret_env(&a, &b, HEADER_GRANT);
-    let key_file = env.path().join("data/master.key");
+    // The key lives outside the data dir: a copy of the data dir holds no key.
+    let key_file = env.path().join("keys/master.key");
+    assert!(!env.path().join("data/master.key").exists());
     use std::os::unix::fs::PermissionsExt;
     assert_eq!(
         std::fs::metadata(&key_file).unwrap().permissions().mode() & 0o777,
@@ -1040,6 +1102,35 @@ fn vault_keeps_values_encrypted_and_refuses_wrong_keys_and_loose_key_files() {
     assert!(
         loose.stderr.contains("readable by others") && loose.stderr.contains("chmod 600"),
         "{loose:?}"
+    );
+}
+
+#[test]
+fn a_master_key_left_in_the_data_dir_still_opens_the_vault_with_a_warning() {
+    let (a, b) = (Listener::http(), Listener::http());
+    let env = secret_env(&a, &b, HEADER_GRANT);
+    // As an older warden left it: the key beside the vault.
+    std::fs::rename(
+        env.path().join("keys/master.key"),
+        env.path().join("data/master.key"),
+    )
+    .unwrap();
+    let check = env.warden(&["check"]);
+    assert_eq!(check.code, OK, "{check:?}");
+    assert!(
+        check
+            .stderr
+            .contains("is in the data dir, beside the vault"),
+        "{check:?}"
+    );
+    // Without a key dir (no HOME, none configured) there is nowhere to make one.
+    let bare = Env::new("");
+    std::fs::write(bare.config(), "data_dir = \"data\"\n").unwrap();
+    let init = bare.warden(&["secrets", "init"]);
+    assert_eq!(init.code, USAGE, "{init:?}");
+    assert!(
+        init.stderr.contains("no place for the master key"),
+        "{init:?}"
     );
 }
 
@@ -1102,9 +1193,10 @@ fn injected_header_reaches_the_granted_host_but_never_the_plugin() {
         "{}",
         granted.received()
     );
-    // The server echoed the header back; the plugin's output reaches the caller redacted.
+    // The server echoed the header back; the plugin's output reaches the caller redacted
+    // (the header's whole formatted value is one of the forms scrubbed).
     let body = report["output"]["body"].as_str().unwrap();
-    assert!(body.contains("authorization: Bearer [REDACTED]"), "{body}");
+    assert!(body.contains("authorization: [REDACTED]"), "{body}");
     assert_no_secret(&env, &[&run]);
 }
 
@@ -1181,6 +1273,74 @@ fn placeholders_are_substituted_only_where_the_grant_says() {
     runs.push(run);
     let refs: Vec<&support::Run> = runs.iter().collect();
     assert_no_secret(&env, &refs);
+}
+
+/// A tool holding a revealed secret encodes it every way a leak would (base64 of a
+/// header, of bodies at each byte offset, escaped twice, URL-encoded): none of it
+/// leaves the call, in its output, the CLI's, the run history or the audit log.
+#[test]
+fn a_secret_encoded_every_way_a_tool_would_never_leaves_the_call() {
+    use base64::Engine as _;
+    let tricky = r#"q"u\ote/and+pl=us-0123456789"#;
+    let env = Env::new("");
+    assert_eq!(env.warden(&["secrets", "init"]).code, OK);
+    let set = env.warden_stdin(&["secrets", "set", "tricky"], &format!("{tricky}\n"));
+    assert_eq!(set.code, OK, "{set:?}");
+    env.write_config(
+        "[[plugin]]\nid = \"hostile\"\ncomponent = \"{hostile}\"\n[plugin.grants]\nsecrets = [{ name = \"tricky\", reveal = true }]\n",
+    );
+    let (run, report) = env.call("encode", r#"{"name":"tricky"}"#);
+    assert_eq!(run.code, OK, "{run:?}");
+    let plain = env.warden(&["call", "encode", "--input", r#"{"name":"tricky"}"#]);
+    assert_eq!(plain.code, OK, "{plain:?}");
+    assert!(
+        report["output"]["header_b64"]
+            .as_str()
+            .unwrap()
+            .contains("[REDACTED]"),
+        "{report}"
+    );
+    // What would betray the value: its base64 at every offset (each alphabet), and the
+    // JSON escaping of it applied twice.
+    let mut needles: Vec<String> = Vec::new();
+    for engine in [
+        &base64::engine::general_purpose::STANDARD,
+        &base64::engine::general_purpose::URL_SAFE,
+    ] {
+        for offset in 0..3 {
+            let mut padded = vec![b'x'; offset];
+            padded.extend_from_slice(tricky.as_bytes());
+            let encoded = engine.encode(&padded);
+            let last = 4 * (padded.len() / 3);
+            needles.push(encoded[4..last].to_string());
+        }
+    }
+    let once = serde_json::to_string(tricky).unwrap();
+    needles.push(
+        serde_json::to_string(&once)
+            .unwrap()
+            .trim_matches('"')
+            .to_string(),
+    );
+    needles.push("ote/and+pl".to_string());
+    let mut texts = vec![run.stdout.clone(), run.stderr.clone(), plain.stdout.clone()];
+    let mut files = vec![env.path().join("data")];
+    while let Some(path) = files.pop() {
+        if path.is_dir() {
+            files.extend(std::fs::read_dir(&path).unwrap().map(|e| e.unwrap().path()));
+        } else if path.extension().is_none_or(|e| e != "wasm" && e != "cwasm") {
+            texts.push(String::from_utf8_lossy(&std::fs::read(&path).unwrap()).into_owned());
+        }
+    }
+    for text in &texts {
+        for needle in &needles {
+            assert!(
+                !text.contains(needle.as_str()),
+                "{needle} leaked: {}",
+                &text[..text.len().min(2000)]
+            );
+        }
+    }
 }
 
 #[test]

@@ -1,10 +1,12 @@
 //! On-disk cache of compiled components, keyed by component digest and engine
 //! configuration, so a restart does not recompile.
 //!
-//! Owns `<data_dir>/cache/`. Loading a cached artifact maps native code into the
-//! process, so this cache must only ever hold files warden itself wrote: the
-//! directory is the operator's, like the rest of the data dir. An entry that fails to
-//! load (truncated, from another wasmtime) is recompiled and replaced, never trusted.
+//! Owns `<data_dir>/cache/` (or the configured cache dir, which several configs of one
+//! user may share). Loading a cached artifact maps native code into the process, so an
+//! artifact is loaded only from a directory private to this user (owned by it, writable
+//! by nobody else) and only if the file is too: anything else is compiled afresh (and a
+//! file that is not private is replaced). An entry that fails to load (truncated, from
+//! another wasmtime) is recompiled and replaced, never trusted.
 
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
@@ -50,8 +52,21 @@ impl CompileCache {
         let Some(dir) = &self.dir else {
             return Ok(Component::new(engine, bytes)?);
         };
+        if let Err(why) = private(dir, true) {
+            tracing::warn!(dir = %dir.display(), "not using the compile cache: {why}");
+            return Ok(Component::new(engine, bytes)?);
+        }
         let path = dir.join(format!("{digest}-{}.cwasm", self.engine_key));
-        if path.is_file() {
+        let trusted = match private(&path, false) {
+            Ok(()) => true,
+            Err(why) => {
+                if path.exists() {
+                    tracing::warn!(path = %path.display(), "recompiling a cache entry: {why}");
+                }
+                false
+            }
+        };
+        if trusted {
             // SAFETY: the file was written by `store` below from this engine's own
             // `precompile_component`, under a name that binds the source digest and the
             // engine configuration; the data dir is trusted like the binary itself.
@@ -71,13 +86,54 @@ impl CompileCache {
     }
 }
 
-/// Write atomically: a crash leaves either no entry or a whole one.
+/// Is `path` (a directory when `dir`) this user's alone: owned by it, not a symlink,
+/// writable by nobody else? A directory that does not exist yet is created private.
+fn private(path: &Path, dir: bool) -> std::result::Result<(), String> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+    if dir && !path.exists() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(path)
+            .map_err(|e| format!("cannot create it: {e}"))?;
+    }
+    let meta = std::fs::symlink_metadata(path).map_err(|e| e.to_string())?;
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let me = unsafe { libc::geteuid() };
+    if meta.file_type().is_symlink() {
+        return Err("it is a symlink".into());
+    }
+    if meta.uid() != me {
+        return Err(format!(
+            "it is owned by uid {}, not this user ({me})",
+            meta.uid()
+        ));
+    }
+    if meta.mode() & 0o022 != 0 {
+        return Err(format!(
+            "others may write it (mode {:o}); `chmod go-w` it",
+            meta.mode() & 0o777
+        ));
+    }
+    Ok(())
+}
+
+/// Write atomically (a crash leaves either no entry or a whole one), private to this user.
 fn store(dir: &Path, path: &Path, bytes: &[u8]) -> Result<()> {
-    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt;
     static WRITES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let n = WRITES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let tmp = path.with_extension(format!("tmp{}-{n}", std::process::id()));
-    std::fs::write(&tmp, bytes).with_context(|| format!("writing {}", tmp.display()))?;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)
+        .with_context(|| format!("creating {} in {}", tmp.display(), dir.display()))?;
+    file.write_all(bytes)
+        .with_context(|| format!("writing {}", tmp.display()))?;
+    drop(file);
     std::fs::rename(&tmp, path).with_context(|| format!("renaming to {}", path.display()))?;
     Ok(())
 }

@@ -24,6 +24,11 @@ use crate::record;
 use crate::runtime::Runtime;
 use crate::secrets::Redactor;
 
+/// Most schema errors reported for one input, and the longest text of each: an error
+/// quotes the value it is about, which the caller controls.
+const MAX_SCHEMA_ERRORS: usize = 10;
+const MAX_QUOTED: usize = 512;
+
 /// What the caller asks for.
 #[derive(Debug, Clone, Copy)]
 pub struct CallRequest<'a> {
@@ -233,20 +238,37 @@ impl Runtime {
             })?;
         let input: Value = serde_json::from_str(request.input)
             .map_err(|e| CallError::InvalidJson(e.to_string()))?;
-        let errors: Vec<String> = tool
-            .validator
-            .iter_errors(&input)
-            .map(|e| {
-                let at = e.instance_path.to_string();
-                // Schema errors quote the offending value, which may be a secret.
-                let e = self.redactor.scrub(&e.to_string()).into_owned();
-                if at.is_empty() {
-                    e
-                } else {
-                    format!("{at}: {e}")
-                }
-            })
-            .collect();
+        let mut errors: Vec<String> = Vec::new();
+        let mut more = 0usize;
+        for e in tool.validator.iter_errors(&input) {
+            if errors.len() == MAX_SCHEMA_ERRORS {
+                more += 1;
+                continue;
+            }
+            let at = crate::runs::bounded_to(&e.instance_path.to_string(), 256);
+            // Schema errors quote the offending value, which may be a secret and may be
+            // megabytes long: the quote is scrubbed and cut, the rest of the message kept.
+            let message = e.to_string();
+            let quoted = e.instance.to_string();
+            let e = match message.find(&quoted) {
+                Some(i) if quoted.len() > MAX_QUOTED => format!(
+                    "{}{}{}",
+                    self.redactor.bounded(&message[..i], MAX_QUOTED),
+                    self.redactor.bounded(&quoted, MAX_QUOTED),
+                    self.redactor
+                        .bounded(&message[i + quoted.len()..], MAX_QUOTED)
+                ),
+                _ => self.redactor.bounded(&message, 2 * MAX_QUOTED),
+            };
+            errors.push(if at.is_empty() {
+                e
+            } else {
+                format!("{at}: {e}")
+            });
+        }
+        if more > 0 {
+            errors.push(format!("and {more} more"));
+        }
         if !errors.is_empty() {
             return Err(CallError::InvalidInput {
                 tool: tool.name.clone(),
@@ -515,7 +537,10 @@ fn scrub_report(r: &Redactor, report: &mut CallReport) {
             match kind {
                 Failure::Tool { code, message } => {
                     r.scrub_string(code);
-                    r.scrub_string(message);
+                    // Kept past its bound by the longest secret form (`plugin`): cut
+                    // now that it is scrubbed.
+                    *message = r.bounded(message, crate::plugin::MAX_ERROR_MESSAGE);
+                    *error = crate::runs::bounded_to(error, crate::plugin::MAX_ERROR_MESSAGE + 64);
                 }
                 Failure::Trap { message, backtrace } => {
                     r.scrub_string(message);

@@ -71,9 +71,11 @@ pub struct Config {
     pub cache_dir: PathBuf,
     /// The encrypted vault; `<data_dir>/vault.json` unless `[vault] path` is set.
     pub vault_path: PathBuf,
-    /// The master key file; `<data_dir>/master.key` unless `[vault] key_file` is set.
-    /// `WARDEN_MASTER_KEY` takes precedence over it.
-    pub key_file: PathBuf,
+    /// The master key file: `[vault] key_file`, else `<key_dir>/master.key` (outside the
+    /// data dir, so a copy of the data dir holds no key). A `master.key` an older warden
+    /// left in the data dir is still used, with a warning. `WARDEN_MASTER_KEY` takes
+    /// precedence over it. `None`: nowhere to put one (no key dir).
+    pub key_file: Option<PathBuf>,
     /// Where warden's keys live when not named one by one: outside the data dir, so a
     /// copy of the data dir holds no key. `key_dir`, or `$XDG_CONFIG_HOME/warden`, or
     /// `~/.config/warden`; `None` when none of those is set.
@@ -536,11 +538,32 @@ impl Config {
         }
         let runs_db = data_dir.join("runs.db");
         let audit = check_audit(&locate, base, &data_dir, key_dir.as_deref(), &raw.audit)?;
-        let key_file = raw
-            .vault
-            .key_file
-            .as_ref()
-            .map_or_else(|| data_dir.join("master.key"), |p| base.join(p));
+        let legacy = data_dir.join("master.key");
+        let key_file = match &raw.vault.key_file {
+            Some(p) => Some(base.join(p)),
+            None if legacy.is_file() => {
+                tracing::warn!(
+                    "the master key {} is in the data dir, beside the vault: a copy of the data dir holds both; move it to {} (or set [vault] key_file)",
+                    legacy.display(),
+                    key_dir.as_ref().map_or("a key dir".to_string(), |d| d
+                        .join("master.key")
+                        .display()
+                        .to_string())
+                );
+                Some(legacy)
+            }
+            None => key_dir.as_ref().map(|d| d.join("master.key")),
+        };
+        if let Some(key) = &key_file
+            && key.parent().map(absolute) == vault_path.parent().map(absolute)
+            && raw.vault.key_file.is_some()
+        {
+            tracing::warn!(
+                "the master key {} and the vault {} are in one directory: whoever copies it has both",
+                key.display(),
+                vault_path.display()
+            );
+        }
 
         let approvals = match &raw.approvals {
             None => ApprovalsConfig::default(),
@@ -632,7 +655,13 @@ impl Config {
             ("data dir", data_dir.as_path()),
             ("compile cache", cache_dir.as_path()),
             ("vault", vault_path.parent().unwrap_or(&vault_path)),
-            ("master key", key_file.parent().unwrap_or(&key_file)),
+            (
+                "master key",
+                key_file
+                    .as_deref()
+                    .and_then(Path::parent)
+                    .unwrap_or(data_dir.as_path()),
+            ),
         ];
         for (what, dir) in protected {
             let dir = absolute(dir);

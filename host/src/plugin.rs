@@ -44,6 +44,10 @@ pub struct Plugin {
     fuel: bool,
 }
 
+/// Longest tool error message kept (before redaction, plus the longest secret form so
+/// redaction still sees a value at the cut; `call` cuts it again after scrubbing).
+pub const MAX_ERROR_MESSAGE: usize = 4096;
+
 /// Why a call did not produce output.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Failure {
@@ -193,9 +197,14 @@ impl Plugin {
                     None => trap(&error),
                 },
             ),
+            // A tool's own error text is bounded like its output (it reaches the caller,
+            // the log and the run history).
             Ok(Ok(Err(e))) => Err(Failure::Tool {
-                code: e.code,
-                message: e.message,
+                code: crate::runs::bounded_to(&e.code, 128),
+                message: crate::runs::bounded_to(
+                    &e.message,
+                    MAX_ERROR_MESSAGE + self.sandbox.redactor.longest(),
+                ),
             }),
             Ok(Ok(Ok(output))) => check_output(&output, limits.max_output_kb)
                 .and_then(|value| self.check_output_schema(&tool, value)),

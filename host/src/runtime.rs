@@ -27,7 +27,7 @@ use crate::policy::Policy;
 use crate::record;
 use crate::runs::RunStore;
 use crate::sandbox::{self, PolicyState, ToolState};
-use crate::secrets::{PluginSecrets, Redactor};
+use crate::secrets::{PluginSecrets, Redactor, SecretUse};
 use crate::vault::{MasterKey, Vault, VaultError};
 
 /// What every component load and every call shares: one engine, its linkers, the cache.
@@ -365,7 +365,7 @@ fn load_secrets(config: &Config) -> Result<(Vec<Arc<PluginSecrets>>, Redactor), 
             format!("cannot open the vault {}: {e}", config.vault_path.display()),
         )
     };
-    let key = MasterKey::resolve(&config.key_file).map_err(vault_error)?;
+    let key = MasterKey::resolve(config.key_file.as_deref()).map_err(vault_error)?;
     let vault = Vault::open(&config.vault_path, &key).map_err(vault_error)?;
     let mut all = Vec::new();
     let mut out = Vec::new();
@@ -388,7 +388,11 @@ fn load_secrets(config: &Config) -> Result<(Vec<Arc<PluginSecrets>>, Redactor), 
                 }
                 Err(e) => return Err(config.error_at(grant.span, &key, e)),
             };
-            all.push(value.clone());
+            let formats = match &grant.usage {
+                SecretUse::Header { format, .. } => vec![format.clone()],
+                _ => Vec::new(),
+            };
+            all.push((value.clone(), formats));
             values.insert(grant.secret.clone(), value);
         }
         out.push(Arc::new(PluginSecrets::new(
@@ -396,7 +400,7 @@ fn load_secrets(config: &Config) -> Result<(Vec<Arc<PluginSecrets>>, Redactor), 
             values,
         )));
     }
-    let redactor = Redactor::new(all.iter().map(|v| v.as_str()));
+    let redactor = Redactor::new(all.iter().map(|(v, f)| (v.as_str(), f.clone())));
     Ok((out, redactor))
 }
 
@@ -425,7 +429,7 @@ async fn open_audit(config: &Config) -> Result<AuditLog, LoadError> {
 /// What seals held inputs: the vault's master key, when one can be had (a key file
 /// or `WARDEN_MASTER_KEY`). Without one no secret is granted, so none can be held.
 pub fn sealer(config: &Config) -> Option<crate::approvals::Sealer> {
-    MasterKey::resolve(&config.key_file)
+    MasterKey::resolve(config.key_file.as_deref())
         .ok()
         .map(|key| crate::approvals::Sealer::new(key.bytes()))
 }

@@ -249,8 +249,11 @@ fn normalize_host(host: &str) -> String {
         .to_ascii_lowercase()
 }
 
-/// Scrubs every known secret value, and its JSON-escaped, base64 and URL-encoded
-/// forms, from text leaving a call.
+/// Scrubs every known secret value from text leaving a call, in the forms it takes on
+/// its way out: as it is and as a header carries it (`Bearer <value>`), each of those
+/// JSON-escaped once and twice, base64 (standard and URL alphabets, padded or not) at
+/// each of the three byte offsets it can sit at inside a larger encoded body, and the
+/// URL-encoding of all of them.
 #[derive(Default)]
 pub struct Redactor {
     matcher: Option<AhoCorasick>,
@@ -262,25 +265,83 @@ pub struct Redactor {
 
 pub const REDACTED: &str = "[REDACTED]";
 
+/// Shorter base64 runs than this are not searched for inside larger bodies: too
+/// short, they would match ordinary text.
+const MIN_CORE: usize = 8;
+
+/// The base64 characters that `form` alone determines when it sits at byte offset
+/// `offset` (0, 1 or 2) of a larger base64-encoded body, in `engine`'s alphabet.
+fn base64_core(engine: &base64::engine::GeneralPurpose, form: &[u8], offset: usize) -> String {
+    let mut padded = vec![0u8; offset];
+    padded.extend_from_slice(form);
+    let encoded = engine.encode(&padded);
+    // A group (3 bytes, 4 characters) holding a byte from before or after the form
+    // depends on it: keep only the groups made of the form's bytes alone.
+    let first = if offset == 0 { 0 } else { 4 };
+    let last = 4 * (padded.len() / 3);
+    encoded
+        .get(first..last.max(first))
+        .unwrap_or_default()
+        .trim_end_matches('=')
+        .to_string()
+}
+
 impl Redactor {
-    pub fn new<'a>(values: impl IntoIterator<Item = &'a str>) -> Redactor {
+    /// A redactor for `secrets`: each value with the header formats (`Bearer {}`) its
+    /// grants send it in.
+    pub fn new<'a>(secrets: impl IntoIterator<Item = (&'a str, Vec<String>)>) -> Redactor {
         let mut patterns: Vec<String> = Vec::new();
-        for value in values {
-            let json = serde_json::to_string(value).unwrap_or_default();
-            let forms = [
-                value.to_string(),
-                json.trim_matches('"').to_string(),
-                STANDARD.encode(value),
-                STANDARD_NO_PAD.encode(value),
-                URL_SAFE.encode(value),
-                URL_SAFE_NO_PAD.encode(value),
-                percent_encoding::utf8_percent_encode(value, percent_encoding::NON_ALPHANUMERIC)
-                    .to_string(),
-                percent_encoding::utf8_percent_encode(value, URL_VALUE).to_string(),
-            ];
+        let add = |form: String, patterns: &mut Vec<String>| {
+            if !form.is_empty() && !patterns.contains(&form) {
+                patterns.push(form);
+            }
+        };
+        for (value, formats) in secrets {
+            if value.is_empty() {
+                continue;
+            }
+            let mut bases = vec![value.to_string()];
+            bases.extend(
+                formats
+                    .iter()
+                    .map(|f| f.replace("{}", value))
+                    .filter(|f| f != value),
+            );
+            let mut forms = Vec::new();
+            for base in bases {
+                let once = serde_json::to_string(&base).unwrap_or_default();
+                let once = once[1..once.len().saturating_sub(1).max(1)].to_string();
+                let twice = serde_json::to_string(&once).unwrap_or_default();
+                let twice = twice[1..twice.len().saturating_sub(1).max(1)].to_string();
+                forms.push(base);
+                forms.push(once);
+                forms.push(twice);
+            }
+            let mut encoded = Vec::new();
+            for form in &forms {
+                for engine in [&STANDARD, &STANDARD_NO_PAD, &URL_SAFE, &URL_SAFE_NO_PAD] {
+                    encoded.push(engine.encode(form));
+                    for offset in 0..3 {
+                        let core = base64_core(engine, form.as_bytes(), offset);
+                        if core.len() >= MIN_CORE {
+                            encoded.push(core);
+                        }
+                    }
+                }
+            }
+            forms.extend(encoded);
             for form in forms {
-                if !form.is_empty() && !patterns.contains(&form) {
-                    patterns.push(form);
+                let url = [
+                    percent_encoding::utf8_percent_encode(
+                        &form,
+                        percent_encoding::NON_ALPHANUMERIC,
+                    )
+                    .to_string(),
+                    percent_encoding::utf8_percent_encode(&form, URL_VALUE).to_string(),
+                ];
+                add(form, &mut patterns);
+                for u in url {
+                    add(u, &mut patterns);
                 }
             }
         }
@@ -352,7 +413,7 @@ mod tests {
 
     #[test]
     fn redacts_value_and_its_encodings() {
-        let r = Redactor::new(["p@ss w/rd\"x"]);
+        let r = Redactor::new([("p@ss w/rd\"x", vec![])]);
         for text in [
             "p@ss w/rd\"x",
             "p@ss w/rd\\\"x",
@@ -366,5 +427,48 @@ mod tests {
         let mut v = serde_json::json!({ "k": ["p@ss w/rd\"x"], "p@ss w/rd\"x": 1 });
         r.scrub_value(&mut v);
         assert!(!v.to_string().contains("p@ss"), "{v}");
+    }
+
+    /// The forms an output carries a secret in when a tool encodes it, as the issue
+    /// that found them listed: base64 of a formatted header and of a larger body at
+    /// every byte offset, JSON escaped twice, and the URL-encoding of each.
+    #[test]
+    fn redacts_the_forms_a_secret_takes_inside_larger_encoded_text() {
+        let value = "s3cr\"t\\v4lue-long-enough";
+        let r = Redactor::new([(value, vec!["Bearer {}".to_string()])]);
+        let url = |t: &str| {
+            percent_encoding::utf8_percent_encode(t, percent_encoding::NON_ALPHANUMERIC).to_string()
+        };
+        let mut leaks = vec![
+            STANDARD.encode(format!("Bearer {value}")),
+            URL_SAFE_NO_PAD.encode(format!("Authorization: Bearer {value}")),
+            serde_json::to_string(
+                &serde_json::to_string(&serde_json::json!({ "v": value })).unwrap(),
+            )
+            .unwrap(),
+        ];
+        for prefix in ["", "a", "ab", "abc", "{\"token\":\""] {
+            let body = format!("{prefix}{value}\", and more text after it");
+            leaks.push(STANDARD.encode(&body));
+            leaks.push(URL_SAFE.encode(&body));
+        }
+        let encoded: Vec<String> = leaks.iter().map(|l| url(l)).collect();
+        leaks.extend(encoded);
+        for leak in &leaks {
+            let out = r.scrub(leak);
+            for piece in ["s3cr", "v4lue-long"] {
+                assert!(!out.contains(piece), "{leak} -> {out}");
+            }
+            // Decoded, nothing of the value is left either.
+            for engine in [&STANDARD, &URL_SAFE] {
+                let decoded = engine
+                    .decode(out.trim_matches(|c| c == '[' || c == ']'))
+                    .unwrap_or_default();
+                assert!(
+                    !String::from_utf8_lossy(&decoded).contains("v4lue-long"),
+                    "{leak} -> {out}"
+                );
+            }
+        }
     }
 }

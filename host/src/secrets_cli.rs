@@ -10,7 +10,7 @@ use clap::Subcommand;
 use zeroize::Zeroizing;
 
 use warden::config::Config;
-use warden::vault::{MasterKey, Vault};
+use warden::vault::{MASTER_KEY_ENV, MasterKey, Vault};
 
 #[derive(Subcommand)]
 pub enum SecretsCommand {
@@ -39,16 +39,19 @@ pub enum SecretsCommand {
 pub fn run(config: &Path, command: &SecretsCommand) -> Result<ExitCode> {
     let config = Config::load(config)?;
     let open = || -> Result<Vault> {
-        let key = MasterKey::resolve(&config.key_file)?;
+        let key = MasterKey::resolve(config.key_file.as_deref())?;
         Ok(Vault::open(&config.vault_path, &key)?)
     };
     match command {
         SecretsCommand::Init => {
-            Vault::init(&config.vault_path, &config.key_file)?;
+            Vault::init(&config.vault_path, config.key_file.as_deref())?;
             eprintln!(
                 "created vault {} (key: {})",
                 config.vault_path.display(),
-                config.key_file.display()
+                config
+                    .key_file
+                    .as_ref()
+                    .map_or(MASTER_KEY_ENV.to_string(), |k| k.display().to_string())
             );
         }
         SecretsCommand::Set { name } | SecretsCommand::Rotate { name } => {

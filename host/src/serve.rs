@@ -161,10 +161,7 @@ impl Server {
     pub async fn reload(self: &Arc<Self>) -> Result<Vec<String>, String> {
         let _one = self.reloading.lock().await;
         let current = self.runtime();
-        let loaded = match Config::load(&self.config_path) {
-            Ok(config) => current.reload(config).await.map_err(|e| e.to_string()),
-            Err(e) => Err(e.to_string()),
-        };
+        let loaded = load_elsewhere(current.clone(), self.config_path.clone()).await;
         let next = match loaded {
             Ok(next) => next,
             Err(e) => {
@@ -327,6 +324,35 @@ impl Server {
             }
         }
     }
+}
+
+/// Read the config and load its components on a thread of their own (compiling is CPU
+/// work that would stall the serving runtime: under `serve --stdio` it is a single
+/// thread), then hand the result back.
+async fn load_elsewhere(current: Arc<Runtime>, path: PathBuf) -> Result<Runtime, String> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let spawned = std::thread::Builder::new()
+        .name("warden-reload".into())
+        .spawn(move || {
+            let loaded = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt.block_on(async {
+                    match Config::load(&path) {
+                        Ok(config) => current.reload(config).await.map_err(|e| e.to_string()),
+                        Err(e) => Err(e.to_string()),
+                    }
+                }),
+                Err(e) => Err(format!("cannot start a runtime to load the config: {e}")),
+            };
+            let _ = tx.send(loaded);
+        });
+    if let Err(e) = spawned {
+        return Err(format!("cannot start the reload: {e}"));
+    }
+    rx.await
+        .unwrap_or_else(|_| Err("the reload stopped before it finished".into()))
 }
 
 /// Loopback names a `Host` header may carry without being listed.

@@ -28,6 +28,10 @@ const FORMAT: &str = "warden-vault-1";
 pub enum VaultError {
     #[error("no master key: set {MASTER_KEY_ENV} or create {path} with `warden secrets init`")]
     NoKey { path: PathBuf },
+    #[error(
+        "no place for the master key: set key_dir (a directory outside the data dir) or [vault] key_file in the config, or {MASTER_KEY_ENV} (neither XDG_CONFIG_HOME nor HOME is set)"
+    )]
+    NoKeyPlace,
     #[error("key file {path} is readable by others (mode {mode:o}); run `chmod 600 {path}`")]
     KeyPermissions { path: String, mode: u32 },
     #[error("master key from {source_name} is invalid: {why}")]
@@ -63,10 +67,11 @@ pub struct MasterKey(Zeroizing<[u8; 32]>);
 impl MasterKey {
     /// The key from `WARDEN_MASTER_KEY` if set, else from `key_file`, whose mode must
     /// not let group or others read it.
-    pub fn resolve(key_file: &Path) -> Result<MasterKey, VaultError> {
+    pub fn resolve(key_file: Option<&Path>) -> Result<MasterKey, VaultError> {
         if let Ok(hex) = std::env::var(MASTER_KEY_ENV) {
             return MasterKey::from_hex(hex.trim(), MASTER_KEY_ENV);
         }
+        let key_file = key_file.ok_or(VaultError::NoKeyPlace)?;
         let meta = match std::fs::metadata(key_file) {
             Ok(meta) => meta,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -162,19 +167,24 @@ pub struct Vault {
 }
 
 impl Vault {
-    /// Create a key file (mode 0600) and an empty vault. Refuses to overwrite either.
-    pub fn init(path: &Path, key_file: &Path) -> Result<(), VaultError> {
-        for existing in [path, key_file] {
-            if existing.exists() {
-                return Err(VaultError::AlreadyInitialized(existing.to_path_buf()));
-            }
+    /// Create an empty vault, and the key file (mode 0600, in a 0700 directory) when
+    /// there is none yet (several data dirs may share one key dir). Refuses to
+    /// overwrite a vault.
+    pub fn init(path: &Path, key_file: Option<&Path>) -> Result<(), VaultError> {
+        if path.exists() {
+            return Err(VaultError::AlreadyInitialized(path.to_path_buf()));
         }
         let master = match std::env::var(MASTER_KEY_ENV) {
             Ok(hex) => MasterKey::from_hex(hex.trim(), MASTER_KEY_ENV)?,
             Err(_) => {
-                let key = MasterKey::generate()?;
-                write_key_file(key_file, &key)?;
-                key
+                let key_file = key_file.ok_or(VaultError::NoKeyPlace)?;
+                if key_file.exists() {
+                    MasterKey::resolve(Some(key_file))?
+                } else {
+                    let key = MasterKey::generate()?;
+                    write_key_file(key_file, &key)?;
+                    key
+                }
             }
         };
         let mut data_key = Zeroizing::new([0u8; 32]);
@@ -431,7 +441,14 @@ fn write_key_file(path: &Path, key: &MasterKey) -> Result<(), VaultError> {
         path: path.to_path_buf(),
         source,
     };
-    if let Some(dir) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+    if let Some(dir) = path.parent().filter(|p| !p.as_os_str().is_empty())
+        && !dir.exists()
+    {
+        #[cfg(unix)]
+        std::os::unix::fs::DirBuilderExt::mode(std::fs::DirBuilder::new().recursive(true), 0o700)
+            .create(dir)
+            .map_err(io)?;
+        #[cfg(not(unix))]
         std::fs::create_dir_all(dir).map_err(io)?;
     }
     let mut options = std::fs::OpenOptions::new();
@@ -450,8 +467,8 @@ mod tests {
 
     fn vault(dir: &Path) -> (Vault, MasterKey) {
         let (path, key_file) = (dir.join("vault.json"), dir.join("master.key"));
-        Vault::init(&path, &key_file).unwrap();
-        let key = MasterKey::resolve(&key_file).unwrap();
+        Vault::init(&path, Some(&key_file)).unwrap();
+        let key = MasterKey::resolve(Some(&key_file)).unwrap();
         (Vault::open(&path, &key).unwrap(), key)
     }
 
