@@ -295,6 +295,63 @@ async fn host_keeps_serving_while_several_plugins_spin() {
     }
 }
 
+/// Calls in flight together hold at most the server's guest memory bound: with room for
+/// two 32 MiB calls, four at once run two and refuse two (after waiting for room).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_in_flight_hold_at_most_the_servers_memory_bound() {
+    let env = hostile_env(1, "memory_mb = 32\ntimeout_ms = 1500");
+    env.append_config("[server]\nmax_guest_memory_mb = 64\ncapacity_wait_ms = 200\n");
+    let rt = std::sync::Arc::new(
+        Runtime::load(Config::load(&env.config()).unwrap())
+            .await
+            .unwrap(),
+    );
+    let calls: Vec<_> = (0..4)
+        .map(|_| {
+            let rt = rt.clone();
+            tokio::spawn(async move {
+                rt.call(CallRequest {
+                    principal: "t",
+                    tool: "spin",
+                    input: "{}",
+                })
+                .await
+                .unwrap()
+                .outcome
+                .status()
+            })
+        })
+        .collect();
+    let mut statuses = Vec::new();
+    for c in calls {
+        statuses.push(c.await.unwrap());
+    }
+    statuses.sort_unstable();
+    assert_eq!(
+        statuses,
+        ["over-capacity", "over-capacity", "timed-out", "timed-out"],
+        "two ran, two were refused"
+    );
+    // A call that alone needs more than the whole bound is refused at once.
+    let env = hostile_env(1, "memory_mb = 128\ntimeout_ms = 500");
+    env.append_config("[server]\nmax_guest_memory_mb = 64\n");
+    let rt = Runtime::load(Config::load(&env.config()).unwrap())
+        .await
+        .unwrap();
+    let report = rt
+        .call(CallRequest {
+            principal: "t",
+            tool: "counter",
+            input: "{}",
+        })
+        .await
+        .unwrap();
+    match report.outcome {
+        Outcome::Failed { error, .. } => assert!(error.contains("needs 128 MiB"), "{error}"),
+        other => panic!("{other:?}"),
+    }
+}
+
 #[test]
 fn memory_bomb_is_refused_at_its_limit() {
     let env = hostile_env(1, HOSTILE_LIMITS);
@@ -482,6 +539,30 @@ fn http_reaches_granted_hosts_only() {
         0,
         "no TCP connection may reach a host outside the grant"
     );
+}
+
+/// `wstd`, the usual Rust `wasi:http` client, hands a request over before it writes and
+/// finishes the (empty) body of a GET: every granted GET must still succeed, and a
+/// refused one must read as `HTTP-request-denied`, not as a network fault.
+#[test]
+fn a_thousand_granted_gets_through_wstd_all_succeed_and_a_refused_one_says_denied() {
+    let listener = Listener::http();
+    let env = Env::new(&format!(
+        "[[plugin]]\nid = \"wstd\"\ncomponent = \"{{wstd-fetch}}\"\n[plugin.grants]\nhttp = [\"http://127.0.0.1:{}\"]\n[plugin.limits]\ntimeout_ms = 60000\n",
+        listener.port
+    ));
+    for _ in 0..4 {
+        let (run, report) = env.call(
+            "wstd_get",
+            &format!(r#"{{"url":"{}","times":250}}"#, listener.url("/hello")),
+        );
+        assert_eq!(run.code, OK, "{run:?}");
+        assert_eq!(report["output"]["ok"], 250, "{}", report["output"]);
+    }
+    let (run, report) = env.call("wstd_get", r#"{"url":"http://10.0.0.1/","times":1}"#);
+    assert_eq!(run.code, OK, "{run:?}");
+    let errors = report["output"]["errors"].to_string();
+    assert!(errors.contains("HttpRequestDenied"), "{errors}");
 }
 
 #[test]

@@ -90,6 +90,7 @@ fn failure_name(failure: &Failure) -> &'static str {
         Failure::Limit(crate::limits::LimitExceeded::Timeout(_)) => "timed-out",
         Failure::Limit(crate::limits::LimitExceeded::Memory(_)) => "memory-limit",
         Failure::Limit(crate::limits::LimitExceeded::Fuel(_)) => "fuel-exhausted",
+        Failure::Limit(crate::limits::LimitExceeded::Capacity(..)) => "over-capacity",
         Failure::Trap { .. } => "trapped",
         Failure::BadOutput(_) => "bad-output",
     }
@@ -422,6 +423,17 @@ impl Runtime {
         recorder: &SharedRecorder,
     ) {
         set_component(recorder, format!("plugin:{}", plugin.id));
+        let _reserved = match self.capacity.admit(plugin.sandbox.limits.memory_mb).await {
+            Ok(permit) => permit,
+            Err(limit) => {
+                let failure = Failure::Limit(limit);
+                report.outcome = Outcome::Failed {
+                    error: failure.to_string(),
+                    kind: failure,
+                };
+                return;
+            }
+        };
         let invoke = plugin.invoke(tool, input);
         let run = if self.audit.is_some() {
             hostcalls::record(recorder.clone(), invoke).await

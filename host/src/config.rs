@@ -193,6 +193,12 @@ pub struct ServerConfig {
     pub stdio_principal: String,
     /// On SIGTERM, how long calls in flight may take to finish. Default 10000.
     pub shutdown_grace_ms: u64,
+    /// The guest memory all tool calls in flight may hold together (each reserves its
+    /// `memory_mb`), in MiB. Default 1024.
+    pub max_guest_memory_mb: u64,
+    /// How long a call waits for room under that bound before it is refused
+    /// (`over-capacity`). Default 5000.
+    pub capacity_wait_ms: u64,
 }
 
 impl Default for ServerConfig {
@@ -203,6 +209,8 @@ impl Default for ServerConfig {
             allowed_origins: Vec::new(),
             stdio_principal: "local-agent".into(),
             shutdown_grace_ms: 10_000,
+            max_guest_memory_mb: 1024,
+            capacity_wait_ms: 5_000,
         }
     }
 }
@@ -397,6 +405,8 @@ struct RawServer {
     allowed_origins: Vec<String>,
     stdio_principal: Option<Spanned<String>>,
     shutdown_grace_ms: Option<u64>,
+    max_guest_memory_mb: Option<Spanned<u64>>,
+    capacity_wait_ms: Option<u64>,
 }
 
 #[derive(Deserialize)]
@@ -930,6 +940,18 @@ fn check_server(locate: &Locator, raw: &RawServer) -> Result<ServerConfig, Confi
         allowed_origins: raw.allowed_origins.clone(),
         stdio_principal,
         shutdown_grace_ms: raw.shutdown_grace_ms.unwrap_or(d.shutdown_grace_ms),
+        max_guest_memory_mb: match &raw.max_guest_memory_mb {
+            None => d.max_guest_memory_mb,
+            Some(mb) if (1..=1 << 20).contains(mb.get_ref()) => *mb.get_ref(),
+            Some(mb) => {
+                return Err(locate.error(
+                    mb.span().start,
+                    "server.max_guest_memory_mb",
+                    "must be between 1 and 1048576",
+                ));
+            }
+        },
+        capacity_wait_ms: raw.capacity_wait_ms.unwrap_or(d.capacity_wait_ms),
     })
 }
 

@@ -158,11 +158,16 @@ impl Egress {
         }
     }
 
-    fn deny(&self, what: String) -> SendFuture {
+    /// Refuse a request: the guest gets `HTTP-request-denied` from the response. Its
+    /// body is kept (and drained) meanwhile: a client that writes the body while it
+    /// waits for the response (`wstd` does) would otherwise see the body fail first and
+    /// report a network fault instead of the refusal.
+    fn deny(&self, what: String, body: wasmtime_wasi_http::WasiBody) -> SendFuture {
         tracing::debug!(request = %what, "outgoing HTTP refused");
         if let Ok(mut denied) = self.denied.lock() {
             denied.push(what);
         }
+        drop(KeepDraining(Some(body)));
         Box::new(async { Err(HttpError::HttpRequestDenied) })
     }
 }
@@ -190,28 +195,45 @@ impl WasiHttpHooks for Egress {
         _fut: Box<dyn Future<Output = Result<(), HttpError>> + Send>,
     ) -> SendFuture {
         if !permitted(&self.grants, request.uri()) {
-            return self.deny(format!(
+            let what = format!(
                 "{} {}: not in the http grant",
                 request.method(),
                 request.uri()
-            ));
+            );
+            return self.deny(what, request.into_body());
         }
         // Described before secrets go in: the uri may carry a value afterwards.
         let what = format!("{} {}", request.method(), request.uri());
         let body_substitution = match self.secrets.prepare(&mut request) {
             Ok(plan) => plan,
-            Err(why) => return self.deny(format!("{what}: {why}")),
+            Err(why) => return self.deny(format!("{what}: {why}"), request.into_body()),
         };
+        // A request without a body by convention (GET, HEAD...) is sent once the guest
+        // has finished its (empty) body, as one: clients such as `wstd` hand the request
+        // over first and finish the body after, and a chunked GET is not what a server
+        // expects.
+        let buffered = body_substitution.is_some()
+            || matches!(
+                *request.method(),
+                http::Method::GET
+                    | http::Method::HEAD
+                    | http::Method::OPTIONS
+                    | http::Method::TRACE
+            );
         Box::new(async move {
-            if let Some(plan) = body_substitution {
+            if buffered {
                 let (mut parts, body) = request.into_parts();
                 let bytes = http_body_util::Limited::new(body, MAX_SUBSTITUTED_BODY)
                     .collect()
                     .await
                     .map_err(|_| HttpError::HttpRequestBodySize(Some(MAX_SUBSTITUTED_BODY as u64)))?
                     .to_bytes();
-                let replaced = plan.apply(&bytes);
-                if parts.headers.contains_key(http::header::CONTENT_LENGTH) {
+                let replaced = match &body_substitution {
+                    Some(plan) => plan.apply(&bytes),
+                    None => bytes.to_vec(),
+                };
+                if parts.headers.contains_key(http::header::CONTENT_LENGTH) || !replaced.is_empty()
+                {
                     parts
                         .headers
                         .insert(http::header::CONTENT_LENGTH, replaced.len().into());
@@ -220,6 +242,11 @@ impl WasiHttpHooks for Egress {
                     .map_err(|never| match never {})
                     .boxed_unsync();
                 request = http::Request::from_parts(parts, body);
+            } else {
+                // The server may answer (and close) before the guest has finished its
+                // body; what the guest writes after that is taken and dropped, not
+                // turned into an error that reads like a network fault.
+                request = request.map(|body| KeepDraining(Some(body)).boxed_unsync());
             }
             let (response, io) = wasmtime_wasi_http::default_send_request(request, options).await?;
             Ok((
@@ -227,6 +254,64 @@ impl WasiHttpHooks for Egress {
                 Box::new(io) as Box<dyn Future<Output = Result<(), HttpError>> + Send>,
             ))
         })
+    }
+}
+
+/// A request body that, when dropped before its end (hyper is done with it), keeps
+/// reading what the guest still writes, on a task of its own, so the guest's writes and
+/// its `finish` succeed.
+struct KeepDraining(Option<wasmtime_wasi_http::WasiBody>);
+
+/// How long a body left behind is drained at most (a call's budget ends it sooner).
+const DRAIN_FOR: std::time::Duration = std::time::Duration::from_secs(600);
+
+impl http_body::Body for KeepDraining {
+    type Data = bytes::Bytes;
+    type Error = HttpError;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        match self.0.as_mut() {
+            Some(body) => {
+                let polled = std::pin::Pin::new(body).poll_frame(cx);
+                if let std::task::Poll::Ready(None) = polled {
+                    self.0 = None;
+                }
+                polled
+            }
+            None => std::task::Poll::Ready(None),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.0.as_ref().is_none_or(http_body::Body::is_end_stream)
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.0.as_ref().map_or_else(
+            || http_body::SizeHint::with_exact(0),
+            http_body::Body::size_hint,
+        )
+    }
+}
+
+impl Drop for KeepDraining {
+    fn drop(&mut self) {
+        let Some(body) = self.0.take() else {
+            return;
+        };
+        if let Ok(handle) = tokio::runtime::Handle::try_current() {
+            handle.spawn(async move {
+                let mut body = body;
+                // Frames are read and dropped, never kept.
+                let _ = tokio::time::timeout(DRAIN_FOR, async {
+                    while let Some(Ok(_)) = body.frame().await {}
+                })
+                .await;
+            });
+        }
     }
 }
 

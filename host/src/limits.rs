@@ -18,6 +18,47 @@ pub enum LimitExceeded {
     Memory(u64),
     #[error("fuel budget of {0} exhausted")]
     Fuel(u64),
+    /// Not run: the calls in flight already hold the server's guest memory bound.
+    #[error(
+        "not run: the calls in flight hold the server's guest memory bound ({1} MiB; this call needs {0} MiB); call again shortly"
+    )]
+    Capacity(u64, u64),
+}
+
+/// The server-wide bound on the guest memory of calls in flight: each tool call
+/// reserves its `memory_mb` before it starts and gives it back when it ends; a call that
+/// cannot reserve it within `wait` is not run. Shared by a runtime and the ones that
+/// replace it on reload.
+pub struct Capacity {
+    permits: tokio::sync::Semaphore,
+    total_mb: u64,
+    wait: Duration,
+}
+
+impl Capacity {
+    pub fn new(total_mb: u64, wait: Duration) -> Capacity {
+        let permits = usize::try_from(total_mb)
+            .unwrap_or(usize::MAX)
+            .min(tokio::sync::Semaphore::MAX_PERMITS);
+        Capacity {
+            permits: tokio::sync::Semaphore::new(permits),
+            total_mb,
+            wait,
+        }
+    }
+
+    /// Reserve `mb` MiB for one call, waiting up to the configured time.
+    pub async fn admit(&self, mb: u64) -> Result<tokio::sync::SemaphorePermit<'_>, LimitExceeded> {
+        let refused = LimitExceeded::Capacity(mb, self.total_mb);
+        let n = u32::try_from(mb).map_err(|_| refused)?;
+        if mb > self.total_mb {
+            return Err(refused);
+        }
+        match tokio::time::timeout(self.wait, self.permits.acquire_many(n)).await {
+            Ok(Ok(permit)) => Ok(permit),
+            _ => Err(refused),
+        }
+    }
 }
 
 /// Caps the linear memory of all of an instance's memories together, and records the peak.

@@ -156,6 +156,10 @@ fn outcome_result(report: &CallReport) -> CallToolResponse {
             true,
             format!("denied by policy (run {run}): {}", reasons.join("; ")),
         ),
+        Outcome::Failed {
+            kind: crate::plugin::Failure::Limit(crate::limits::LimitExceeded::Capacity(..)),
+            error,
+        } => text_result(true, format!("{error} (run {run})")),
         Outcome::Failed { error, .. } => {
             text_result(true, format!("the tool failed (run {run}): {error}"))
         }

@@ -112,6 +112,8 @@ pub struct Runtime {
     pub read_only: bool,
     /// Reports of approved calls run here lately, for their waiters.
     pub(crate) finished: Arc<crate::driver::Finished>,
+    /// The bound on the guest memory of calls in flight.
+    pub(crate) capacity: Arc<crate::limits::Capacity>,
 }
 
 impl Runtime {
@@ -149,6 +151,7 @@ impl Runtime {
             runs: self.runs.clone(),
             approvals: self.approvals.clone(),
             finished: self.finished.clone(),
+            capacity: self.capacity.clone(),
         };
         Runtime::load_with(config, Some(stores), Stores::Open).await
     }
@@ -229,6 +232,13 @@ impl Runtime {
             policies.push(policy);
         }
         let store = |e: &dyn std::fmt::Display| LoadError::Store(e.to_string());
+        let capacity = match &stores {
+            Some(s) => s.capacity.clone(),
+            None => Arc::new(crate::limits::Capacity::new(
+                config.server.max_guest_memory_mb,
+                std::time::Duration::from_millis(config.server.capacity_wait_ms),
+            )),
+        };
         let (runs, approvals, audit, finished, fresh) = match stores {
             Some(s) => (s.runs, s.approvals, s.audit, s.finished, false),
             None => {
@@ -291,6 +301,7 @@ impl Runtime {
             tools,
             read_only: mode == Stores::ReadOnly,
             finished,
+            capacity,
         };
         if fresh && let Some(log) = &rt.audit {
             crate::recovery::recover(&rt, log).await?;
@@ -440,4 +451,5 @@ struct OpenStores {
     runs: Arc<RunStore>,
     approvals: Option<Arc<ApprovalQueue>>,
     finished: Arc<crate::driver::Finished>,
+    capacity: Arc<crate::limits::Capacity>,
 }

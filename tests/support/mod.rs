@@ -17,51 +17,22 @@ pub fn repo_root() -> &'static Path {
         .expect("host/ has a parent")
 }
 
-/// Build every guest component (plugins, policies, fixtures) once per test process.
-/// Cargo makes this a no-op when nothing changed.
+/// Build every guest component (plugins, policies, fixtures) once per test process, with
+/// the same `cargo guests` the README runs. Cargo makes this a no-op when nothing changed.
 pub fn guests() -> &'static Path {
     static BUILT: OnceLock<PathBuf> = OnceLock::new();
     BUILT.get_or_init(|| {
         let root = repo_root();
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        ensure_wasm_target();
         let status = Command::new(&cargo)
             .current_dir(root)
-            .args([
-                "build",
-                "--workspace",
-                "--exclude",
-                "warden",
-                "--target",
-                "wasm32-wasip2",
-                "--profile",
-                "guest",
-            ])
-            .arg("--target-dir")
-            .arg(root.join("target/guests"))
-            .env_remove("CARGO_TARGET_DIR")
+            .arg("guests")
             .env_remove("RUSTFLAGS")
             .status()
-            .expect("run cargo to build the guest components");
+            .expect("run cargo guests");
         assert!(status.success(), "building the guest components failed");
         root.join("target/guests/wasm32-wasip2/guest")
     })
-}
-
-/// rustup installs the target listed in rust-toolchain.toml when it installs the
-/// toolchain; a toolchain that was already present may lack it.
-fn ensure_wasm_target() {
-    let libdir = Command::new("rustc")
-        .args(["--print", "target-libdir", "--target", "wasm32-wasip2"])
-        .output();
-    let present = libdir.is_ok_and(|o| {
-        o.status.success() && Path::new(String::from_utf8_lossy(&o.stdout).trim()).is_dir()
-    });
-    if !present {
-        let _ = Command::new("rustup")
-            .args(["target", "add", "wasm32-wasip2"])
-            .status();
-    }
 }
 
 /// Path of a built guest component, e.g. `wasm("hostile")`.
@@ -172,6 +143,7 @@ pub fn expand(body: &str) -> String {
         "http-fetch",
         "tiered-approval",
         "business-hours",
+        "wstd-fetch",
     ] {
         out = out.replace(&format!("{{{name}}}"), &wasm(name).display().to_string());
     }
