@@ -786,3 +786,39 @@ fn a_host_call_flood_is_counted_past_the_bound_not_written_line_by_line() {
         .sum();
     assert!(bytes < 1 << 20, "the log stays small: {bytes} bytes");
 }
+
+#[test]
+fn checkpoints_reach_an_http_witness_and_a_witness_that_is_down_never_blocks_a_call() {
+    let witness = crate::support::Listener::http();
+    let env = audit_env();
+    env.append_config(&format!(
+        "[audit]\ncheckpoint_every = 3\n[audit.witness]\nurl = \"{}\"\n",
+        witness.url("/witness")
+    ));
+    calls(&env, 3);
+    let received = witness.received();
+    let checkpoints: Vec<Value> = received
+        .split("\n----\n")
+        .filter_map(|r| r.split_once("\r\n\r\n").map(|(_, body)| body))
+        .filter_map(|b| serde_json::from_str(b).ok())
+        .collect();
+    assert!(checkpoints.len() >= 3, "{received}");
+    let key = public_key(&env);
+    assert!(checkpoints.iter().all(|c| c["key"] == key.as_str()), "{received}");
+    // The last checkpoint the witness holds is in the log.
+    let last = checkpoints.last().unwrap();
+    let records = audit_records(&env);
+    assert!(records.iter().any(|r| r["kind"] == "checkpoint" && r["seq"] == last["seq"] && r["sig"] == last["sig"]));
+
+    // A witness that refuses connections: calls go on as before.
+    let down = crate::support::Listener::raw();
+    let env = audit_env();
+    env.append_config(&format!(
+        "[audit]\ncheckpoint_every = 2\n[audit.witness]\nurl = \"{}\"\n",
+        down.url("/witness")
+    ));
+    let started = Instant::now();
+    calls(&env, 3);
+    assert!(started.elapsed() < Duration::from_secs(30), "{:?}", started.elapsed());
+    assert_eq!(verify(&env, &[]).code, OK);
+}
