@@ -804,11 +804,18 @@ fn checkpoints_reach_an_http_witness_and_a_witness_that_is_down_never_blocks_a_c
         .collect();
     assert!(checkpoints.len() >= 3, "{received}");
     let key = public_key(&env);
-    assert!(checkpoints.iter().all(|c| c["key"] == key.as_str()), "{received}");
+    assert!(
+        checkpoints.iter().all(|c| c["key"] == key.as_str()),
+        "{received}"
+    );
     // The last checkpoint the witness holds is in the log.
     let last = checkpoints.last().unwrap();
     let records = audit_records(&env);
-    assert!(records.iter().any(|r| r["kind"] == "checkpoint" && r["seq"] == last["seq"] && r["sig"] == last["sig"]));
+    assert!(
+        records.iter().any(|r| r["kind"] == "checkpoint"
+            && r["seq"] == last["seq"]
+            && r["sig"] == last["sig"])
+    );
 
     // A witness that refuses connections: calls go on as before.
     let down = crate::support::Listener::raw();
@@ -819,6 +826,10 @@ fn checkpoints_reach_an_http_witness_and_a_witness_that_is_down_never_blocks_a_c
     ));
     let started = Instant::now();
     calls(&env, 3);
-    assert!(started.elapsed() < Duration::from_secs(30), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "{:?}",
+        started.elapsed()
+    );
     assert_eq!(verify(&env, &[]).code, OK);
 }

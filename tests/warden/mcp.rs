@@ -72,6 +72,13 @@ fn check_basic(out: &Value) {
     assert_eq!(tools["notes_read"]["input_schema"]["required"][0], "name");
     assert_eq!(out["allowed"]["is_error"], false, "{out}");
     assert_eq!(out["allowed"]["structured"]["words"], 7, "{out}");
+    // The result names its run, for `warden runs show`.
+    let run_id = out["allowed"]["meta"]["warden/run_id"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(run_id.starts_with("run-"), "{out}");
+    assert_eq!(out["allowed"]["meta"]["warden/status"], "ok", "{out}");
+    assert_eq!(out["denied"]["meta"]["warden/status"], "denied", "{out}");
     assert_eq!(out["denied"]["is_error"], true);
     assert!(
         out["denied"]["text"]
@@ -509,6 +516,28 @@ fn eight_clients_at_once_every_call_accounted_for() {
         .filter(|r| r["kind"] == "run-end" && r["status"] == "ok")
         .count();
     assert_eq!(ends, total, "every call has its audit records");
+}
+
+#[test]
+fn a_server_with_auditing_off_says_so_at_start_and_when_probed() {
+    let (env, [_, _, operator]) = served_env("");
+    env.append_config("[audit]\nenabled = false\n");
+    let server = env.serve();
+    assert!(
+        server.log().contains("the audit log is OFF"),
+        "{}",
+        server.log()
+    );
+    let (status, body) = http("GET", &server.url("/readyz"), &[], None);
+    assert_eq!(status, 200);
+    assert!(body.contains("AUDIT LOG IS OFF"), "{body}");
+    let (_, metrics) = http(
+        "GET",
+        &server.url("/metrics"),
+        &[("authorization", &format!("Bearer {operator}"))],
+        None,
+    );
+    assert!(metrics.contains("warden_audit_enabled 0"), "{metrics}");
 }
 
 const INITIALIZE: &str = r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"t","version":"1"}}}"#;
