@@ -1,7 +1,7 @@
 //! Guest-side bindings for warden components written in Rust.
 //!
 //! A tool implements [`tool::Guest`] and calls [`export_tool!`]; a policy implements
-//! [`policy::Guest`] and calls [`export_policy!`]. Both worlds come from `wit/plugin.wit`
+//! [`policy::Guest`] and calls [`export_policy!`]. Both worlds come from `wit/v0.1.0/plugin.wit`
 //! (`warden:plugin@0.1.0`). This crate only binds the contract: it never adds
 //! capabilities, which come solely from the operator's grants in warden.toml.
 #![no_std]
@@ -16,7 +16,7 @@ pub use wit_bindgen;
 /// The `tool` world: export `describe` and `invoke`.
 pub mod tool {
     wit_bindgen::generate!({
-        path: "../wit",
+        path: "../wit/v0.1.0",
         world: "warden:plugin/tool@0.1.0",
         pub_export_macro: true,
         export_macro_name: "export_tool",
@@ -32,7 +32,7 @@ pub mod tool {
 /// The `policy` world: export `evaluate`.
 pub mod policy {
     wit_bindgen::generate!({
-        path: "../wit",
+        path: "../wit/v0.1.0",
         world: "warden:plugin/policy@0.1.0",
         pub_export_macro: true,
         export_macro_name: "export_policy",

@@ -12,9 +12,11 @@ use std::time::Duration;
 use serde_json::Value;
 
 pub fn repo_root() -> &'static Path {
+    // The test binary belongs to crates/warden; the repository is two levels up.
     Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("host/ has a parent")
+        .ancestors()
+        .nth(2)
+        .expect("crates/warden has a grandparent")
 }
 
 /// Build every guest component (plugins, policies, fixtures) once per test process, with

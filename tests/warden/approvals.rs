@@ -96,7 +96,7 @@ fn note_exists(env: &Env, name: &str) -> bool {
 
 /// The kinds of the audit records of `run`, in order.
 fn audit_kinds(env: &Env, run_id: &str) -> Vec<String> {
-    warden::audit::read_all(&env.path().join("data/audit"))
+    warden_core::store::audit::read_all(&env.path().join("data/audit"))
         .unwrap()
         .into_iter()
         .filter(|r| r["run"] == run_id)
@@ -385,17 +385,18 @@ fn claims_race_across_processes_and_exactly_one_wins() {
         .as_str()
         .unwrap()
         .to_string();
-    let config = warden::config::Config::load(&env.config()).unwrap();
+    let config = warden_core::config::Config::load(&env.config()).unwrap();
     {
-        let queue = warden::approvals::ApprovalQueue::open(&config.runs_db, None).unwrap();
-        let ballot = warden::approvals::Ballot {
+        let queue =
+            warden_core::governance::approvals::ApprovalQueue::open(&config.runs_db, None).unwrap();
+        let ballot = warden_core::governance::approvals::Ballot {
             principal: "alice",
-            verdict: warden::approvals::Verdict::Approve,
+            verdict: warden_core::governance::approvals::Verdict::Approve,
             reason: None,
             via: "api",
             input_sha256: &sha,
             on_behalf_of: None,
-            now_ms: warden::now_ms() as i64,
+            now_ms: warden_core::now_ms() as i64,
         };
         let rt = tokio::runtime::Builder::new_current_thread()
             .build()
@@ -403,7 +404,7 @@ fn claims_race_across_processes_and_exactly_one_wins() {
         rt.block_on(queue.decide(&config.approvals, &id, &ballot))
             .unwrap();
     }
-    let at = warden::now_ms() + 1500;
+    let at = warden_core::now_ms() + 1500;
     let racers: Vec<Child> = (0..8)
         .map(|_| {
             Command::new(std::env::current_exe().unwrap())
@@ -445,9 +446,13 @@ fn claim_racer() {
     ) else {
         return;
     };
-    let queue = warden::approvals::ApprovalQueue::open(std::path::Path::new(&db), None).unwrap();
+    let queue =
+        warden_core::governance::approvals::ApprovalQueue::open(std::path::Path::new(&db), None)
+            .unwrap();
     let at: u64 = at.parse().unwrap();
-    std::thread::sleep(Duration::from_millis(at.saturating_sub(warden::now_ms())));
+    std::thread::sleep(Duration::from_millis(
+        at.saturating_sub(warden_core::now_ms()),
+    ));
     let rt = tokio::runtime::Builder::new_current_thread()
         .build()
         .unwrap();
@@ -749,7 +754,7 @@ fn webhook_down_leaves_the_queue_unaffected_and_retries_are_logged() {
         "retried after its backoff"
     );
 
-    let records = warden::audit::read_all(&env.path().join("data/audit")).unwrap();
+    let records = warden_core::store::audit::read_all(&env.path().join("data/audit")).unwrap();
     let attempts: Vec<&Value> = records
         .iter()
         .filter(|r| r["kind"] == "approval-notice")
@@ -789,8 +794,6 @@ fn approvals_config_errors_name_the_key() {
     let run = env.warden(&["check"]);
     assert!(run.stderr.contains("approvals.webhook.url"), "{run:?}");
 }
-
-// ---- policy test runner ----
 
 #[test]
 fn policy_test_runner_passes_the_shipped_cases_and_explains_a_failure() {

@@ -448,16 +448,16 @@ fn an_unusable_audit_location_exits_5_naming_the_path_and_the_os_error() {
 /// what was lost, without anyone editing a file.
 #[tokio::test]
 async fn a_full_disk_is_cut_back_to_the_last_whole_record_and_recorded_when_space_returns() {
-    use warden::call::{CallRequest, Outcome};
-    use warden::config::Config;
-    use warden::runtime::Runtime;
+    use warden_core::config::Config;
+    use warden_core::runtime::Runtime;
+    use warden_core::runtime::call::{CallRequest, Outcome};
 
     let env = audit_env();
     let fs = Tmpfs::mount(&env.path().join("fs"), "2m", false);
     env.append_config(
         "[audit]\ndir = \"fs/audit\"\nmax_segment_kb = 6\ncheckpoint_every = 5\n[audit.witness]\ndir = \"fs/witness\"\n",
     );
-    async fn call(rt: &Runtime) -> Result<warden::CallReport, warden::CallError> {
+    async fn call(rt: &Runtime) -> Result<warden_core::CallReport, warden_core::CallError> {
         rt.call(CallRequest {
             principal: "t",
             tool: "text_stats",
@@ -475,7 +475,7 @@ async fn a_full_disk_is_cut_back_to_the_last_whole_record_and_recorded_when_spac
         for _ in 0..200 {
             match call(&rt).await {
                 Ok(report) => assert!(matches!(report.outcome, Outcome::Ok { .. })),
-                Err(warden::CallError::NotRecorded(why)) => {
+                Err(warden_core::CallError::NotRecorded(why)) => {
                     assert!(
                         why.contains("No space left") || why.contains("not writable"),
                         "{why}"
@@ -505,7 +505,7 @@ async fn a_full_disk_is_cut_back_to_the_last_whole_record_and_recorded_when_spac
         assert!(matches!(report.outcome, Outcome::Ok { .. }));
         drop(rt);
     }
-    let records = warden::audit::read_all(&audit).unwrap();
+    let records = warden_core::store::audit::read_all(&audit).unwrap();
     let failed: Vec<&Value> = records
         .iter()
         .filter(|r| r["kind"] == "audit-write-failed")

@@ -145,7 +145,7 @@ fn http_requires_a_valid_token_and_checks_host_and_origin() {
     assert!(run.stdout.is_empty(), "nothing was served: {run:?}");
     let (status, _) = http("POST", &url, &[], Some("{}"));
     assert_eq!(status, 401);
-    let records = warden::audit::read_all(&env.path().join("data/audit")).unwrap();
+    let records = warden_core::store::audit::read_all(&env.path().join("data/audit")).unwrap();
     assert!(
         records
             .iter()
@@ -282,7 +282,7 @@ fn held_call_reports_progress_and_runs_when_approved_through_the_api() {
         "progress while waiting: {out}"
     );
     assert!(env.path().join("notes/approved").exists());
-    let records = warden::audit::read_all(&env.path().join("data/audit")).unwrap();
+    let records = warden_core::store::audit::read_all(&env.path().join("data/audit")).unwrap();
     assert!(
         records.iter().any(|r| r["kind"] == "approval-vote"
             && r["principal"] == "alice"
@@ -333,7 +333,7 @@ fn reload_swaps_the_tools_notifies_clients_and_a_bad_config_keeps_the_old_one() 
     let _ = listener.wait();
     let out: Value = serde_json::from_str(&changed).unwrap_or_else(|e| panic!("{e}: {changed:?}"));
     assert_eq!(out["tools"], serde_json::json!(["text_stats"]), "{out}");
-    let records = warden::audit::read_all(&env.path().join("data/audit")).unwrap();
+    let records = warden_core::store::audit::read_all(&env.path().join("data/audit")).unwrap();
     assert!(records.iter().any(|r| r["kind"] == "config-reload-failed"));
     assert_eq!(
         records
@@ -510,7 +510,7 @@ fn eight_clients_at_once_every_call_accounted_for() {
         )
         .unwrap();
     assert_eq!(rows, total as i64, "every call has its run row");
-    let records = warden::audit::read_all(&env.path().join("data/audit")).unwrap();
+    let records = warden_core::store::audit::read_all(&env.path().join("data/audit")).unwrap();
     let ends = records
         .iter()
         .filter(|r| r["kind"] == "run-end" && r["status"] == "ok")
@@ -629,7 +629,7 @@ fn failed_authentications_are_counted_per_source_and_throttled() {
     );
     assert_eq!(status, 429);
     assert!(server.stop().success());
-    let denied: Vec<Value> = warden::audit::read_all(&env.path().join("data/audit"))
+    let denied: Vec<Value> = warden_core::store::audit::read_all(&env.path().join("data/audit"))
         .unwrap()
         .into_iter()
         .filter(|r| r["kind"] == "auth-denied")

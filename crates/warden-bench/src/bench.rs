@@ -1,4 +1,4 @@
-//! `warden bench`: in-process measurements of the governed path, for BENCHMARKS.md.
+//! `warden-bench in-process`: in-process measurements of the governed path, for BENCHMARKS.md.
 //! Figures are medians and percentiles over many iterations, never single timings.
 
 use std::path::Path;
@@ -8,12 +8,12 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result, bail};
 
-use warden::bindings::Action;
-use warden::call::{CallRequest, Outcome};
-use warden::config::Config;
-use warden::runtime::Runtime;
+use warden_core::bindings::Action;
+use warden_core::config::Config;
+use warden_core::runtime::Runtime;
+use warden_core::runtime::call::{CallRequest, Outcome};
 
-/// The call every benchmark makes (`bench` and `bench-mcp`).
+/// The call every benchmark makes (`in-process` and `mcp`).
 #[derive(clap::Args)]
 pub struct BenchCall {
     /// The tool to call (a pure tool measures the runtime, not the tool).
@@ -254,8 +254,8 @@ pub async fn run(config: &Path, args: &BenchArgs) -> Result<ExitCode> {
 /// Timed over batches of 1,000 requests (per-request times are too short for a clock).
 fn egress(iterations: usize) -> Result<()> {
     use std::collections::HashMap;
-    use warden::egress::{HostPattern, HttpGrant, permitted};
-    use warden::secrets::{CallSecrets, PluginSecrets, SecretGrant, SecretUse};
+    use warden_core::grants::http::{HostPattern, HttpGrant, permitted};
+    use warden_core::grants::secrets::{CallSecrets, PluginSecrets, SecretGrant, SecretUse};
     use zeroize::Zeroizing;
 
     let http = [HttpGrant::parse("https://api.example.com").map_err(anyhow::Error::msg)?];
@@ -368,7 +368,8 @@ fn disk_floor(dir: &Path) -> Result<()> {
 async fn audit_throughput(dir: &Path) -> Result<()> {
     let keys = dir.with_extension("keys");
     let signer = Arc::new(
-        warden::audit::Signer::open(&keys.join("audit-signing.key")).map_err(anyhow::Error::msg)?,
+        warden_core::store::audit::Signer::open(&keys.join("audit-signing.key"))
+            .map_err(anyhow::Error::msg)?,
     );
     let rounds = 3;
     let (mut with, mut without) = (Vec::new(), Vec::new());
@@ -395,7 +396,7 @@ async fn audit_throughput(dir: &Path) -> Result<()> {
         started.elapsed().as_secs_f64() * 1e6 / n as f64
     );
     // Verify speed, on the last log written (with checkpoints), trusting the key.
-    let options = warden::audit::VerifyOptions {
+    let options = warden_core::store::audit::VerifyOptions {
         trusted_keys: vec![signer.public().to_string()],
         no_head: false,
         witness: None,
@@ -404,7 +405,7 @@ async fn audit_throughput(dir: &Path) -> Result<()> {
     let mut records = 0;
     for _ in 0..3 {
         let started = Instant::now();
-        let verified = warden::audit::verify(dir, &options)?;
+        let verified = warden_core::store::audit::verify(dir, &options)?;
         if let Some(p) = verified.problem {
             bail!("benchmark log does not verify: {p:?}");
         }
@@ -421,16 +422,22 @@ async fn audit_throughput(dir: &Path) -> Result<()> {
 }
 
 /// One round of the audit throughput bench: (records/s, bytes per record).
-async fn audit_round(dir: &Path, signer: Option<Arc<warden::audit::Signer>>) -> Result<(f64, u64)> {
+async fn audit_round(
+    dir: &Path,
+    signer: Option<Arc<warden_core::store::audit::Signer>>,
+) -> Result<(f64, u64)> {
     let _ = std::fs::remove_dir_all(dir);
-    let mut options = warden::audit::AuditOptions::new(1 << 30);
+    let mut options = warden_core::store::audit::AuditOptions::new(1 << 30);
     options.signer = signer;
     let log = {
         let dir = dir.to_path_buf();
-        tokio::task::spawn_blocking(move || warden::audit::AuditLog::open(&dir, options)).await??
+        tokio::task::spawn_blocking(move || {
+            warden_core::store::audit::AuditLog::open(&dir, options)
+        })
+        .await??
     };
     let record = |i: usize| {
-        let mut e = warden::audit::Entry::new("host-call");
+        let mut e = warden_core::store::audit::Entry::new("host-call");
         e.num("ts_ms", 1_795_000_000_000u64 + i as u64)
             .str("run", "run-18eba59c816310c9-02b04-0")
             .str("component", "plugin:http-fetch")
@@ -460,7 +467,7 @@ async fn audit_round(dir: &Path, signer: Option<Arc<warden::audit::Signer>>) -> 
                             .collect();
                         log.append(records).await?;
                     }
-                    Ok::<(), warden::audit::AuditError>(())
+                    Ok::<(), warden_core::store::audit::AuditError>(())
                 })
             })
             .collect();
@@ -580,8 +587,8 @@ async fn audit_on_off(config: &Path, args: &BenchArgs) -> Result<()> {
 /// alternating rounds), and held calls/s through enqueue + decide + execute, with the
 /// durable audit log on as in production.
 async fn approvals(config: &Path, args: &BenchArgs, rt: &Arc<Runtime>) -> Result<()> {
-    use warden::approvals::{Ballot, Verdict};
-    use warden::driver::Resume;
+    use warden_core::governance::approvals::{Ballot, Verdict};
+    use warden_core::runtime::driver::Resume;
 
     let mut off_config = Config::load(config)?;
     off_config.approvals.enabled = false;
@@ -655,7 +662,7 @@ async fn approvals(config: &Path, args: &BenchArgs, rt: &Arc<Runtime>) -> Result
                     via: "api",
                     input_sha256: &held.input_sha256,
                     on_behalf_of: None,
-                    now_ms: warden::now_ms() as i64,
+                    now_ms: warden_core::now_ms() as i64,
                 };
                 queue.decide(&rt.config.approvals, &id, &ballot).await?;
                 match rt.resume(&id).await? {

@@ -1,4 +1,4 @@
-//! `warden bench-mcp`: measure `warden serve` from outside, the way agents reach it.
+//! `warden-bench mcp`: measure `warden serve` from outside, the way agents reach it.
 //!
 //! Starts the server as a child process (stdio or streamable HTTP on loopback), speaks
 //! MCP to it with a minimal client (JSON-RPC lines over pipes; HTTP/1.1 keep-alive with
@@ -25,6 +25,9 @@ pub struct BenchMcpArgs {
     /// Concurrent HTTP sessions for the throughput scenario.
     #[arg(long, default_value_t = 8)]
     sessions: usize,
+    /// The `warden` binary to start (default: the one beside warden-bench).
+    #[arg(long)]
+    warden: Option<PathBuf>,
     #[command(flatten)]
     call: crate::bench::BenchCall,
 }
@@ -77,8 +80,22 @@ fn report(label: &str, pid: u32, (cpu0, rss0): (u64, u64), rtts: Vec<Duration>) 
     Ok(())
 }
 
-fn warden_exe() -> Result<PathBuf> {
-    std::env::current_exe().context("locating the warden binary")
+/// The `warden` binary the benchmark starts: `--warden`, or the one built beside this
+/// benchmark (`cargo build --release` builds it; `cargo run -p warden-bench` alone does not).
+fn warden_exe(given: Option<&Path>) -> Result<PathBuf> {
+    if let Some(path) = given {
+        return Ok(path.to_path_buf());
+    }
+    let me = std::env::current_exe().context("locating warden-bench")?;
+    let beside = me.with_file_name("warden");
+    if beside.is_file() {
+        Ok(beside)
+    } else {
+        bail!(
+            "no warden binary at {} (build it first: cargo build --release; or pass --warden)",
+            beside.display()
+        )
+    }
 }
 
 /// An MCP client over a child's stdin/stdout.
@@ -90,8 +107,8 @@ struct Stdio_ {
 }
 
 impl Stdio_ {
-    async fn start(config: &Path) -> Result<Stdio_> {
-        let mut child = tokio::process::Command::new(warden_exe()?)
+    async fn start(warden: &Path, config: &Path) -> Result<Stdio_> {
+        let mut child = tokio::process::Command::new(warden)
             .args(["-c"])
             .arg(config)
             .args(["serve", "--stdio", "--as", "bench"])
@@ -248,18 +265,19 @@ fn check_ok(response: &Value) -> Result<()> {
 fn bench_config(config: &Path) -> Result<(PathBuf, String)> {
     let text =
         std::fs::read_to_string(config).with_context(|| format!("reading {}", config.display()))?;
-    let token = warden::tokens::generate().map_err(anyhow::Error::msg)?;
+    let token = warden_core::tokens::generate().map_err(anyhow::Error::msg)?;
     let dir = config.parent().unwrap_or(Path::new("."));
     let path = dir.join(".bench-mcp.toml");
     let text = format!(
         "{text}\n[[token]]\nname = \"bench-mcp\"\nprincipal = \"bench\"\nroles = [\"agent\", \"operator\"]\nsha256 = \"{}\"\n",
-        warden::tokens::hash(&token)
+        warden_core::tokens::hash(&token)
     );
     std::fs::write(&path, text)?;
     Ok((path, token))
 }
 
 pub async fn run(config: &Path, args: &BenchMcpArgs) -> Result<ExitCode> {
+    let warden = warden_exe(args.warden.as_deref())?;
     let (config, token) = bench_config(config)?;
     let input: Value = serde_json::from_str(&args.call.input).context("--input")?;
     let warmup = (args.calls / 10).max(200);
@@ -268,7 +286,7 @@ pub async fn run(config: &Path, args: &BenchMcpArgs) -> Result<ExitCode> {
     let mut startups = Vec::new();
     for _ in 0..5 {
         let started = Instant::now();
-        let mut s = Stdio_::start(&config).await?;
+        let mut s = Stdio_::start(&warden, &config).await?;
         s.initialize().await?;
         let tools = s.request("tools/list", json!({})).await?;
         startups.push(started.elapsed());
@@ -293,7 +311,7 @@ pub async fn run(config: &Path, args: &BenchMcpArgs) -> Result<ExitCode> {
     );
 
     // stdio: round trip and server CPU per call, one call at a time.
-    let mut s = Stdio_::start(&config).await?;
+    let mut s = Stdio_::start(&warden, &config).await?;
     s.initialize().await?;
     let params = json!({"name": args.call.tool, "arguments": input});
     for _ in 0..warmup {
@@ -348,7 +366,7 @@ pub async fn run(config: &Path, args: &BenchMcpArgs) -> Result<ExitCode> {
     let probe = std::net::TcpListener::bind("127.0.0.1:0")?;
     let addr = probe.local_addr()?.to_string();
     drop(probe);
-    let mut server = tokio::process::Command::new(warden_exe()?)
+    let mut server = tokio::process::Command::new(&warden)
         .arg("-c")
         .arg(&config)
         .args(["serve", "--listen", &addr])

@@ -11,8 +11,8 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use toml::Spanned;
 
-use crate::egress::{HostPattern, HttpGrant};
-use crate::secrets::{SecretGrant, SecretUse};
+use crate::grants::http::{HostPattern, HttpGrant};
+use crate::grants::secrets::{SecretGrant, SecretUse};
 use crate::tokens::{Role, TokenEntry};
 
 /// Default limits for a plugin that sets none. A plugin with no `[plugin.limits]`
@@ -166,7 +166,7 @@ pub struct AuditConfig {
     /// ...or this often (`checkpoint_secs`, default 10), and when warden stops.
     pub checkpoint_secs: u64,
     /// `[audit.witness]`: where checkpoints are also sent. Default: nowhere.
-    pub witness: crate::audit::WitnessConfig,
+    pub witness: crate::store::audit::WitnessConfig,
 }
 
 impl AuditConfig {
@@ -720,10 +720,7 @@ impl Config {
 
     /// `sha256:<hex>` of the config file's text, as loaded.
     pub fn digest(&self) -> String {
-        format!(
-            "sha256:{}",
-            crate::cache::sha256_hex(self.source.as_bytes())
-        )
+        format!("sha256:{}", crate::util::sha256_hex(self.source.as_bytes()))
     }
 
     /// An error about something at byte `offset` of the config file, found after parsing
@@ -863,7 +860,7 @@ fn check_audit(
             ),
         ));
     }
-    let mut witness = crate::audit::WitnessConfig::default();
+    let mut witness = crate::store::audit::WitnessConfig::default();
     if let Some(w) = &raw.witness {
         if let Some(d) = &w.dir {
             let path = base.join(d.get_ref());

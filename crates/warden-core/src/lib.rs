@@ -1,50 +1,90 @@
-//! warden: a WebAssembly policy-and-plugin runtime for governed AI agent tools.
+//! warden-core: everything a governed call is made of, with no HTTP server and no CLI.
 //!
-//! The path of one governed call (see `call`): resolve the tool, validate its input,
-//! evaluate every policy in scope (`policy`), then run the tool in a fresh sandbox
-//! (`sandbox`, `plugin`) with only the grants the operator configured (`config`).
+//! Read it down the path of a call:
+//! - `config`: `warden.toml`, parsed strictly, every error located;
+//! - `grants`: what a plugin may reach (HTTP and its secrets, files, env), one module per
+//!   capability with its parsing and its enforcement;
+//! - `sandbox`: the engine, components and their cache, the per-call store state, limits,
+//!   host-call recording, plugins and policies;
+//! - `governance`: approvals, their notices and signed links;
+//! - `store`: the audit log, run history, the embedded database's migrations;
+//! - `runtime`: a loaded config and the governed call itself (policies, approval, the
+//!   sandboxed run), the records it leaves, the approval queue's driver, crash recovery;
+//! - `vault` and `tokens`: secrets at rest, and who a bearer token speaks for.
 
-pub mod api;
-pub mod approval_pages;
-pub mod approvals;
-pub mod audit;
-pub mod auth_failures;
 pub mod bindings;
-pub mod cache;
-pub mod call;
-pub mod component;
 pub mod config;
-pub mod db;
-pub mod driver;
-pub mod egress;
-pub mod engine;
-pub mod hostcalls;
-pub mod interfaces;
-pub mod limits;
-pub mod links;
-pub mod mcp;
-pub mod metrics;
-pub mod notify;
-pub mod plugin;
-pub mod policy;
-pub mod record;
-pub mod recovery;
-pub mod runs;
+pub mod governance;
+pub mod grants;
 pub mod runtime;
 pub mod sandbox;
-pub mod secrets;
-pub mod serve;
-pub mod stdio;
+pub mod store;
 pub mod tokens;
+pub mod util;
 pub mod vault;
 
-pub use call::{CallError, CallReport, Outcome};
-
-/// Milliseconds since the Unix epoch (0 if the clock is before it).
-pub fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-}
 pub use config::Config;
 pub use runtime::Runtime;
+pub use runtime::call::{CallError, CallReport, Outcome};
+pub use util::now_ms;
+
+#[cfg(test)]
+mod layers {
+    //! The crate's modules form layers, each using only the ones below it, so that the
+    //! path of a call reads one way and no module needs one that needs it back.
+
+    use std::path::{Path, PathBuf};
+
+    /// Bottom to top.
+    const LAYERS: &[&str] = &[
+        "util",
+        "bindings",
+        "store",
+        "vault",
+        "tokens",
+        "grants",
+        "config",
+        "sandbox",
+        "governance",
+        "runtime",
+    ];
+
+    fn sources(module: &str) -> Vec<PathBuf> {
+        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+        let file = src.join(format!("{module}.rs"));
+        if file.is_file() {
+            return vec![file];
+        }
+        let mut files = Vec::new();
+        let mut dirs = vec![src.join(module)];
+        while let Some(dir) = dirs.pop() {
+            for entry in std::fs::read_dir(&dir).unwrap() {
+                let path = entry.unwrap().path();
+                if path.is_dir() {
+                    dirs.push(path);
+                } else if path.extension().is_some_and(|e| e == "rs") {
+                    files.push(path);
+                }
+            }
+        }
+        files
+    }
+
+    #[test]
+    fn no_module_uses_one_above_it() {
+        for (level, module) in LAYERS.iter().enumerate() {
+            let files = sources(module);
+            assert!(!files.is_empty(), "no sources for {module}");
+            for file in files {
+                let text = std::fs::read_to_string(&file).unwrap();
+                for above in &LAYERS[level + 1..] {
+                    assert!(
+                        !text.contains(&format!("crate::{above}::")),
+                        "{} ({module}) uses crate::{above}, a layer above it",
+                        file.display()
+                    );
+                }
+            }
+        }
+    }
+}

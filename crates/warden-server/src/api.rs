@@ -16,11 +16,11 @@ use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use crate::approvals::{ApprovalError, Ballot, State as ApprovalState, Verdict};
-use crate::runs::RunFilter;
-use crate::runtime::Runtime;
-use crate::serve::Server;
-use crate::tokens::{Principal, Role};
+use crate::state::Server;
+use warden_core::governance::approvals::{ApprovalError, Ballot, State as ApprovalState, Verdict};
+use warden_core::runtime::Runtime;
+use warden_core::store::runs::RunFilter;
+use warden_core::tokens::{Principal, Role};
 
 fn error(status: StatusCode, message: impl std::fmt::Display) -> Response {
     (status, Json(json!({ "error": message.to_string() }))).into_response()
@@ -246,7 +246,7 @@ async fn decide(
         via: "api",
         input_sha256: &seen,
         on_behalf_of: body.on_behalf_of.as_deref(),
-        now_ms: crate::now_ms() as i64,
+        now_ms: warden_core::now_ms() as i64,
     };
     match queue.decide(&rt.config.approvals, id, &ballot).await {
         // The driver runs an approved call (and audits the vote) at once: it is woken
@@ -295,7 +295,7 @@ pub async fn audit(
     Query(q): Query<AuditQuery>,
 ) -> Response {
     let dir = server.runtime().config.audit.dir.clone();
-    let search = crate::audit::Search {
+    let search = warden_core::store::audit::Search {
         run: q.run,
         plugin: q.plugin,
         since_ms: q.since,
@@ -303,9 +303,10 @@ pub async fn audit(
     };
     let limit = q.limit.unwrap_or(1000).min(100_000);
     // Reading the log is blocking file I/O.
-    let hits =
-        tokio::task::spawn_blocking(move || crate::audit::last_matching(&dir, &search, limit))
-            .await;
+    let hits = tokio::task::spawn_blocking(move || {
+        warden_core::store::audit::last_matching(&dir, &search, limit)
+    })
+    .await;
     match hits {
         Ok(records) => found(&server.runtime(), "records", records.map(Some)),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e),

@@ -28,16 +28,8 @@ pub enum Verdict {
     Throttled,
 }
 
-/// A window's failures that no record has reported yet.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Unreported {
-    pub source: String,
-    pub failures: u64,
-    pub first_ms: u64,
-    pub last_ms: u64,
-    /// Up to three of the paths asked for.
-    pub paths: Vec<String>,
-}
+/// A window's failures that no record has reported yet (the record is built in core).
+pub use warden_core::runtime::record::Unreported;
 
 #[derive(Debug)]
 struct Window {

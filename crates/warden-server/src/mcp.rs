@@ -26,11 +26,11 @@ use rmcp::service::{NotificationContext, RequestContext, SubscriptionContext};
 use rmcp::{ErrorData, RoleServer, ServerHandler};
 use serde_json::{Value, json};
 
-use crate::call::{CallError, CallReport, CallRequest, Outcome};
-use crate::driver::Resume;
-use crate::runtime::Runtime;
-use crate::serve::Server;
-use crate::tokens::Principal;
+use crate::state::Server;
+use warden_core::runtime::Runtime;
+use warden_core::runtime::call::{CallError, CallReport, CallRequest, Outcome};
+use warden_core::runtime::driver::Resume;
+use warden_core::tokens::Principal;
 
 /// How often a waiting held call reports progress.
 const PROGRESS_EVERY: Duration = Duration::from_secs(1);
@@ -157,7 +157,10 @@ fn outcome_result(report: &CallReport) -> CallToolResponse {
             format!("denied by policy (run {run}): {}", reasons.join("; ")),
         ),
         Outcome::Failed {
-            kind: crate::plugin::Failure::Limit(crate::limits::LimitExceeded::Capacity(..)),
+            kind:
+                warden_core::sandbox::plugin::Failure::Limit(
+                    warden_core::sandbox::limits::LimitExceeded::Capacity(..),
+                ),
             error,
         } => text_result(true, format!("{error} (run {run})")),
         Outcome::Failed { error, .. } => {
@@ -224,7 +227,7 @@ impl WardenMcp {
             let data = json!({
                 "run_id": report.run_id,
                 "source": line.source,
-                "message": crate::runs::bounded_to(&line.message, MAX_LOG_MESSAGE),
+                "message": warden_core::util::bounded_to(&line.message, MAX_LOG_MESSAGE),
                 "fields": line.fields,
             });
             notices.push(LoggingMessageNotificationParam::new(level, data).with_logger(logger));

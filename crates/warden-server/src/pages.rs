@@ -12,8 +12,8 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 use serde::Deserialize;
 
-use crate::approvals::{Approval, Ballot, Verdict, tier_name};
-use crate::serve::Server;
+use crate::state::Server;
+use warden_core::governance::approvals::{Approval, Ballot, Verdict, tier_name};
 
 #[derive(Deserialize)]
 pub struct LinkQuery {
@@ -91,7 +91,7 @@ impl Server {
         let token = token.ok_or_else(|| forbidden("this link has no token"))?;
         let grant = self
             .signer
-            .verify(id, token, crate::now_ms() as i64)
+            .verify(id, token, warden_core::now_ms() as i64)
             .map_err(|e| forbidden(&e))?;
         let rt = self.runtime();
         let queue = rt
@@ -139,7 +139,7 @@ pub async fn page(
             .map(|r| format!(" ({})", escape(r)))
             .unwrap_or_default(),
     );
-    if a.state == crate::approvals::State::Pending {
+    if a.state == warden_core::governance::approvals::State::Pending {
         body += &format!(
             "<form method=\"post\"><input type=\"hidden\" name=\"t\" value=\"{t}\">\
              <input type=\"hidden\" name=\"sha\" value=\"{sha}\">\
@@ -148,7 +148,7 @@ pub async fn page(
              <button name=\"decision\" value=\"reject\">Reject</button></form>",
             t = escape(q.t.as_deref().unwrap_or_default()),
             // The hash of the input this page shows (not the one the request claims).
-            sha = escape(&crate::approvals::input_hash(&a.input)),
+            sha = escape(&warden_core::governance::approvals::input_hash(&a.input)),
             p = escape(&principal),
         );
     }
@@ -195,7 +195,7 @@ pub async fn decide(
         via: "link",
         input_sha256: &form.sha,
         on_behalf_of: None,
-        now_ms: crate::now_ms() as i64,
+        now_ms: warden_core::now_ms() as i64,
     };
     match queue.decide(&rt.config.approvals, &id, &ballot).await {
         Ok(a) => html(
@@ -214,17 +214,17 @@ pub async fn decide(
                 a.required
             ),
         ),
-        Err(e @ crate::approvals::ApprovalError::AlreadyDecided { .. }) => html(
+        Err(e @ warden_core::governance::approvals::ApprovalError::AlreadyDecided { .. }) => html(
             StatusCode::CONFLICT,
             "Already decided",
             &format!("<p>{}</p>", escape(&e.to_string())),
         ),
-        Err(e @ crate::approvals::ApprovalError::NotAllowed { .. }) => html(
+        Err(e @ warden_core::governance::approvals::ApprovalError::NotAllowed { .. }) => html(
             StatusCode::FORBIDDEN,
             "Not allowed",
             &format!("<p>{}</p>", escape(&e.to_string())),
         ),
-        Err(e @ crate::approvals::ApprovalError::InputChanged { .. }) => html(
+        Err(e @ warden_core::governance::approvals::ApprovalError::InputChanged { .. }) => html(
             StatusCode::CONFLICT,
             "The request changed",
             &format!("<p>{}</p>", escape(&e.to_string())),

@@ -27,12 +27,12 @@ use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, Stream
 use rmcp::{Peer, RoleServer, ServiceExt};
 use tokio_util::sync::CancellationToken;
 
-use crate::config::Config;
-use crate::links::LinkSigner;
 use crate::mcp::WardenMcp;
 use crate::metrics::{Gauges, Metrics};
-use crate::runtime::Runtime;
-use crate::tokens::{self, Role};
+use warden_core::config::Config;
+use warden_core::governance::links::LinkSigner;
+use warden_core::runtime::Runtime;
+use warden_core::tokens::{self, Role};
 
 /// How long shutdown waits for finished calls' results to reach their clients. Only a
 /// POST whose stream never ends on its own (a 2026-07-28 `subscriptions/listen`) waits
@@ -167,8 +167,10 @@ impl Server {
             Err(e) => {
                 self.metrics.reload(false);
                 tracing::error!("reload refused, the old config keeps serving: {e}");
-                let record =
-                    crate::record::reload_failed(&self.config_path.display().to_string(), &e);
+                let record = warden_core::runtime::record::reload_failed(
+                    &self.config_path.display().to_string(),
+                    &e,
+                );
                 if let Some(audit) = &current.audit {
                     let _ = audit.append(vec![current.entry(record)]).await;
                 }
@@ -267,7 +269,7 @@ impl Server {
         let unreported = if all {
             self.auth_failures.drain()
         } else {
-            self.auth_failures.ended(crate::now_ms())
+            self.auth_failures.ended(warden_core::now_ms())
         };
         if unreported.is_empty() {
             return;
@@ -276,7 +278,7 @@ impl Server {
         if let Some(audit) = &rt.audit {
             let records = unreported
                 .iter()
-                .map(|u| rt.entry(crate::record::auth_denied_counted(u)))
+                .map(|u| rt.entry(warden_core::runtime::record::auth_denied_counted(u)))
                 .collect();
             let _ = audit.commit(records, false).await;
         }
@@ -319,7 +321,7 @@ impl Server {
             let rt = self.runtime();
             if let Some(audit) = &rt.audit {
                 let _ = audit
-                    .append(vec![rt.entry(crate::record::shutdown(left))])
+                    .append(vec![rt.entry(warden_core::runtime::record::shutdown(left))])
                     .await;
             }
         }
@@ -422,7 +424,7 @@ async fn authenticate(
         .extensions()
         .get::<ConnectInfo<SocketAddr>>()
         .map(|c| c.0);
-    let now = crate::now_ms();
+    let now = warden_core::now_ms();
     if let Some(addr) = source
         && server.auth_failures.throttled(addr.ip(), now)
     {
@@ -450,10 +452,12 @@ async fn authenticate(
         };
         let mut records: Vec<_> = earlier
             .iter()
-            .map(|u| rt.entry(crate::record::auth_denied_counted(u)))
+            .map(|u| rt.entry(warden_core::runtime::record::auth_denied_counted(u)))
             .collect();
         if verdict == crate::auth_failures::Verdict::Record {
-            records.push(rt.entry(crate::record::auth_denied(&path, &remote, why)));
+            records.push(rt.entry(warden_core::runtime::record::auth_denied(
+                &path, &remote, why,
+            )));
         }
         if let Some(audit) = &rt.audit
             && !records.is_empty()
@@ -535,7 +539,7 @@ pub fn router(server: Arc<Server>, stop: &CancellationToken) -> Router {
         .route("/readyz", get(crate::api::readyz))
         .route(
             "/approvals/{id}",
-            get(crate::approval_pages::page).post(crate::approval_pages::decide),
+            get(crate::pages::page).post(crate::pages::decide),
         )
         .layer(middleware::from_fn_with_state(server.clone(), check_host))
         .with_state(server)
@@ -745,7 +749,7 @@ async fn json_rpc_body(request: Request, next: Next) -> Response {
             -32700,
             &format!(
                 "Parse error: {}",
-                crate::runs::bounded_to(&e.to_string(), 200)
+                warden_core::util::bounded_to(&e.to_string(), 200)
             ),
         );
     }

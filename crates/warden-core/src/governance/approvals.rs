@@ -45,7 +45,7 @@ use thiserror::Error;
 use zeroize::Zeroizing;
 
 use crate::config::ApprovalsConfig;
-use crate::policy::{Hold, PolicyHold};
+use crate::sandbox::policy::{Hold, PolicyHold};
 
 /// Where a request is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -422,7 +422,7 @@ impl From<rusqlite::Error> for ApprovalError {
 
 /// `sha256:<hex>` of an input.
 pub fn input_hash(input: &str) -> String {
-    format!("sha256:{}", crate::cache::sha256_hex(input.as_bytes()))
+    format!("sha256:{}", crate::util::sha256_hex(input.as_bytes()))
 }
 
 impl ApprovalQueue {
@@ -434,12 +434,12 @@ impl ApprovalQueue {
             path: owners.display().to_string(),
             message: e.to_string(),
         })?;
-        let store = |e: crate::db::SchemaError| ApprovalError::Store {
+        let store = |e: crate::store::db::SchemaError| ApprovalError::Store {
             path: shown.clone(),
             message: e.to_string(),
         };
-        let conn = crate::db::open(path, true).map_err(store)?;
-        let mut writer_conn = crate::db::open(path, true).map_err(store)?;
+        let conn = crate::store::db::open(path, true).map_err(store)?;
+        let mut writer_conn = crate::store::db::open(path, true).map_err(store)?;
         let changed = Arc::new(tokio::sync::Notify::new());
         let (tx, rx) = std::sync::mpsc::channel::<Job>();
         let notify = changed.clone();

@@ -12,11 +12,11 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use serde_json::{Value, json};
 
-use crate::approvals::{self, Approval};
 use crate::config::{ApprovalsConfig, Webhook};
-use crate::links::LinkSigner;
-use crate::runs::bounded_to;
-use crate::secrets::Redactor;
+use crate::governance::approvals::{self, Approval};
+use crate::governance::links::LinkSigner;
+use crate::grants::secrets::Redactor;
+use crate::util::bounded_to;
 
 /// Longest input text put in a notice.
 const MAX_NOTICE_INPUT: usize = 2048;

@@ -13,7 +13,7 @@ use http::uri::Scheme;
 use http_body_util::BodyExt;
 use wasmtime_wasi_http::{Error as HttpError, RequestOptions, WasiBody, WasiHttpHooks};
 
-use crate::secrets::CallSecrets;
+use crate::grants::secrets::CallSecrets;
 
 /// A host name, exact or `*.suffix` (which matches subdomains of the suffix only).
 #[derive(Debug, Clone, PartialEq, Eq)]

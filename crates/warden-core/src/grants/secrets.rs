@@ -22,7 +22,7 @@ use serde_json::Value;
 use zeroize::Zeroizing;
 
 use crate::bindings::SecretError;
-use crate::egress::HostPattern;
+use crate::grants::http::HostPattern;
 
 /// How a granted secret may be used.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -364,7 +364,7 @@ impl Redactor {
 
     /// Scrub `text`, then cut it to `max` bytes: never the other way round.
     pub fn bounded(&self, text: &str, max: usize) -> String {
-        crate::runs::bounded_to(&self.scrub(text), max)
+        crate::util::bounded_to(&self.scrub(text), max)
     }
 
     pub fn scrub<'a>(&self, text: &'a str) -> Cow<'a, str> {

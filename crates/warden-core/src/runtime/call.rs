@@ -12,17 +12,17 @@ use serde::Serialize;
 use serde_json::Value;
 use thiserror::Error;
 
-use crate::approvals::{Approval, NewRequest, State, Vote};
-use crate::audit::Entry;
 use crate::bindings::Action;
-use crate::hostcalls::{self, SharedRecorder};
-use crate::interfaces::host::ProgressUpdate;
-use crate::interfaces::log::LogLine;
-use crate::plugin::{Failure, Plugin};
-use crate::policy::{self, Combined, Hold, PolicyDecision, Verdict};
-use crate::record;
+use crate::governance::approvals::{Approval, NewRequest, State, Vote};
+use crate::grants::secrets::Redactor;
 use crate::runtime::Runtime;
-use crate::secrets::Redactor;
+use crate::runtime::record;
+use crate::sandbox::hostcalls::{self, SharedRecorder};
+use crate::sandbox::interfaces::host::ProgressUpdate;
+use crate::sandbox::interfaces::log::LogLine;
+use crate::sandbox::plugin::{Failure, Plugin};
+use crate::sandbox::policy::{self, Combined, Hold, PolicyDecision, Verdict};
+use crate::store::audit::Entry;
 
 /// Most schema errors reported for one input, and the longest text of each: an error
 /// quotes the value it is about, which the caller controls.
@@ -87,10 +87,10 @@ fn failure_kind<S: serde::Serializer>(failure: &Failure, s: S) -> Result<S::Ok, 
 fn failure_name(failure: &Failure) -> &'static str {
     match failure {
         Failure::Tool { .. } => "tool-error",
-        Failure::Limit(crate::limits::LimitExceeded::Timeout(_)) => "timed-out",
-        Failure::Limit(crate::limits::LimitExceeded::Memory(_)) => "memory-limit",
-        Failure::Limit(crate::limits::LimitExceeded::Fuel(_)) => "fuel-exhausted",
-        Failure::Limit(crate::limits::LimitExceeded::Capacity(..)) => "over-capacity",
+        Failure::Limit(crate::sandbox::limits::LimitExceeded::Timeout(_)) => "timed-out",
+        Failure::Limit(crate::sandbox::limits::LimitExceeded::Memory(_)) => "memory-limit",
+        Failure::Limit(crate::sandbox::limits::LimitExceeded::Fuel(_)) => "fuel-exhausted",
+        Failure::Limit(crate::sandbox::limits::LimitExceeded::Capacity(..)) => "over-capacity",
         Failure::Trap { .. } => "trapped",
         Failure::BadOutput(_) => "bad-output",
     }
@@ -246,7 +246,7 @@ impl Runtime {
                 more += 1;
                 continue;
             }
-            let at = crate::runs::bounded_to(&e.instance_path.to_string(), 256);
+            let at = crate::util::bounded_to(&e.instance_path.to_string(), 256);
             // Schema errors quote the offending value, which may be a secret and may be
             // megabytes long: the quote is scrubbed and cut, the rest of the message kept.
             let message = e.to_string();
@@ -466,7 +466,7 @@ impl Runtime {
         input: &str,
         started: Instant,
         mut last: Vec<Entry>,
-        caller: Option<crate::audit::Caller>,
+        caller: Option<crate::store::audit::Caller>,
     ) -> Result<CallReport, CallError> {
         if self.redactor.is_active() {
             scrub_report(&self.redactor, &mut report);
@@ -551,8 +551,11 @@ fn scrub_report(r: &Redactor, report: &mut CallReport) {
                     r.scrub_string(code);
                     // Kept past its bound by the longest secret form (`plugin`): cut
                     // now that it is scrubbed.
-                    *message = r.bounded(message, crate::plugin::MAX_ERROR_MESSAGE);
-                    *error = crate::runs::bounded_to(error, crate::plugin::MAX_ERROR_MESSAGE + 64);
+                    *message = r.bounded(message, crate::sandbox::plugin::MAX_ERROR_MESSAGE);
+                    *error = crate::util::bounded_to(
+                        error,
+                        crate::sandbox::plugin::MAX_ERROR_MESSAGE + 64,
+                    );
                 }
                 Failure::Trap { message, backtrace } => {
                     r.scrub_string(message);

@@ -15,13 +15,13 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::approvals::{Approval, State};
-use crate::call::{ApprovalRef, CallError, CallReport, Outcome};
-use crate::limits::LimitExceeded;
-use crate::plugin::Failure;
-use crate::record;
-use crate::runs::RunRow;
+use crate::governance::approvals::{Approval, State};
 use crate::runtime::Runtime;
+use crate::runtime::call::{ApprovalRef, CallError, CallReport, Outcome};
+use crate::runtime::record;
+use crate::sandbox::limits::LimitExceeded;
+use crate::sandbox::plugin::Failure;
+use crate::store::runs::RunRow;
 
 /// Where a held call stands.
 #[derive(Debug)]
@@ -78,7 +78,7 @@ impl Runtime {
         CallError::NotRecorded(e.to_string())
     }
 
-    fn queue(&self) -> Result<&Arc<crate::approvals::ApprovalQueue>, CallError> {
+    fn queue(&self) -> Result<&Arc<crate::governance::approvals::ApprovalQueue>, CallError> {
         self.approvals
             .as_ref()
             .ok_or_else(|| CallError::NotRecorded("the approval queue is disabled".into()))
@@ -310,13 +310,13 @@ impl Runtime {
 
     /// Why `a` must not run as approved, if it must not.
     fn refusal(&self, a: &Approval) -> Option<String> {
-        if a.input == crate::approvals::SEALED {
+        if a.input == crate::governance::approvals::SEALED {
             return Some(
                 "its input is sealed under the vault's master key, which this process cannot use"
                     .into(),
             );
         }
-        let hash = crate::approvals::input_hash(&a.input);
+        let hash = crate::governance::approvals::input_hash(&a.input);
         if hash != a.input_sha256 {
             return Some(format!(
                 "the stored input no longer matches the request ({hash}, requested {})",

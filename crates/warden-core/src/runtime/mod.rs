@@ -5,71 +5,28 @@
 //! matches no tool fails the whole load with an error located in warden.toml. It
 //! must never serve a partly loaded config.
 
-use std::collections::HashMap;
-use std::path::Path;
-use std::sync::Arc;
+pub mod call;
+pub mod driver;
+pub mod record;
+pub mod recovery;
 
-use wasmtime::Engine;
-use wasmtime::component::Linker;
+use std::collections::HashMap;
+use std::sync::Arc;
 
 use thiserror::Error;
 
-use crate::approvals::ApprovalQueue;
-use crate::audit::{AuditLog, AuditOptions, Signer};
-use crate::cache::CompileCache;
-use crate::component::{self, ComponentError, Loaded, World};
 use crate::config::{Config, ConfigError};
-use crate::engine::{EngineOptions, SharedEngine};
-use crate::links::LinkSigner;
-use crate::notify::Notifier;
-use crate::plugin::Plugin;
-use crate::policy::Policy;
-use crate::record;
-use crate::runs::RunStore;
-use crate::sandbox::{self, PolicyState, ToolState};
-use crate::secrets::{PluginSecrets, Redactor, SecretUse};
+use crate::governance::approvals::ApprovalQueue;
+use crate::governance::links::LinkSigner;
+use crate::governance::notify::Notifier;
+use crate::grants::secrets::{PluginSecrets, Redactor, SecretUse};
+use crate::sandbox::engine::EngineOptions;
+use crate::sandbox::plugin::Plugin;
+use crate::sandbox::policy::Policy;
+pub use crate::sandbox::shared::Shared;
+use crate::store::audit::{AuditLog, AuditOptions, Signer};
+use crate::store::runs::RunStore;
 use crate::vault::{MasterKey, Vault, VaultError};
-
-/// What every component load and every call shares: one engine, its linkers, the cache.
-pub struct Shared {
-    pub engine: Engine,
-    pub cache: CompileCache,
-    pub tool_linker: Linker<ToolState>,
-    pub policy_linker: Linker<PolicyState>,
-    /// The engine counts fuel (some component has a fuel limit).
-    pub fuel: bool,
-    // Last: dropping it stops the epoch ticker.
-    _ticker: SharedEngine,
-}
-
-impl Shared {
-    /// Load the component at `path` (checking the `pin`, if any) and check it
-    /// implements `world`.
-    pub fn component(
-        &self,
-        path: &Path,
-        pin: Option<&str>,
-        world: World,
-    ) -> Result<Loaded, ComponentError> {
-        let loaded = component::load(&self.engine, &self.cache, path, pin)?;
-        loaded.expect_world(path, world)?;
-        Ok(loaded)
-    }
-
-    /// An engine with `options`, caching compiled components under `cache_dir`.
-    pub fn new(options: EngineOptions, cache_dir: Option<&Path>) -> anyhow::Result<Shared> {
-        let ticker = SharedEngine::new(options)?;
-        let engine = ticker.engine.clone();
-        Ok(Shared {
-            cache: CompileCache::new(&engine, cache_dir),
-            tool_linker: sandbox::tool_linker(&engine)?,
-            policy_linker: sandbox::policy_linker(&engine)?,
-            fuel: options.fuel,
-            engine,
-            _ticker: ticker,
-        })
-    }
-}
 
 /// Why a config could not be loaded into a runtime.
 #[derive(Debug, Error)]
@@ -111,9 +68,9 @@ pub struct Runtime {
     /// Loaded with [`Stores::ReadOnly`]: calls are refused.
     pub read_only: bool,
     /// Reports of approved calls run here lately, for their waiters.
-    pub(crate) finished: Arc<crate::driver::Finished>,
+    pub(crate) finished: Arc<crate::runtime::driver::Finished>,
     /// The bound on the guest memory of calls in flight.
-    pub(crate) capacity: Arc<crate::limits::Capacity>,
+    pub(crate) capacity: Arc<crate::sandbox::limits::Capacity>,
 }
 
 impl Runtime {
@@ -234,7 +191,7 @@ impl Runtime {
         let store = |e: &dyn std::fmt::Display| LoadError::Store(e.to_string());
         let capacity = match &stores {
             Some(s) => s.capacity.clone(),
-            None => Arc::new(crate::limits::Capacity::new(
+            None => Arc::new(crate::sandbox::limits::Capacity::new(
                 config.server.max_guest_memory_mb,
                 std::time::Duration::from_millis(config.server.capacity_wait_ms),
             )),
@@ -304,7 +261,7 @@ impl Runtime {
             capacity,
         };
         if fresh && let Some(log) = &rt.audit {
-            crate::recovery::recover(&rt, log).await?;
+            crate::runtime::recovery::recover(&rt, log).await?;
         }
         Ok(rt)
     }
@@ -439,10 +396,10 @@ async fn open_audit(config: &Config) -> Result<AuditLog, LoadError> {
 
 /// What seals held inputs: the vault's master key, when one can be had (a key file
 /// or `WARDEN_MASTER_KEY`). Without one no secret is granted, so none can be held.
-pub fn sealer(config: &Config) -> Option<crate::approvals::Sealer> {
+pub fn sealer(config: &Config) -> Option<crate::governance::approvals::Sealer> {
     MasterKey::resolve(config.key_file.as_deref())
         .ok()
-        .map(|key| crate::approvals::Sealer::new(key.bytes()))
+        .map(|key| crate::governance::approvals::Sealer::new(key.bytes()))
 }
 
 /// What a reloaded runtime shares with the one it replaces.
@@ -450,6 +407,6 @@ struct OpenStores {
     audit: Option<AuditLog>,
     runs: Arc<RunStore>,
     approvals: Option<Arc<ApprovalQueue>>,
-    finished: Arc<crate::driver::Finished>,
-    capacity: Arc<crate::limits::Capacity>,
+    finished: Arc<crate::runtime::driver::Finished>,
+    capacity: Arc<crate::sandbox::limits::Capacity>,
 }

@@ -14,11 +14,11 @@ use std::collections::BTreeMap;
 
 use serde_json::{Value, json};
 
-use crate::audit::{AuditLog, Entry};
-use crate::call::{CallReport, Outcome};
-use crate::record;
-use crate::runs::RunRow;
+use crate::runtime::call::{CallReport, Outcome};
+use crate::runtime::record;
 use crate::runtime::{LoadError, Runtime};
+use crate::store::audit::{AuditLog, Entry};
+use crate::store::runs::RunRow;
 
 const INTERRUPTED: &str = "interrupted: warden stopped (a crash or kill) while the call ran; whether the tool had its effect is unknown";
 
@@ -99,10 +99,10 @@ pub async fn recover(rt: &Runtime, log: &AuditLog) -> Result<(), LoadError> {
 fn scan(
     dir: &std::path::Path,
     from: u64,
-) -> Result<BTreeMap<String, Seen>, crate::audit::AuditError> {
+) -> Result<BTreeMap<String, Seen>, crate::store::audit::AuditError> {
     let mut runs: BTreeMap<String, Seen> = BTreeMap::new();
     let mut order = 0;
-    crate::audit::each_from(dir, from, |r| {
+    crate::store::audit::each_from(dir, from, |r| {
         let Some(id) = r["run"].as_str().map(str::to_string) else {
             return true;
         };

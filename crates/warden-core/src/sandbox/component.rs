@@ -11,7 +11,8 @@ use wasmtime::Engine;
 use wasmtime::component::Component;
 use wasmtime::component::types::ComponentItem;
 
-use crate::cache::{CompileCache, sha256_hex};
+use crate::sandbox::cache::CompileCache;
+use crate::util::sha256_hex;
 
 /// The warden WIT package version this host implements.
 pub const PACKAGE: &str = "warden:plugin";

@@ -29,11 +29,11 @@ use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
 use crate::bindings;
 use crate::config::{Grants, Limits};
-use crate::egress::{Egress, HttpGrant};
-use crate::interfaces::host::{HasHost, HostView, Progress};
-use crate::interfaces::log::{GuestLog, HasLog, LogLine};
-use crate::limits::{Limited, MemoryLimiter};
-use crate::secrets::{CallSecrets, PluginSecrets, Redactor};
+use crate::grants::http::{Egress, HttpGrant};
+use crate::grants::secrets::{CallSecrets, PluginSecrets, Redactor};
+use crate::sandbox::interfaces::host::{HasHost, HostView, Progress};
+use crate::sandbox::interfaces::log::{GuestLog, HasLog, LogLine};
+use crate::sandbox::limits::{Limited, MemoryLimiter};
 
 /// Store data of a tool call.
 pub struct ToolState {

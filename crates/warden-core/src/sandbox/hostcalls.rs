@@ -178,7 +178,7 @@ fn with_recorder<R>(f: impl FnOnce(&mut Recorder) -> R) -> Option<R> {
 
 const IMPORT_SPAN: &str = "wit-bindgen import";
 /// Targets (module paths) of the generated bindings whose imports are recorded.
-const BINDINGS: [&str; 2] = ["wasmtime_wasi", "warden::"];
+const BINDINGS: [&str; 2] = ["wasmtime_wasi", "warden_core::"];
 
 struct HostCallSubscriber;
 

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use wasmtime::{ResourceLimiter, Store, Trap, UpdateDeadline};
 
 use crate::config::Limits;
-use crate::engine::EPOCH_TICK;
+use crate::sandbox::engine::EPOCH_TICK;
 
 /// Why a call was stopped by the host.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]

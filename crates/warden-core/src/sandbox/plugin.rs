@@ -12,14 +12,14 @@ use wasmtime::Store;
 
 use crate::bindings::tool::ToolPre;
 use crate::bindings::{Annotations, ToolSpec};
-use crate::component::World;
 use crate::config::PluginConfig;
-use crate::interfaces::host::ProgressUpdate;
-use crate::interfaces::log::LogLine;
-use crate::limits::{self, LimitExceeded};
-use crate::runtime::Shared;
-use crate::sandbox::{ToolSandbox, ToolState};
-use crate::secrets::{PluginSecrets, Redactor};
+use crate::grants::secrets::{PluginSecrets, Redactor};
+use crate::sandbox::component::World;
+use crate::sandbox::context::{ToolSandbox, ToolState};
+use crate::sandbox::interfaces::host::ProgressUpdate;
+use crate::sandbox::interfaces::log::LogLine;
+use crate::sandbox::limits::{self, LimitExceeded};
+use crate::sandbox::shared::Shared;
 
 /// One tool a plugin exports, validated at load.
 pub struct Tool {
@@ -200,8 +200,8 @@ impl Plugin {
             // A tool's own error text is bounded like its output (it reaches the caller,
             // the log and the run history).
             Ok(Ok(Err(e))) => Err(Failure::Tool {
-                code: crate::runs::bounded_to(&e.code, 128),
-                message: crate::runs::bounded_to(
+                code: crate::util::bounded_to(&e.code, 128),
+                message: crate::util::bounded_to(
                     &e.message,
                     MAX_ERROR_MESSAGE + self.sandbox.redactor.longest(),
                 ),

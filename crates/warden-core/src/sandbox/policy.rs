@@ -12,12 +12,12 @@ use wasmtime::Store;
 
 use crate::bindings::policy::PolicyPre;
 use crate::bindings::{Action, Decision, Tier};
-use crate::component::World;
 use crate::config::{Limits, PolicyConfig, pattern_matches};
-use crate::interfaces::log::LogLine;
-use crate::limits;
-use crate::runtime::Shared;
-use crate::sandbox::PolicyState;
+use crate::sandbox::component::World;
+use crate::sandbox::context::PolicyState;
+use crate::sandbox::interfaces::log::LogLine;
+use crate::sandbox::limits;
+use crate::sandbox::shared::Shared;
 
 /// Bounds on a well-formed decision.
 const MAX_REASON: usize = 2048;

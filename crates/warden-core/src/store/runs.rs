@@ -38,7 +38,7 @@ pub enum StoreError {
     #[error(transparent)]
     Sql(#[from] rusqlite::Error),
     #[error(transparent)]
-    Schema(#[from] crate::db::SchemaError),
+    Schema(#[from] crate::store::db::SchemaError),
     #[error("cannot start the writer: {0}")]
     Thread(String),
 }
@@ -101,7 +101,7 @@ pub struct RunStore {
 impl RunStore {
     pub fn open(path: &Path) -> Result<RunStore, RunsError> {
         let shown = path.display().to_string();
-        let conn = crate::db::open(path, false).map_err(|source| RunsError {
+        let conn = crate::store::db::open(path, false).map_err(|source| RunsError {
             path: shown.clone(),
             cause: source.into(),
         })?;
@@ -123,7 +123,7 @@ impl RunStore {
         failure: Arc<Mutex<Option<String>>>,
     ) -> Result<(std::sync::mpsc::Sender<Queued>, std::thread::JoinHandle<()>), RunsError> {
         let shown = path.display().to_string();
-        let mut conn = crate::db::open(path, false).map_err(|source| RunsError {
+        let mut conn = crate::store::db::open(path, false).map_err(|source| RunsError {
             path: shown.clone(),
             cause: source.into(),
         })?;
@@ -336,14 +336,5 @@ fn row_from_sql(r: &rusqlite::Row<'_>) -> rusqlite::Result<RunRow> {
 
 /// Cut `text` to at most `MAX_TEXT` bytes, marking the cut.
 pub fn bounded(text: &str) -> String {
-    bounded_to(text, MAX_TEXT)
-}
-
-/// Cut `text` to at most `max` bytes (on a character boundary), marking the cut.
-pub fn bounded_to(text: &str, max: usize) -> String {
-    if text.len() <= max {
-        return text.to_string();
-    }
-    let cut = text.floor_char_boundary(max);
-    format!("{}… ({} bytes in all)", &text[..cut], text.len())
+    crate::util::bounded_to(text, MAX_TEXT)
 }

@@ -14,14 +14,14 @@ use std::process::ExitCode;
 use anyhow::{Context, Result, bail};
 use clap::Subcommand;
 
-use warden::approvals::{
+use warden_core::config::Config;
+use warden_core::governance::approvals::{
     Approval, ApprovalError, ApprovalQueue, Ballot, State, Verdict, tier_name,
 };
-use warden::config::Config;
-use warden::driver::Resume;
-use warden::runtime::Runtime;
-use warden::secrets::Redactor;
-use warden::tokens::{self, Principal, Role};
+use warden_core::grants::secrets::Redactor;
+use warden_core::runtime::Runtime;
+use warden_core::runtime::driver::Resume;
+use warden_core::tokens::{self, Principal, Role};
 
 use crate::exit;
 
@@ -85,8 +85,8 @@ pub async fn run(config_path: &Path, command: &ApprovalsCommand) -> Result<ExitC
             config.file.display()
         );
     }
-    let queue = ApprovalQueue::open(&config.runs_db, warden::runtime::sealer(&config))?;
-    let now = warden::now_ms() as i64;
+    let queue = ApprovalQueue::open(&config.runs_db, warden_core::runtime::sealer(&config))?;
+    let now = warden_core::now_ms() as i64;
     match command {
         ApprovalsCommand::List { state, limit, json } => {
             let state = match state {
@@ -96,7 +96,7 @@ pub async fn run(config_path: &Path, command: &ApprovalsCommand) -> Result<ExitC
                 })?),
             };
             let mut out = String::new();
-            let redactor = warden::runtime::redactor_for(&config)?;
+            let redactor = warden_core::runtime::redactor_for(&config)?;
             for mut a in queue.list(state, *limit)? {
                 redact(&redactor, &mut a);
                 if *json {
@@ -117,20 +117,20 @@ pub async fn run(config_path: &Path, command: &ApprovalsCommand) -> Result<ExitC
                     );
                 }
             }
-            crate::print(&out)?;
+            crate::output::print(&out)?;
             Ok(ExitCode::from(exit::OK))
         }
         ApprovalsCommand::Show { id, json } => {
             let mut a = queue
                 .get(id)?
                 .ok_or_else(|| ApprovalError::NotFound(id.clone()))?;
-            redact(&warden::runtime::redactor_for(&config)?, &mut a);
+            redact(&warden_core::runtime::redactor_for(&config)?, &mut a);
             if *json {
                 let mut v = serde_json::to_value(&a)?;
                 v["notice"] = serde_json::to_value(queue.notice(id)?)?;
-                crate::print(&format!("{}\n", serde_json::to_string_pretty(&v)?))?;
+                crate::output::print(&format!("{}\n", serde_json::to_string_pretty(&v)?))?;
             } else {
-                crate::print(&show(&a, &queue, now)?)?;
+                crate::output::print(&show(&a, &queue, now)?)?;
             }
             Ok(ExitCode::from(exit::OK))
         }
@@ -197,8 +197,8 @@ async fn decide(
         eprintln!("warden approvals: a break-glass decision needs --reason");
         return Ok(ExitCode::from(exit::USAGE));
     }
-    let redactor = warden::runtime::redactor_for(config)?;
-    if let Some(url) = warden::serve::running(&config.data_dir).and_then(|s| s.url) {
+    let redactor = warden_core::runtime::redactor_for(config)?;
+    if let Some(url) = warden_server::state::running(&config.data_dir).and_then(|s| s.url) {
         drop(queue);
         return decide_through(&url, id, who, verdict, reason, &redactor).await;
     }
@@ -209,8 +209,8 @@ async fn decide(
     eprint!("{}", summary(&a, &redactor));
     // The hash of the input shown above, not the one the request claims: a tampered
     // input is refused here rather than approved blind.
-    let shown = warden::approvals::input_hash(&a.input);
-    let now = warden::now_ms() as i64;
+    let shown = warden_core::governance::approvals::input_hash(&a.input);
+    let now = warden_core::now_ms() as i64;
     let ballot = Ballot {
         principal: &p.name,
         verdict,
@@ -256,7 +256,10 @@ async fn decide(
     // A short-lived process (another command) lets go of the log within moments; one
     // that keeps it drives the queue: `warden serve` at once, `warden call` as it ends.
     if config.audit.enabled
-        && !warden::audit::wait_until_free(&config.audit.dir, std::time::Duration::from_secs(2))
+        && !warden_core::store::audit::wait_until_free(
+            &config.audit.dir,
+            std::time::Duration::from_secs(2),
+        )
     {
         eprintln!(
             "approval {}: another warden process holds the audit log ({}); {} when it next drives the queue (`warden call` does as it finishes), or at the next `warden approvals process` or `warden serve`",
@@ -276,7 +279,7 @@ async fn decide(
     }
     let rt = Runtime::load(config.clone()).await?;
     match rt.resume(id).await? {
-        Resume::Ran(report) => crate::print_outcome(&report, false, false),
+        Resume::Ran(report) => super::call::print_outcome(&report, false, false),
         Resume::Ended(a) | Resume::Pending(a) => {
             eprintln!(
                 "approval {}: {}{}",
@@ -302,7 +305,7 @@ fn summary(a: &Approval, r: &Redactor) -> String {
         tier_name(a.tier),
         r.scrub(&a.reasons.join("; ")),
         r.scrub(&a.input),
-        warden::approvals::input_hash(&a.input)
+        warden_core::governance::approvals::input_hash(&a.input)
     )
 }
 
@@ -435,8 +438,9 @@ fn show(a: &Approval, queue: &ApprovalQueue, now: i64) -> Result<String> {
         tier_name(a.tier),
         a.required,
         match a.tier {
-            warden::policy::Hold::Soft => "runs when its window passes unless rejected",
-            warden::policy::Hold::Hard => "denied if not approved in time",
+            warden_core::sandbox::policy::Hold::Soft =>
+                "runs when its window passes unless rejected",
+            warden_core::sandbox::policy::Hold::Hard => "denied if not approved in time",
         },
         a.reasons.join("; "),
         if a.approvers.is_empty() {

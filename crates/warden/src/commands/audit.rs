@@ -10,8 +10,8 @@ use anyhow::{Context, Result};
 use clap::Subcommand;
 use serde_json::{Value, json};
 
-use warden::audit::{self, AuditLog, AuditOptions, Repair, Signer, VerifyOptions};
-use warden::config::Config;
+use warden_core::config::Config;
+use warden_core::store::audit::{self, AuditLog, AuditOptions, Repair, Signer, VerifyOptions};
 
 use crate::exit;
 
@@ -180,7 +180,7 @@ pub async fn run(config: &Path, command: &AuditCommand) -> Result<ExitCode> {
                         path.display()
                     )
                 })?;
-            crate::print(&format!("{public}\n"))?;
+            crate::output::print(&format!("{public}\n"))?;
             eprintln!("warden audit key: the public half of {}", path.display());
             Ok(ExitCode::from(exit::OK))
         }
@@ -190,7 +190,7 @@ pub async fn run(config: &Path, command: &AuditCommand) -> Result<ExitCode> {
                 .signing_key()
                 .map_err(anyhow::Error::msg)?
                 .to_path_buf();
-            let next_path = path.with_extension(format!("next-{}", warden::now_ms()));
+            let next_path = path.with_extension(format!("next-{}", warden_core::now_ms()));
             let next = Arc::new(Signer::create_new(&next_path).map_err(anyhow::Error::msg)?);
             let log = open(&config).await?;
             let rotated = log.rotate_key(next.clone()).await;
@@ -200,14 +200,14 @@ pub async fn run(config: &Path, command: &AuditCommand) -> Result<ExitCode> {
                 let _ = std::fs::remove_file(audit::public_path(&next_path));
                 return Err(e.into());
             }
-            let retired = path.with_extension(format!("retired-{}", warden::now_ms()));
+            let retired = path.with_extension(format!("retired-{}", warden_core::now_ms()));
             std::fs::rename(&path, &retired)
                 .with_context(|| format!("moving {} aside", path.display()))?;
             std::fs::rename(&next_path, &path)
                 .with_context(|| format!("putting the new key at {}", path.display()))?;
             let _ = std::fs::remove_file(audit::public_path(&next_path));
             std::fs::write(audit::public_path(&path), format!("{}\n", next.public()))?;
-            crate::print(&format!("{}\n", next.public()))?;
+            crate::output::print(&format!("{}\n", next.public()))?;
             eprintln!(
                 "warden audit rotate-key: new key in {} (the old one, now {}, endorsed it in the log)",
                 path.display(),
@@ -292,7 +292,7 @@ fn verify(dir: &Path, options: &VerifyOptions, json: bool) -> Result<ExitCode> {
             "live": v.live,
             "problem": v.problem.as_ref().map(|p| json!({ "seq": p.seq, "location": p.location, "what": p.what })),
         });
-        crate::print(&format!("{report}\n"))?;
+        crate::output::print(&format!("{report}\n"))?;
     } else {
         let mut out = String::new();
         match &v.problem {
@@ -353,7 +353,7 @@ fn verify(dir: &Path, options: &VerifyOptions, json: bool) -> Result<ExitCode> {
         if let Some(w) = v.witnessed {
             out += &format!("  witness: agrees up to record {w}\n");
         }
-        crate::print(&out)?;
+        crate::output::print(&out)?;
     }
     if v.problem.is_some() {
         return Ok(ExitCode::from(1));

@@ -13,11 +13,11 @@ use anyhow::{Context, Result, bail};
 use clap::Subcommand;
 use serde::Deserialize;
 
-use warden::bindings::{Action, Annotations};
-use warden::config::{DEFAULT_POLICY_LIMITS, PolicyConfig};
-use warden::engine::EngineOptions;
-use warden::policy::{Hold, Policy, Verdict};
-use warden::runtime::Shared;
+use warden_core::bindings::{Action, Annotations};
+use warden_core::config::{DEFAULT_POLICY_LIMITS, PolicyConfig};
+use warden_core::runtime::Shared;
+use warden_core::sandbox::engine::EngineOptions;
+use warden_core::sandbox::policy::{Hold, Policy, Verdict};
 
 use crate::exit;
 
@@ -227,7 +227,7 @@ pub async fn run(command: &PolicyCommand) -> Result<ExitCode> {
         }
     }
     out += &format!("{}: {passed} passed, {failed} failed\n", cases.display());
-    crate::print(&out)?;
+    crate::output::print(&out)?;
     Ok(ExitCode::from(if failed == 0 {
         exit::OK
     } else {

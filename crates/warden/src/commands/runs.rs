@@ -6,8 +6,8 @@ use std::process::ExitCode;
 use anyhow::{Result, bail};
 use clap::Subcommand;
 
-use warden::config::Config;
-use warden::runs::{RunFilter, RunStore};
+use warden_core::config::Config;
+use warden_core::store::runs::{RunFilter, RunStore};
 
 /// `println!` into a String.
 macro_rules! outln {
@@ -86,7 +86,7 @@ pub fn run(config: &Path, command: &RunsCommand) -> Result<ExitCode> {
             };
             if *json {
                 outln!(out, "{}", serde_json::to_string_pretty(&row)?);
-                crate::print(&out)?;
+                crate::output::print(&out)?;
                 return Ok(ExitCode::SUCCESS);
             }
             outln!(out, "run {}: {}", row.id, row.status);
@@ -149,6 +149,6 @@ pub fn run(config: &Path, command: &RunsCommand) -> Result<ExitCode> {
             outln!(out, "  audit records: warden audit search --run {}", row.id);
         }
     }
-    crate::print(&out)?;
+    crate::output::print(&out)?;
     Ok(ExitCode::SUCCESS)
 }

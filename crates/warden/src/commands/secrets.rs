@@ -9,8 +9,8 @@ use anyhow::{Context, Result};
 use clap::Subcommand;
 use zeroize::Zeroizing;
 
-use warden::config::Config;
-use warden::vault::{MASTER_KEY_ENV, MasterKey, Vault};
+use warden_core::config::Config;
+use warden_core::vault::{MASTER_KEY_ENV, MasterKey, Vault};
 
 #[derive(Subcommand)]
 pub enum SecretsCommand {
@@ -82,7 +82,7 @@ pub fn run(config: &Path, command: &SecretsCommand) -> Result<ExitCode> {
                 }));
             }
             if *json {
-                crate::print(&format!("{}\n", serde_json::to_string_pretty(&rows)?))?;
+                crate::output::print(&format!("{}\n", serde_json::to_string_pretty(&rows)?))?;
             } else {
                 let mut out = String::new();
                 for (row, info) in rows.iter().zip(vault.list()) {
@@ -102,7 +102,7 @@ pub fn run(config: &Path, command: &SecretsCommand) -> Result<ExitCode> {
                         }
                     );
                 }
-                crate::print(&out)?;
+                crate::output::print(&out)?;
             }
         }
         SecretsCommand::Rm { name, version } => {

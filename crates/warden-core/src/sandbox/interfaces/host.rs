@@ -7,7 +7,7 @@
 use serde::Serialize;
 
 use crate::bindings::{SecretError, ToolHost};
-use crate::secrets::{CallSecrets, Redactor};
+use crate::grants::secrets::{CallSecrets, Redactor};
 
 /// Most progress updates kept per call; later ones replace the last.
 const MAX_UPDATES: usize = 256;

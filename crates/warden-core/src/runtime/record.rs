@@ -9,13 +9,14 @@
 
 use serde_json::{Map, Value, json};
 
-use crate::approvals::{self, Approval, Vote};
-use crate::audit::Entry;
-use crate::call::{CallReport, Outcome};
-use crate::hostcalls::HostCall;
-use crate::policy::Verdict;
-use crate::runs::{RunRow, bounded, bounded_to};
-use crate::secrets::Redactor;
+use crate::governance::approvals::{self, Approval, Vote};
+use crate::grants::secrets::Redactor;
+use crate::runtime::call::{CallReport, Outcome};
+use crate::sandbox::hostcalls::HostCall;
+use crate::sandbox::policy::Verdict;
+use crate::store::audit::Entry;
+use crate::store::runs::{RunRow, bounded};
+use crate::util::bounded_to;
 
 /// Longest input or output text put in an audit record.
 const MAX_AUDIT_TEXT: usize = 4096;
@@ -147,8 +148,8 @@ pub fn host_calls<'a>(
                 .str("digest", &digest_of(&c.component))
                 .str("interface", &c.interface)
                 .str("function", &c.function)
-                .bounded("args", &c.args, crate::hostcalls::MAX_SUMMARY)
-                .bounded("result", &c.result, crate::hostcalls::MAX_SUMMARY)
+                .bounded("args", &c.args, crate::sandbox::hostcalls::MAX_SUMMARY)
+                .bounded("result", &c.result, crate::sandbox::hostcalls::MAX_SUMMARY)
                 .str("outcome", c.outcome())
                 .num("duration_us", c.duration_us);
             r.done()
@@ -174,7 +175,10 @@ pub fn host_call_counts(
     entry
         .num("ts_ms", crate::now_ms())
         .str("run", run)
-        .num("first_recorded", crate::hostcalls::MAX_CALLS as u64)
+        .num(
+            "first_recorded",
+            crate::sandbox::hostcalls::MAX_CALLS as u64,
+        )
         .value("counts", &Value::from(list));
     Some(entry)
 }
@@ -303,8 +307,19 @@ pub fn auth_denied(path: &str, remote: &str, why: &str) -> Map<String, Value> {
     )
 }
 
-/// Failed authentications of one source in one window that no record reported yet.
-pub fn auth_denied_counted(u: &crate::auth_failures::Unreported) -> Map<String, Value> {
+/// Failed authentications of one source in one window that no record has reported yet.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unreported {
+    pub source: String,
+    pub failures: u64,
+    pub first_ms: u64,
+    pub last_ms: u64,
+    /// Up to three of the paths asked for.
+    pub paths: Vec<String>,
+}
+
+/// Failed authentications of one source in one window, counted in one record.
+pub fn auth_denied_counted(u: &Unreported) -> Map<String, Value> {
     object(json!({
         "kind": "auth-denied",
         "ts_ms": crate::now_ms(),
@@ -337,7 +352,9 @@ pub fn run_row(report: &CallReport, input: &str) -> RunRow {
         Outcome::Ok { output } => (Some(bounded(&output.to_string())), None, None),
         Outcome::Failed { kind, error } => {
             let backtrace = match kind {
-                crate::plugin::Failure::Trap { backtrace, .. } if !backtrace.is_empty() => {
+                crate::sandbox::plugin::Failure::Trap { backtrace, .. }
+                    if !backtrace.is_empty() =>
+                {
                     Some(bounded(backtrace))
                 }
                 _ => None,

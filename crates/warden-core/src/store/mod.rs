@@ -1,0 +1,6 @@
+//! What warden keeps: the audit log (files), and the embedded database (run history and
+//! the approval queue's tables) with its migrations.
+
+pub mod audit;
+pub mod db;
+pub mod runs;

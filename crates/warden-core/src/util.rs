@@ -1,0 +1,37 @@
+//! Small helpers every layer uses: the clock, digests, bounded text. No state, no I/O.
+
+use sha2::{Digest, Sha256};
+
+/// Milliseconds since the Unix epoch (0 if the clock is before it).
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// `sha256` of `bytes`, as lower-case hex.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+/// Cut `text` to at most `max` bytes (on a character boundary), marking the cut.
+pub fn bounded_to(text: &str, max: usize) -> String {
+    if text.len() <= max {
+        return text.to_string();
+    }
+    let cut = text.floor_char_boundary(max);
+    format!("{}… ({} bytes in all)", &text[..cut], text.len())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bounded_text_is_cut_on_a_character_boundary_and_says_so() {
+        assert_eq!(bounded_to("short", 10), "short");
+        let cut = bounded_to("ééééé", 3);
+        assert!(cut.starts_with('é') && !cut.starts_with("éé"), "{cut}");
+        assert!(cut.ends_with("(10 bytes in all)"), "{cut}");
+    }
+}

@@ -1,0 +1,37 @@
+//! One module per `warden` subcommand, each with its arguments and its `run`.
+//!
+//! Commands print through `crate::output` and return an exit code from `crate::exit`;
+//! errors carry context and are reported once, by `main`.
+
+use std::path::Path;
+
+use anyhow::Result;
+
+use warden_core::config::Config;
+use warden_core::runtime::Runtime;
+
+pub mod approvals;
+pub mod audit;
+pub mod call;
+pub mod check;
+pub mod inspect;
+pub mod policy;
+pub mod runs;
+pub mod secrets;
+pub mod serve;
+pub mod tokens;
+pub mod tools;
+
+/// Load the config and everything it names, holding the audit log: for commands that
+/// record.
+pub async fn load(config: &Path) -> Result<Runtime> {
+    let config = Config::load(config)?;
+    Ok(Runtime::load(config).await?)
+}
+
+/// The components only: for commands that change nothing (and so never wait for the
+/// audit log's lock, held by a running server).
+pub async fn look(config: &Path) -> Result<Runtime> {
+    let config = Config::load(config)?;
+    Ok(Runtime::load_read_only(config).await?)
+}
