@@ -391,7 +391,7 @@ fn claims_race_across_processes_and_exactly_one_wins() {
             warden_core::governance::approvals::ApprovalQueue::open(&config.runs_db, None).unwrap();
         let ballot = warden_core::governance::approvals::Ballot {
             principal: "alice",
-            verdict: warden_core::governance::approvals::Verdict::Approve,
+            choice: warden_core::governance::approvals::Choice::Approve,
             reason: None,
             via: "api",
             input_sha256: &sha,

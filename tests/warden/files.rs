@@ -102,3 +102,31 @@ fn file_grants_cannot_reach_wardens_own_state() {
         );
     }
 }
+
+#[tokio::test]
+async fn a_granted_directory_gone_after_load_fails_the_call_as_a_host_error_not_a_trap() {
+    let env = hostile_env(1, HOSTILE_LIMITS);
+    let rt = Runtime::load(Config::load(&env.config()).unwrap())
+        .await
+        .unwrap();
+    std::fs::remove_dir_all(env.path().join("readonly")).unwrap();
+    let report = rt
+        .call(CallRequest {
+            principal: "t",
+            tool: "read_file",
+            input: r#"{"path":"/ro/inside.txt"}"#,
+        })
+        .await
+        .unwrap();
+    match &report.outcome {
+        Outcome::Failed {
+            kind: Failure::Host(why),
+            ..
+        } => assert!(why.contains("readonly"), "names the directory: {why}"),
+        other => panic!("expected a host error: {other:?}"),
+    }
+    assert_eq!(
+        serde_json::to_value(&report.outcome).unwrap()["kind"],
+        "host-error"
+    );
+}

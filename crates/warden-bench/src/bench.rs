@@ -587,7 +587,7 @@ async fn audit_on_off(config: &Path, args: &BenchArgs) -> Result<()> {
 /// alternating rounds), and held calls/s through enqueue + decide + execute, with the
 /// durable audit log on as in production.
 async fn approvals(config: &Path, args: &BenchArgs, rt: &Arc<Runtime>) -> Result<()> {
-    use warden_core::governance::approvals::{Ballot, Verdict};
+    use warden_core::governance::approvals::{Ballot, Choice};
     use warden_core::runtime::driver::Resume;
 
     let mut off_config = Config::load(config)?;
@@ -657,7 +657,7 @@ async fn approvals(config: &Path, args: &BenchArgs, rt: &Arc<Runtime>) -> Result
                 let queue = rt.approvals.as_ref().context("queue disabled")?;
                 let ballot = Ballot {
                     principal: "bench-approver",
-                    verdict: Verdict::Approve,
+                    choice: Choice::Approve,
                     reason: None,
                     via: "api",
                     input_sha256: &held.input_sha256,

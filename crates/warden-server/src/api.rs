@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use crate::state::Server;
-use warden_core::governance::approvals::{ApprovalError, Ballot, State as ApprovalState, Verdict};
+use warden_core::governance::approvals::{ApprovalError, Ballot, State as ApprovalState, Choice};
 use warden_core::runtime::Runtime;
 use warden_core::store::runs::RunFilter;
 use warden_core::tokens::{Principal, Role};
@@ -205,11 +205,11 @@ async fn decide(
     server: &Server,
     p: &Principal,
     id: &str,
-    verdict: Verdict,
+    choice: Choice,
     body: DecisionBody,
 ) -> Response {
     let reason = body.reason.filter(|r| !r.trim().is_empty());
-    if verdict == Verdict::Reject && reason.is_none() {
+    if choice == Choice::Reject && reason.is_none() {
         return error(StatusCode::BAD_REQUEST, "a rejection needs a reason");
     }
     let Some(seen) = body.input_sha256.filter(|s| !s.is_empty()) else {
@@ -241,7 +241,7 @@ async fn decide(
     };
     let ballot = Ballot {
         principal: &p.name,
-        verdict,
+        choice,
         reason: reason.as_deref(),
         via: "api",
         input_sha256: &seen,
@@ -267,7 +267,7 @@ pub async fn approve(
     body: Option<Json<DecisionBody>>,
 ) -> Response {
     let body = body.map(|Json(b)| b).unwrap_or_default();
-    decide(&server, &p, &id, Verdict::Approve, body).await
+    decide(&server, &p, &id, Choice::Approve, body).await
 }
 
 pub async fn reject(
@@ -277,7 +277,7 @@ pub async fn reject(
     body: Option<Json<DecisionBody>>,
 ) -> Response {
     let body = body.map(|Json(b)| b).unwrap_or_default();
-    decide(&server, &p, &id, Verdict::Reject, body).await
+    decide(&server, &p, &id, Choice::Reject, body).await
 }
 
 #[derive(Deserialize)]

@@ -19,7 +19,7 @@ const MAX_SOURCES: usize = 10_000;
 
 /// What to do with one failed attempt.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Verdict {
+pub enum Admission {
     /// Record it now (the first failure of the source's window).
     Record,
     /// Counted; reported with the window.
@@ -57,7 +57,7 @@ impl Ledger {
 
     /// Count a failure of `source` asking for `path`; what to do with it, and what an
     /// earlier window of the same source left unreported.
-    pub fn fail(&self, source: IpAddr, path: &str, now_ms: u64) -> (Verdict, Vec<Unreported>) {
+    pub fn fail(&self, source: IpAddr, path: &str, now_ms: u64) -> (Admission, Vec<Unreported>) {
         let mut sources = self.sources.lock().unwrap_or_else(|p| p.into_inner());
         let mut out = Vec::new();
         if let Some(w) = sources.get(&source)
@@ -89,15 +89,15 @@ impl Ledger {
         if w.paths.len() < 3 && !w.paths.iter().any(|p| p == path) {
             w.paths.push(path.chars().take(256).collect());
         }
-        let verdict = if w.failures == 1 {
+        let admission = if w.failures == 1 {
             w.reported = 1;
-            Verdict::Record
+            Admission::Record
         } else if w.failures > THROTTLE_AFTER {
-            Verdict::Throttled
+            Admission::Throttled
         } else {
-            Verdict::Counted
+            Admission::Counted
         };
-        (verdict, out)
+        (admission, out)
     }
 
     /// The windows that have ended with failures no record reported, removed.
@@ -141,12 +141,12 @@ mod tests {
     fn a_flood_is_one_record_then_counts_then_refusals() {
         let ledger = Ledger::default();
         let ip: IpAddr = "10.0.0.1".parse().unwrap();
-        assert_eq!(ledger.fail(ip, "/mcp", 0).0, Verdict::Record);
+        assert_eq!(ledger.fail(ip, "/mcp", 0).0, Admission::Record);
         for i in 1..THROTTLE_AFTER {
-            assert_eq!(ledger.fail(ip, "/api/runs", i).0, Verdict::Counted);
+            assert_eq!(ledger.fail(ip, "/api/runs", i).0, Admission::Counted);
         }
         assert!(ledger.throttled(ip, 100));
-        assert_eq!(ledger.fail(ip, "/mcp", 100).0, Verdict::Throttled);
+        assert_eq!(ledger.fail(ip, "/mcp", 100).0, Admission::Throttled);
         assert!(ledger.ended(WINDOW_MS - 1).is_empty());
         let ended = ledger.ended(WINDOW_MS);
         assert_eq!(ended.len(), 1);
@@ -157,7 +157,7 @@ mod tests {
         assert_eq!(ended[0].paths, ["/mcp", "/api/runs"]);
         assert!(!ledger.throttled(ip, WINDOW_MS + 1));
         // A new window starts with a record again; the old one is not counted twice.
-        let (verdict, old) = ledger.fail(ip, "/mcp", WINDOW_MS + 5);
-        assert_eq!((verdict, old.len()), (Verdict::Record, 0));
+        let (admission, old) = ledger.fail(ip, "/mcp", WINDOW_MS + 5);
+        assert_eq!((admission, old.len()), (Admission::Record, 0));
     }
 }

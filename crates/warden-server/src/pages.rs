@@ -13,7 +13,7 @@ use axum::response::{Html, IntoResponse, Response};
 use serde::Deserialize;
 
 use crate::state::Server;
-use warden_core::governance::approvals::{Approval, Ballot, Verdict, tier_name};
+use warden_core::governance::approvals::{Approval, Ballot, Choice, tier_name};
 
 #[derive(Deserialize)]
 pub struct LinkQuery {
@@ -165,9 +165,9 @@ pub async fn decide(
         Ok(found) => found,
         Err(page) => return *page,
     };
-    let verdict = match form.decision.as_str() {
-        "approve" => Verdict::Approve,
-        "reject" => Verdict::Reject,
+    let choice = match form.decision.as_str() {
+        "approve" => Choice::Approve,
+        "reject" => Choice::Reject,
         _ => {
             return html(
                 StatusCode::BAD_REQUEST,
@@ -177,7 +177,7 @@ pub async fn decide(
         }
     };
     let reason = form.reason.trim();
-    if verdict == Verdict::Reject && reason.is_empty() {
+    if choice == Choice::Reject && reason.is_empty() {
         return html(
             StatusCode::BAD_REQUEST,
             "A reason is needed",
@@ -190,7 +190,7 @@ pub async fn decide(
     };
     let ballot = Ballot {
         principal: &principal,
-        verdict,
+        choice,
         reason: (!reason.is_empty()).then_some(reason),
         via: "link",
         input_sha256: &form.sha,
@@ -203,7 +203,7 @@ pub async fn decide(
             "Recorded",
             &format!(
                 "<p>{} by {}. The request is now <b>{}</b> ({} of {} approvals).</p>",
-                if verdict == Verdict::Approve {
+                if choice == Choice::Approve {
                     "Approved"
                 } else {
                     "Rejected"

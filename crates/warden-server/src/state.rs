@@ -446,15 +446,15 @@ async fn authenticate(
             "no bearer token"
         };
         let remote = source.map(|a| a.to_string()).unwrap_or_default();
-        let (verdict, earlier) = match source {
+        let (admission, earlier) = match source {
             Some(addr) => server.auth_failures.fail(addr.ip(), &path, now),
-            None => (crate::auth_failures::Verdict::Record, Vec::new()),
+            None => (crate::auth_failures::Admission::Record, Vec::new()),
         };
         let mut records: Vec<_> = earlier
             .iter()
             .map(|u| rt.entry(warden_core::runtime::record::auth_denied_counted(u)))
             .collect();
-        if verdict == crate::auth_failures::Verdict::Record {
+        if admission == crate::auth_failures::Admission::Record {
             records.push(rt.entry(warden_core::runtime::record::auth_denied(
                 &path, &remote, why,
             )));
@@ -464,7 +464,7 @@ async fn authenticate(
         {
             let _ = audit.commit(records, false).await;
         }
-        if verdict == crate::auth_failures::Verdict::Throttled {
+        if admission == crate::auth_failures::Admission::Throttled {
             server.metrics.auth_throttled();
             return too_many();
         }

@@ -45,7 +45,7 @@ use thiserror::Error;
 use zeroize::Zeroizing;
 
 use crate::config::ApprovalsConfig;
-use crate::sandbox::policy::{Hold, PolicyHold};
+use crate::sandbox::policy::{Tier, PolicyHold};
 
 /// Where a request is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -120,7 +120,7 @@ pub struct Vote {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HoldSet {
     pub policy: String,
-    pub tier: Hold,
+    pub tier: Tier,
     /// Principals or `group:NAME` (the configured default when the policy named none).
     pub approvers: Vec<String>,
     pub required: u32,
@@ -140,7 +140,7 @@ pub struct Approval {
     pub input_sha256: String,
     /// The policy decisions that held the call.
     pub decisions: Value,
-    pub tier: Hold,
+    pub tier: Tier,
     pub reasons: Vec<String>,
     /// Principals or `group:NAME` who may decide (every holding policy's).
     pub approvers: Vec<String>,
@@ -199,7 +199,7 @@ pub struct NewRequest<'a> {
     pub plugin_digest: &'a str,
     pub input: &'a str,
     pub decisions: Value,
-    pub tier: Hold,
+    pub tier: Tier,
     pub reasons: &'a [String],
     /// Each holding policy with the approvers it named (the configured default applies
     /// to a policy that named none).
@@ -209,7 +209,7 @@ pub struct NewRequest<'a> {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Verdict {
+pub enum Choice {
     Approve,
     Reject,
 }
@@ -219,7 +219,7 @@ pub enum Verdict {
 pub struct Ballot<'a> {
     /// Who decides (proved by their token or their link).
     pub principal: &'a str,
-    pub verdict: Verdict,
+    pub choice: Choice,
     pub reason: Option<&'a str>,
     /// `cli`, `link` or `api`.
     pub via: &'a str,
@@ -561,8 +561,8 @@ impl ApprovalQueue {
     /// The request a held call becomes (not yet queued: see `insert`).
     pub fn prepare(&self, config: &ApprovalsConfig, request: &NewRequest<'_>) -> Approval {
         let timeout = match request.tier {
-            Hold::Soft => request.timeout_secs.unwrap_or(config.soft_window_secs),
-            Hold::Hard => request.timeout_secs.unwrap_or(config.hard_timeout_secs),
+            Tier::Soft => request.timeout_secs.unwrap_or(config.soft_window_secs),
+            Tier::Hard => request.timeout_secs.unwrap_or(config.hard_timeout_secs),
         };
         let holds: Vec<HoldSet> = request
             .holds
@@ -576,8 +576,8 @@ impl ApprovalQueue {
                     h.approvers.clone()
                 },
                 required: match h.tier {
-                    Hold::Soft => 1,
-                    Hold::Hard => h.approvals_required.unwrap_or(config.hard_approvals).max(1),
+                    Tier::Soft => 1,
+                    Tier::Hard => h.approvals_required.unwrap_or(config.hard_approvals).max(1),
                 },
             })
             .collect();
@@ -730,7 +730,7 @@ impl ApprovalQueue {
         };
         let reason = ballot.reason.map(str::to_string);
         let shown = ballot.input_sha256.to_string();
-        let (verdict, now_ms) = (ballot.verdict, ballot.now_ms);
+        let (choice, now_ms) = (ballot.choice, ballot.now_ms);
         let sealer = self.sealer.clone();
         self.write(move |tx| {
             let mut a = load(tx, &id, sealer.as_ref().as_ref())?
@@ -758,9 +758,9 @@ impl ApprovalQueue {
                     detail: format!(" ({principal} has already approved it)"),
                 });
             }
-            let name = match verdict {
-                Verdict::Approve => "approve",
-                Verdict::Reject => "reject",
+            let name = match choice {
+                Choice::Approve => "approve",
+                Choice::Reject => "reject",
             };
             add_vote(
                 tx,
@@ -774,10 +774,10 @@ impl ApprovalQueue {
                 },
                 now_ms,
             )?;
-            let next = match verdict {
-                Verdict::Reject => Some(State::Rejected),
-                Verdict::Approve if a.satisfied(&config) => Some(State::Approved),
-                Verdict::Approve => None,
+            let next = match choice {
+                Choice::Reject => Some(State::Rejected),
+                Choice::Approve if a.satisfied(&config) => Some(State::Approved),
+                Choice::Approve => None,
             };
             if let Some(next) = next {
                 let result = (next == State::Rejected).then(|| {
@@ -1146,7 +1146,7 @@ fn already(a: &Approval) -> ApprovalError {
 /// A pending request whose time ran out: soft runs (nobody rejected it), hard expires.
 fn settle_expired(tx: &Connection, a: &mut Approval, now_ms: i64) -> rusqlite::Result<()> {
     match a.tier {
-        Hold::Soft => {
+        Tier::Soft => {
             let sha = a.input_sha256.clone();
             add_vote(
                 tx,
@@ -1162,7 +1162,7 @@ fn settle_expired(tx: &Connection, a: &mut Approval, now_ms: i64) -> rusqlite::R
             )?;
             set_state(tx, a, State::Approved, None, now_ms)
         }
-        Hold::Hard => {
+        Tier::Hard => {
             let why = format!(
                 "hard approval timed out after {} s ({} of {} approvals)",
                 (a.expires_ms - a.created_ms) / 1000,
@@ -1279,9 +1279,9 @@ fn load(
             let required: u32 = r.get(12)?;
             // An unknown tier or state (a hand-edited row) fails closed: never run.
             let (tier, known_tier) = match stored_tier.as_str() {
-                "soft" => (Hold::Soft, true),
-                "hard" => (Hold::Hard, true),
-                _ => (Hold::Hard, false),
+                "soft" => (Tier::Soft, true),
+                "hard" => (Tier::Hard, true),
+                _ => (Tier::Hard, false),
             };
             let mut state = State::parse(&state).unwrap_or(State::Failed);
             let mut result: Option<String> = r.get(17)?;
@@ -1351,10 +1351,10 @@ fn load(
     Ok(Some(a))
 }
 
-pub fn tier_name(tier: Hold) -> &'static str {
+pub fn tier_name(tier: Tier) -> &'static str {
     match tier {
-        Hold::Soft => "soft",
-        Hold::Hard => "hard",
+        Tier::Soft => "soft",
+        Tier::Hard => "hard",
     }
 }
 

@@ -21,7 +21,7 @@ use crate::sandbox::hostcalls::{self, SharedRecorder};
 use crate::sandbox::interfaces::host::ProgressUpdate;
 use crate::sandbox::interfaces::log::LogLine;
 use crate::sandbox::plugin::{Failure, Plugin};
-use crate::sandbox::policy::{self, Combined, Hold, PolicyDecision, Verdict};
+use crate::sandbox::policy::{self, Combined, Tier, PolicyDecision, Verdict};
 use crate::store::audit::Entry;
 
 /// Most schema errors reported for one input, and the longest text of each: an error
@@ -64,7 +64,7 @@ pub enum Outcome {
     Denied { reasons: Vec<String> },
     /// The call needs approval; the tool did not run (yet).
     Held {
-        tier: Hold,
+        tier: Tier,
         reasons: Vec<String>,
         approvers: Vec<String>,
         timeout_secs: Option<u32>,
@@ -93,6 +93,7 @@ fn failure_name(failure: &Failure) -> &'static str {
         Failure::Limit(crate::sandbox::limits::LimitExceeded::Capacity(..)) => "over-capacity",
         Failure::Trap { .. } => "trapped",
         Failure::BadOutput(_) => "bad-output",
+        Failure::Host(_) => "host-error",
     }
 }
 
@@ -561,7 +562,7 @@ fn scrub_report(r: &Redactor, report: &mut CallReport) {
                     r.scrub_string(message);
                     r.scrub_string(backtrace);
                 }
-                Failure::BadOutput(why) => r.scrub_string(why),
+                Failure::BadOutput(why) | Failure::Host(why) => r.scrub_string(why),
                 Failure::Limit(_) => {}
             }
         }

@@ -59,6 +59,9 @@ pub enum Failure {
     Trap { message: String, backtrace: String },
     /// The output broke the contract (not JSON, too large).
     BadOutput(String),
+    /// The host could not set the call up (a granted directory gone, say): nothing of
+    /// the tool ran, and it is not the tool's doing.
+    Host(String),
 }
 
 impl std::fmt::Display for Failure {
@@ -68,6 +71,7 @@ impl std::fmt::Display for Failure {
             Failure::Limit(limit) => write!(f, "stopped: {limit}"),
             Failure::Trap { message, .. } => write!(f, "trapped: {message}"),
             Failure::BadOutput(why) => write!(f, "bad output: {why}"),
+            Failure::Host(why) => write!(f, "host error: {why}"),
         }
     }
 }
@@ -159,20 +163,14 @@ impl Plugin {
         let state = match self.sandbox.state() {
             Ok(state) => state,
             Err(e) => {
-                invocation.result = Err(Failure::Trap {
-                    message: format!("{e:#}"),
-                    backtrace: String::new(),
-                });
+                invocation.result = Err(Failure::Host(format!("{e:#}")));
                 return invocation;
             }
         };
         let denied = state.egress.denied.clone();
         let mut store = Store::new(self.pre.engine(), state);
         if let Err(e) = limits::apply(&mut store, &limits, self.fuel) {
-            invocation.result = Err(Failure::Trap {
-                message: format!("{e:#}"),
-                backtrace: String::new(),
-            });
+            invocation.result = Err(Failure::Host(format!("{e:#}")));
             return invocation;
         }
 

@@ -11,7 +11,7 @@ use serde::Serialize;
 use wasmtime::Store;
 
 use crate::bindings::policy::PolicyPre;
-use crate::bindings::{Action, Decision, Tier};
+use crate::bindings::{Action, Decision, Tier as WitTier};
 use crate::config::{Limits, PolicyConfig, pattern_matches};
 use crate::sandbox::component::World;
 use crate::sandbox::context::PolicyState;
@@ -42,7 +42,7 @@ pub struct Policy {
 /// The tier of a held call. Ordered: the highest wins when policies combine.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
-pub enum Hold {
+pub enum Tier {
     Soft,
     Hard,
 }
@@ -52,7 +52,7 @@ pub enum Hold {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct PolicyHold {
     pub policy: String,
-    pub tier: Hold,
+    pub tier: Tier,
     /// Principals or `group:NAME`; empty: the configured default approvers.
     pub approvers: Vec<String>,
     /// Distinct approvals from `approvers` the policy asked for (hard holds).
@@ -65,7 +65,7 @@ pub struct PolicyHold {
 pub enum Verdict {
     Allow,
     RequireApproval {
-        tier: Hold,
+        tier: Tier,
         reason: String,
         approvers: Vec<String>,
         timeout_secs: Option<u32>,
@@ -98,7 +98,7 @@ pub struct PolicyDecision {
 pub enum Combined {
     Allow,
     Hold {
-        tier: Hold,
+        tier: Tier,
         reasons: Vec<String>,
         /// Every approver any holding policy named (for display; `holds` decides).
         approvers: Vec<String>,
@@ -265,8 +265,8 @@ fn validate(decision: Decision) -> Result<Verdict, String> {
                 ));
             }
             let tier = match spec.tier {
-                Tier::Soft => Hold::Soft,
-                Tier::Hard => Hold::Hard,
+                WitTier::Soft => Tier::Soft,
+                WitTier::Hard => Tier::Hard,
             };
             Ok(Verdict::RequireApproval {
                 tier,
@@ -282,7 +282,7 @@ fn validate(decision: Decision) -> Result<Verdict, String> {
 /// Any deny denies; otherwise the highest tier holds; otherwise allow.
 pub fn combine(decisions: &[PolicyDecision]) -> Combined {
     let mut denies = Vec::new();
-    let mut hold: Option<Hold> = None;
+    let mut hold: Option<Tier> = None;
     let mut reasons = Vec::new();
     let mut approvers: Vec<String> = Vec::new();
     let mut timeout: Option<u32> = None;
@@ -352,7 +352,7 @@ mod tests {
         }
     }
 
-    fn hold(tier: Hold, timeout: Option<u32>) -> Verdict {
+    fn hold(tier: Tier, timeout: Option<u32>) -> Verdict {
         Verdict::RequireApproval {
             tier,
             reason: "r".into(),
@@ -367,14 +367,14 @@ mod tests {
         assert_eq!(combine(&[]), Combined::Allow);
         assert_eq!(combine(&[decision("a", Verdict::Allow)]), Combined::Allow);
         let soft_hard = combine(&[
-            decision("a", hold(Hold::Soft, Some(60))),
-            decision("b", hold(Hold::Hard, Some(30))),
+            decision("a", hold(Tier::Soft, Some(60))),
+            decision("b", hold(Tier::Hard, Some(30))),
         ]);
         assert!(
             matches!(
                 soft_hard,
                 Combined::Hold {
-                    tier: Hold::Hard,
+                    tier: Tier::Hard,
                     timeout_secs: Some(30),
                     ..
                 }
@@ -382,7 +382,7 @@ mod tests {
             "{soft_hard:?}"
         );
         let denied = combine(&[
-            decision("a", hold(Hold::Hard, None)),
+            decision("a", hold(Tier::Hard, None)),
             decision(
                 "b",
                 Verdict::Deny {
@@ -403,7 +403,7 @@ mod tests {
         use crate::bindings::ApprovalSpec;
         assert!(validate(Decision::Deny(String::new())).is_err());
         let spec = |approvers: Vec<String>, timeout| ApprovalSpec {
-            tier: Tier::Soft,
+            tier: WitTier::Soft,
             reason: "ok".into(),
             approvers,
             timeout_secs: timeout,

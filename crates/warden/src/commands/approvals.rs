@@ -16,7 +16,7 @@ use clap::Subcommand;
 
 use warden_core::config::Config;
 use warden_core::governance::approvals::{
-    Approval, ApprovalError, ApprovalQueue, Ballot, State, Verdict, tier_name,
+    Approval, ApprovalError, ApprovalQueue, Ballot, State, Choice, tier_name,
 };
 use warden_core::grants::secrets::Redactor;
 use warden_core::runtime::Runtime;
@@ -135,10 +135,10 @@ pub async fn run(config_path: &Path, command: &ApprovalsCommand) -> Result<ExitC
             Ok(ExitCode::from(exit::OK))
         }
         ApprovalsCommand::Approve { id, who, reason } => {
-            decide(&config, queue, id, who, Verdict::Approve, reason.as_deref()).await
+            decide(&config, queue, id, who, Choice::Approve, reason.as_deref()).await
         }
         ApprovalsCommand::Reject { id, who, reason } => {
-            decide(&config, queue, id, who, Verdict::Reject, Some(reason)).await
+            decide(&config, queue, id, who, Choice::Reject, Some(reason)).await
         }
         ApprovalsCommand::Process => {
             drop(queue);
@@ -183,7 +183,7 @@ async fn decide(
     queue: ApprovalQueue,
     id: &str,
     who: &Decider,
-    verdict: Verdict,
+    choice: Choice,
     reason: Option<&str>,
 ) -> Result<ExitCode> {
     let p = match decider(config, who) {
@@ -200,7 +200,7 @@ async fn decide(
     let redactor = warden_core::runtime::redactor_for(config)?;
     if let Some(url) = warden_server::state::running(&config.data_dir).and_then(|s| s.url) {
         drop(queue);
-        return decide_through(&url, id, who, verdict, reason, &redactor).await;
+        return decide_through(&url, id, who, choice, reason, &redactor).await;
     }
     let Some(a) = queue.get(id)? else {
         eprintln!("warden approvals: no approval request {id}");
@@ -213,7 +213,7 @@ async fn decide(
     let now = warden_core::now_ms() as i64;
     let ballot = Ballot {
         principal: &p.name,
-        verdict,
+        choice,
         reason,
         via: "cli",
         input_sha256: &shown,
@@ -241,7 +241,7 @@ async fn decide(
     eprintln!(
         "approval {}: {} by {decided_by} ({} of {} approvals); now {}",
         a.id,
-        if verdict == Verdict::Approve {
+        if choice == Choice::Approve {
             "approved"
         } else {
             "rejected"
@@ -315,7 +315,7 @@ async fn decide_through(
     url: &str,
     id: &str,
     who: &Decider,
-    verdict: Verdict,
+    choice: Choice,
     reason: Option<&str>,
     redactor: &Redactor,
 ) -> Result<ExitCode> {
@@ -337,9 +337,9 @@ async fn decide_through(
         shown["principal"].as_str().unwrap_or_default(),
         redactor.scrub(input),
     );
-    let verb = match verdict {
-        Verdict::Approve => "approve",
-        Verdict::Reject => "reject",
+    let verb = match choice {
+        Choice::Approve => "approve",
+        Choice::Reject => "reject",
     };
     let body = serde_json::json!({
         "reason": reason,
@@ -438,9 +438,9 @@ fn show(a: &Approval, queue: &ApprovalQueue, now: i64) -> Result<String> {
         tier_name(a.tier),
         a.required,
         match a.tier {
-            warden_core::sandbox::policy::Hold::Soft =>
+            warden_core::sandbox::policy::Tier::Soft =>
                 "runs when its window passes unless rejected",
-            warden_core::sandbox::policy::Hold::Hard => "denied if not approved in time",
+            warden_core::sandbox::policy::Tier::Hard => "denied if not approved in time",
         },
         a.reasons.join("; "),
         if a.approvers.is_empty() {

@@ -17,7 +17,7 @@ use warden_core::bindings::{Action, Annotations};
 use warden_core::config::{DEFAULT_POLICY_LIMITS, PolicyConfig};
 use warden_core::runtime::Shared;
 use warden_core::sandbox::engine::EngineOptions;
-use warden_core::sandbox::policy::{Hold, Policy, Verdict};
+use warden_core::sandbox::policy::{Tier, Policy, Verdict};
 
 use crate::exit;
 
@@ -165,7 +165,7 @@ pub async fn run(command: &PolicyCommand) -> Result<ExitCode> {
                 timeout_secs,
                 ..
             } => (
-                if *tier == Hold::Soft { "soft" } else { "hard" },
+                if *tier == Tier::Soft { "soft" } else { "hard" },
                 reason.clone(),
                 approvers.clone(),
                 *timeout_secs,
