@@ -35,10 +35,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use support::{Env, Listener, wasm};
+use warden_core::call::{CallRequest, Failure, Outcome};
 use warden_core::config::Config;
 use warden_core::runtime::Runtime;
-use warden_core::runtime::call::{CallRequest, Outcome};
-use warden_core::sandbox::plugin::Failure;
 
 const OK: i32 = 0;
 const TOOL_ERROR: i32 = 1;

@@ -448,9 +448,9 @@ fn an_unusable_audit_location_exits_5_naming_the_path_and_the_os_error() {
 /// what was lost, without anyone editing a file.
 #[tokio::test]
 async fn a_full_disk_is_cut_back_to_the_last_whole_record_and_recorded_when_space_returns() {
+    use warden_core::call::{CallRequest, Outcome};
     use warden_core::config::Config;
     use warden_core::runtime::Runtime;
-    use warden_core::runtime::call::{CallRequest, Outcome};
 
     let env = audit_env();
     let fs = Tmpfs::mount(&env.path().join("fs"), "2m", false);

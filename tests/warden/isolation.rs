@@ -48,8 +48,8 @@ async fn a_policy_cannot_tell_two_evaluations_of_one_action_apart() {
         config: policy.config.clone(),
         usage: "{}".into(),
     };
-    let reason = |d: warden_core::sandbox::policy::PolicyDecision| match d.verdict {
-        warden_core::sandbox::policy::Verdict::Deny { reason } => reason,
+    let reason = |d: warden_core::call::PolicyDecision| match d.verdict {
+        warden_core::call::Verdict::Deny { reason } => reason,
         other => panic!("{other:?}"),
     };
     let first = reason(policy.evaluate(&action(r#"{"text":"a"}"#)).await);

@@ -9,9 +9,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use anyhow::{Context, Result, bail};
 
 use warden_core::bindings::Action;
+use warden_core::call::{CallRequest, Outcome};
 use warden_core::config::Config;
 use warden_core::runtime::Runtime;
-use warden_core::runtime::call::{CallRequest, Outcome};
 
 /// The call every benchmark makes (`in-process` and `mcp`).
 #[derive(clap::Args)]

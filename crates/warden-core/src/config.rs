@@ -757,26 +757,6 @@ fn absolute(path: &Path) -> PathBuf {
     }
 }
 
-/// Does `pattern` (with `*` wildcards) match `name`?
-pub fn pattern_matches(pattern: &str, name: &str) -> bool {
-    let parts: Vec<&str> = pattern.split('*').collect();
-    if parts.len() == 1 {
-        return pattern == name;
-    }
-    let (first, last) = (parts[0], parts[parts.len() - 1]);
-    if !name.starts_with(first) || name.len() < first.len() + last.len() || !name.ends_with(last) {
-        return false;
-    }
-    let mut rest = &name[first.len()..name.len() - last.len()];
-    for middle in &parts[1..parts.len() - 1] {
-        match rest.find(middle) {
-            Some(i) => rest = &rest[i + middle.len()..],
-            None => return false,
-        }
-    }
-    true
-}
-
 struct Locator<'a> {
     file: &'a Path,
     text: &'a str,
@@ -1407,18 +1387,6 @@ fn check_limits(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn wildcard_patterns() {
-        assert!(pattern_matches("*", "anything"));
-        assert!(pattern_matches("notes_*", "notes_write"));
-        assert!(!pattern_matches("notes_*", "http_get"));
-        assert!(pattern_matches("*_write", "notes_write"));
-        assert!(pattern_matches("a*b*c", "aXXbYYc"));
-        assert!(!pattern_matches("a*b*c", "acb"));
-        assert!(!pattern_matches("ab*ba", "aba"));
-        assert!(pattern_matches("http_get", "http_get"));
-    }
 
     #[test]
     fn errors_name_line_column_and_key() {

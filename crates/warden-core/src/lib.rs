@@ -1,6 +1,8 @@
 //! warden-core: everything a governed call is made of, with no HTTP server and no CLI.
 //!
 //! Read it down the path of a call:
+//! - `call`: what a call is (request, report, outcome, failure, tier, decisions), plain
+//!   data every layer shares;
 //! - `config`: `warden.toml`, parsed strictly, every error located;
 //! - `grants`: what a plugin may reach (HTTP and its secrets, files, env), one module per
 //!   capability with its parsing and its enforcement;
@@ -10,9 +12,15 @@
 //! - `store`: the audit log, run history, the embedded database's migrations;
 //! - `runtime`: a loaded config and the governed call itself (policies, approval, the
 //!   sandboxed run), the records it leaves, the approval queue's driver, crash recovery;
-//! - `vault` and `tokens`: secrets at rest, and who a bearer token speaks for.
+//! - `vault` and `tokens`: secrets at rest, and who a bearer token speaks for;
+//! - `util` and `bindings`: the clock, digests and bounded text; the WIT's generated types.
+//!
+//! The modules form layers (`util`, `bindings`, `call`, `store`, `vault`, `tokens`,
+//! `grants`, `config`, `sandbox`, `governance`, `runtime`, bottom to top), each using
+//! only those below it; a test below keeps it so.
 
 pub mod bindings;
+pub mod call;
 pub mod config;
 pub mod governance;
 pub mod grants;
@@ -23,9 +31,9 @@ pub mod tokens;
 pub mod util;
 pub mod vault;
 
+pub use call::{CallError, CallReport, Outcome};
 pub use config::Config;
 pub use runtime::Runtime;
-pub use runtime::call::{CallError, CallReport, Outcome};
 pub use util::now_ms;
 
 #[cfg(test)]
@@ -39,6 +47,7 @@ mod layers {
     const LAYERS: &[&str] = &[
         "util",
         "bindings",
+        "call",
         "store",
         "vault",
         "tokens",

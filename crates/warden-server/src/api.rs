@@ -17,7 +17,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use crate::state::Server;
-use warden_core::governance::approvals::{ApprovalError, Ballot, State as ApprovalState, Choice};
+use warden_core::call::ApprovalState;
+use warden_core::governance::approvals::{ApprovalError, Ballot, Choice};
 use warden_core::runtime::Runtime;
 use warden_core::store::runs::RunFilter;
 use warden_core::tokens::{Principal, Role};

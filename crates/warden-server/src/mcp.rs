@@ -27,8 +27,8 @@ use rmcp::{ErrorData, RoleServer, ServerHandler};
 use serde_json::{Value, json};
 
 use crate::state::Server;
+use warden_core::call::{CallError, CallReport, CallRequest, Outcome};
 use warden_core::runtime::Runtime;
-use warden_core::runtime::call::{CallError, CallReport, CallRequest, Outcome};
 use warden_core::runtime::driver::Resume;
 use warden_core::tokens::Principal;
 
@@ -157,10 +157,7 @@ fn outcome_result(report: &CallReport) -> CallToolResponse {
             format!("denied by policy (run {run}): {}", reasons.join("; ")),
         ),
         Outcome::Failed {
-            kind:
-                warden_core::sandbox::plugin::Failure::Limit(
-                    warden_core::sandbox::limits::LimitExceeded::Capacity(..),
-                ),
+            kind: warden_core::call::Failure::Limit(warden_core::call::LimitExceeded::Capacity(..)),
             error,
         } => text_result(true, format!("{error} (run {run})")),
         Outcome::Failed { error, .. } => {

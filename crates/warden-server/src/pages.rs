@@ -139,7 +139,7 @@ pub async fn page(
             .map(|r| format!(" ({})", escape(r)))
             .unwrap_or_default(),
     );
-    if a.state == warden_core::governance::approvals::State::Pending {
+    if a.state == warden_core::call::ApprovalState::Pending {
         body += &format!(
             "<form method=\"post\"><input type=\"hidden\" name=\"t\" value=\"{t}\">\
              <input type=\"hidden\" name=\"sha\" value=\"{sha}\">\

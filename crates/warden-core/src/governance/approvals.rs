@@ -44,76 +44,8 @@ use sha2::{Digest, Sha256};
 use thiserror::Error;
 use zeroize::Zeroizing;
 
+use crate::call::{ApprovalRef, ApprovalState, PolicyHold, Tier, Vote};
 use crate::config::ApprovalsConfig;
-use crate::sandbox::policy::{Tier, PolicyHold};
-
-/// Where a request is in its life.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum State {
-    Pending,
-    Approved,
-    Rejected,
-    Expired,
-    Executing,
-    Executed,
-    Failed,
-}
-
-impl State {
-    pub const ALL: [State; 7] = [
-        State::Pending,
-        State::Approved,
-        State::Rejected,
-        State::Expired,
-        State::Executing,
-        State::Executed,
-        State::Failed,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            State::Pending => "pending",
-            State::Approved => "approved",
-            State::Rejected => "rejected",
-            State::Expired => "expired",
-            State::Executing => "executing",
-            State::Executed => "executed",
-            State::Failed => "failed",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<State> {
-        State::ALL.into_iter().find(|st| st.as_str() == s)
-    }
-
-    /// Nothing more will happen to the request.
-    pub fn is_final(self) -> bool {
-        matches!(
-            self,
-            State::Rejected | State::Expired | State::Executed | State::Failed
-        )
-    }
-}
-
-/// One vote on a request. The queue's own votes (a soft window passing, a hard
-/// timeout) are cast by the principal `warden`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Vote {
-    pub seq: i64,
-    pub principal: String,
-    /// `approve`, `reject`, `window` (soft window passed) or `expire`.
-    pub vote: String,
-    pub reason: Option<String>,
-    /// The input hash the voter saw; execution checks it is still the input's.
-    pub input_sha256: String,
-    pub at_ms: i64,
-    /// `cli`, `link`, `api` or `queue`.
-    pub via: String,
-    /// Already in the audit log.
-    #[serde(skip)]
-    pub audited: bool,
-}
 
 /// One holding policy's share of a request: who may approve for it, and how many
 /// distinct approvals it needs.
@@ -150,11 +82,27 @@ pub struct Approval {
     pub holds: Vec<HoldSet>,
     pub created_ms: i64,
     pub expires_ms: i64,
-    pub state: State,
+    pub state: ApprovalState,
     pub state_ms: i64,
     /// The outcome or why it ended, once it has.
     pub result: Option<String>,
     pub votes: Vec<Vote>,
+}
+
+impl Approval {
+    /// What a call report shows of this request.
+    pub fn reference(&self, held_by: Value) -> ApprovalRef {
+        let a = self;
+        ApprovalRef {
+            id: a.id.clone(),
+            state: a.state,
+            input_sha256: a.input_sha256.clone(),
+            expires_ms: a.expires_ms,
+            approvals_required: a.required,
+            votes: a.votes.clone(),
+            held_by,
+        }
+    }
 }
 
 impl Approval {
@@ -607,7 +555,7 @@ impl ApprovalQueue {
             holds,
             created_ms: request.now_ms,
             expires_ms: request.now_ms + i64::from(timeout) * 1000,
-            state: State::Pending,
+            state: ApprovalState::Pending,
             state_ms: request.now_ms,
             result: None,
             votes: Vec::new(),
@@ -673,7 +621,11 @@ impl ApprovalQueue {
     }
 
     /// Requests, newest first, optionally in one state.
-    pub fn list(&self, state: Option<State>, limit: usize) -> Result<Vec<Approval>, ApprovalError> {
+    pub fn list(
+        &self,
+        state: Option<ApprovalState>,
+        limit: usize,
+    ) -> Result<Vec<Approval>, ApprovalError> {
         let conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
         let ids: Vec<String> = {
             let mut stmt = conn
@@ -683,9 +635,11 @@ impl ApprovalQueue {
                 )
                 .map_err(|e| self.store(e))?;
             let limit = i64::try_from(limit.max(1)).unwrap_or(i64::MAX);
-            stmt.query_map(params![state.map(State::as_str), limit], |r| r.get(0))
-                .and_then(|rows| rows.collect())
-                .map_err(|e| self.store(e))?
+            stmt.query_map(params![state.map(ApprovalState::as_str), limit], |r| {
+                r.get(0)
+            })
+            .and_then(|rows| rows.collect())
+            .map_err(|e| self.store(e))?
         };
         let mut out = Vec::new();
         for id in ids {
@@ -735,12 +689,12 @@ impl ApprovalQueue {
         self.write(move |tx| {
             let mut a = load(tx, &id, sealer.as_ref().as_ref())?
                 .ok_or_else(|| ApprovalError::NotFound(id.clone()))?;
-            if a.state == State::Pending && now_ms >= a.expires_ms {
+            if a.state == ApprovalState::Pending && now_ms >= a.expires_ms {
                 // Settled now, in this commit, and then refused below.
                 settle_expired(tx, &mut a, now_ms)?;
                 return Ok(Err(already(&a)));
             }
-            if a.state != State::Pending {
+            if a.state != ApprovalState::Pending {
                 return Err(already(&a));
             }
             may_decide(&config, &a, &principal)?;
@@ -775,12 +729,12 @@ impl ApprovalQueue {
                 now_ms,
             )?;
             let next = match choice {
-                Choice::Reject => Some(State::Rejected),
-                Choice::Approve if a.satisfied(&config) => Some(State::Approved),
+                Choice::Reject => Some(ApprovalState::Rejected),
+                Choice::Approve if a.satisfied(&config) => Some(ApprovalState::Approved),
                 Choice::Approve => None,
             };
             if let Some(next) = next {
-                let result = (next == State::Rejected).then(|| {
+                let result = (next == ApprovalState::Rejected).then(|| {
                     format!(
                         "rejected by {principal}{}",
                         reason
@@ -826,7 +780,7 @@ impl ApprovalQueue {
         // Most looks find nothing due: answer those from a read.
         let due = self
             .get(id)?
-            .is_some_and(|a| a.state == State::Pending && now_ms >= a.expires_ms);
+            .is_some_and(|a| a.state == ApprovalState::Pending && now_ms >= a.expires_ms);
         if !due {
             return Ok(None);
         }
@@ -836,7 +790,7 @@ impl ApprovalQueue {
             let Some(mut a) = load(tx, &id, sealer.as_ref().as_ref())? else {
                 return Ok(None);
             };
-            if a.state == State::Pending && now_ms >= a.expires_ms {
+            if a.state == ApprovalState::Pending && now_ms >= a.expires_ms {
                 settle_expired(tx, &mut a, now_ms)?;
                 return Ok(Some(a));
             }
@@ -887,7 +841,7 @@ impl ApprovalQueue {
     pub async fn finish(
         &self,
         id: &str,
-        state: State,
+        state: ApprovalState,
         result: &str,
         now_ms: i64,
     ) -> Result<(), ApprovalError> {
@@ -1160,7 +1114,7 @@ fn settle_expired(tx: &Connection, a: &mut Approval, now_ms: i64) -> rusqlite::R
                 },
                 now_ms,
             )?;
-            set_state(tx, a, State::Approved, None, now_ms)
+            set_state(tx, a, ApprovalState::Approved, None, now_ms)
         }
         Tier::Hard => {
             let why = format!(
@@ -1182,7 +1136,7 @@ fn settle_expired(tx: &Connection, a: &mut Approval, now_ms: i64) -> rusqlite::R
                 },
                 now_ms,
             )?;
-            set_state(tx, a, State::Expired, Some(why), now_ms)
+            set_state(tx, a, ApprovalState::Expired, Some(why), now_ms)
         }
     }
 }
@@ -1225,7 +1179,7 @@ fn add_vote(
 fn set_state(
     tx: &Connection,
     a: &mut Approval,
-    state: State,
+    state: ApprovalState,
     result: Option<String>,
     now_ms: i64,
 ) -> rusqlite::Result<()> {
@@ -1283,10 +1237,10 @@ fn load(
                 "hard" => (Tier::Hard, true),
                 _ => (Tier::Hard, false),
             };
-            let mut state = State::parse(&state).unwrap_or(State::Failed);
+            let mut state = ApprovalState::parse(&state).unwrap_or(ApprovalState::Failed);
             let mut result: Option<String> = r.get(17)?;
             if !known_tier && !state.is_final() {
-                state = State::Failed;
+                state = ApprovalState::Failed;
                 result = Some(format!(
                     "the stored tier {stored_tier:?} is not one warden knows: not run (fail closed)"
                 ));

@@ -15,12 +15,11 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::governance::approvals::{Approval, State};
+use crate::governance::approvals::Approval;
+
+use crate::call::{ApprovalState, CallError, CallReport, Failure, LimitExceeded, Outcome};
 use crate::runtime::Runtime;
-use crate::runtime::call::{ApprovalRef, CallError, CallReport, Outcome};
 use crate::runtime::record;
-use crate::sandbox::limits::LimitExceeded;
-use crate::sandbox::plugin::Failure;
 use crate::store::runs::RunRow;
 
 /// Where a held call stands.
@@ -125,7 +124,7 @@ impl Runtime {
         let Some(a) = queue.get(id).map_err(Self::queue_error)? else {
             return Err(CallError::NotRecorded(format!("no approval request {id}")));
         };
-        if a.state == State::Approved
+        if a.state == ApprovalState::Approved
             && !self.read_only
             && let Some(report) = self.claim_and_run(id).await?
         {
@@ -138,7 +137,7 @@ impl Runtime {
             return Err(CallError::NotRecorded(format!("no approval request {id}")));
         };
         match a.state {
-            State::Executed => match self.result_of(&a)? {
+            ApprovalState::Executed => match self.result_of(&a)? {
                 Some(report) => Ok(Resume::Ran(Box::new(report))),
                 // Ran in another process whose run row is not committed yet.
                 None => Ok(Resume::Pending(a)),
@@ -197,7 +196,7 @@ impl Runtime {
             }
         };
         if let Some(r) = &mut report.approval {
-            r.state = State::Executed;
+            r.state = ApprovalState::Executed;
         }
         report
     }
@@ -248,7 +247,7 @@ impl Runtime {
             records.push(self.entry(record::approval_vote(&a, v)));
             done.push((a.id.clone(), v.seq));
             let ends = matches!(v.vote.as_str(), "reject" | "expire")
-                && matches!(a.state, State::Rejected | State::Expired);
+                && matches!(a.state, ApprovalState::Rejected | ApprovalState::Expired);
             if ends {
                 let report = self.unrun_row(&a, false);
                 records.extend(record::after_execution(&report, &self.redactor));
@@ -304,7 +303,7 @@ impl Runtime {
             (&a.plugin, &a.plugin_digest),
             u64::try_from(a.created_ms).unwrap_or(0),
         );
-        report.approval = Some(ApprovalRef::of(a, held_by));
+        report.approval = Some(a.reference(held_by));
         report
     }
 
@@ -349,7 +348,7 @@ impl Runtime {
         let Some(a) = queue.get(id).map_err(Self::queue_error)? else {
             return Ok(None);
         };
-        if a.state != State::Approved {
+        if a.state != ApprovalState::Approved {
             return Ok(None);
         }
         let votes = a
@@ -377,14 +376,14 @@ impl Runtime {
         if let Some(why) = self.refusal(&a) {
             let why = format!("refused after approval: {why}");
             queue
-                .finish(&a.id, State::Failed, &why, now())
+                .finish(&a.id, ApprovalState::Failed, &why, now())
                 .await
                 .map_err(Self::queue_error)?;
-            a.state = State::Failed;
+            a.state = ApprovalState::Failed;
             a.result = Some(why);
             self.end_unrun(&a, false).await?;
             let mut report = self.unrun_row(&a, false);
-            report.approval = Some(ApprovalRef::of(&a, a.decisions.clone()));
+            report.approval = Some(a.reference(a.decisions.clone()));
             return Ok(report);
         }
         let plugin = self
@@ -410,17 +409,17 @@ impl Runtime {
             // sees `executed` finds the result.
             let mut published = report.clone();
             if let Some(r) = &mut published.approval {
-                r.state = State::Executed;
+                r.state = ApprovalState::Executed;
             }
             self.finished.publish(&a.id, published);
         }
         queue
-            .finish(&a.id, State::Executed, &result, now())
+            .finish(&a.id, ApprovalState::Executed, &result, now())
             .await
             .map_err(Self::queue_error)?;
         let mut report = concluded?;
         if let Some(r) = &mut report.approval {
-            r.state = State::Executed;
+            r.state = ApprovalState::Executed;
         }
         Ok(report)
     }

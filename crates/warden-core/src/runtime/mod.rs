@@ -5,8 +5,8 @@
 //! matches no tool fails the whole load with an error located in warden.toml. It
 //! must never serve a partly loaded config.
 
-pub mod call;
 pub mod driver;
+pub mod governed;
 pub mod record;
 pub mod recovery;
 
@@ -172,7 +172,7 @@ impl Runtime {
             for pattern in &policy.tools {
                 if !tools
                     .keys()
-                    .any(|t| crate::config::pattern_matches(pattern, t))
+                    .any(|t| crate::util::pattern_matches(pattern, t))
                 {
                     return Err(config
                         .error_at(

@@ -9,11 +9,11 @@
 
 use serde_json::{Map, Value, json};
 
-use crate::governance::approvals::{self, Approval, Vote};
+use crate::governance::approvals::{self, Approval};
+
+use crate::call::{CallReport, Outcome, Verdict, Vote};
 use crate::grants::secrets::Redactor;
-use crate::runtime::call::{CallReport, Outcome};
 use crate::sandbox::hostcalls::HostCall;
-use crate::sandbox::policy::Verdict;
 use crate::store::audit::Entry;
 use crate::store::runs::{RunRow, bounded};
 use crate::util::bounded_to;
@@ -352,9 +352,7 @@ pub fn run_row(report: &CallReport, input: &str) -> RunRow {
         Outcome::Ok { output } => (Some(bounded(&output.to_string())), None, None),
         Outcome::Failed { kind, error } => {
             let backtrace = match kind {
-                crate::sandbox::plugin::Failure::Trap { backtrace, .. }
-                    if !backtrace.is_empty() =>
-                {
+                crate::call::Failure::Trap { backtrace, .. } if !backtrace.is_empty() => {
                     Some(bounded(backtrace))
                 }
                 _ => None,

@@ -14,7 +14,7 @@ use std::collections::BTreeMap;
 
 use serde_json::{Value, json};
 
-use crate::runtime::call::{CallReport, Outcome};
+use crate::call::{CallReport, Outcome};
 use crate::runtime::record;
 use crate::runtime::{LoadError, Runtime};
 use crate::store::audit::{AuditLog, Entry};

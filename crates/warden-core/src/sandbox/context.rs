@@ -28,11 +28,12 @@ use wasmtime_wasi::{
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
 use crate::bindings;
+use crate::call::LogLine;
 use crate::config::{Grants, Limits};
 use crate::grants::http::{Egress, HttpGrant};
 use crate::grants::secrets::{CallSecrets, PluginSecrets, Redactor};
 use crate::sandbox::interfaces::host::{HasHost, HostView, Progress};
-use crate::sandbox::interfaces::log::{GuestLog, HasLog, LogLine};
+use crate::sandbox::interfaces::log::{GuestLog, HasLog};
 use crate::sandbox::limits::{Limited, MemoryLimiter};
 
 /// Store data of a tool call.

@@ -6,24 +6,9 @@ use std::time::{Duration, Instant};
 
 use wasmtime::{ResourceLimiter, Store, Trap, UpdateDeadline};
 
+use crate::call::LimitExceeded;
 use crate::config::Limits;
 use crate::sandbox::engine::EPOCH_TICK;
-
-/// Why a call was stopped by the host.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-pub enum LimitExceeded {
-    #[error("timed out after {0} ms")]
-    Timeout(u64),
-    #[error("memory limit of {0} MiB exceeded")]
-    Memory(u64),
-    #[error("fuel budget of {0} exhausted")]
-    Fuel(u64),
-    /// Not run: the calls in flight already hold the server's guest memory bound.
-    #[error(
-        "not run: the calls in flight hold the server's guest memory bound ({1} MiB; this call needs {0} MiB); call again shortly"
-    )]
-    Capacity(u64, u64),
-}
 
 /// The server-wide bound on the guest memory of calls in flight: each tool call
 /// reserves its `memory_mb` before it starts and gives it back when it ends; a call that

@@ -3,7 +3,7 @@
 //! host-call recording, and the two kinds of component (plugins and policies).
 //!
 //! It runs what it is given with the grants and limits it is given; it never decides
-//! whether a call may run (that is `runtime::call` with the policies' verdicts).
+//! whether a call may run (that is `runtime::governed` with the policies' verdicts).
 
 pub mod cache;
 pub mod component;

@@ -12,13 +12,12 @@ use wasmtime::Store;
 
 use crate::bindings::tool::ToolPre;
 use crate::bindings::{Annotations, ToolSpec};
+use crate::call::{Failure, LimitExceeded, LogLine, ProgressUpdate};
 use crate::config::PluginConfig;
 use crate::grants::secrets::{PluginSecrets, Redactor};
 use crate::sandbox::component::World;
 use crate::sandbox::context::{ToolSandbox, ToolState};
-use crate::sandbox::interfaces::host::ProgressUpdate;
-use crate::sandbox::interfaces::log::LogLine;
-use crate::sandbox::limits::{self, LimitExceeded};
+use crate::sandbox::limits;
 use crate::sandbox::shared::Shared;
 
 /// One tool a plugin exports, validated at load.
@@ -47,34 +46,6 @@ pub struct Plugin {
 /// Longest tool error message kept (before redaction, plus the longest secret form so
 /// redaction still sees a value at the cut; `call` cuts it again after scrubbing).
 pub const MAX_ERROR_MESSAGE: usize = 4096;
-
-/// Why a call did not produce output.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Failure {
-    /// The tool returned an error on purpose.
-    Tool { code: String, message: String },
-    /// The host stopped it at a limit.
-    Limit(LimitExceeded),
-    /// The guest trapped (a panic, `unreachable`, a bad memory access...).
-    Trap { message: String, backtrace: String },
-    /// The output broke the contract (not JSON, too large).
-    BadOutput(String),
-    /// The host could not set the call up (a granted directory gone, say): nothing of
-    /// the tool ran, and it is not the tool's doing.
-    Host(String),
-}
-
-impl std::fmt::Display for Failure {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Failure::Tool { code, message } => write!(f, "tool error ({code}): {message}"),
-            Failure::Limit(limit) => write!(f, "stopped: {limit}"),
-            Failure::Trap { message, .. } => write!(f, "trapped: {message}"),
-            Failure::BadOutput(why) => write!(f, "bad output: {why}"),
-            Failure::Host(why) => write!(f, "host error: {why}"),
-        }
-    }
-}
 
 /// Everything one tool call produced.
 pub struct Invocation {

@@ -5,19 +5,19 @@
 //! malformed decision denies the call. It must never let an error become an allow.
 
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use serde::Serialize;
 use wasmtime::Store;
 
 use crate::bindings::policy::PolicyPre;
 use crate::bindings::{Action, Decision, Tier as WitTier};
-use crate::config::{Limits, PolicyConfig, pattern_matches};
+use crate::call::{PolicyDecision, PolicyHold, Tier, Verdict};
+use crate::config::{Limits, PolicyConfig};
 use crate::sandbox::component::World;
 use crate::sandbox::context::PolicyState;
-use crate::sandbox::interfaces::log::LogLine;
 use crate::sandbox::limits;
 use crate::sandbox::shared::Shared;
+use crate::util::pattern_matches;
 
 /// Bounds on a well-formed decision.
 const MAX_REASON: usize = 2048;
@@ -37,60 +37,6 @@ pub struct Policy {
     pub limits: Limits,
     pre: PolicyPre<PolicyState>,
     fuel: bool,
-}
-
-/// The tier of a held call. Ordered: the highest wins when policies combine.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Tier {
-    Soft,
-    Hard,
-}
-
-/// One policy's hold on a call: each holding policy's approvers must be satisfied on
-/// their own (an approver named by one policy never satisfies another's hold).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
-pub struct PolicyHold {
-    pub policy: String,
-    pub tier: Tier,
-    /// Principals or `group:NAME`; empty: the configured default approvers.
-    pub approvers: Vec<String>,
-    /// Distinct approvals from `approvers` the policy asked for (hard holds).
-    pub approvals_required: Option<u32>,
-}
-
-/// A validated decision.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-#[serde(tag = "decision", rename_all = "kebab-case")]
-pub enum Verdict {
-    Allow,
-    RequireApproval {
-        tier: Tier,
-        reason: String,
-        approvers: Vec<String>,
-        timeout_secs: Option<u32>,
-        #[serde(skip_serializing_if = "Option::is_none")]
-        approvals_required: Option<u32>,
-    },
-    Deny {
-        reason: String,
-    },
-}
-
-/// One policy's decision on one call, with what it logged.
-#[derive(Debug, Clone, Serialize)]
-pub struct PolicyDecision {
-    pub policy: String,
-    pub digest: String,
-    #[serde(flatten)]
-    pub verdict: Verdict,
-    /// Set when the verdict is a deny because the policy itself failed.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub failure: Option<String>,
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub log: Vec<LogLine>,
-    #[serde(skip)]
-    pub elapsed: Duration,
 }
 
 /// The combination of every decision in scope.
@@ -340,6 +286,7 @@ pub fn combine(decisions: &[PolicyDecision]) -> Combined {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     fn decision(policy: &str, verdict: Verdict) -> PolicyDecision {
         PolicyDecision {

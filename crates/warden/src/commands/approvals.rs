@@ -14,9 +14,10 @@ use std::process::ExitCode;
 use anyhow::{Context, Result, bail};
 use clap::Subcommand;
 
+use warden_core::call::ApprovalState;
 use warden_core::config::Config;
 use warden_core::governance::approvals::{
-    Approval, ApprovalError, ApprovalQueue, Ballot, State, Choice, tier_name,
+    Approval, ApprovalError, ApprovalQueue, Ballot, Choice, tier_name,
 };
 use warden_core::grants::secrets::Redactor;
 use warden_core::runtime::Runtime;
@@ -91,7 +92,7 @@ pub async fn run(config_path: &Path, command: &ApprovalsCommand) -> Result<ExitC
         ApprovalsCommand::List { state, limit, json } => {
             let state = match state {
                 None => None,
-                Some(s) => Some(State::parse(s).with_context(|| {
+                Some(s) => Some(ApprovalState::parse(s).with_context(|| {
                     format!("unknown state {s:?} (pending, approved, rejected, expired, executing, executed, failed)")
                 })?),
             };
@@ -250,7 +251,7 @@ async fn decide(
         a.required,
         a.state.as_str()
     );
-    if a.state == State::Pending {
+    if a.state == ApprovalState::Pending {
         return Ok(ExitCode::from(exit::HELD));
     }
     // A short-lived process (another command) lets go of the log within moments; one
@@ -265,13 +266,13 @@ async fn decide(
             "approval {}: another warden process holds the audit log ({}); {} when it next drives the queue (`warden call` does as it finishes), or at the next `warden approvals process` or `warden serve`",
             a.id,
             config.audit.dir.display(),
-            if a.state == State::Approved {
+            if a.state == ApprovalState::Approved {
                 "the call runs"
             } else {
                 "its end is recorded"
             }
         );
-        return Ok(ExitCode::from(if a.state == State::Approved {
+        return Ok(ExitCode::from(if a.state == ApprovalState::Approved {
             exit::OK
         } else {
             exit::DENIED
@@ -288,7 +289,9 @@ async fn decide(
                 a.result.map(|r| format!(": {r}")).unwrap_or_default()
             );
             Ok(ExitCode::from(match a.state {
-                State::Rejected | State::Expired | State::Failed => exit::DENIED,
+                ApprovalState::Rejected | ApprovalState::Expired | ApprovalState::Failed => {
+                    exit::DENIED
+                }
                 _ => exit::OK,
             }))
         }
@@ -394,7 +397,7 @@ fn redact(r: &Redactor, a: &mut Approval) {
 
 /// "expires in 5m", "expired 2s ago", or when it was settled.
 fn when(a: &Approval, now: i64) -> String {
-    if a.state == State::Pending {
+    if a.state == ApprovalState::Pending {
         let left = (a.expires_ms - now) / 1000;
         if left >= 0 {
             format!("expires in {}", duration(left))
@@ -438,9 +441,8 @@ fn show(a: &Approval, queue: &ApprovalQueue, now: i64) -> Result<String> {
         tier_name(a.tier),
         a.required,
         match a.tier {
-            warden_core::sandbox::policy::Tier::Soft =>
-                "runs when its window passes unless rejected",
-            warden_core::sandbox::policy::Tier::Hard => "denied if not approved in time",
+            warden_core::call::Tier::Soft => "runs when its window passes unless rejected",
+            warden_core::call::Tier::Hard => "denied if not approved in time",
         },
         a.reasons.join("; "),
         if a.approvers.is_empty() {

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use anyhow::Result;
 use serde_json::{Value, json};
 
-use warden_core::runtime::call::{CallRequest, Outcome};
+use warden_core::call::{CallRequest, Outcome};
 use warden_core::runtime::driver::Resume;
 
 use super::load;
@@ -151,7 +151,7 @@ pub fn print_outcome(
         }
         Outcome::Failed { kind, error } => {
             eprintln!("warden call: {tool} failed: {error}");
-            if let warden_core::sandbox::plugin::Failure::Trap { backtrace, .. } = kind
+            if let warden_core::call::Failure::Trap { backtrace, .. } = kind
                 && verbose
                 && !backtrace.is_empty()
             {

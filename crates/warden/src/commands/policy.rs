@@ -14,10 +14,11 @@ use clap::Subcommand;
 use serde::Deserialize;
 
 use warden_core::bindings::{Action, Annotations};
+use warden_core::call::{Tier, Verdict};
 use warden_core::config::{DEFAULT_POLICY_LIMITS, PolicyConfig};
 use warden_core::runtime::Shared;
 use warden_core::sandbox::engine::EngineOptions;
-use warden_core::sandbox::policy::{Tier, Policy, Verdict};
+use warden_core::sandbox::policy::Policy;
 
 use crate::exit;
 

@@ -4,22 +4,14 @@
 //! Owns the per-call progress record. It must never block the guest, grow without
 //! bound, or hand out a secret that is not granted for the use asked.
 
-use serde::Serialize;
-
 use crate::bindings::{SecretError, ToolHost};
+use crate::call::ProgressUpdate;
 use crate::grants::secrets::{CallSecrets, Redactor};
 
 /// Most progress updates kept per call; later ones replace the last.
 const MAX_UPDATES: usize = 256;
 /// Longest progress message kept.
 const MAX_MESSAGE: usize = 1024;
-
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
-pub struct ProgressUpdate {
-    pub done: u64,
-    pub total: Option<u64>,
-    pub message: Option<String>,
-}
 
 #[derive(Debug, Default)]
 pub struct Progress {

@@ -3,19 +3,8 @@
 //! Owns the bounded per-call log. It must never write to the host's stdout or
 //! stderr, and never grow past its byte budget (extra lines are counted, not kept).
 
-use serde::Serialize;
-
 use crate::bindings::{Level, LogHost};
-
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
-pub struct LogLine {
-    pub level: &'static str,
-    /// `log`, `stdout` or `stderr`.
-    pub source: &'static str,
-    pub message: String,
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub fields: Vec<(String, String)>,
-}
+use crate::call::LogLine;
 
 /// One call's log: guest log lines and its captured stdout/stderr.
 #[derive(Debug, Default)]

@@ -1,218 +1,31 @@
 //! The governed call: resolve the tool, validate the input against its schema,
 //! evaluate every policy in scope, combine, and run the tool only if allowed.
 //!
-//! Owns the order of those steps and the shape of the result. It must never run a
-//! tool that a policy denied or held, nor one whose input failed validation.
+//! Owns the order of those steps (the shapes of request and report are `crate::call`'s).
+//! It must never run a tool that a policy denied or held, nor one whose input failed
+//! validation.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use serde::Serialize;
 use serde_json::Value;
-use thiserror::Error;
 
 use crate::bindings::Action;
-use crate::governance::approvals::{Approval, NewRequest, State, Vote};
+use crate::call::{CallError, CallReport, CallRequest, Failure, Outcome, Verdict};
+use crate::governance::approvals::NewRequest;
 use crate::grants::secrets::Redactor;
 use crate::runtime::Runtime;
 use crate::runtime::record;
 use crate::sandbox::hostcalls::{self, SharedRecorder};
-use crate::sandbox::interfaces::host::ProgressUpdate;
-use crate::sandbox::interfaces::log::LogLine;
-use crate::sandbox::plugin::{Failure, Plugin};
-use crate::sandbox::policy::{self, Combined, Tier, PolicyDecision, Verdict};
+use crate::sandbox::plugin::Plugin;
+use crate::sandbox::policy::{self, Combined};
 use crate::store::audit::Entry;
 
 /// Most schema errors reported for one input, and the longest text of each: an error
 /// quotes the value it is about, which the caller controls.
 const MAX_SCHEMA_ERRORS: usize = 10;
 const MAX_QUOTED: usize = 512;
-
-/// What the caller asks for.
-#[derive(Debug, Clone, Copy)]
-pub struct CallRequest<'a> {
-    /// The authenticated principal making the call.
-    pub principal: &'a str,
-    pub tool: &'a str,
-    /// The input, as JSON text.
-    pub input: &'a str,
-}
-
-/// A call refused before anything ran (the caller must fix the request), or one that
-/// could not be recorded (fail closed).
-#[derive(Debug, Error, PartialEq, Eq)]
-pub enum CallError {
-    #[error("unknown tool `{tool}`{hint}")]
-    UnknownTool { tool: String, hint: String },
-    #[error("input is not valid JSON: {0}")]
-    InvalidJson(String),
-    #[error("input does not match the schema of `{tool}`: {}", errors.join("; "))]
-    InvalidInput { tool: String, errors: Vec<String> },
-    /// The call could not be recorded; if the tool ran, its result is withheld.
-    #[error("the call could not be recorded, so it was stopped: {0}")]
-    NotRecorded(String),
-}
-
-/// How the call ended.
-#[derive(Debug, Clone, Serialize)]
-#[serde(tag = "status", rename_all = "kebab-case")]
-pub enum Outcome {
-    /// The tool ran and returned this output.
-    Ok { output: Value },
-    /// A policy denied the call; the tool did not run.
-    Denied { reasons: Vec<String> },
-    /// The call needs approval; the tool did not run (yet).
-    Held {
-        tier: Tier,
-        reasons: Vec<String>,
-        approvers: Vec<String>,
-        timeout_secs: Option<u32>,
-    },
-    /// The run was cut off (warden stopped while it ran); whether the tool had its
-    /// effect is unknown.
-    Interrupted { reason: String },
-    /// The tool ran and failed, or was stopped at a limit.
-    Failed {
-        #[serde(serialize_with = "failure_kind")]
-        kind: Failure,
-        error: String,
-    },
-}
-
-fn failure_kind<S: serde::Serializer>(failure: &Failure, s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_str(failure_name(failure))
-}
-
-fn failure_name(failure: &Failure) -> &'static str {
-    match failure {
-        Failure::Tool { .. } => "tool-error",
-        Failure::Limit(crate::sandbox::limits::LimitExceeded::Timeout(_)) => "timed-out",
-        Failure::Limit(crate::sandbox::limits::LimitExceeded::Memory(_)) => "memory-limit",
-        Failure::Limit(crate::sandbox::limits::LimitExceeded::Fuel(_)) => "fuel-exhausted",
-        Failure::Limit(crate::sandbox::limits::LimitExceeded::Capacity(..)) => "over-capacity",
-        Failure::Trap { .. } => "trapped",
-        Failure::BadOutput(_) => "bad-output",
-        Failure::Host(_) => "host-error",
-    }
-}
-
-/// Time spent in each step.
-#[derive(Debug, Clone, Copy, Default, Serialize)]
-pub struct Timings {
-    pub policy_us: u64,
-    pub instantiate_us: u64,
-    pub execute_us: u64,
-    pub total_us: u64,
-}
-
-/// Everything known about one governed call.
-#[derive(Debug, Clone, Serialize)]
-pub struct CallReport {
-    pub run_id: String,
-    pub principal: String,
-    pub tool: String,
-    pub plugin: String,
-    pub plugin_digest: String,
-    /// When the call was requested (ms since the Unix epoch); policies see this time.
-    pub time_ms: u64,
-    #[serde(flatten)]
-    pub outcome: Outcome,
-    pub decisions: Vec<PolicyDecision>,
-    pub log: Vec<LogLine>,
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub progress: Vec<ProgressUpdate>,
-    /// Outgoing requests the HTTP grant refused.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub denied_requests: Vec<String>,
-    /// Secrets revealed to the plugin (names only).
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub secret_reveals: Vec<String>,
-    pub peak_memory_bytes: usize,
-    /// Fuel the tool consumed, when the engine counts fuel.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub fuel_used: Option<u64>,
-    /// Host calls the policies and the tool made (0 when auditing is off).
-    pub host_calls: u64,
-    pub timings: Timings,
-    /// The approval request, for a held call or one run after approval.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub approval: Option<ApprovalRef>,
-}
-
-/// A report's view of its approval request.
-#[derive(Debug, Clone, Serialize)]
-pub struct ApprovalRef {
-    pub id: String,
-    pub state: State,
-    /// The input the request holds (what an approver must see and vote on).
-    pub input_sha256: String,
-    pub expires_ms: i64,
-    pub approvals_required: u32,
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub votes: Vec<Vote>,
-    /// For a call run after approval: the decisions that held it.
-    #[serde(skip_serializing_if = "Value::is_null")]
-    pub held_by: Value,
-}
-
-impl ApprovalRef {
-    pub fn of(a: &Approval, held_by: Value) -> ApprovalRef {
-        ApprovalRef {
-            id: a.id.clone(),
-            state: a.state,
-            input_sha256: a.input_sha256.clone(),
-            expires_ms: a.expires_ms,
-            approvals_required: a.required,
-            votes: a.votes.clone(),
-            held_by,
-        }
-    }
-}
-
-impl CallReport {
-    /// A report of a call not run yet: no decisions, no output, no timings.
-    pub fn new(
-        run_id: String,
-        principal: &str,
-        tool: &str,
-        (plugin, digest): (&str, &str),
-        time_ms: u64,
-    ) -> CallReport {
-        CallReport {
-            run_id,
-            principal: principal.to_string(),
-            tool: tool.to_string(),
-            plugin: plugin.to_string(),
-            plugin_digest: digest.to_string(),
-            time_ms,
-            outcome: Outcome::Denied { reasons: vec![] },
-            decisions: Vec::new(),
-            log: Vec::new(),
-            progress: Vec::new(),
-            denied_requests: Vec::new(),
-            secret_reveals: Vec::new(),
-            peak_memory_bytes: 0,
-            fuel_used: None,
-            host_calls: 0,
-            timings: Timings::default(),
-            approval: None,
-        }
-    }
-}
-
-impl Outcome {
-    /// The run's status: `ok`, `denied`, `held`, or the failure kind.
-    pub fn status(&self) -> &'static str {
-        match self {
-            Outcome::Ok { .. } => "ok",
-            Outcome::Denied { .. } => "denied",
-            Outcome::Held { .. } => "held",
-            Outcome::Interrupted { .. } => "interrupted",
-            Outcome::Failed { kind, .. } => failure_name(kind),
-        }
-    }
-}
 
 impl Runtime {
     /// Run one governed call.
@@ -376,7 +189,7 @@ impl Runtime {
                         if let Outcome::Held { approvers, .. } = &mut report.outcome {
                             approvers.clone_from(&approval.approvers);
                         }
-                        report.approval = Some(ApprovalRef::of(&approval, Value::Null));
+                        report.approval = Some(approval.reference(Value::Null));
                     }
                 }
             }
