@@ -7,9 +7,9 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use toml::Spanned;
 
-use super::grants::RawGrants;
 use super::limits::RawLimits;
 use super::{ConfigError, Grants, Limits, Locator};
+use crate::grants::RawGrants;
 
 #[derive(Debug, Clone)]
 pub struct PluginConfig {

@@ -6,8 +6,9 @@
 //!
 //! This module reads the file and checks what spans sections (directories, keys, no
 //! grant over warden's own state); each section's types, raw form and checks live in
-//! their own file: `components` (`[[plugin]]`, `[[policy]]`), `grants`, `limits`,
-//! `audit`, `approvals`, `server` (and `[[token]]`).
+//! their own file: `components` (`[[plugin]]`, `[[policy]]`), `limits`,
+//! `audit`, `approvals`, `server` (and `[[token]]`). `[plugin.grants]` is parsed by
+//! `crate::grants`, one module per capability; this module locates its errors.
 
 use std::collections::HashSet;
 use std::fmt;
@@ -21,21 +22,19 @@ use crate::tokens::TokenEntry;
 mod approvals;
 mod audit;
 mod components;
-mod grants;
 mod limits;
 mod server;
 
 pub use approvals::{ApprovalsConfig, Webhook};
 pub use audit::AuditConfig;
 pub use components::{PluginConfig, PolicyConfig};
-pub use grants::{FileGrant, Grants};
 pub use limits::{DEFAULT_PLUGIN_LIMITS, DEFAULT_POLICY_LIMITS, Limits};
 pub use server::{ServerConfig, valid_principal};
 
+use crate::grants::Grants;
 use approvals::{RawApprovals, check_approvals};
 use audit::{RawAudit, check_audit};
 use components::{RawPlugin, RawPolicy, check_component, check_id, check_sha256};
-use grants::check_grants;
 use limits::check_limits;
 use server::{RawServer, RawToken, check_server, check_tokens};
 
@@ -242,7 +241,8 @@ impl Config {
             let id = check_id(&locate, &raw.id, &key, &mut ids)?;
             let component = check_component(&locate, base, &raw.component, &key)?;
             let sha256 = check_sha256(&locate, raw.sha256.as_ref(), &key)?;
-            let grants = check_grants(&locate, base, &raw.grants, &key)?;
+            let grants = Grants::parse(&raw.grants, base)
+                .map_err(|e| locate.error(e.at, &format!("{key}.{}", e.key), &e.message))?;
             let limits = check_limits(&locate, raw.limits.as_ref(), DEFAULT_PLUGIN_LIMITS, &key)?;
             plugins.push(PluginConfig {
                 id,

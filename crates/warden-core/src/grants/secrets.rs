@@ -18,11 +18,12 @@ use aho_corasick::{AhoCorasick, MatchKind};
 use base64::Engine as _;
 use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD};
 use http::{HeaderName, HeaderValue};
+use serde::Deserialize;
 use serde_json::Value;
 use zeroize::Zeroizing;
 
 use crate::bindings::SecretError;
-use crate::grants::http::HostPattern;
+use crate::grants::http::{HostPattern, HttpGrant};
 
 /// How a granted secret may be used.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -45,6 +46,106 @@ pub struct SecretGrant {
     pub usage: SecretUse,
     /// Byte offset of the grant in the config file, for errors found at load.
     pub span: usize,
+}
+
+/// One `secrets` entry as written.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSecretGrant {
+    name: String,
+    #[serde(default)]
+    hosts: Vec<String>,
+    header: Option<String>,
+    format: Option<String>,
+    #[serde(default)]
+    placeholder: bool,
+    #[serde(default)]
+    substitute: Vec<Substitute>,
+    #[serde(default)]
+    reveal: bool,
+}
+
+#[derive(Deserialize, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+enum Substitute {
+    Header,
+    Query,
+    Body,
+}
+
+impl SecretGrant {
+    /// Validate one entry: exactly one use (header, placeholder or reveal), hosts that
+    /// the plugin's `http` grant (`http`) can reach.
+    pub(crate) fn parse(
+        raw: &RawSecretGrant,
+        span: usize,
+        http: &[HttpGrant],
+    ) -> Result<SecretGrant, String> {
+        crate::vault::check_name(&raw.name).map_err(|e| e.to_string())?;
+        let uses = usize::from(raw.header.is_some())
+            + usize::from(raw.placeholder)
+            + usize::from(raw.reveal);
+        if uses != 1 {
+            return Err(
+                "give exactly one use: `header = \"...\"`, `placeholder = true` or `reveal = true`"
+                    .into(),
+            );
+        }
+        if raw.format.is_some() && raw.header.is_none() {
+            return Err("`format` goes with `header`".into());
+        }
+        if !raw.substitute.is_empty() && !raw.placeholder {
+            return Err("`substitute` goes with `placeholder = true`".into());
+        }
+        let mut hosts = Vec::new();
+        for host in &raw.hosts {
+            let pattern =
+                HostPattern::parse(host).map_err(|why| format!("hosts: {host:?}: {why}"))?;
+            let covered = |g: &HttpGrant| {
+                g.host == pattern
+                    || (g.host.matches(&pattern.host) && (!pattern.wildcard || g.host.wildcard))
+            };
+            if !http.iter().any(covered) {
+                return Err(format!(
+                    "hosts: {host:?} is not reachable: no `http` grant of this plugin covers it"
+                ));
+            }
+            hosts.push(pattern);
+        }
+        let usage = if let Some(header) = &raw.header {
+            let name = http::HeaderName::from_bytes(header.as_bytes())
+                .map_err(|_| format!("invalid header name {header:?}"))?;
+            if name == http::header::HOST {
+                return Err("the Host header cannot carry a secret".into());
+            }
+            let format = raw.format.clone().unwrap_or_else(|| "{}".into());
+            if format.matches("{}").count() != 1 {
+                return Err(format!(
+                    "format {format:?} must contain `{{}}` exactly once"
+                ));
+            }
+            SecretUse::Header { name, format }
+        } else if raw.placeholder {
+            SecretUse::Placeholder {
+                query: raw.substitute.contains(&Substitute::Query),
+                body: raw.substitute.contains(&Substitute::Body),
+            }
+        } else {
+            if !raw.hosts.is_empty() {
+                return Err("a `reveal` grant takes no `hosts`: the plugin holds the value".into());
+            }
+            SecretUse::Reveal
+        };
+        if !matches!(usage, SecretUse::Reveal) && hosts.is_empty() {
+            return Err("`hosts` must name where the secret may be sent".into());
+        }
+        Ok(SecretGrant {
+            secret: raw.name.clone(),
+            hosts,
+            usage,
+            span,
+        })
+    }
 }
 
 /// A plugin's grants with their values, decrypted at load and shared by its calls.

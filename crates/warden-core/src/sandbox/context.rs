@@ -16,22 +16,23 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use bytes::Bytes;
 use wasmtime::Engine;
 use wasmtime::component::{Linker, ResourceTable};
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 use wasmtime_wasi::p2::{OutputStream, Pollable, StreamResult};
 use wasmtime_wasi::{
-    FsPerms, HostMonotonicClock, HostWallClock, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView,
+    HostMonotonicClock, HostWallClock, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView,
 };
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
 use crate::bindings;
 use crate::call::LogLine;
-use crate::config::{Grants, Limits};
+use crate::config::Limits;
 use crate::grants::http::{Egress, HttpGrant};
 use crate::grants::secrets::{CallSecrets, PluginSecrets, Redactor};
+use crate::grants::{self, Grants};
 use crate::sandbox::interfaces::host::{HasHost, HostView, Progress};
 use crate::sandbox::interfaces::log::{GuestLog, HasLog};
 use crate::sandbox::limits::{Limited, MemoryLimiter};
@@ -103,19 +104,8 @@ impl ToolSandbox {
         let stderr = Capture::new(log_budget + self.redactor.longest());
         let mut wasi = deny_all_builder();
         wasi.stdout(stdout.clone()).stderr(stderr.clone());
-        for (key, value) in &self.grants.env {
-            wasi.env(key, value);
-        }
-        for dir in &self.grants.files {
-            let perms = if dir.writable {
-                FsPerms::ReadWrite
-            } else {
-                FsPerms::ReadOnly
-            };
-            wasi.preopened_dir(&dir.host, &dir.guest, perms)
-                .map_err(anyhow::Error::from)
-                .with_context(|| format!("opening granted directory {}", dir.host.display()))?;
-        }
+        grants::env::apply(&self.grants.env, &mut wasi);
+        grants::files::preopen(&self.grants.files, &mut wasi)?;
         Ok(ToolState {
             wasi: wasi.build(),
             http: WasiHttpCtx::new(),
