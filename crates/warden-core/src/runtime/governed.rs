@@ -13,7 +13,7 @@ use serde_json::Value;
 
 use crate::bindings::Action;
 use crate::call::{CallError, CallReport, CallRequest, Failure, Outcome, Verdict};
-use crate::governance::approvals::NewRequest;
+use crate::governance::approvals::{self, NewRequest};
 use crate::grants::secrets::Redactor;
 use crate::runtime::Runtime;
 use crate::runtime::record;
@@ -166,8 +166,8 @@ impl Runtime {
                             )],
                         }
                     }
-                    Some(queue) => {
-                        let approval = queue.prepare(
+                    Some(_queue) => {
+                        let approval = approvals::prepare(
                             &self.config.approvals,
                             &NewRequest {
                                 run_id: &report.run_id,

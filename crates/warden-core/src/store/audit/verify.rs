@@ -487,3 +487,97 @@ impl Scan<'_> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::super::{AuditLog, AuditOptions, Entry, Signer};
+    use super::*;
+
+    async fn write(dir: &Path, signer: Option<Arc<Signer>>, n: u64) {
+        let mut options = AuditOptions::new(1 << 20);
+        options.signer = signer;
+        options.checkpoint_every = 5;
+        let log = AuditLog::open(dir, options).unwrap();
+        for i in 0..n {
+            let mut e = Entry::new("test");
+            e.num("n", i);
+            log.append(vec![e]).await.unwrap();
+        }
+        log.close();
+    }
+
+    fn segment(dir: &Path) -> PathBuf {
+        dir.join("segment-00000001.jsonl")
+    }
+
+    #[tokio::test]
+    async fn an_intact_signed_log_verifies_against_its_trusted_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let keys = tempfile::tempdir().unwrap();
+        let signer = Arc::new(Signer::create_new(&keys.path().join("audit.key")).unwrap());
+        write(dir.path(), Some(signer.clone()), 12).await;
+        let v = verify(
+            dir.path(),
+            &VerifyOptions {
+                trusted_keys: vec![signer.public().to_string()],
+                ..VerifyOptions::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(v.problem, None, "{v:?}");
+        assert!(v.records >= 12 && v.checkpoints >= 2 && v.trusted, "{v:?}");
+        let stranger = verify(
+            dir.path(),
+            &VerifyOptions {
+                trusted_keys: vec!["00".repeat(32)],
+                ..VerifyOptions::default()
+            },
+        )
+        .unwrap();
+        assert!(
+            stranger.problem.is_some(),
+            "an untrusted signer: {stranger:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_edited_record_is_named_by_sequence_and_line() {
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), None, 6).await;
+        let text = std::fs::read_to_string(segment(dir.path())).unwrap();
+        let edited = text.replacen("\"n\":3", "\"n\":4", 1);
+        assert_ne!(text, edited);
+        std::fs::write(segment(dir.path()), edited).unwrap();
+        let v = verify(dir.path(), &VerifyOptions::default()).unwrap();
+        let p = v.problem.expect("the edit is found");
+        assert!(p.location.contains("segment-00000001.jsonl:"), "{p:?}");
+        let line: usize = p.location.rsplit(':').next().unwrap().parse().unwrap();
+        assert!(
+            text.lines().nth(line - 1).unwrap().contains("\"n\":3"),
+            "{p:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_cut_tail_is_caught_by_head_unless_told_there_is_none() {
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), None, 6).await;
+        let text = std::fs::read_to_string(segment(dir.path())).unwrap();
+        let kept: Vec<&str> = text.lines().collect();
+        let cut = kept[..kept.len() - 2].join("\n") + "\n";
+        std::fs::write(segment(dir.path()), cut).unwrap();
+        let v = verify(dir.path(), &VerifyOptions::default()).unwrap();
+        assert!(v.problem.is_some(), "HEAD names a later record: {v:?}");
+        let blind = verify(
+            dir.path(),
+            &VerifyOptions {
+                no_head: true,
+                ..VerifyOptions::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(blind.problem, None, "without HEAD the cut is invisible");
+    }
+}

@@ -1,221 +1,26 @@
-//! The approval queue: held calls persisted in the embedded store (`db`), the votes on
-//! them, who may cast them, expiry, and the claim that makes execution exactly-once.
+//! The queue in the embedded database: one writer thread committing batches of
+//! changes in `BEGIN IMMEDIATE` transactions (each change in its own savepoint), reads on
+//! their own connections, per-request locks, and every state change of a request.
 //!
-//! Owns every state change of a request:
-//!
-//! ```text
-//! pending --approve (quorum reached)--> approved --claim--> executing --> executed | failed
-//!    |  \--reject--> rejected            ^
-//!    |--soft window passes---------------/
-//!    \--hard timeout passes--> expired
-//! ```
-//!
-//! Every change runs on one writer thread, inside a `BEGIN IMMEDIATE` transaction on a
-//! connection that fsyncs its commits; changes queued together share one commit (each
-//! in its own savepoint, so one refused change does not undo the others). Concurrent
-//! deciders (tasks or processes) are serialized and the first decision stands; a
-//! change is acknowledged only once its commit is durable.
-//!
-//! A request is approved when every policy that held it has its own approvals: the
-//! approvers one policy names never satisfy another's hold. A vote carries the input
-//! hash its voter was shown, and one cast on another input is refused. A held input
-//! is sealed under the vault's key while it waits and removed once the request ends.
-//!
-//! It must never let a request execute twice: only the `approved -> executing` claim
-//! grants execution; the claim names its process by a lock file the kernel releases
-//! when the process dies (never by pid, which a restart or pid reuse makes lie), and a
-//! claim whose process is gone ends `failed` rather than being retried (the tool may
-//! already have had its effect). It never runs tools itself; `runtime::Runtime` does,
-//! after a claim.
+//! It must never acknowledge a change before its commit is durable, nor let two
+//! processes claim one request.
 
 use std::collections::HashMap;
-use std::fs::File;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 
-use base64::Engine as _;
-use base64::engine::general_purpose::STANDARD as B64;
-use chacha20poly1305::aead::{Aead, KeyInit, Payload};
-use chacha20poly1305::{Key, XChaCha20Poly1305, XNonce};
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
-use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use sha2::{Digest, Sha256};
-use thiserror::Error;
-use zeroize::Zeroizing;
 
-use crate::call::{ApprovalRef, ApprovalState, PolicyHold, Tier, Vote};
+use crate::call::{ApprovalState, Tier, Vote};
 use crate::config::ApprovalsConfig;
 
-/// One holding policy's share of a request: who may approve for it, and how many
-/// distinct approvals it needs.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct HoldSet {
-    pub policy: String,
-    pub tier: Tier,
-    /// Principals or `group:NAME` (the configured default when the policy named none).
-    pub approvers: Vec<String>,
-    pub required: u32,
-}
-
-/// A request, as stored.
-#[derive(Debug, Clone, Serialize)]
-pub struct Approval {
-    pub id: String,
-    pub run_id: String,
-    pub principal: String,
-    pub tool: String,
-    pub plugin: String,
-    pub plugin_digest: String,
-    /// The canonical input that will run, exactly.
-    pub input: String,
-    pub input_sha256: String,
-    /// The policy decisions that held the call.
-    pub decisions: Value,
-    pub tier: Tier,
-    pub reasons: Vec<String>,
-    /// Principals or `group:NAME` who may decide (every holding policy's).
-    pub approvers: Vec<String>,
-    /// The most distinct approvals any one hold needs.
-    pub required: u32,
-    /// Each holding policy's approvers and approvals; all must be satisfied.
-    pub holds: Vec<HoldSet>,
-    pub created_ms: i64,
-    pub expires_ms: i64,
-    pub state: ApprovalState,
-    pub state_ms: i64,
-    /// The outcome or why it ended, once it has.
-    pub result: Option<String>,
-    pub votes: Vec<Vote>,
-}
-
-impl Approval {
-    /// What a call report shows of this request.
-    pub fn reference(&self, held_by: Value) -> ApprovalRef {
-        let a = self;
-        ApprovalRef {
-            id: a.id.clone(),
-            state: a.state,
-            input_sha256: a.input_sha256.clone(),
-            expires_ms: a.expires_ms,
-            approvals_required: a.required,
-            votes: a.votes.clone(),
-            held_by,
-        }
-    }
-}
-
-impl Approval {
-    pub fn approvals(&self) -> usize {
-        self.votes.iter().filter(|v| v.vote == "approve").count()
-    }
-
-    /// For each hold, the distinct approvals it has from its own approvers.
-    pub fn progress(&self, config: &ApprovalsConfig) -> Vec<(String, u32, u32)> {
-        self.holds
-            .iter()
-            .map(|h| {
-                let allowed = expand(config, &h.approvers);
-                let mut by: Vec<&str> = self
-                    .votes
-                    .iter()
-                    .filter(|v| v.vote == "approve" && allowed.contains(&v.principal))
-                    .map(|v| v.principal.as_str())
-                    .collect();
-                by.sort_unstable();
-                by.dedup();
-                (h.policy.clone(), by.len() as u32, h.required)
-            })
-            .collect()
-    }
-
-    /// Has every hold its approvals?
-    pub fn satisfied(&self, config: &ApprovalsConfig) -> bool {
-        self.progress(config)
-            .iter()
-            .all(|(_, have, need)| have >= need)
-    }
-}
-
-/// A call the policies held, to be queued.
-#[derive(Debug, Clone)]
-pub struct NewRequest<'a> {
-    pub run_id: &'a str,
-    pub principal: &'a str,
-    pub tool: &'a str,
-    pub plugin: &'a str,
-    pub plugin_digest: &'a str,
-    pub input: &'a str,
-    pub decisions: Value,
-    pub tier: Tier,
-    pub reasons: &'a [String],
-    /// Each holding policy with the approvers it named (the configured default applies
-    /// to a policy that named none).
-    pub holds: &'a [PolicyHold],
-    pub timeout_secs: Option<u32>,
-    pub now_ms: i64,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Choice {
-    Approve,
-    Reject,
-}
-
-/// One principal's decision on a request.
-#[derive(Debug, Clone, Copy)]
-pub struct Ballot<'a> {
-    /// Who decides (proved by their token or their link).
-    pub principal: &'a str,
-    pub choice: Choice,
-    pub reason: Option<&'a str>,
-    /// `cli`, `link` or `api`.
-    pub via: &'a str,
-    /// The input hash the decider was shown: a vote on another input is refused.
-    pub input_sha256: &'a str,
-    /// Break-glass: an operator (`principal`) decides for this approver, and the vote
-    /// says so.
-    pub on_behalf_of: Option<&'a str>,
-    pub now_ms: i64,
-}
-
-/// The delivery state of a request's webhook notice.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Notice {
-    pub attempts: u32,
-    pub delivered: bool,
-    pub gave_up: bool,
-    pub last_error: Option<String>,
-}
-
-/// What a caller of the queue must branch on.
-#[derive(Debug, Error, PartialEq, Eq)]
-pub enum ApprovalError {
-    #[error("no approval request {0}")]
-    NotFound(String),
-    #[error("approval {id} is already decided: {state}{detail}")]
-    AlreadyDecided {
-        id: String,
-        state: &'static str,
-        detail: String,
-    },
-    #[error("{principal} may not decide approval {id}: {why}")]
-    NotAllowed {
-        id: String,
-        principal: String,
-        why: String,
-    },
-    #[error(
-        "approval {id}: the input you were shown ({shown}) is not the request's ({actual}); look at it again"
-    )]
-    InputChanged {
-        id: String,
-        shown: String,
-        actual: String,
-    },
-    #[error("approval queue {path}: {message}")]
-    Store { path: String, message: String },
-}
+use super::owner::Owner;
+use super::rules::already;
+use super::{
+    Approval, ApprovalError, Ballot, Choice, HoldSet, Notice, REMOVED, SEALED, Sealer, may_decide,
+    tier_name,
+};
 
 /// The queue over one store file.
 pub struct ApprovalQueue {
@@ -234,120 +39,9 @@ pub struct ApprovalQueue {
     owner: Owner,
 }
 
-/// Seals held inputs under a key derived from the vault's master key.
-pub struct Sealer {
-    key: Zeroizing<[u8; 32]>,
-}
-
-impl Sealer {
-    /// A sealer whose key is derived from the vault's master key.
-    pub fn new(master: &[u8; 32]) -> Sealer {
-        let mut key = Zeroizing::new([0u8; 32]);
-        key.copy_from_slice(
-            &Sha256::new()
-                .chain_update(b"warden-approvals-input-1\n")
-                .chain_update(master)
-                .finalize(),
-        );
-        Sealer { key }
-    }
-
-    fn seal(&self, id: &str, input: &str) -> Result<String, String> {
-        let cipher = XChaCha20Poly1305::new(Key::from_slice(self.key.as_slice()));
-        let mut nonce = [0u8; 24];
-        getrandom::fill(&mut nonce).map_err(|e| e.to_string())?;
-        let ct = cipher
-            .encrypt(
-                XNonce::from_slice(&nonce),
-                Payload {
-                    msg: input.as_bytes(),
-                    aad: id.as_bytes(),
-                },
-            )
-            .map_err(|_| "cannot seal the input".to_string())?;
-        Ok(format!("{}:{}", B64.encode(nonce), B64.encode(ct)))
-    }
-
-    fn open(&self, id: &str, sealed: &str) -> Option<String> {
-        let (nonce, ct) = sealed.split_once(':')?;
-        let nonce = B64.decode(nonce).ok().filter(|n| n.len() == 24)?;
-        let ct = B64.decode(ct).ok()?;
-        let cipher = XChaCha20Poly1305::new(Key::from_slice(self.key.as_slice()));
-        let plain = cipher
-            .decrypt(
-                XNonce::from_slice(&nonce),
-                Payload {
-                    msg: &ct,
-                    aad: id.as_bytes(),
-                },
-            )
-            .ok()?;
-        String::from_utf8(plain).ok()
-    }
-}
-
-/// What a sealed input reads as without the key (or after tampering).
-pub const SEALED: &str = "[sealed: the vault's master key is needed to read this input]";
-/// What an ended request's input reads as: it ran (or never will) and its run keeps
-/// the redacted input.
-pub const REMOVED: &str = "[removed when the request ended: `warden runs show` has it, redacted]";
-
-/// This process, as claims name it: a token and a lock file (`owners/<token>.lock`)
-/// it holds until it exits. The kernel drops the lock when the process dies, however
-/// it dies, so another process can tell a live claim from an orphaned one.
-struct Owner {
-    token: String,
-    dir: PathBuf,
-    _lock: File,
-}
-
-impl Owner {
-    fn take(dir: &Path) -> std::io::Result<Owner> {
-        std::fs::create_dir_all(dir)?;
-        let mut raw = [0u8; 16];
-        getrandom::fill(&mut raw).map_err(|e| std::io::Error::other(e.to_string()))?;
-        let token = hex::encode(raw);
-        let lock = File::create(dir.join(format!("{token}.lock")))?;
-        lock.lock()?;
-        Ok(Owner {
-            token,
-            dir: dir.to_path_buf(),
-            _lock: lock,
-        })
-    }
-
-    /// Is the process that took `token` gone? (Its lock file is free or missing.)
-    fn is_gone(&self, token: &str) -> bool {
-        if token == self.token {
-            return false;
-        }
-        if token.is_empty() || !token.bytes().all(|b| b.is_ascii_hexdigit()) {
-            // A pid from an older warden, or garbage: no lock can prove it alive.
-            return true;
-        }
-        let path = self.dir.join(format!("{token}.lock"));
-        match File::open(&path) {
-            Err(_) => true,
-            Ok(f) => match f.try_lock() {
-                Ok(()) => {
-                    let _ = std::fs::remove_file(&path);
-                    true
-                }
-                Err(_) => false,
-            },
-        }
-    }
-}
-
-impl Drop for Owner {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(self.dir.join(format!("{}.lock", self.token)));
-    }
-}
-
 /// One change: run in its own savepoint; says whether it succeeded and what to tell
 /// its caller once the commit is known.
-struct Job {
+pub(super) struct Job {
     run: RunJob,
     /// The caller must not be answered before the commit is fsynced.
     durable: bool,
@@ -356,7 +50,7 @@ type Reply = Box<dyn FnOnce(Result<(), String>) + Send>;
 type RunJob = Box<dyn FnOnce(&Connection) -> (bool, Reply) + Send>;
 
 /// Most changes committed together.
-const MAX_BATCH: usize = 256;
+pub(super) const MAX_BATCH: usize = 256;
 
 impl From<rusqlite::Error> for ApprovalError {
     fn from(e: rusqlite::Error) -> ApprovalError {
@@ -366,11 +60,6 @@ impl From<rusqlite::Error> for ApprovalError {
             message: e.to_string(),
         }
     }
-}
-
-/// `sha256:<hex>` of an input.
-pub fn input_hash(input: &str) -> String {
-    format!("sha256:{}", crate::util::sha256_hex(input.as_bytes()))
 }
 
 impl ApprovalQueue {
@@ -503,62 +192,6 @@ impl ApprovalQueue {
             }
             Ok(result) => result,
             Err(_) => Err(stopped()),
-        }
-    }
-
-    /// The request a held call becomes (not yet queued: see `insert`).
-    pub fn prepare(&self, config: &ApprovalsConfig, request: &NewRequest<'_>) -> Approval {
-        let timeout = match request.tier {
-            Tier::Soft => request.timeout_secs.unwrap_or(config.soft_window_secs),
-            Tier::Hard => request.timeout_secs.unwrap_or(config.hard_timeout_secs),
-        };
-        let holds: Vec<HoldSet> = request
-            .holds
-            .iter()
-            .map(|h| HoldSet {
-                policy: h.policy.clone(),
-                tier: h.tier,
-                approvers: if h.approvers.is_empty() {
-                    config.approvers.clone()
-                } else {
-                    h.approvers.clone()
-                },
-                required: match h.tier {
-                    Tier::Soft => 1,
-                    Tier::Hard => h.approvals_required.unwrap_or(config.hard_approvals).max(1),
-                },
-            })
-            .collect();
-        let mut approvers: Vec<String> = Vec::new();
-        for h in &holds {
-            for a in &h.approvers {
-                if !approvers.contains(a) {
-                    approvers.push(a.clone());
-                }
-            }
-        }
-        let required = holds.iter().map(|h| h.required).max().unwrap_or(1);
-        Approval {
-            id: new_id(request.run_id),
-            run_id: request.run_id.to_string(),
-            principal: request.principal.to_string(),
-            tool: request.tool.to_string(),
-            plugin: request.plugin.to_string(),
-            plugin_digest: request.plugin_digest.to_string(),
-            input: request.input.to_string(),
-            input_sha256: input_hash(request.input),
-            decisions: request.decisions.clone(),
-            tier: request.tier,
-            reasons: request.reasons.to_vec(),
-            approvers,
-            required,
-            holds,
-            created_ms: request.now_ms,
-            expires_ms: request.now_ms + i64::from(timeout) * 1000,
-            state: ApprovalState::Pending,
-            state_ms: request.now_ms,
-            result: None,
-            votes: Vec::new(),
         }
     }
 
@@ -990,7 +623,7 @@ impl ApprovalQueue {
 
 /// Run `batch` in one transaction, each job in its own savepoint, then tell every
 /// job's caller how the commit went.
-fn commit_batch(conn: &mut Connection, batch: Vec<Job>) {
+pub(super) fn commit_batch(conn: &mut Connection, batch: Vec<Job>) {
     let mut replies = Vec::with_capacity(batch.len());
     let durable = batch.iter().any(|j| j.durable);
     let committed = (|| -> rusqlite::Result<()> {
@@ -1025,80 +658,12 @@ impl Drop for ApprovalQueue {
     }
 }
 
-/// May `principal` vote on `a`? Never on its own request; otherwise only if named by
-/// the request's approvers, directly or through a configured group.
-pub fn may_decide(
-    config: &ApprovalsConfig,
-    a: &Approval,
-    principal: &str,
-) -> Result<(), ApprovalError> {
-    let refuse = |why: String| ApprovalError::NotAllowed {
-        id: a.id.clone(),
-        principal: principal.to_string(),
-        why,
-    };
-    if principal == a.principal {
-        return Err(refuse(
-            "nobody may approve or reject their own request".into(),
-        ));
-    }
-    if principal == "warden" {
-        return Err(refuse("`warden` is the queue's own principal".into()));
-    }
-    if a.holds.iter().all(|h| h.approvers.is_empty()) {
-        return Err(refuse(
-            "the request names no approvers and [approvals] approvers is empty".into(),
-        ));
-    }
-    if a.holds
-        .iter()
-        .any(|h| expand(config, &h.approvers).iter().any(|p| p == principal))
-    {
-        Ok(())
-    } else {
-        Err(refuse(format!(
-            "not among the approvers ({})",
-            a.approvers.join(", ")
-        )))
-    }
-}
-
-/// Approver entries as principals: `group:NAME` replaced by its members.
-pub fn expand(config: &ApprovalsConfig, approvers: &[String]) -> Vec<String> {
-    let mut out: Vec<String> = Vec::new();
-    for entry in approvers {
-        let members = match entry.strip_prefix("group:") {
-            Some(group) => config.groups.get(group).cloned().unwrap_or_default(),
-            None => vec![entry.clone()],
-        };
-        for m in members {
-            if !out.contains(&m) {
-                out.push(m);
-            }
-        }
-    }
-    out
-}
-
-fn already(a: &Approval) -> ApprovalError {
-    let detail = match a.votes.last() {
-        Some(v) if v.principal == "warden" => format!(" ({} at {} ms)", v.vote, v.at_ms),
-        Some(v) => format!(" (last decided by {}: {})", v.principal, v.vote),
-        None => a
-            .result
-            .as_ref()
-            .map(|r| format!(" ({r})"))
-            .unwrap_or_default(),
-    };
-    ApprovalError::AlreadyDecided {
-        id: a.id.clone(),
-        state: a.state.as_str(),
-        detail,
-    }
-}
-
 /// A pending request whose time ran out: soft runs (nobody rejected it), hard expires.
-fn settle_expired(tx: &Connection, a: &mut Approval, now_ms: i64) -> rusqlite::Result<()> {
+pub(super) fn settle_expired(
+    tx: &Connection,
+    a: &mut Approval,
+    now_ms: i64,
+) -> rusqlite::Result<()> {
     match a.tier {
         Tier::Soft => {
             let sha = a.input_sha256.clone();
@@ -1142,7 +707,7 @@ fn settle_expired(tx: &Connection, a: &mut Approval, now_ms: i64) -> rusqlite::R
 }
 
 /// One vote to add.
-struct Cast<'a> {
+pub(super) struct Cast<'a> {
     principal: &'a str,
     vote: &'a str,
     reason: Option<&'a str>,
@@ -1151,7 +716,7 @@ struct Cast<'a> {
     input_sha256: &'a str,
 }
 
-fn add_vote(
+pub(super) fn add_vote(
     tx: &Connection,
     a: &mut Approval,
     cast: Cast<'_>,
@@ -1176,7 +741,7 @@ fn add_vote(
     Ok(())
 }
 
-fn set_state(
+pub(super) fn set_state(
     tx: &Connection,
     a: &mut Approval,
     state: ApprovalState,
@@ -1202,7 +767,7 @@ fn set_state(
     Ok(())
 }
 
-fn load(
+pub(super) fn load(
     conn: &Connection,
     id: &str,
     sealer: Option<&Sealer>,
@@ -1305,14 +870,133 @@ fn load(
     Ok(Some(a))
 }
 
-pub fn tier_name(tier: Tier) -> &'static str {
-    match tier {
-        Tier::Soft => "soft",
-        Tier::Hard => "hard",
-    }
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::call::PolicyHold;
+    use crate::governance::approvals::{NewRequest, prepare};
 
-/// An approval id derived from its run id (one request per run).
-fn new_id(run_id: &str) -> String {
-    format!("apr-{}", run_id.strip_prefix("run-").unwrap_or(run_id))
+    fn config() -> ApprovalsConfig {
+        ApprovalsConfig {
+            approvers: vec!["alice".into(), "bob".into()],
+            ..ApprovalsConfig::default()
+        }
+    }
+
+    fn held(run: &str, tier: Tier) -> Approval {
+        let holds = [PolicyHold {
+            policy: "p".into(),
+            tier,
+            approvers: vec![],
+            approvals_required: None,
+        }];
+        prepare(
+            &config(),
+            &NewRequest {
+                run_id: run,
+                principal: "agent",
+                tool: "t",
+                plugin: "p",
+                plugin_digest: "sha256:0",
+                input: "{\"secret\":\"hunter2\"}",
+                decisions: Value::Null,
+                tier,
+                reasons: &[],
+                holds: &holds,
+                timeout_secs: Some(60),
+                now_ms: 1_000,
+            },
+        )
+    }
+
+    fn ballot<'a>(who: &'a str, choice: Choice, sha: &'a str) -> Ballot<'a> {
+        Ballot {
+            principal: who,
+            choice,
+            reason: Some("ok"),
+            via: "cli",
+            input_sha256: sha,
+            on_behalf_of: None,
+            now_ms: 2_000,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_request_is_approved_claimed_once_and_its_input_sealed_then_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("runs.db");
+        let queue = ApprovalQueue::open(&db, Some(Sealer::new(&[7; 32]))).unwrap();
+        let a = held("run-a", Tier::Hard);
+        queue.insert(&a, None).await.unwrap();
+        let raw: String = Connection::open(&db)
+            .unwrap()
+            .query_row("SELECT input FROM approvals WHERE id = ?1", [&a.id], |r| {
+                r.get(0)
+            })
+            .unwrap();
+        assert!(!raw.contains("hunter2"), "sealed at rest: {raw}");
+        assert_eq!(queue.get(&a.id).unwrap().unwrap().input, a.input);
+
+        let wrong = queue
+            .decide(&config(), &a.id, &ballot("alice", Choice::Approve, "0000"))
+            .await;
+        assert!(
+            matches!(wrong, Err(ApprovalError::InputChanged { .. })),
+            "{wrong:?}"
+        );
+        let sha = a.input_sha256.clone();
+        let approved = queue
+            .decide(&config(), &a.id, &ballot("alice", Choice::Approve, &sha))
+            .await
+            .unwrap();
+        assert_eq!(approved.state, ApprovalState::Approved);
+        let again = queue
+            .decide(&config(), &a.id, &ballot("bob", Choice::Reject, &sha))
+            .await;
+        assert!(matches!(again, Err(ApprovalError::AlreadyDecided { .. })));
+
+        assert!(queue.claim(&a.id, 3_000).await.unwrap().is_some());
+        assert!(queue.claim(&a.id, 3_001).await.unwrap().is_none(), "twice");
+        queue
+            .finish(&a.id, ApprovalState::Executed, "ok", 4_000)
+            .await
+            .unwrap();
+        let done = queue.get(&a.id).unwrap().unwrap();
+        assert_eq!(done.state, ApprovalState::Executed);
+        assert_eq!(done.input, REMOVED);
+    }
+
+    #[tokio::test]
+    async fn without_the_key_a_sealed_input_reads_as_sealed() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("runs.db");
+        let a = held("run-b", Tier::Soft);
+        {
+            let queue = ApprovalQueue::open(&db, Some(Sealer::new(&[7; 32]))).unwrap();
+            queue.insert(&a, None).await.unwrap();
+        }
+        let queue = ApprovalQueue::open(&db, None).unwrap();
+        assert_eq!(queue.get(&a.id).unwrap().unwrap().input, SEALED);
+        let other = ApprovalQueue::open(&db, Some(Sealer::new(&[8; 32]))).unwrap();
+        assert_eq!(other.get(&a.id).unwrap().unwrap().input, SEALED);
+    }
+
+    #[tokio::test]
+    async fn a_soft_request_runs_when_its_window_passes_and_a_hard_one_expires() {
+        let dir = tempfile::tempdir().unwrap();
+        let queue = ApprovalQueue::open(&dir.path().join("runs.db"), None).unwrap();
+        let (soft, hard) = (held("run-s", Tier::Soft), held("run-h", Tier::Hard));
+        queue.insert(&soft, None).await.unwrap();
+        queue.insert(&hard, None).await.unwrap();
+        assert_eq!(queue.pending().unwrap(), 2);
+        assert!(
+            queue.expire_due(30_000).await.unwrap().is_empty(),
+            "not yet"
+        );
+        let settled = queue.expire_due(61_000).await.unwrap();
+        let state = |id: &str| settled.iter().find(|a| a.id == id).map(|a| a.state);
+        assert_eq!(state(&soft.id), Some(ApprovalState::Approved));
+        assert_eq!(state(&hard.id), Some(ApprovalState::Expired));
+        assert_eq!(queue.pending().unwrap(), 0);
+    }
 }
