@@ -9,10 +9,12 @@
 use std::sync::Arc;
 
 use axum::Json;
+use axum::Router;
 use axum::extract::{FromRequestParts, Path, Query, State};
 use axum::http::request::Parts;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
@@ -22,6 +24,27 @@ use warden_core::governance::approvals::{ApprovalError, Ballot, Choice};
 use warden_core::runtime::Runtime;
 use warden_core::store::runs::RunFilter;
 use warden_core::tokens::{Principal, Role};
+
+/// The operator API and metrics, for the authenticated side of the router.
+pub fn routes() -> Router<Arc<Server>> {
+    Router::new()
+        .route("/api/runs", get(runs))
+        .route("/api/runs/{id}", get(run))
+        .route("/api/approvals", get(approvals))
+        .route("/api/approvals/{id}", get(approval))
+        .route("/api/approvals/{id}/approve", post(approve))
+        .route("/api/approvals/{id}/reject", post(reject))
+        .route("/api/audit", get(audit))
+        .route("/api/reload", post(reload))
+        .route("/metrics", get(metrics))
+}
+
+/// Liveness and readiness, reachable without a token.
+pub fn probes() -> Router<Arc<Server>> {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+}
 
 fn error(status: StatusCode, message: impl std::fmt::Display) -> Response {
     (status, Json(json!({ "error": message.to_string() }))).into_response()

@@ -1,7 +1,10 @@
 //! warden-server: `warden serve`, the operator's main job, over warden-core.
 //!
 //! - `state`: the server's state (the current runtime, swapped whole on reload; calls in
-//!   flight), authentication, the Host/Origin checks and the lifecycle;
+//!   flight), reload, the background tasks that drive the approval queue;
+//! - `auth`: the Host/Origin checks and bearer tokens;
+//! - `router`: every HTTP route assembled from the route modules' own routers;
+//! - `lifecycle`: serving over HTTP or stdio, signals, the pid file;
 //! - `mcp`: every loaded tool over MCP, each call through the governed path;
 //! - `api`: the operator HTTP API (runs, approvals, audit search, reload, health);
 //! - `pages`: the one-click approval pages webhook notices link to;
@@ -10,14 +13,19 @@
 //! - `stdio`: stdin and stdout as nonblocking async streams for `serve --stdio`.
 //!
 //! It never decides what a call may do: that is warden-core's governed path, the same
-//! one `warden call` takes.
+//! one `warden call` takes. Arrows point one way: the route modules (`api`, `pages`,
+//! `mcp`) and `auth` use `state`; `router` uses them; `lifecycle` uses `router`.
 
-pub mod api;
-pub mod auth_failures;
-pub mod mcp;
-pub mod metrics;
-pub mod pages;
-pub mod state;
-pub mod stdio;
+mod api;
+mod auth;
+mod auth_failures;
+mod lifecycle;
+mod mcp;
+mod metrics;
+mod pages;
+mod router;
+mod state;
+mod stdio;
 
-pub use state::{PidFile, Server, check_listen, running, serve_http, serve_stdio};
+pub use lifecycle::{PidFile, check_listen, running, serve_http, serve_stdio};
+pub use state::Server;

@@ -7,13 +7,20 @@
 
 use std::sync::Arc;
 
+use axum::Router;
 use axum::extract::{Form, Path, Query, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
+use axum::routing::get;
 use serde::Deserialize;
 
 use crate::state::Server;
 use warden_core::governance::approvals::{Approval, Ballot, Choice, tier_name};
+
+/// The link pages: a confirmation page (GET) and the form that decides (POST).
+pub fn routes() -> Router<Arc<Server>> {
+    Router::new().route("/approvals/{id}", get(page).post(decide))
+}
 
 #[derive(Deserialize)]
 pub struct LinkQuery {

@@ -5,4 +5,4 @@
 
 pub mod approvals;
 pub mod links;
-pub mod notify;
+pub(crate) mod notify;

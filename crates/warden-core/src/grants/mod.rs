@@ -14,8 +14,8 @@ use std::path::Path;
 use serde::Deserialize;
 use toml::Spanned;
 
-pub mod env;
-pub mod files;
+pub(crate) mod env;
+pub(crate) mod files;
 pub mod http;
 pub mod secrets;
 

@@ -6,9 +6,9 @@
 //! must never serve a partly loaded config.
 
 pub mod driver;
-pub mod governed;
+pub(crate) mod governed;
 pub mod record;
-pub mod recovery;
+pub(crate) mod recovery;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -52,7 +52,9 @@ pub enum Stores {
 
 pub struct Runtime {
     pub config: Config,
-    pub shared: Shared,
+    /// Held for its life: dropping it stops the engine's epoch ticker, which the
+    /// plugins' and policies' time limits need.
+    _shared: Shared,
     pub plugins: Vec<Plugin>,
     pub policies: Vec<Policy>,
     /// Tool name -> index into `plugins`.
@@ -64,9 +66,9 @@ pub struct Runtime {
     pub runs: Arc<RunStore>,
     /// `None` only when `[approvals] enabled = false` (held calls are then denied).
     pub approvals: Option<Arc<ApprovalQueue>>,
-    pub notifier: Notifier,
+    pub(crate) notifier: Notifier,
     /// Loaded with [`Stores::ReadOnly`]: calls are refused.
-    pub read_only: bool,
+    pub(crate) read_only: bool,
     /// Reports of approved calls run here lately, for their waiters.
     pub(crate) finished: Arc<crate::runtime::driver::Finished>,
     /// The bound on the guest memory of calls in flight.
@@ -252,7 +254,7 @@ impl Runtime {
             notifier,
             redactor,
             config,
-            shared,
+            _shared: shared,
             plugins,
             policies,
             tools,

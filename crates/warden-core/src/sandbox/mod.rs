@@ -5,13 +5,13 @@
 //! It runs what it is given with the grants and limits it is given; it never decides
 //! whether a call may run (that is `runtime::governed` with the policies' verdicts).
 
-pub mod cache;
+pub(crate) mod cache;
 pub mod component;
-pub mod context;
+pub(crate) mod context;
 pub mod engine;
-pub mod hostcalls;
-pub mod interfaces;
-pub mod limits;
+pub(crate) mod hostcalls;
+pub(crate) mod interfaces;
+pub(crate) mod limits;
 pub mod plugin;
 pub mod policy;
-pub mod shared;
+pub(crate) mod shared;

@@ -1,8 +1,9 @@
 //! What every component load and every call shares: one engine (and its epoch ticker),
 //! the linkers of both worlds, and the compile cache.
 //!
-//! Built once per process (a reload keeps it), so that loading a config never compiles
-//! a component twice. It must never hold anything of one call or one config.
+//! Built with each loaded runtime (a reload builds a new one; the compile cache on disk
+//! spares it recompiling unchanged components). It must never hold anything of one
+//! call.
 
 use std::path::Path;
 

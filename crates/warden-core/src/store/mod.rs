@@ -2,5 +2,5 @@
 //! the approval queue's tables) with its migrations.
 
 pub mod audit;
-pub mod db;
+pub(crate) mod db;
 pub mod runs;

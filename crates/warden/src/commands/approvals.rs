@@ -199,7 +199,7 @@ async fn decide(
         return Ok(ExitCode::from(exit::USAGE));
     }
     let redactor = warden_core::runtime::redactor_for(config)?;
-    if let Some(url) = warden_server::state::running(&config.data_dir).and_then(|s| s.url) {
+    if let Some(url) = warden_server::running(&config.data_dir).and_then(|s| s.url) {
         drop(queue);
         return decide_through(&url, id, who, choice, reason, &redactor).await;
     }

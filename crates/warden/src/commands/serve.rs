@@ -29,21 +29,21 @@ pub async fn run(
             "warden serve: WARNING: the audit log is OFF ([audit] enabled = false): calls and host calls are NOT recorded; /readyz and /metrics say so"
         );
     }
-    let server = warden_server::state::Server::new(rt, config)?;
+    let server = warden_server::Server::new(rt, config)?;
     if stdio {
-        let _pid = warden_server::state::PidFile::take(&data_dir, None)?;
+        let _pid = warden_server::PidFile::take(&data_dir, None)?;
         let principal = principal.unwrap_or(stdio_principal);
         eprintln!("warden serve: MCP on stdio as {principal}");
-        warden_server::state::serve_stdio(server, principal).await?;
+        warden_server::serve_stdio(server, principal).await?;
     } else {
-        let addr = warden_server::state::check_listen(listen.unwrap_or(default_listen), public)?;
+        let addr = warden_server::check_listen(listen.unwrap_or(default_listen), public)?;
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .with_context(|| format!("binding {addr}"))?;
         let url = format!("http://{}", listener.local_addr()?);
-        let _pid = warden_server::state::PidFile::take(&data_dir, Some(&url))?;
+        let _pid = warden_server::PidFile::take(&data_dir, Some(&url))?;
         eprintln!("warden serve: listening on {url} (MCP at /mcp)");
-        warden_server::state::serve_http(server, listener).await?;
+        warden_server::serve_http(server, listener).await?;
     }
     Ok(ExitCode::from(exit::OK))
 }
@@ -52,7 +52,7 @@ pub fn reload(config: &Path) -> Result<ExitCode> {
     let config = Config::load(config)?;
     // Only a live server holds the pid file's lock: a file left by `kill -9` (whose pid
     // may now be any other process) is never signalled.
-    let server = warden_server::state::running(&config.data_dir).with_context(|| {
+    let server = warden_server::running(&config.data_dir).with_context(|| {
         format!(
             "no running server for {} (no locked {})",
             config.data_dir.display(),
