@@ -462,6 +462,7 @@ async fn a_full_disk_is_cut_back_to_the_last_whole_record_and_recorded_when_spac
             principal: "t",
             tool: "text_stats",
             input: r#"{"text":"fill the disk"}"#,
+            started_by: None,
         })
         .await
     }

@@ -115,6 +115,7 @@ async fn a_granted_directory_gone_after_load_fails_the_call_as_a_host_error_not_
             principal: "t",
             tool: "read_file",
             input: r#"{"path":"/ro/inside.txt"}"#,
+            started_by: None,
         })
         .await
         .unwrap();

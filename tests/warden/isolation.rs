@@ -15,6 +15,7 @@ async fn no_state_carries_from_one_call_or_decision_to_the_next() {
                 principal: "t",
                 tool: "counter",
                 input: "{}",
+                started_by: None,
             })
             .await
             .unwrap();

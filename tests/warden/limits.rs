@@ -43,6 +43,7 @@ async fn host_keeps_serving_while_several_plugins_spin() {
                     principal: "t",
                     tool: "spin",
                     input: "{}",
+                    started_by: None,
                 })
                 .await
             })
@@ -55,6 +56,7 @@ async fn host_keeps_serving_while_several_plugins_spin() {
             principal: "t",
             tool: "text_stats",
             input: r#"{"text":"x"}"#,
+            started_by: None,
         })
         .await
         .unwrap();
@@ -103,6 +105,7 @@ async fn calls_in_flight_hold_at_most_the_servers_memory_bound() {
                     principal: "t",
                     tool: "spin",
                     input: "{}",
+                    started_by: None,
                 })
                 .await
                 .unwrap()
@@ -132,6 +135,7 @@ async fn calls_in_flight_hold_at_most_the_servers_memory_bound() {
             principal: "t",
             tool: "counter",
             input: "{}",
+            started_by: None,
         })
         .await
         .unwrap();

@@ -215,6 +215,7 @@ async fn a_full_audit_log_mid_run_withholds_the_result_and_every_later_call() {
                 principal: "t",
                 tool: "text_stats",
                 input: r#"{"text":"x"}"#,
+                started_by: None,
             })
             .await
         {

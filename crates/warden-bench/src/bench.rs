@@ -134,6 +134,7 @@ pub async fn run(config: &Path, args: &BenchArgs) -> Result<ExitCode> {
         principal: "bench",
         tool: &args.call.tool,
         input: &args.call.input,
+        started_by: None,
     };
     let first = rt.call(request).await?;
     if !matches!(first.outcome, Outcome::Ok { .. }) {
@@ -548,6 +549,7 @@ async fn audit_on_off(config: &Path, args: &BenchArgs) -> Result<()> {
                             principal: "bench",
                             tool: &call.0,
                             input: &call.1,
+                            started_by: None,
                         })
                         .await?;
                         Ok(())
@@ -597,6 +599,7 @@ async fn approvals(config: &Path, args: &BenchArgs, rt: &Arc<Runtime>) -> Result
         principal: "bench",
         tool: &args.call.tool,
         input: &args.call.input,
+        started_by: None,
     };
     let (mut on_p50, mut off_p50) = (Vec::new(), Vec::new());
     for _ in 0..3 {
@@ -650,6 +653,7 @@ async fn approvals(config: &Path, args: &BenchArgs, rt: &Arc<Runtime>) -> Result
                         principal: "bench",
                         tool: &call.0,
                         input: &call.1,
+                        started_by: None,
                     })
                     .await?;
                 let held = report.approval.context("the benchmark call was not held")?;

@@ -20,6 +20,9 @@ pub struct CallRequest<'a> {
     pub tool: &'a str,
     /// The input, as JSON text.
     pub input: &'a str,
+    /// What started the call when no caller did (`schedule:NAME`, `trigger:NAME`):
+    /// recorded with the run, and the key to its success criteria.
+    pub started_by: Option<&'a str>,
 }
 
 /// A call refused before anything ran (the caller must fix the request), or one that
@@ -43,6 +46,9 @@ pub enum CallError {
 pub enum Outcome {
     /// The tool ran and returned this output.
     Ok { output: Value },
+    /// The tool ran and returned, but the output or the time it took fails the
+    /// success criteria of the schedule or trigger that started it.
+    Unmet { output: Value, reasons: Vec<String> },
     /// A policy denied the call; the tool did not run.
     Denied { reasons: Vec<String> },
     /// The call needs approval; the tool did not run (yet).
@@ -121,6 +127,9 @@ pub struct CallReport {
     /// The approval request, for a held call or one run after approval.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub approval: Option<ApprovalRef>,
+    /// What started the call when no caller did (`schedule:NAME`, `trigger:NAME`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub started_by: Option<String>,
 }
 
 /// A report's view of its approval request.
@@ -166,6 +175,7 @@ impl CallReport {
             host_calls: 0,
             timings: Timings::default(),
             approval: None,
+            started_by: None,
         }
     }
 }
@@ -175,6 +185,7 @@ impl Outcome {
     pub fn status(&self) -> &'static str {
         match self {
             Outcome::Ok { .. } => "ok",
+            Outcome::Unmet { .. } => "unmet",
             Outcome::Denied { .. } => "denied",
             Outcome::Held { .. } => "held",
             Outcome::Interrupted { .. } => "interrupted",

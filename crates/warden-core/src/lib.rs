@@ -12,16 +12,19 @@
 //! - `store`: the audit log, run history, the embedded database's migrations;
 //! - `runtime`: a loaded config and the governed call itself (policies, approval, the
 //!   sandboxed run), the records it leaves, the approval queue's driver, crash recovery;
+//! - `automation`: schedules and signed webhook triggers, run through the governed path;
 //! - `vault` and `tokens`: secrets at rest, and who a bearer token speaks for;
 //! - `util` and `bindings`: the clock, digests and bounded text; the WIT's generated types.
 //!
-//! The modules form layers (`util`, `bindings`, `call`, `store`, `vault`, `tokens`,
-//! `grants`, `config`, `sandbox`, `governance`, `runtime`, bottom to top), each using
-//! only those below it; a test below keeps it so.
+//! The modules form layers (`util`, `bindings`, `call`, `cron`, `store`, `vault`,
+//! `tokens`, `grants`, `config`, `sandbox`, `governance`, `runtime`, `automation`,
+//! bottom to top), each using only those below it; a test below keeps it so.
 
+pub mod automation;
 pub mod bindings;
 pub mod call;
 pub mod config;
+pub mod cron;
 pub mod governance;
 pub mod grants;
 pub mod runtime;
@@ -48,6 +51,7 @@ mod layers {
         "util",
         "bindings",
         "call",
+        "cron",
         "store",
         "vault",
         "tokens",
@@ -56,6 +60,7 @@ mod layers {
         "sandbox",
         "governance",
         "runtime",
+        "automation",
     ];
 
     fn sources(module: &str) -> Vec<PathBuf> {

@@ -141,6 +141,7 @@ pub struct RunsQuery {
     tool: Option<String>,
     status: Option<String>,
     since: Option<i64>,
+    started_by: Option<String>,
     limit: Option<usize>,
 }
 
@@ -153,6 +154,7 @@ pub async fn runs(
         tool: q.tool,
         status: q.status,
         since_ms: q.since,
+        started_by: q.started_by,
         limit: q.limit.unwrap_or(50).min(1000),
     };
     looked_up(&server, "runs".into(), move |rt| {

@@ -166,6 +166,13 @@ fn outcome_result(report: &CallReport) -> CallToolResponse {
         Outcome::Interrupted { reason } => {
             text_result(true, format!("interrupted (run {run}): {reason}"))
         }
+        Outcome::Unmet { reasons, .. } => text_result(
+            true,
+            format!(
+                "the tool returned, but not what its success criteria ask (run {run}): {}",
+                reasons.join("; ")
+            ),
+        ),
         Outcome::Held { tier, reasons, .. } => {
             let approval = report.approval.as_ref().map_or("", |a| a.id.as_str());
             let status = json!({
@@ -379,6 +386,7 @@ impl ServerHandler for WardenMcp {
                 principal: &principal,
                 tool: &request.name,
                 input: &input,
+                started_by: None,
             })
             .await;
         let report = match result {

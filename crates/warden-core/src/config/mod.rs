@@ -7,7 +7,8 @@
 //! This module reads the file and checks what spans sections (directories, keys, no
 //! grant over warden's own state); each section's types, raw form and checks live in
 //! their own file: `components` (`[[plugin]]`, `[[policy]]`), `limits`,
-//! `audit`, `approvals`, `server` (and `[[token]]`). `[plugin.grants]` is parsed by
+//! `audit`, `approvals`, `server` (and `[[token]]`), `automation` (`[[schedule]]`,
+//! `[[trigger]]`). `[plugin.grants]` is parsed by
 //! `crate::grants`, one module per capability; this module locates its errors.
 
 use std::collections::HashSet;
@@ -21,12 +22,16 @@ use crate::tokens::TokenEntry;
 
 mod approvals;
 mod audit;
+mod automation;
 mod components;
 mod limits;
 mod server;
 
 pub use approvals::{ApprovalsConfig, Webhook};
 pub use audit::AuditConfig;
+pub use automation::{
+    CatchUp, Criteria, DeliveryId, Overlap, ScheduleConfig, SignatureKind, TriggerConfig,
+};
 pub use components::{PluginConfig, PolicyConfig};
 pub use limits::{DEFAULT_PLUGIN_LIMITS, DEFAULT_POLICY_LIMITS, Limits};
 pub use server::{ServerConfig, valid_principal};
@@ -34,6 +39,7 @@ pub use server::{ServerConfig, valid_principal};
 use crate::grants::Grants;
 use approvals::{RawApprovals, check_approvals};
 use audit::{RawAudit, check_audit};
+use automation::{RawSchedule, RawTrigger, check_schedules, check_triggers};
 use components::{RawPlugin, RawPolicy, check_component, check_id, check_sha256};
 use limits::check_limits;
 use server::{RawServer, RawToken, check_server, check_tokens};
@@ -88,6 +94,10 @@ pub struct Config {
     pub tokens: Vec<TokenEntry>,
     pub plugins: Vec<PluginConfig>,
     pub policies: Vec<PolicyConfig>,
+    /// `[[schedule]]`: tool calls warden starts on a clock.
+    pub schedules: Vec<ScheduleConfig>,
+    /// `[[trigger]]`: tool calls started by signed webhooks at `/hooks/NAME`.
+    pub triggers: Vec<TriggerConfig>,
     /// The config file's text, kept to locate errors found while loading components.
     source: String,
 }
@@ -110,6 +120,10 @@ struct RawConfig {
     plugins: Vec<RawPlugin>,
     #[serde(default, rename = "policy")]
     policies: Vec<RawPolicy>,
+    #[serde(default, rename = "schedule")]
+    schedules: Vec<RawSchedule>,
+    #[serde(default, rename = "trigger")]
+    triggers: Vec<RawTrigger>,
 }
 
 fn yes() -> bool {
@@ -233,6 +247,8 @@ impl Config {
             Some(raw) => check_server(&locate, raw)?,
         };
         let tokens = check_tokens(&locate, &raw.tokens)?;
+        let schedules = check_schedules(&locate, &raw.schedules)?;
+        let triggers = check_triggers(&locate, &raw.triggers)?;
 
         let mut ids = HashSet::new();
         let mut plugins = Vec::new();
@@ -359,6 +375,8 @@ impl Config {
             tokens,
             plugins,
             policies,
+            schedules,
+            triggers,
             source: text.to_string(),
         })
     }

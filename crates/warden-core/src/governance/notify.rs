@@ -1,5 +1,6 @@
-//! Webhook notices for new held calls: the payload (warden JSON or Slack-compatible),
-//! the one-click links in it, and one delivery attempt.
+//! Webhook notices for new held calls (and for runs whose success criteria were
+//! unmet): the payload (warden JSON or Slack-compatible), the one-click links in it,
+//! and one delivery attempt.
 //!
 //! Owns what a notice says and how it is sent. Notices are queued in the store with
 //! the request (`approvals`) and delivered by the queue's driver, so a webhook that is
@@ -12,6 +13,7 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use serde_json::{Value, json};
 
+use crate::call::{CallReport, Outcome};
 use crate::config::{ApprovalsConfig, Webhook};
 use crate::governance::approvals::{self, Approval};
 use crate::governance::links::LinkSigner;
@@ -107,6 +109,38 @@ impl Notifier {
                     "expires_ms": a.expires_ms,
                 },
                 "links": links.iter().map(|(p, u)| json!({ "principal": p, "url": u })).collect::<Vec<Value>>(),
+            })
+        };
+        redactor.scrub_value(&mut v);
+        Some(v.to_string())
+    }
+
+    /// The notice for a run whose success criteria were unmet, or `None` when no webhook
+    /// is configured.
+    pub fn unmet_payload(&self, report: &CallReport, redactor: &Redactor) -> Option<String> {
+        let webhook = self.webhook.as_ref()?;
+        let Outcome::Unmet { reasons, .. } = &report.outcome else {
+            return None;
+        };
+        let origin = report.started_by.as_deref().unwrap_or("a caller");
+        let mut v = if webhook.slack {
+            json!({ "text": format!(
+                "*warden*: `{}` started by *{origin}* returned, but its success criteria are unmet: {} (run {})",
+                report.tool,
+                reasons.join("; "),
+                report.run_id
+            ) })
+        } else {
+            json!({
+                "event": "run.unmet",
+                "run": {
+                    "id": report.run_id,
+                    "started_by": origin,
+                    "tool": report.tool,
+                    "principal": report.principal,
+                    "reasons": reasons,
+                    "total_us": report.timings.total_us,
+                },
             })
         };
         redactor.scrub_value(&mut v);

@@ -173,6 +173,13 @@ impl Runtime {
                     output: serde_json::from_str(&text).unwrap_or(Value::String(text)),
                 }
             }
+            "unmet" => {
+                let text = row.output.clone().unwrap_or_default();
+                Outcome::Unmet {
+                    output: serde_json::from_str(&text).unwrap_or(Value::String(text)),
+                    reasons: vec![error],
+                }
+            }
             "interrupted" => Outcome::Interrupted { reason: error },
             "denied" => Outcome::Denied {
                 reasons: vec![error],
@@ -304,6 +311,7 @@ impl Runtime {
             u64::try_from(a.created_ms).unwrap_or(0),
         );
         report.approval = Some(a.reference(held_by));
+        report.started_by.clone_from(&a.started_by);
         report
     }
 
@@ -396,6 +404,8 @@ impl Runtime {
             .await?;
         self.invoke(&mut report, plugin, &a.tool, &a.input, &recorder)
             .await;
+        self.judges
+            .judge(&mut report, started.elapsed().as_millis() as u64);
         let status = report.outcome.status();
         let concluded = self
             .conclude(report, &recorder, &a.input, started, Vec::new(), caller)

@@ -98,6 +98,7 @@ impl Runtime {
             (&plugin.id, &plugin.digest),
             time_ms,
         );
+        report.started_by = request.started_by.map(str::to_string);
 
         let canonical_input = input.to_string();
         let mut action = Action {
@@ -182,6 +183,7 @@ impl Runtime {
                                 holds: &holds,
                                 timeout_secs,
                                 now_ms: time_ms as i64,
+                                started_by: request.started_by,
                             },
                         );
                         let notice = self.notifier.payload(&approval, &self.redactor);
@@ -196,6 +198,8 @@ impl Runtime {
             Combined::Allow => {
                 self.invoke(&mut report, plugin, &tool.name, &action.input, &recorder)
                     .await;
+                self.judges
+                    .judge(&mut report, started.elapsed().as_millis() as u64);
             }
         }
         let Some((approval, notice)) = queued else {
@@ -354,6 +358,10 @@ fn set_component(recorder: &SharedRecorder, component: String) {
 fn scrub_report(r: &Redactor, report: &mut CallReport) {
     match &mut report.outcome {
         Outcome::Ok { output } => r.scrub_value(output),
+        Outcome::Unmet { output, reasons } => {
+            r.scrub_value(output);
+            reasons.iter_mut().for_each(|s| r.scrub_string(s))
+        }
         Outcome::Denied { reasons } | Outcome::Held { reasons, .. } => {
             reasons.iter_mut().for_each(|s| r.scrub_string(s))
         }

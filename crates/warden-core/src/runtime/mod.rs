@@ -5,6 +5,7 @@
 //! matches no tool fails the whole load with an error located in warden.toml. It
 //! must never serve a partly loaded config.
 
+pub mod criteria;
 pub mod driver;
 pub(crate) mod governed;
 pub mod record;
@@ -71,6 +72,10 @@ pub struct Runtime {
     pub(crate) read_only: bool,
     /// Reports of approved calls run here lately, for their waiters.
     pub(crate) finished: Arc<crate::runtime::driver::Finished>,
+    /// The success criteria of schedules and triggers.
+    pub(crate) judges: criteria::Judges,
+    /// The secrets triggers' deliveries are signed with.
+    pub(crate) trigger_keys: TriggerKeys,
     /// The bound on the guest memory of calls in flight.
     pub(crate) capacity: Arc<crate::sandbox::limits::Capacity>,
 }
@@ -133,7 +138,7 @@ impl Runtime {
         let shared = Shared::new(options, Some(&config.cache_dir))
             .map_err(|e| config.error_at(0, "", format!("cannot start the wasm engine: {e:#}")))?;
 
-        let (secrets, redactor) = load_secrets(&config)?;
+        let (secrets, trigger_keys, redactor) = load_secrets(&config)?;
         let redactor = Arc::new(redactor);
         let mut plugins = Vec::new();
         let mut tools: HashMap<String, usize> = HashMap::new();
@@ -190,6 +195,7 @@ impl Runtime {
             }
             policies.push(policy);
         }
+        let judges = criteria::Judges::load(&config, |t| tools.get(t).map(|&i| &plugins[i]))?;
         let store = |e: &dyn std::fmt::Display| LoadError::Store(e.to_string());
         let capacity = match &stores {
             Some(s) => s.capacity.clone(),
@@ -260,6 +266,8 @@ impl Runtime {
             tools,
             read_only: mode == Stores::ReadOnly,
             finished,
+            judges,
+            trigger_keys,
             capacity,
         };
         if fresh && let Some(log) = &rt.audit {
@@ -314,17 +322,23 @@ impl Runtime {
 /// The redactor for every secret `config` grants, for commands that print stored
 /// records without loading the components.
 pub fn redactor_for(config: &Config) -> Result<Redactor, ConfigError> {
-    load_secrets(config).map(|(_, redactor)| redactor)
+    load_secrets(config).map(|(_, _, redactor)| redactor)
 }
 
-/// Decrypt the secrets the plugins are granted. The vault is opened only when some
-/// plugin has a secret grant; a grant naming a secret the vault lacks, or a vault that
-/// cannot be decrypted, fails the load.
-fn load_secrets(config: &Config) -> Result<(Vec<Arc<PluginSecrets>>, Redactor), ConfigError> {
+/// The secrets triggers verify signatures with, by trigger name.
+pub(crate) type TriggerKeys = HashMap<String, zeroize::Zeroizing<String>>;
+
+/// Decrypt the secrets the plugins are granted and the triggers sign with. The vault is
+/// opened only when some plugin has a secret grant or some trigger exists; a secret the
+/// vault lacks, or a vault that cannot be decrypted, fails the load.
+fn load_secrets(
+    config: &Config,
+) -> Result<(Vec<Arc<PluginSecrets>>, TriggerKeys, Redactor), ConfigError> {
     let granted = config.plugins.iter().any(|p| !p.grants.secrets.is_empty());
-    if !granted {
+    if !granted && config.triggers.is_empty() {
         return Ok((
             config.plugins.iter().map(|_| Arc::default()).collect(),
+            HashMap::new(),
             Redactor::default(),
         ));
     }
@@ -370,8 +384,29 @@ fn load_secrets(config: &Config) -> Result<(Vec<Arc<PluginSecrets>>, Redactor), 
             values,
         )));
     }
+    let mut keys = TriggerKeys::new();
+    for (i, t) in config.triggers.iter().enumerate() {
+        let value = match vault.get(&t.secret) {
+            Ok(value) => value,
+            Err(VaultError::NotFound(_)) => {
+                return Err(config.error_at(
+                    t.span,
+                    &format!("trigger[{i}].secret"),
+                    format!(
+                        "secret {:?} is not in the vault {}",
+                        t.secret,
+                        config.vault_path.display()
+                    ),
+                ));
+            }
+            Err(e) => return Err(config.error_at(t.span, &format!("trigger[{i}].secret"), e)),
+        };
+        // Never a plugin's to see, but scrubbed like one in case a payload echoes it.
+        all.push((value.clone(), Vec::new()));
+        keys.insert(t.name.clone(), value);
+    }
     let redactor = Redactor::new(all.iter().map(|(v, f)| (v.as_str(), f.clone())));
-    Ok((out, redactor))
+    Ok((out, keys, redactor))
 }
 
 /// Open the audit log (off the async runtime: it may wait for another process) with

@@ -109,7 +109,8 @@ pub fn before_execution(report: &CallReport, input: &str, redactor: &Redactor) -
         .str("tool", &report.tool)
         .str("plugin", &report.plugin)
         .str("digest", &report.plugin_digest)
-        .str("input", input);
+        .str("input", input)
+        .opt_str("started_by", report.started_by.as_deref());
     out.push(start.done());
     for d in &report.decisions {
         let (decision, reason, tier) = match &d.verdict {
@@ -203,7 +204,9 @@ pub fn after_execution(report: &CallReport, redactor: &Redactor) -> Vec<Entry> {
         Outcome::Failed { error, .. } | Outcome::Interrupted { reason: error } => {
             Some(error.as_str())
         }
-        Outcome::Denied { reasons } | Outcome::Held { reasons, .. } => {
+        Outcome::Denied { reasons }
+        | Outcome::Held { reasons, .. }
+        | Outcome::Unmet { reasons, .. } => {
             joined = reasons.join("; ");
             Some(joined.as_str())
         }
@@ -234,6 +237,7 @@ pub fn approval_requested(a: &Approval) -> Map<String, Value> {
         "holds": a.holds,
         "input_sha256": a.input_sha256,
         "expires_ms": a.expires_ms,
+        "started_by": a.started_by,
     }))
 }
 
@@ -350,6 +354,11 @@ pub fn shutdown(interrupted: u64) -> Map<String, Value> {
 pub fn run_row(report: &CallReport, input: &str) -> RunRow {
     let (output, error, backtrace) = match &report.outcome {
         Outcome::Ok { output } => (Some(bounded(&output.to_string())), None, None),
+        Outcome::Unmet { output, reasons } => (
+            Some(bounded(&output.to_string())),
+            Some(reasons.join("; ")),
+            None,
+        ),
         Outcome::Failed { kind, error } => {
             let backtrace = match kind {
                 crate::call::Failure::Trap { backtrace, .. } if !backtrace.is_empty() => {
@@ -393,5 +402,6 @@ pub fn run_row(report: &CallReport, input: &str) -> RunRow {
         peak_memory: i64::try_from(report.peak_memory_bytes).unwrap_or(i64::MAX),
         host_calls: to_i64(report.host_calls),
         approval: report.approval.as_ref().map(|a| a.id.clone()),
+        started_by: report.started_by.clone(),
     }
 }

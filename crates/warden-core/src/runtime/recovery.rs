@@ -142,6 +142,7 @@ fn interrupted_report(id: &str, start: &Value) -> CallReport {
     report.outcome = Outcome::Interrupted {
         reason: INTERRUPTED.into(),
     };
+    report.started_by = start["started_by"].as_str().map(str::to_string);
     report
 }
 
@@ -183,5 +184,6 @@ fn rebuilt_row(id: &str, seen: &Seen, end: &Value) -> RunRow {
         peak_memory: 0,
         host_calls: n("host_calls"),
         approval: None,
+        started_by: start["started_by"].as_str().map(str::to_string),
     }
 }

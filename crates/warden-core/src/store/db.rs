@@ -98,6 +98,37 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE approvals ADD COLUMN owner TEXT;
     ALTER TABLE approvals ADD COLUMN sealed INTEGER NOT NULL DEFAULT 0;
     ",
+    // 4: what started a run when no caller did (a schedule, a trigger); schedules'
+    // pauses and the fire times claimed (one runner per fire time, across processes);
+    // trigger deliveries seen (a redelivery runs once).
+    "
+    ALTER TABLE runs ADD COLUMN started_by TEXT;
+    CREATE INDEX runs_by_origin ON runs(started_by, started_ms) WHERE started_by IS NOT NULL;
+    ALTER TABLE approvals ADD COLUMN started_by TEXT;
+    CREATE TABLE schedules (
+        name           TEXT PRIMARY KEY,
+        seen_ms        INTEGER NOT NULL,
+        paused         INTEGER NOT NULL DEFAULT 0,
+        paused_by      TEXT,
+        paused_ms      INTEGER,
+        reason         TEXT
+    );
+    CREATE TABLE schedule_fires (
+        name           TEXT NOT NULL,
+        fire_ms        INTEGER NOT NULL,
+        kind           TEXT NOT NULL,
+        owner          TEXT NOT NULL,
+        claimed_ms     INTEGER NOT NULL,
+        PRIMARY KEY (name, fire_ms)
+    );
+    CREATE TABLE trigger_deliveries (
+        name           TEXT NOT NULL,
+        delivery       TEXT NOT NULL,
+        at_ms          INTEGER NOT NULL,
+        PRIMARY KEY (name, delivery)
+    );
+    CREATE INDEX deliveries_by_time ON trigger_deliveries(at_ms);
+    ",
 ];
 
 /// Why the store's schema cannot be used.

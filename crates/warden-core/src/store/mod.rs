@@ -2,5 +2,6 @@
 //! the approval queue's tables) with its migrations.
 
 pub mod audit;
+pub mod automation;
 pub(crate) mod db;
 pub mod runs;

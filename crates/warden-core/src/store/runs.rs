@@ -70,6 +70,8 @@ pub struct RunRow {
     pub host_calls: i64,
     /// The approval request, when the call was held.
     pub approval: Option<String>,
+    /// What started the run when no caller did (`schedule:NAME`, `trigger:NAME`).
+    pub started_by: Option<String>,
 }
 
 /// Filters for `runs list`.
@@ -78,6 +80,8 @@ pub struct RunFilter {
     pub tool: Option<String>,
     pub status: Option<String>,
     pub since_ms: Option<i64>,
+    /// Only runs started by this (`schedule:NAME`, `trigger:NAME`).
+    pub started_by: Option<String>,
     pub limit: usize,
 }
 
@@ -229,13 +233,20 @@ impl RunStore {
         let mut stmt = conn
             .prepare(
                 "SELECT * FROM runs WHERE (?1 IS NULL OR tool = ?1) AND (?2 IS NULL OR status = ?2)
-                 AND (?3 IS NULL OR started_ms >= ?3) ORDER BY started_ms DESC, id DESC LIMIT ?4",
+                 AND (?3 IS NULL OR started_ms >= ?3) AND (?5 IS NULL OR started_by = ?5)
+                 ORDER BY started_ms DESC, id DESC LIMIT ?4",
             )
             .map_err(|e| self.err(e))?;
         let limit = i64::try_from(filter.limit.max(1)).unwrap_or(i64::MAX);
         let rows = stmt
             .query_map(
-                params![filter.tool, filter.status, filter.since_ms, limit],
+                params![
+                    filter.tool,
+                    filter.status,
+                    filter.since_ms,
+                    limit,
+                    filter.started_by
+                ],
                 row_from_sql,
             )
             .map_err(|e| self.err(e))?;
@@ -261,7 +272,7 @@ fn insert_all<'a>(
 ) -> rusqlite::Result<()> {
     let tx = conn.transaction()?;
     {
-        const COLUMNS: &str = "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23)";
+        const COLUMNS: &str = "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24)";
         // A held run's row never replaces its outcome: the process that ran the approved
         // call (perhaps another one) may have written that first.
         let mut held = tx.prepare_cached(&format!("INSERT OR IGNORE INTO runs {COLUMNS}"))?;
@@ -296,6 +307,7 @@ fn insert_all<'a>(
                 row.peak_memory,
                 row.host_calls,
                 row.approval,
+                row.started_by,
             ])?;
         }
     }
@@ -331,6 +343,7 @@ fn row_from_sql(r: &rusqlite::Row<'_>) -> rusqlite::Result<RunRow> {
         peak_memory: r.get(20)?,
         host_calls: r.get(21)?,
         approval: r.get(22)?,
+        started_by: r.get(23)?,
     })
 }
 

@@ -30,6 +30,7 @@ pub async fn run(
             principal,
             tool,
             input: &input,
+            started_by: None,
         })
         .await
     {
@@ -141,6 +142,16 @@ pub fn print_outcome(
             let approval = report.approval.as_ref();
             let v = json!({ "status": "held", "run_id": report.run_id, "approval_id": approval.map(|a| &a.id), "expires_ms": approval.map(|a| a.expires_ms), "approvals_required": approval.map(|a| a.approvals_required), "tier": tier, "reasons": reasons, "approvers": approvers, "timeout_secs": timeout_secs });
             (exit::HELD, v)
+        }
+        Outcome::Unmet { output, reasons } => {
+            eprintln!(
+                "warden call: {tool} returned, but its success criteria are unmet: {}",
+                reasons.join("; ")
+            );
+            (
+                exit::TOOL_ERROR,
+                json!({ "status": "unmet", "output": output, "reasons": reasons, "run_id": report.run_id }),
+            )
         }
         Outcome::Interrupted { reason } => {
             eprintln!("warden call: {tool} interrupted: {reason}");

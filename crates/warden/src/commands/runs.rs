@@ -23,12 +23,16 @@ pub enum RunsCommand {
     List {
         #[arg(long)]
         tool: Option<String>,
-        /// ok, denied, held, tool-error, trapped, timed-out, memory-limit, fuel-exhausted, bad-output.
+        /// ok, denied, held, unmet, interrupted, tool-error, trapped, timed-out,
+        /// memory-limit, fuel-exhausted, over-capacity, bad-output, host-error.
         #[arg(long)]
         status: Option<String>,
         /// Milliseconds since the Unix epoch.
         #[arg(long)]
         since: Option<i64>,
+        /// Only runs started by `schedule:NAME` or `trigger:NAME`.
+        #[arg(long, value_name = "ORIGIN")]
+        started_by: Option<String>,
         #[arg(long, default_value_t = 50)]
         limit: usize,
         #[arg(long)]
@@ -53,6 +57,7 @@ pub fn run(config: &Path, command: &RunsCommand) -> Result<ExitCode> {
             tool,
             status,
             since,
+            started_by,
             limit,
             json,
         } => {
@@ -60,6 +65,7 @@ pub fn run(config: &Path, command: &RunsCommand) -> Result<ExitCode> {
                 tool: tool.clone(),
                 status: status.clone(),
                 since_ms: *since,
+                started_by: started_by.clone(),
                 limit: *limit,
             };
             for row in store.list(&filter)? {

@@ -47,6 +47,9 @@ pub struct Approval {
     /// The outcome or why it ended, once it has.
     pub result: Option<String>,
     pub votes: Vec<Vote>,
+    /// What started the call (`schedule:NAME`, `trigger:NAME`), if no caller did.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub started_by: Option<String>,
 }
 
 impl Approval {
@@ -82,6 +85,8 @@ pub struct NewRequest<'a> {
     pub holds: &'a [PolicyHold],
     pub timeout_secs: Option<u32>,
     pub now_ms: i64,
+    /// What started the call (`schedule:NAME`, `trigger:NAME`), if no caller did.
+    pub started_by: Option<&'a str>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

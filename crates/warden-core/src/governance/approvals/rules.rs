@@ -183,6 +183,7 @@ pub fn prepare(config: &ApprovalsConfig, request: &NewRequest<'_>) -> Approval {
         state_ms: request.now_ms,
         result: None,
         votes: Vec::new(),
+        started_by: request.started_by.map(str::to_string),
     }
 }
 
@@ -227,6 +228,7 @@ mod tests {
                 holds,
                 timeout_secs: timeout,
                 now_ms: 1_000,
+                started_by: None,
             },
         )
     }

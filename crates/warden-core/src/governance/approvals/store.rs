@@ -214,7 +214,7 @@ impl ApprovalQueue {
         let holds = serde_json::to_string(&a.holds).unwrap_or_default();
         self.write(move |tx| {
             tx.execute(
-                "INSERT INTO approvals VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, NULL, NULL, ?18, NULL, ?19)",
+                "INSERT INTO approvals VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, NULL, NULL, ?18, NULL, ?19, ?20)",
                 params![
                     a.id,
                     a.run_id,
@@ -235,6 +235,7 @@ impl ApprovalQueue {
                     a.state_ms,
                     holds,
                     sealed,
+                    a.started_by,
                 ],
             )?;
             if let Some(payload) = notice {
@@ -778,7 +779,7 @@ pub(super) fn load(
         .prepare_cached(
             "SELECT id, run_id, principal, tool, plugin, plugin_digest, input, input_sha256,
                     decisions, tier, reasons, approvers, required, created_ms, expires_ms,
-                    state, state_ms, result, holds, sealed
+                    state, state_ms, result, holds, sealed, started_by
              FROM approvals WHERE id = ?1",
         )?
         .query_row([id], |r| {
@@ -843,6 +844,7 @@ pub(super) fn load(
                 state_ms: r.get(16)?,
                 result,
                 votes: Vec::new(),
+                started_by: r.get(20)?,
             })
         })
         .optional()?;
@@ -905,6 +907,7 @@ mod tests {
                 holds: &holds,
                 timeout_secs: Some(60),
                 now_ms: 1_000,
+                started_by: None,
             },
         )
     }
