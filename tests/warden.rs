@@ -22,9 +22,13 @@ mod network;
 mod policies;
 #[path = "warden/recording.rs"]
 mod recording;
+#[path = "warden/schedules.rs"]
+mod schedules;
 #[path = "warden/secrets.rs"]
 mod secrets;
 mod support;
+#[path = "warden/triggers.rs"]
+mod triggers;
 
 pub(crate) use limits::assert_failed;
 pub(crate) use network::assert_http_denied;

@@ -46,13 +46,13 @@ pub fn probes() -> Router<Arc<Server>> {
         .route("/readyz", get(readyz))
 }
 
-fn error(status: StatusCode, message: impl std::fmt::Display) -> Response {
+pub(crate) fn error(status: StatusCode, message: impl std::fmt::Display) -> Response {
     (status, Json(json!({ "error": message.to_string() }))).into_response()
 }
 
 /// `value` as JSON, with every granted secret value scrubbed: approval requests keep
 /// their input exactly (to run it exactly), what leaves through the API must not.
-fn shown<T: Serialize>(rt: &Runtime, value: &T) -> Response {
+pub(crate) fn shown<T: Serialize>(rt: &Runtime, value: &T) -> Response {
     match serde_json::to_value(value) {
         Ok(mut v) => {
             rt.redactor.scrub_value(&mut v);
@@ -93,7 +93,7 @@ where
 
 /// A request whose principal holds the operator role (403 otherwise). Extracted before
 /// the query, path and body, so a refusal never depends on them.
-pub struct Operator;
+pub struct Operator(pub Principal);
 
 /// The request's principal, admitted only with the approver role (operators have it).
 pub struct Approver(Principal);
@@ -121,7 +121,7 @@ impl<S: Send + Sync> FromRequestParts<S> for Operator {
 
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Response> {
         admitted(parts, Role::Operator)
-            .map(|_| Operator)
+            .map(Operator)
             .map_err(|(status, why)| error(status, why))
     }
 }

@@ -13,6 +13,7 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
+use warden_core::runtime::Runtime;
 use warden_core::tokens::{self, Role};
 
 use crate::state::Server;
@@ -109,27 +110,7 @@ pub(crate) async fn authenticate(
         } else {
             "no bearer token"
         };
-        let remote = source.map(|a| a.to_string()).unwrap_or_default();
-        let (admission, earlier) = match source {
-            Some(addr) => server.auth_failures.fail(addr.ip(), &path, now),
-            None => (crate::auth_failures::Admission::Record, Vec::new()),
-        };
-        let mut records: Vec<_> = earlier
-            .iter()
-            .map(|u| rt.entry(warden_core::runtime::record::auth_denied_counted(u)))
-            .collect();
-        if admission == crate::auth_failures::Admission::Record {
-            records.push(rt.entry(warden_core::runtime::record::auth_denied(
-                &path, &remote, why,
-            )));
-        }
-        if let Some(audit) = &rt.audit
-            && !records.is_empty()
-        {
-            let _ = audit.commit(records, false).await;
-        }
-        if admission == crate::auth_failures::Admission::Throttled {
-            server.metrics.auth_throttled();
+        if refused(&server, &rt, source, &path, why).await {
             return too_many();
         }
         let mut response = (StatusCode::UNAUTHORIZED, format!("{why}\n")).into_response();
@@ -149,8 +130,45 @@ pub(crate) async fn authenticate(
     next.run(request).await
 }
 
+/// Count and audit a failed authentication of `source` (a token, or a webhook's
+/// signature): one record per source per window, the rest counted. Returns true when
+/// the source is now throttled (answer 429).
+pub(crate) async fn refused(
+    server: &Server,
+    rt: &Runtime,
+    source: Option<SocketAddr>,
+    path: &str,
+    why: &str,
+) -> bool {
+    let now = warden_core::now_ms();
+    let remote = source.map(|a| a.to_string()).unwrap_or_default();
+    let (admission, earlier) = match source {
+        Some(addr) => server.auth_failures.fail(addr.ip(), path, now),
+        None => (crate::auth_failures::Admission::Record, Vec::new()),
+    };
+    let mut records: Vec<_> = earlier
+        .iter()
+        .map(|u| rt.entry(warden_core::runtime::record::auth_denied_counted(u)))
+        .collect();
+    if admission == crate::auth_failures::Admission::Record {
+        records.push(rt.entry(warden_core::runtime::record::auth_denied(
+            path, &remote, why,
+        )));
+    }
+    if let Some(audit) = &rt.audit
+        && !records.is_empty()
+    {
+        let _ = audit.commit(records, false).await;
+    }
+    if admission == crate::auth_failures::Admission::Throttled {
+        server.metrics.auth_throttled();
+        return true;
+    }
+    false
+}
+
 /// 429 for a source that failed to authenticate too often this window.
-fn too_many() -> Response {
+pub(crate) fn too_many() -> Response {
     let mut response = (
         StatusCode::TOO_MANY_REQUESTS,
         "too many failed authentications from this address; try again later\n",

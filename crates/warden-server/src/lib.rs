@@ -19,6 +19,7 @@
 mod api;
 mod auth;
 mod auth_failures;
+mod automation;
 mod lifecycle;
 mod mcp;
 mod metrics;

@@ -57,6 +57,7 @@ pub async fn serve_http(
     let app = router(server.clone(), &sessions);
     let driver = tokio::spawn(server.clone().drive(sessions.clone()));
     let notices = tokio::spawn(server.clone().notices(sessions.clone()));
+    let schedules = tokio::spawn(server.clone().schedule(stop.clone()));
     let sig = tokio::spawn(signals(server.clone(), stop.clone()));
     // Small JSON-RPC messages: without TCP_NODELAY a response can wait 40 ms for an ACK.
     let listener = listener.tap_io(|tcp| {
@@ -82,6 +83,8 @@ pub async fn serve_http(
         && !stop.is_cancelled()
     {
         sessions.cancel();
+        stop.cancel();
+        let _ = schedules.await;
         let _ = driver.await;
         let _ = notices.await;
         sig.abort();
@@ -112,6 +115,7 @@ pub async fn serve_http(
         Ok(Err(e)) => Err(anyhow::anyhow!("the HTTP server stopped: {e}")),
         Err(_) => Ok(()),
     };
+    let _ = schedules.await;
     let _ = driver.await;
     let _ = notices.await;
     sig.abort();
@@ -126,6 +130,7 @@ pub async fn serve_stdio(server: Arc<Server>, principal: String) -> anyhow::Resu
     let stop = CancellationToken::new();
     let driver = tokio::spawn(server.clone().drive(stop.clone()));
     let notices = tokio::spawn(server.clone().notices(stop.clone()));
+    let schedules = tokio::spawn(server.clone().schedule(stop.clone()));
     let sig = tokio::spawn(signals(server.clone(), stop.clone()));
     let handler = WardenMcp::new(server.clone(), Some(principal));
     let (input, output) = crate::stdio::streams();
@@ -146,6 +151,7 @@ pub async fn serve_stdio(server: Arc<Server>, principal: String) -> anyhow::Resu
         let _ = waiting.await;
     }
     stop.cancel();
+    let _ = schedules.await;
     let _ = driver.await;
     let _ = notices.await;
     sig.abort();

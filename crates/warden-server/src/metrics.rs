@@ -1,5 +1,6 @@
 //! Prometheus metrics of `warden serve`: calls by tool and outcome, policy decision
-//! latency, authentication failures, reloads; gauges (approval queue depth, audit lag,
+//! latency, authentication failures, reloads, schedules (runs, skips, lag), triggers'
+//! deliveries, outcomes of the runs they start; gauges (approval queue depth, audit lag,
 //! calls in flight, whether auditing is on) are read when scraped.
 //!
 //! Owns the metrics and their exposition (the `prometheus-client` encoder, which never
@@ -32,6 +33,27 @@ struct ResultLabel {
     result: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ScheduleLabels {
+    schedule: String,
+    kind: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OriginLabels {
+    origin: String,
+    status: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TriggerLabels {
+    trigger: String,
+    result: String,
+}
+
+/// Upper bounds (seconds) of the scheduler lag histogram.
+const LAG_BUCKETS_S: [f64; 9] = [0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0];
+
 pub struct Metrics {
     registry: Registry,
     calls: Family<CallLabels, Counter>,
@@ -39,6 +61,11 @@ pub struct Metrics {
     auth_failures: Counter,
     auth_throttled: Counter,
     reloads: Family<ResultLabel, Counter>,
+    fired: Family<ScheduleLabels, Counter>,
+    skipped: Family<ScheduleLabels, Counter>,
+    finished: Family<OriginLabels, Counter>,
+    lag_seconds: Histogram,
+    deliveries: Family<TriggerLabels, Counter>,
     pending: Gauge,
     lag: Gauge,
     in_flight: Gauge,
@@ -88,6 +115,36 @@ impl Default for Metrics {
             "Config reloads by result",
             reloads.clone(),
         );
+        let fired = Family::<ScheduleLabels, Counter>::default();
+        registry.register(
+            "warden_schedule_runs",
+            "Schedule runs started, by schedule and kind (scheduled, catch-up, queued, manual)",
+            fired.clone(),
+        );
+        let skipped = Family::<ScheduleLabels, Counter>::default();
+        registry.register(
+            "warden_schedule_skipped",
+            "Schedule fire times that ran nothing, by schedule and reason (overlap, paused, late, missed)",
+            skipped.clone(),
+        );
+        let finished = Family::<OriginLabels, Counter>::default();
+        registry.register(
+            "warden_automation_runs_finished",
+            "Runs started by a schedule or trigger, by origin and status (unmet: the criteria failed)",
+            finished.clone(),
+        );
+        let lag_seconds = Histogram::new(LAG_BUCKETS_S);
+        registry.register(
+            "warden_schedule_lag_seconds",
+            "From a fire time to the start of its run",
+            lag_seconds.clone(),
+        );
+        let deliveries = Family::<TriggerLabels, Counter>::default();
+        registry.register(
+            "warden_trigger_deliveries",
+            "Webhook deliveries by trigger (a configured one, or unknown) and result",
+            deliveries.clone(),
+        );
         let gauge = |registry: &mut Registry, name: &str, help: &str| {
             let g = Gauge::<i64, AtomicI64Alias>::default();
             registry.register(name, help, g.clone());
@@ -120,6 +177,11 @@ impl Default for Metrics {
             auth_failures,
             auth_throttled,
             reloads,
+            fired,
+            skipped,
+            finished,
+            lag_seconds,
+            deliveries,
             pending,
             lag,
             in_flight,
@@ -164,6 +226,18 @@ impl Metrics {
             .inc();
     }
 
+    /// A webhook delivery to `trigger` (counted as `unknown` unless `known`) and how it
+    /// ended.
+    pub fn delivery(&self, trigger: &str, known: bool, result: &str) {
+        let trigger = if known { trigger } else { "unknown" };
+        self.deliveries
+            .get_or_create(&TriggerLabels {
+                trigger: trigger.to_string(),
+                result: result.to_string(),
+            })
+            .inc();
+    }
+
     /// The exposition text.
     pub fn render(&self, g: &Gauges) -> String {
         let _one = self.render.lock().unwrap_or_else(|p| p.into_inner());
@@ -177,5 +251,37 @@ impl Metrics {
             out.clear();
         }
         out
+    }
+}
+
+/// The scheduler's and triggers' events, as metrics. Schedule and origin labels come
+/// from the config (the scheduler and triggers only report configured names).
+impl Metrics {
+    pub fn fired(&self, schedule: &str, kind: &str, lag_ms: u64) {
+        self.fired
+            .get_or_create(&ScheduleLabels {
+                schedule: schedule.to_string(),
+                kind: kind.to_string(),
+            })
+            .inc();
+        self.lag_seconds.observe(lag_ms as f64 / 1e3);
+    }
+
+    pub fn skipped(&self, schedule: &str, reason: &str) {
+        self.skipped
+            .get_or_create(&ScheduleLabels {
+                schedule: schedule.to_string(),
+                kind: reason.to_string(),
+            })
+            .inc();
+    }
+
+    pub fn finished(&self, origin: &str, status: &str) {
+        self.finished
+            .get_or_create(&OriginLabels {
+                origin: origin.to_string(),
+                status: status.to_string(),
+            })
+            .inc();
     }
 }

@@ -42,11 +42,13 @@ pub fn router(server: Arc<Server>, stop: &CancellationToken) -> Router {
     let authenticated = Router::new()
         .merge(mcp)
         .merge(crate::api::routes())
+        .merge(crate::automation::routes())
         .layer(middleware::from_fn_with_state(server.clone(), authenticate));
     Router::new()
         .merge(authenticated)
         .merge(crate::api::probes())
         .merge(crate::pages::routes())
+        .merge(crate::automation::hooks())
         .layer(middleware::from_fn_with_state(server.clone(), check_host))
         .with_state(server)
 }

@@ -15,9 +15,11 @@ use rmcp::{Peer, RoleServer};
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::{Gauges, Metrics};
+use warden_core::automation::scheduler::{Events, Scheduler};
 use warden_core::config::Config;
 use warden_core::governance::links::LinkSigner;
 use warden_core::runtime::Runtime;
+use warden_core::store::automation::AutomationStore;
 
 /// How long shutdown waits for finished calls' results to reach their clients. Only a
 /// POST whose stream never ends on its own (a 2026-07-28 `subscriptions/listen`) waits
@@ -31,8 +33,11 @@ const DRIVE_EVERY: Duration = Duration::from_millis(250);
 pub struct Server {
     runtime: RwLock<Arc<Runtime>>,
     pub(crate) config_path: PathBuf,
-    pub metrics: Metrics,
+    pub metrics: Arc<Metrics>,
     pub(crate) signer: LinkSigner,
+    /// Schedules' pauses and claims, triggers' deliveries.
+    pub(crate) automation: Arc<AutomationStore>,
+    pub(crate) scheduler: Arc<Scheduler>,
     peers: Mutex<Vec<Peer<RoleServer>>>,
     sinks: Mutex<Vec<SubscriptionSink>>,
     /// Governed calls running.
@@ -48,7 +53,7 @@ pub struct Server {
 }
 
 /// Counts things in flight (calls, responses being sent) for a graceful shutdown.
-#[derive(Default)]
+#[derive(Default, Clone)]
 pub(crate) struct Tally {
     count: Arc<AtomicU64>,
     done: Arc<tokio::sync::Notify>,
@@ -97,17 +102,51 @@ impl Drop for Flight {
     }
 }
 
+/// What the scheduler reports: metrics, and each run counted in flight (a shutdown
+/// lets it finish like any call).
+struct SchedulerEvents {
+    metrics: Arc<Metrics>,
+    calls: Tally,
+}
+
+impl Events for SchedulerEvents {
+    fn fired(&self, schedule: &str, kind: &str, lag_ms: u64) {
+        self.metrics.fired(schedule, kind, lag_ms);
+    }
+    fn skipped(&self, schedule: &str, reason: &str) {
+        self.metrics.skipped(schedule, reason);
+    }
+    fn finished(&self, origin: &str, status: &str) {
+        self.metrics.finished(origin, status);
+    }
+    fn run_guard(&self) -> Option<Box<dyn Send>> {
+        Some(Box::new(self.calls.enter()))
+    }
+}
+
 impl Server {
     pub fn new(rt: Runtime, config_path: &Path) -> anyhow::Result<Arc<Server>> {
         let signer = LinkSigner::open(&rt.config.links_key())?;
+        let automation = Arc::new(AutomationStore::open(&rt.config.runs_db)?);
+        let metrics = Arc::new(Metrics::default());
+        let calls = Tally::default();
+        let scheduler = Scheduler::new(
+            automation.clone(),
+            Arc::new(SchedulerEvents {
+                metrics: metrics.clone(),
+                calls: calls.clone(),
+            }),
+        );
         Ok(Arc::new(Server {
             runtime: RwLock::new(Arc::new(rt)),
             config_path: config_path.to_path_buf(),
-            metrics: Metrics::default(),
+            metrics,
             signer,
+            automation,
+            scheduler,
             peers: Mutex::default(),
             sinks: Mutex::default(),
-            calls: Tally::default(),
+            calls,
             sending: Tally::default(),
             stopping: AtomicBool::new(false),
             reloading: tokio::sync::Mutex::new(()),
@@ -165,9 +204,19 @@ impl Server {
         let tools = next.tool_names().iter().map(|t| t.to_string()).collect();
         *self.runtime.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(next);
         self.metrics.reload(true);
+        self.scheduler.wake();
         let server = self.clone();
         tokio::spawn(async move { server.tools_changed().await });
         Ok(tools)
+    }
+
+    /// Fire the schedules of whichever runtime is current until `stop`.
+    pub(crate) async fn schedule(self: Arc<Self>, stop: CancellationToken) {
+        let server = self.clone();
+        self.scheduler
+            .clone()
+            .run(move || server.runtime(), stop.cancelled_owned())
+            .await;
     }
 
     /// Tell every connected client the tool list changed.

@@ -17,7 +17,7 @@ mod exit;
 mod output;
 
 use commands::{
-    approvals, audit, call, check, inspect, policy, runs, secrets, serve, tokens, tools,
+    approvals, audit, call, check, inspect, policy, runs, schedules, secrets, serve, tokens, tools,
 };
 
 /// warden runs AI agents' tools as sandboxed WebAssembly components, behind approval
@@ -93,6 +93,12 @@ enum Command {
     /// List and inspect past runs.
     #[command(subcommand)]
     Runs(runs::RunsCommand),
+    /// Schedules: next fire times, last runs and success rates; run, pause, resume.
+    #[command(subcommand)]
+    Schedules(schedules::SchedulesCommand),
+    /// Webhook triggers (`/hooks/NAME` on `warden serve`).
+    #[command(subcommand)]
+    Triggers(schedules::TriggersCommand),
     /// Manage the credential vault (values never on the command line or in output).
     #[command(subcommand)]
     Secrets(secrets::SecretsCommand),
@@ -225,6 +231,12 @@ fn run() -> Result<ExitCode> {
             Command::Secrets(ref command) => secrets::run(config, command).context("secrets"),
             Command::Audit(ref command) => audit::run(config, command).await.context("audit"),
             Command::Runs(ref command) => runs::run(config, command).context("runs"),
+            Command::Schedules(ref command) => {
+                schedules::run(config, command).await.context("schedules")
+            }
+            Command::Triggers(ref command) => {
+                schedules::triggers(config, command).context("triggers")
+            }
             Command::Approvals(ref command) => {
                 approvals::run(config, command).await.context("approvals")
             }

@@ -40,6 +40,11 @@ pub trait Events: Send + Sync {
     fn skipped(&self, _schedule: &str, _reason: &str) {}
     /// A run started by `origin` (`schedule:NAME`, `trigger:NAME`) ended with `status`.
     fn finished(&self, _origin: &str, _status: &str) {}
+    /// Held for as long as a run lasts (the server counts it in flight, so a shutdown
+    /// lets it finish).
+    fn run_guard(&self) -> Option<Box<dyn Send>> {
+        None
+    }
 }
 
 /// Reports nothing.
@@ -339,7 +344,9 @@ impl Scheduler {
             s.tool.clone(),
         );
         let input = s.input.to_string();
+        let guard = self.events.run_guard();
         tokio::spawn(async move {
+            let _guard = guard;
             if !jitter.is_zero() {
                 tokio::time::sleep(jitter).await;
             }
@@ -410,6 +417,7 @@ impl Scheduler {
             slot.running += 1;
         }
         self.events.fired(name, "manual", 0);
+        let _guard = self.events.run_guard();
         let report = run_schedule(rt, s).await;
         let held = ended(rt, self.events.as_ref(), &s.origin(), &report);
         self.finish(Done {

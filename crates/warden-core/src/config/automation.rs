@@ -89,7 +89,7 @@ impl ScheduleConfig {
 }
 
 /// How a trigger's deliveries are signed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum SignatureKind {
     /// `X-Hub-Signature-256: sha256=<hex HMAC-SHA256 of the body>`.

@@ -336,6 +336,23 @@ pub fn auth_denied_counted(u: &Unreported) -> Map<String, Value> {
     }))
 }
 
+/// A schedule paused or resumed, by whom and why.
+pub fn schedule_paused(
+    name: &str,
+    paused: bool,
+    by: &str,
+    reason: Option<&str>,
+) -> Map<String, Value> {
+    let kind = if paused {
+        "schedule-paused"
+    } else {
+        "schedule-resumed"
+    };
+    object(
+        json!({ "kind": kind, "ts_ms": crate::now_ms(), "schedule": name, "by": by, "reason": reason }),
+    )
+}
+
 /// A reload that was refused (the old config keeps serving).
 pub fn reload_failed(file: &str, error: &str) -> Map<String, Value> {
     object(

@@ -151,6 +151,25 @@ pub fn open(path: &Path, durable: bool) -> Result<Connection, SchemaError> {
     if let Some(dir) = path.parent() {
         let _ = std::fs::create_dir_all(dir);
     }
+    // Switching to WAL (and migrating) while another process does the same can answer
+    // "locked" without waiting on the busy handler: such an open is tried again.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match try_open(path, durable) {
+            Err(SchemaError::Sql(rusqlite::Error::SqliteFailure(e, _)))
+                if matches!(
+                    e.code,
+                    rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked
+                ) && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            other => return other,
+        }
+    }
+}
+
+fn try_open(path: &Path, durable: bool) -> Result<Connection, SchemaError> {
     let mut conn = Connection::open(path)?;
     conn.busy_timeout(Duration::from_secs(5))?;
     conn.pragma_update(None, "journal_mode", "WAL")?;

@@ -17,6 +17,7 @@ pub mod check;
 pub mod inspect;
 pub mod policy;
 pub mod runs;
+pub mod schedules;
 pub mod secrets;
 pub mod serve;
 pub mod tokens;

@@ -375,12 +375,25 @@ fn deliver(
             std::fs::create_dir_all(dir)?;
             let mut file = std::fs::OpenOptions::new()
                 .create(true)
+                .read(true)
                 .append(true)
                 .open(&path)?;
+            let mut before = file.metadata()?.len();
+            if before > 0 && !ends_with_newline(&mut file, before)? {
+                // A crash cut the last write short: cut the torn line off, as the log
+                // itself is cut back to its last whole record.
+                before = last_line_end(&path)?;
+                file.set_len(before)?;
+            }
             let mut text = line.clone();
             text.push(b'\n');
-            file.write_all(&text)?;
-            file.sync_data()
+            let written = file.write_all(&text).and_then(|()| file.sync_data());
+            if written.is_err() {
+                // A full disk wrote part of the line: cut it back, so the retry appends
+                // a whole one after whole ones.
+                let _ = file.set_len(before);
+            }
+            written
         };
         write().map_err(|e| format!("{}: {e}", path.display()))?;
     }
@@ -421,11 +434,35 @@ async fn post(url: &str, body: Vec<u8>) -> Result<(), String> {
         .map_err(|_| format!("{url}: no answer within 10 s"))?
 }
 
+/// The length of `path` up to and with its last newline.
+fn last_line_end(path: &Path) -> std::io::Result<u64> {
+    let bytes = std::fs::read(path)?;
+    Ok(bytes
+        .iter()
+        .rposition(|b| *b == b'\n')
+        .map_or(0, |i| i as u64 + 1))
+}
+
+fn ends_with_newline(file: &mut std::fs::File, len: u64) -> std::io::Result<bool> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut last = [0u8; 1];
+    file.seek(SeekFrom::Start(len - 1))?;
+    file.read_exact(&mut last)?;
+    Ok(last[0] == b'\n')
+}
+
 /// The checkpoints a witness file holds, oldest first. Lines that are not checkpoints
-/// are an error (the witness is supposed to be out of an attacker's reach).
+/// are an error (the witness is supposed to be out of an attacker's reach), except the
+/// last one when it has no newline: a write a crash cut short.
 pub fn read_witness(path: &Path) -> Result<Vec<Checkpoint>, String> {
     let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    text.lines()
+    let whole = match text.rfind('\n') {
+        Some(i) if i + 1 < text.len() => &text[..=i],
+        Some(_) => text.as_str(),
+        None => "",
+    };
+    whole
+        .lines()
         .enumerate()
         .filter(|(_, l)| !l.trim().is_empty())
         .map(|(i, l)| {
@@ -483,5 +520,40 @@ mod tests {
                 .unwrap_err()
                 .contains("readable by others")
         );
+    }
+
+    #[test]
+    fn a_witness_file_torn_at_its_end_reads_and_takes_whole_lines_after() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = Checkpoint {
+            log: "g".repeat(64),
+            seq: 10,
+            covers: 9,
+            covers_hash: "ab".repeat(32),
+            ts_ms: 77,
+            key: "00".repeat(32),
+            sig: "11".repeat(64),
+        };
+        let path = witness_file(dir.path(), &c.log);
+        let line = serde_json::to_string(&c).unwrap();
+        // A crash cut the second write short.
+        std::fs::write(&path, format!("{line}\n{{\"seq\":")).unwrap();
+        assert_eq!(
+            read_witness(&path).unwrap().len(),
+            1,
+            "the torn tail is not a line"
+        );
+        let config = WitnessConfig {
+            dir: Some(dir.path().to_path_buf()),
+            url: None,
+        };
+        deliver(&config, None, &c).unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(
+            text,
+            format!("{line}\n{line}\n"),
+            "the torn line was cut off"
+        );
+        assert_eq!(read_witness(&path).unwrap().len(), 2);
     }
 }
