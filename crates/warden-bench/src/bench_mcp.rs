@@ -82,7 +82,7 @@ fn report(label: &str, pid: u32, (cpu0, rss0): (u64, u64), rtts: Vec<Duration>) 
 
 /// The `warden` binary the benchmark starts: `--warden`, or the one built beside this
 /// benchmark (`cargo build --release` builds it; `cargo run -p warden-bench` alone does not).
-fn warden_exe(given: Option<&Path>) -> Result<PathBuf> {
+pub(crate) fn warden_exe(given: Option<&Path>) -> Result<PathBuf> {
     if let Some(path) = given {
         return Ok(path.to_path_buf());
     }

@@ -1,6 +1,7 @@
 //! warden's benchmarks, for BENCHMARKS.md: `in-process` measures the governed path,
 //! the audit log and the approval queue inside one process; `mcp` starts `warden serve`
-//! and measures it from outside, the way agents reach it. Figures are medians and
+//! and measures it from outside, the way agents reach it; `automation` measures
+//! schedules and triggers. Figures are medians and
 //! percentiles over many iterations, never single timings.
 //!
 //! A separate binary so that `warden` ships without benchmark code; it uses warden-core
@@ -13,6 +14,7 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 
 mod bench;
+mod bench_automation;
 mod bench_mcp;
 
 #[derive(Parser)]
@@ -36,6 +38,9 @@ struct Cli {
 enum Command {
     /// Governed calls and policy decisions in process; the audit log; approvals.
     InProcess(bench::BenchArgs),
+    /// Schedules and triggers: scheduler lag, an idle server's CPU with many schedules,
+    /// webhook deliveries per second.
+    Automation(bench_automation::BenchAutomationArgs),
     /// `warden serve` from outside over MCP (stdio and HTTP): server CPU per call,
     /// round trips, throughput, memory, start-up.
     Mcp(bench_mcp::BenchMcpArgs),
@@ -79,6 +84,9 @@ fn run() -> Result<ExitCode> {
                 bench::run(&cli.config, args).await.context("in-process")
             }
             Command::Mcp(ref args) => bench_mcp::run(&cli.config, args).await.context("mcp"),
+            Command::Automation(ref args) => bench_automation::run(&cli.config, args)
+                .await
+                .context("automation"),
         }
     })
 }

@@ -63,6 +63,34 @@ struct Slot {
     held: Option<String>,
     /// A fire time waiting for the previous run (`overlap = "queue"`).
     queued: Option<i64>,
+    /// What a run of it is, ready to start.
+    spec: Option<Arc<RunSpec>>,
+}
+
+/// One schedule's run, prepared when it is planned (a thousand runs due at once start
+/// without rebuilding any of it).
+struct RunSpec {
+    name: String,
+    origin: String,
+    principal: String,
+    tool: String,
+    input: String,
+    jitter_ms: u64,
+    overlap: Overlap,
+}
+
+impl RunSpec {
+    fn of(s: &ScheduleConfig) -> RunSpec {
+        RunSpec {
+            name: s.name.clone(),
+            origin: s.origin(),
+            principal: s.principal.clone(),
+            tool: s.tool.clone(),
+            input: s.input.to_string(),
+            jitter_ms: s.jitter_ms,
+            overlap: s.overlap,
+        }
+    }
 }
 
 struct Done {
@@ -186,6 +214,7 @@ impl Scheduler {
         for s in schedules {
             let plan = format!("{}|{}|{}", s.timing.pattern(), s.timing.zone(), s.enabled);
             let slot = slots.entry(s.name.clone()).or_default();
+            slot.spec = Some(Arc::new(RunSpec::of(s)));
             if slot.plan != plan {
                 slot.plan = plan;
                 slot.next_ms = s.enabled.then(|| s.timing.next_after(now)).flatten();
@@ -215,12 +244,20 @@ impl Scheduler {
             let Some(next) = slot.next_ms.filter(|n| *n <= now) else {
                 continue;
             };
-            // Several fire times passed (the machine stalled): the latest one runs.
-            let fire = s.timing.last_at_or_before(now).unwrap_or(next).max(next);
-            if fire > next {
-                self.events.skipped(&s.name, "late");
-            }
-            slot.next_ms = s.timing.next_after(now);
+            // Usually the fire time after this one is still ahead (one lookup); when it
+            // is not, several passed (the machine stalled): the latest one runs.
+            let after = s.timing.next_after(next);
+            let fire = match after {
+                Some(a) if a > now => {
+                    slot.next_ms = after;
+                    next
+                }
+                _ => {
+                    self.events.skipped(&s.name, "late");
+                    slot.next_ms = s.timing.next_after(now);
+                    s.timing.last_at_or_before(now).unwrap_or(next).max(next)
+                }
+            };
             out.push((s.name.clone(), fire, "scheduled"));
         }
         out
@@ -228,8 +265,7 @@ impl Scheduler {
 
     /// Claim the due fire times and start (or queue, or skip) their runs.
     fn dispatch(&self, rt: &Arc<Runtime>, due: Vec<(String, i64, &'static str)>, now: i64) {
-        let names: Vec<&str> = due.iter().map(|(n, ..)| n.as_str()).collect();
-        let paused = match self.store.paused(&names) {
+        let paused = match self.store.paused() {
             Ok(p) => p,
             Err(e) => {
                 tracing::error!("scheduler: {e}; due schedules not fired");
@@ -261,29 +297,52 @@ impl Scheduler {
                 return;
             }
         };
-        for ((name, fire_ms, kind), mine) in due.iter().zip(claimed) {
-            if !mine {
-                continue;
-            }
-            let Some(s) = rt.config.schedules.iter().find(|s| &s.name == name) else {
-                continue;
-            };
-            if self.busy(rt, name) {
-                match s.overlap {
-                    Overlap::Skip => self.events.skipped(name, "overlap"),
-                    Overlap::Queue => {
-                        let mut slots = self.slots();
-                        let slot = slots.entry(name.clone()).or_default();
-                        if slot.queued.is_none() {
-                            slot.queued = Some(*fire_ms);
-                        } else {
-                            self.events.skipped(name, "overlap");
-                        }
-                    }
+        // One pass under the lock: start what is free, queue or skip what is busy;
+        // schedules with a held run are looked at apart (that reads the queue).
+        let mut start = Vec::new();
+        let mut held = Vec::new();
+        {
+            let mut slots = self.slots();
+            for ((name, fire_ms, kind), mine) in due.iter().zip(claimed) {
+                let Some(slot) = slots.get_mut(name).filter(|_| mine) else {
+                    continue;
+                };
+                let Some(spec) = slot.spec.clone() else {
+                    continue;
+                };
+                if slot.held.is_some() && slot.running == 0 {
+                    held.push((spec, *fire_ms, *kind));
+                } else if slot.running > 0 {
+                    self.overlapped(slot, &spec, *fire_ms);
+                } else {
+                    slot.running += 1;
+                    start.push((spec, *fire_ms, *kind));
                 }
-                continue;
             }
-            self.start(rt, s, *fire_ms, kind);
+        }
+        for (spec, fire_ms, kind) in held {
+            if self.busy(rt, &spec.name) {
+                if let Some(slot) = self.slots().get_mut(&spec.name) {
+                    self.overlapped(slot, &spec, fire_ms);
+                }
+            } else {
+                if let Some(slot) = self.slots().get_mut(&spec.name) {
+                    slot.running += 1;
+                }
+                start.push((spec, fire_ms, kind));
+            }
+        }
+        for (spec, fire_ms, kind) in start {
+            self.spawn_run(rt, spec, fire_ms, kind);
+        }
+    }
+
+    /// A fire time of a busy schedule: skipped, or queued (at most one waits).
+    fn overlapped(&self, slot: &mut Slot, spec: &RunSpec, fire_ms: i64) {
+        match spec.overlap {
+            Overlap::Skip => self.events.skipped(&spec.name, "overlap"),
+            Overlap::Queue if slot.queued.is_none() => slot.queued = Some(fire_ms),
+            Overlap::Queue => self.events.skipped(&spec.name, "overlap"),
         }
     }
 
@@ -321,29 +380,21 @@ impl Scheduler {
             if self.busy(rt, &name) {
                 continue;
             }
-            if let Some(slot) = self.slots().get_mut(&name) {
+            let spec = self.slots().get_mut(&name).and_then(|slot| {
                 slot.queued = None;
-            }
-            if let Some(s) = rt.config.schedules.iter().find(|s| s.name == name) {
-                self.start(rt, s, fire_ms, "queued");
+                slot.running += 1;
+                slot.spec.clone()
+            });
+            if let Some(spec) = spec {
+                self.spawn_run(rt, spec, fire_ms, "queued");
             }
         }
     }
 
-    /// Start one run of `s` for `fire_ms` on its own task.
-    fn start(&self, rt: &Arc<Runtime>, s: &ScheduleConfig, fire_ms: i64, kind: &'static str) {
-        if let Some(slot) = self.slots().get_mut(&s.name) {
-            slot.running += 1;
-        }
-        let jitter = jitter(s.jitter_ms);
+    /// Start one run for `fire_ms` on its own task (its slot already counts it).
+    fn spawn_run(&self, rt: &Arc<Runtime>, spec: Arc<RunSpec>, fire_ms: i64, kind: &'static str) {
+        let jitter = jitter(spec.jitter_ms);
         let (rt, done, events) = (rt.clone(), self.done.clone(), self.events.clone());
-        let (name, origin, principal, tool) = (
-            s.name.clone(),
-            s.origin(),
-            s.principal.clone(),
-            s.tool.clone(),
-        );
-        let input = s.input.to_string();
         let guard = self.events.run_guard();
         tokio::spawn(async move {
             let _guard = guard;
@@ -351,17 +402,24 @@ impl Scheduler {
                 tokio::time::sleep(jitter).await;
             }
             let lag = (crate::now_ms() as i64 - fire_ms).max(0) as u64;
-            events.fired(&name, kind, lag);
-            let called = rt
-                .call(CallRequest {
-                    principal: &principal,
-                    tool: &tool,
-                    input: &input,
-                    started_by: Some(&origin),
-                })
-                .await;
-            let held = ended(&rt, events.as_ref(), &origin, &called);
-            let _ = done.send(Done { name, held });
+            events.fired(&spec.name, kind, lag);
+            // Runs due together take turns from their start, rather than each waiting
+            // for every run spawned before it to reach its first pause.
+            tokio::task::yield_now().await;
+            // Boxed: the task the scheduler spawns stays small (a governed call's state
+            // is kilobytes), so a thousand spawns at once cost little to the loop.
+            let called = Box::pin(rt.call(CallRequest {
+                principal: &spec.principal,
+                tool: &spec.tool,
+                input: &spec.input,
+                started_by: Some(&spec.origin),
+            }))
+            .await;
+            let held = ended(&rt, events.as_ref(), &spec.origin, &called);
+            let _ = done.send(Done {
+                name: spec.name.clone(),
+                held,
+            });
         });
     }
 
