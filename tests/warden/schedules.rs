@@ -392,6 +392,11 @@ input = { text = "three words here" }
     }
     assert_eq!(s["last_run"]["status"], "ok");
     assert_eq!(s["success_rate"], 1.0);
+    let check = env.warden(&["check"]);
+    assert!(
+        check.stdout.contains("schedules (1)") && check.stdout.contains("(Asia/Kolkata)"),
+        "{check:?}"
+    );
     let text = env.warden(&["schedules", "list"]);
     assert!(
         text.stdout.contains("Asia/Kolkata") && text.stdout.contains("100%"),

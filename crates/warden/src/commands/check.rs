@@ -107,6 +107,28 @@ pub async fn run(config: &Path) -> Result<ExitCode> {
         out += "audit log: DISABLED ([audit] enabled = false): calls and host calls are NOT recorded\n";
     }
     out += &format!("run history: {}\n", c.runs_db.display());
+    if !c.schedules.is_empty() {
+        out += &format!("\nschedules ({}):\n", c.schedules.len());
+        for s in &c.schedules {
+            out += &format!(
+                "  {}  {}  -> {} as {}{}\n",
+                s.name,
+                s.timing,
+                s.tool,
+                s.principal,
+                if s.enabled { "" } else { "  (disabled)" }
+            );
+        }
+    }
+    if !c.triggers.is_empty() {
+        out += &format!("\ntriggers ({}):\n", c.triggers.len());
+        for t in &c.triggers {
+            out += &format!(
+                "  {}  POST /hooks/{}  -> {} as {}  ({:?} signature, secret {})\n",
+                t.name, t.name, t.tool, t.principal, t.signature, t.secret
+            );
+        }
+    }
     out += &format!("\npolicies ({}):\n", rt.policies.len());
     for p in &rt.policies {
         out += &format!("  {}  {}  {}\n", p.id, p.digest, p.path.display());
