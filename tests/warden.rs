@@ -4,6 +4,8 @@
 mod approvals;
 #[path = "warden/audit.rs"]
 mod audit;
+#[path = "warden/budgets.rs"]
+mod budgets;
 #[path = "warden/cli.rs"]
 mod cli;
 #[path = "warden/config.rs"]

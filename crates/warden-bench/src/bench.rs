@@ -174,7 +174,7 @@ pub async fn run(config: &Path, args: &BenchArgs) -> Result<ExitCode> {
             args.iterations,
             || async {
                 plugin
-                    .invoke(&args.call.tool, &args.call.input)
+                    .invoke(&args.call.tool, &args.call.input, None)
                     .await
                     .result
                     .map(drop)

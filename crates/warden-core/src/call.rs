@@ -58,6 +58,15 @@ pub enum Outcome {
         approvers: Vec<String>,
         timeout_secs: Option<u32>,
     },
+    /// A limit, a runaway guard or the kill switch refused the call; the tool did not
+    /// run. `limit` names it (a `[[limit]]`'s name, `suspended`, `loop`, `breaker`).
+    Limited {
+        limit: String,
+        reason: String,
+        /// When the call could pass again, if that is known.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        resets_ms: Option<i64>,
+    },
     /// The run was cut off (warden stopped while it ran); whether the tool had its
     /// effect is unknown.
     Interrupted { reason: String },
@@ -83,6 +92,21 @@ pub fn failure_name(failure: &Failure) -> &'static str {
         Failure::Trap { .. } => "trapped",
         Failure::BadOutput(_) => "bad-output",
         Failure::Host(_) => "host-error",
+    }
+}
+
+/// What a call used that limits count besides calls, time and fuel: its declared cost
+/// and its outgoing HTTP, measured by the host.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct Usage {
+    pub cost: f64,
+    pub egress_requests: u64,
+    pub egress_bytes: u64,
+}
+
+impl Usage {
+    pub fn is_zero(&self) -> bool {
+        *self == Usage::default()
     }
 }
 
@@ -124,6 +148,8 @@ pub struct CallReport {
     /// Host calls the policies and the tool made (0 when auditing is off).
     pub host_calls: u64,
     pub timings: Timings,
+    #[serde(skip_serializing_if = "Usage::is_zero")]
+    pub usage: Usage,
     /// The approval request, for a held call or one run after approval.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub approval: Option<ApprovalRef>,
@@ -174,6 +200,7 @@ impl CallReport {
             fuel_used: None,
             host_calls: 0,
             timings: Timings::default(),
+            usage: Usage::default(),
             approval: None,
             started_by: None,
         }
@@ -188,6 +215,7 @@ impl Outcome {
             Outcome::Unmet { .. } => "unmet",
             Outcome::Denied { .. } => "denied",
             Outcome::Held { .. } => "held",
+            Outcome::Limited { .. } => "limited",
             Outcome::Interrupted { .. } => "interrupted",
             Outcome::Failed { kind, .. } => failure_name(kind),
         }

@@ -10,6 +10,9 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
+/// The principal `warden call` runs as unless told otherwise (`--as`).
+pub const LOCAL_OPERATOR: &str = "local-operator";
+
 /// What a token may do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 #[serde(rename_all = "lowercase")]

@@ -44,6 +44,15 @@ pub fn pattern_matches(pattern: &str, name: &str) -> bool {
     true
 }
 
+/// `ms` since the Unix epoch as an RFC 3339 time in UTC (seconds precision).
+pub fn rfc3339_ms(ms: i64) -> String {
+    use chrono::TimeZone;
+    chrono::Utc.timestamp_millis_opt(ms).single().map_or_else(
+        || format!("{ms} ms"),
+        |t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

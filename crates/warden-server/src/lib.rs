@@ -7,6 +7,8 @@
 //! - `lifecycle`: serving over HTTP or stdio, signals, the pid file;
 //! - `mcp`: every loaded tool over MCP, each call through the governed path;
 //! - `api`: the operator HTTP API (runs, approvals, audit search, reload, health);
+//! - `automation`: schedules and triggers over HTTP, and the `/hooks/NAME` endpoint;
+//! - `budgets`: the usage report and the kill switch over HTTP;
 //! - `pages`: the one-click approval pages webhook notices link to;
 //! - `metrics`: Prometheus metrics with bounded labels;
 //! - `auth_failures`: failed authentications counted per source, and throttled;
@@ -20,6 +22,7 @@ mod api;
 mod auth;
 mod auth_failures;
 mod automation;
+mod budgets;
 mod lifecycle;
 mod mcp;
 mod metrics;

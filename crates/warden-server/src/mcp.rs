@@ -166,6 +166,9 @@ fn outcome_result(report: &CallReport) -> CallToolResponse {
         Outcome::Interrupted { reason } => {
             text_result(true, format!("interrupted (run {run}): {reason}"))
         }
+        Outcome::Limited { reason, .. } => {
+            text_result(true, format!("not run: over a limit (run {run}): {reason}"))
+        }
         Outcome::Unmet { reasons, .. } => text_result(
             true,
             format!(

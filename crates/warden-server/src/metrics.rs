@@ -1,7 +1,8 @@
 //! Prometheus metrics of `warden serve`: calls by tool and outcome, policy decision
 //! latency, authentication failures, reloads, schedules (runs, skips, lag), triggers'
-//! deliveries, outcomes of the runs they start; gauges (approval queue depth, audit lag,
-//! calls in flight, whether auditing is on) are read when scraped.
+//! deliveries, outcomes of the runs they start, refusals by limit; gauges (approval
+//! queue depth, audit lag, calls in flight, whether auditing is on, usage against each
+//! limit, open circuit breakers) are read when scraped.
 //!
 //! Owns the metrics and their exposition (the `prometheus-client` encoder, which never
 //! writes a series twice). It must never put a principal, an input or anything a caller
@@ -51,6 +52,29 @@ struct TriggerLabels {
     result: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct LimitLabels {
+    limit: String,
+    /// Whose count (a limit with `each`), or empty.
+    key: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct LimitLabel {
+    limit: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PluginLabel {
+    plugin: String,
+}
+
+/// Most usage series exposed (limits counted per principal, plugin or tool have a
+/// series per key; keys come from the config or authenticated callers).
+const MAX_LIMIT_SERIES: usize = 1000;
+
+type FloatGauge = Gauge<f64, std::sync::atomic::AtomicU64>;
+
 /// Upper bounds (seconds) of the scheduler lag histogram.
 const LAG_BUCKETS_S: [f64; 9] = [0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0];
 
@@ -70,6 +94,10 @@ pub struct Metrics {
     lag: Gauge,
     in_flight: Gauge,
     audit_enabled: Gauge,
+    limit_used: Family<LimitLabels, FloatGauge>,
+    limit_max: Family<LimitLabels, FloatGauge>,
+    refusals: Family<LimitLabel, Counter>,
+    breaker_open: Family<PluginLabel, Gauge>,
     /// Serializes encoding with the gauges set just before it.
     render: Mutex<()>,
 }
@@ -80,6 +108,11 @@ pub struct Gauges {
     pub audit_lag_records: u64,
     pub in_flight: u64,
     pub audit_enabled: bool,
+    pub limits: Vec<warden_core::governance::budgets::UsageRow>,
+    /// Calls refused so far, by limit (shared across reloads, so never going down).
+    pub refusals: Vec<(String, u64)>,
+    pub plugins: Vec<String>,
+    pub open_breakers: Vec<String>,
 }
 
 impl Default for Metrics {
@@ -170,7 +203,35 @@ impl Default for Metrics {
             "warden_audit_enabled",
             "1 when calls are audited; 0 when [audit] enabled = false (nothing is recorded)",
         );
+        let limit_used = Family::<LimitLabels, FloatGauge>::default();
+        registry.register(
+            "warden_limit_used",
+            "Usage counted against each limit now (per key for limits counted apart)",
+            limit_used.clone(),
+        );
+        let limit_max = Family::<LimitLabels, FloatGauge>::default();
+        registry.register(
+            "warden_limit_max",
+            "Each limit's maximum (the burst for a rate)",
+            limit_max.clone(),
+        );
+        let refusals = Family::<LimitLabel, Counter>::default();
+        registry.register(
+            "warden_limit_refusals",
+            "Calls refused, by limit (suspended, loop and breaker for the guards)",
+            refusals.clone(),
+        );
+        let breaker_open = Family::<PluginLabel, Gauge>::default();
+        registry.register(
+            "warden_breaker_open",
+            "1 while a plugin's circuit breaker is open",
+            breaker_open.clone(),
+        );
         Metrics {
+            limit_used,
+            limit_max,
+            refusals,
+            breaker_open,
             registry,
             calls,
             decisions,
@@ -246,6 +307,31 @@ impl Metrics {
         self.lag.set(gauge(g.audit_lag_records));
         self.in_flight.set(gauge(g.in_flight));
         self.audit_enabled.set(i64::from(g.audit_enabled));
+        self.limit_used.clear();
+        self.limit_max.clear();
+        for row in g.limits.iter().take(MAX_LIMIT_SERIES) {
+            let labels = LimitLabels {
+                limit: row.limit.clone(),
+                key: row.key.clone(),
+            };
+            self.limit_used.get_or_create(&labels).set(row.used);
+            self.limit_max.get_or_create(&labels).set(row.max);
+        }
+        for (limit, total) in &g.refusals {
+            let counter = self.refusals.get_or_create(&LimitLabel {
+                limit: limit.clone(),
+            });
+            counter.inc_by(total.saturating_sub(counter.get()));
+        }
+        self.breaker_open.clear();
+        for plugin in &g.plugins {
+            let open = g.open_breakers.contains(plugin);
+            self.breaker_open
+                .get_or_create(&PluginLabel {
+                    plugin: plugin.clone(),
+                })
+                .set(i64::from(open));
+        }
         let mut out = String::new();
         if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
             out.clear();

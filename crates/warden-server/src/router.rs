@@ -43,6 +43,7 @@ pub fn router(server: Arc<Server>, stop: &CancellationToken) -> Router {
         .merge(mcp)
         .merge(crate::api::routes())
         .merge(crate::automation::routes())
+        .merge(crate::budgets::routes())
         .layer(middleware::from_fn_with_state(server.clone(), authenticate));
     Router::new()
         .merge(authenticated)

@@ -254,6 +254,13 @@ impl Server {
             audit_lag_records: rt.audit.as_ref().map_or(0, |a| a.lag()),
             in_flight: self.calls.now(),
             audit_enabled: rt.config.audit.enabled,
+            limits: rt.budgets.snapshot(warden_core::now_ms() as i64),
+            refusals: rt.budgets.refusals(),
+            plugins: rt.plugins.iter().map(|p| p.id.clone()).collect(),
+            open_breakers: rt
+                .budgets
+                .runaway
+                .open_breakers(warden_core::now_ms() as i64),
         };
         self.metrics.render(&gauges)
     }

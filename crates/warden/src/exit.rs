@@ -10,7 +10,8 @@ pub const OK: u8 = 0;
 pub const TOOL_ERROR: u8 = 1;
 /// Bad usage, config, component or input; nothing ran.
 pub const USAGE: u8 = 2;
-/// A policy denied the call; the tool did not run.
+/// A policy denied the call, or a limit, a runaway guard or the kill switch refused
+/// it; the tool did not run.
 pub const DENIED: u8 = 3;
 /// The call needs approval; the tool did not run.
 pub const HELD: u8 = 4;
@@ -23,7 +24,7 @@ Exit codes:
   0  success (call: the tool ran and returned output)
   1  the tool failed: a tool error, a trap, or a limit (time, memory, fuel, output size)
   2  bad usage, config, component or input; nothing ran
-  3  denied by a policy; the tool did not run
+  3  denied by a policy or refused by a limit (limited); the tool did not run
   4  held for approval; the tool did not run (yet)
   5  the call could not be recorded (audit log or run history); result withheld";
 

@@ -17,7 +17,8 @@ mod exit;
 mod output;
 
 use commands::{
-    approvals, audit, call, check, inspect, policy, runs, schedules, secrets, serve, tokens, tools,
+    approvals, audit, budgets, call, check, inspect, policy, runs, schedules, secrets, serve,
+    tokens, tools,
 };
 
 /// warden runs AI agents' tools as sandboxed WebAssembly components, behind approval
@@ -71,7 +72,7 @@ enum Command {
         #[arg(long, short, default_value = "{}")]
         input: String,
         /// The principal the call is made as.
-        #[arg(long = "as", default_value = "local-operator")]
+        #[arg(long = "as", default_value = warden_core::tokens::LOCAL_OPERATOR)]
         principal: String,
         /// If the call is held, wait this many seconds for a decision (and run it here
         /// when approved) before returning it as pending. Default: `[approvals] wait_ms`.
@@ -121,6 +122,14 @@ enum Command {
     },
     /// Ask the running `warden serve` (of this config's data dir) to reload its config.
     Reload,
+    /// Usage against each limit (used, maximum, left, when it resets), what runs used
+    /// since a time, open circuit breakers, what is suspended.
+    Usage(budgets::UsageArgs),
+    /// Stop a principal, plugin, tool or schedule at once (it survives restarts; calls
+    /// in flight finish): the kill switch.
+    Suspend(budgets::SuspendArgs),
+    /// Lift a suspension.
+    Resume(budgets::ResumeArgs),
     /// Make bearer tokens for `warden serve`.
     #[command(subcommand)]
     Tokens(tokens::TokensCommand),
@@ -227,6 +236,9 @@ fn run() -> Result<ExitCode> {
                 .await
                 .context("serve"),
             Command::Reload => serve::reload(config).context("reload"),
+            Command::Usage(ref args) => budgets::usage(config, args).await.context("usage"),
+            Command::Suspend(ref args) => budgets::suspend(config, args).await.context("suspend"),
+            Command::Resume(ref args) => budgets::resume(config, args).await.context("resume"),
             Command::Tokens(ref command) => tokens::run(config, command).context("tokens"),
             Command::Secrets(ref command) => secrets::run(config, command).context("secrets"),
             Command::Audit(ref command) => audit::run(config, command).await.context("audit"),

@@ -9,6 +9,9 @@
 //! hard_approvals = 2                  # distinct approvals a hard call needs
 //! annotations = { destructive = "hard", open_world = "soft" }
 //! tools = { notes_write = "soft", http_get = "auto" }
+//! # By usage (`action.usage`, the caller's counts under warden's [[limit]]s): once
+//! # `used` passes `above`, or `used / max` passes `fraction`, the call needs `tier`.
+//! usage = [{ limit = "spend-per-principal", above = 50, tier = "hard" }]
 //! ```
 #![no_std]
 // no_std with warden's lean runtime: the component imports no WASI at all, which keeps
@@ -48,7 +51,13 @@ fn decide(action: &Action) -> Result<Decision, String> {
     for key in config.keys() {
         if !matches!(
             key.as_str(),
-            "default" | "approvers" | "timeout_secs" | "hard_approvals" | "annotations" | "tools"
+            "default"
+                | "approvers"
+                | "timeout_secs"
+                | "hard_approvals"
+                | "annotations"
+                | "tools"
+                | "usage"
         ) {
             return Err(format!("config: unknown key {key:?}"));
         }
@@ -92,6 +101,47 @@ fn decide(action: &Action) -> Result<Decision, String> {
                     action.tool,
                     rule_name(rule)
                 ));
+            }
+        }
+    }
+
+    if let Some(rules) = config.get("usage") {
+        let rules = rules
+            .as_array()
+            .ok_or("config usage must be a list of tables")?;
+        let usage: Value = serde_json::from_str(&action.usage).unwrap_or(Value::Null);
+        for (i, rule) in rules.iter().enumerate() {
+            let key = format!("usage[{i}]");
+            let limit = rule["limit"]
+                .as_str()
+                .ok_or_else(|| format!("config {key}.limit must be a limit's name"))?;
+            let level = level(&rule["tier"], &format!("{key}.tier"))?;
+            let above = rule.get("above").map(|v| v.as_f64());
+            let fraction = rule.get("fraction").map(|v| v.as_f64());
+            if above.is_none() && fraction.is_none() {
+                return Err(format!("config {key}: give above or fraction"));
+            }
+            if above == Some(None) || fraction == Some(None) {
+                return Err(format!("config {key}: above and fraction must be numbers"));
+            }
+            // A limit not in scope of this call (absent from usage) counts nothing.
+            let Some(count) = usage.get(limit) else {
+                continue;
+            };
+            let used = count["used"].as_f64().unwrap_or(0.0);
+            let max = count["max"].as_f64().unwrap_or(0.0);
+            let passed = match (above.flatten(), fraction.flatten()) {
+                (Some(a), _) if used > a => Some(format!("{limit} used {used} (above {a})")),
+                (_, Some(f)) if max > 0.0 && used / max > f => {
+                    Some(format!("{limit} used {used} of {max} (past {f} of it)"))
+                }
+                _ => None,
+            };
+            if let Some(text) = passed
+                && level > tier
+            {
+                tier = level;
+                why.push(text);
             }
         }
     }

@@ -18,8 +18,19 @@ pub struct PluginConfig {
     pub sha256: Option<String>,
     pub grants: Grants,
     pub limits: Limits,
+    /// The declared cost of a call of any of its tools (`cost`), in the operator's
+    /// unit; `costs` sets it per tool. Default 0.
+    pub cost: f64,
+    pub costs: std::collections::BTreeMap<String, f64>,
     /// Byte offset of this plugin's `id` in the file, for errors found later.
     pub span: usize,
+}
+
+impl PluginConfig {
+    /// The declared cost of one call of `tool`.
+    pub fn cost_of(&self, tool: &str) -> f64 {
+        self.costs.get(tool).copied().unwrap_or(self.cost)
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -44,6 +55,9 @@ pub(super) struct RawPlugin {
     #[serde(default)]
     pub(super) grants: RawGrants,
     pub(super) limits: Option<RawLimits>,
+    pub(super) cost: Option<Spanned<f64>>,
+    #[serde(default)]
+    pub(super) costs: std::collections::BTreeMap<String, f64>,
 }
 
 #[derive(Deserialize)]
@@ -124,4 +138,33 @@ pub(super) fn check_sha256(
         ));
     }
     Ok(Some(value))
+}
+
+/// A plugin's declared costs: finite and not negative.
+pub(super) fn check_costs(
+    locate: &Locator,
+    raw: &RawPlugin,
+    key: &str,
+) -> Result<(f64, std::collections::BTreeMap<String, f64>), ConfigError> {
+    let ok = |c: f64| c.is_finite() && c >= 0.0;
+    let cost = match &raw.cost {
+        Some(c) if !ok(*c.get_ref()) => {
+            return Err(locate.error(
+                c.span().start,
+                &format!("{key}.cost"),
+                "must be a number of at least 0",
+            ));
+        }
+        c => c.as_ref().map_or(0.0, |c| *c.get_ref()),
+    };
+    for (tool, c) in &raw.costs {
+        if !ok(*c) {
+            return Err(locate.error(
+                raw.id.span().start,
+                &format!("{key}.costs.{tool}"),
+                "must be a number of at least 0",
+            ));
+        }
+    }
+    Ok((cost, raw.costs.clone()))
 }

@@ -23,6 +23,7 @@ use crate::tokens::TokenEntry;
 mod approvals;
 mod audit;
 mod automation;
+mod budgets;
 mod components;
 mod limits;
 mod server;
@@ -32,6 +33,7 @@ pub use audit::AuditConfig;
 pub use automation::{
     CatchUp, Criteria, DeliveryId, Overlap, ScheduleConfig, SignatureKind, TriggerConfig,
 };
+pub use budgets::{Each, LimitConfig, LimitKind, Measure, OnExceed, Per, RunawayConfig, Scope};
 pub use components::{PluginConfig, PolicyConfig};
 pub use limits::{DEFAULT_PLUGIN_LIMITS, DEFAULT_POLICY_LIMITS, Limits};
 pub use server::{ServerConfig, valid_principal};
@@ -40,7 +42,8 @@ use crate::grants::Grants;
 use approvals::{RawApprovals, check_approvals};
 use audit::{RawAudit, check_audit};
 use automation::{RawSchedule, RawTrigger, check_schedules, check_triggers};
-use components::{RawPlugin, RawPolicy, check_component, check_id, check_sha256};
+use budgets::{RawLimit, RawRunaway, check_limits_list, check_runaway};
+use components::{RawPlugin, RawPolicy, check_component, check_costs, check_id, check_sha256};
 use limits::check_limits;
 use server::{RawServer, RawToken, check_server, check_tokens};
 
@@ -98,6 +101,10 @@ pub struct Config {
     pub schedules: Vec<ScheduleConfig>,
     /// `[[trigger]]`: tool calls started by signed webhooks at `/hooks/NAME`.
     pub triggers: Vec<TriggerConfig>,
+    /// `[[limit]]`: rates, quotas and concurrency bounds.
+    pub limits: Vec<LimitConfig>,
+    /// `[runaway]`: loop detection and circuit breakers.
+    pub runaway: RunawayConfig,
     /// The config file's text, kept to locate errors found while loading components.
     source: String,
 }
@@ -124,6 +131,9 @@ struct RawConfig {
     schedules: Vec<RawSchedule>,
     #[serde(default, rename = "trigger")]
     triggers: Vec<RawTrigger>,
+    #[serde(default, rename = "limit")]
+    limits: Vec<RawLimit>,
+    runaway: Option<RawRunaway>,
 }
 
 fn yes() -> bool {
@@ -249,6 +259,8 @@ impl Config {
         let tokens = check_tokens(&locate, &raw.tokens)?;
         let schedules = check_schedules(&locate, &raw.schedules)?;
         let triggers = check_triggers(&locate, &raw.triggers)?;
+        let limits = check_limits_list(&locate, &raw.limits)?;
+        let runaway = check_runaway(&locate, raw.runaway.as_ref())?;
 
         let mut ids = HashSet::new();
         let mut plugins = Vec::new();
@@ -260,12 +272,15 @@ impl Config {
             let grants = Grants::parse(&raw.grants, base)
                 .map_err(|e| locate.error(e.at, &format!("{key}.{}", e.key), &e.message))?;
             let limits = check_limits(&locate, raw.limits.as_ref(), DEFAULT_PLUGIN_LIMITS, &key)?;
+            let (cost, costs) = check_costs(&locate, raw, &key)?;
             plugins.push(PluginConfig {
                 id,
                 component,
                 sha256,
                 grants,
                 limits,
+                cost,
+                costs,
                 span: raw.id.span().start,
             });
         }
@@ -377,6 +392,8 @@ impl Config {
             policies,
             schedules,
             triggers,
+            limits,
+            runaway,
             source: text.to_string(),
         })
     }

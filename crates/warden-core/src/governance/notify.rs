@@ -1,5 +1,5 @@
 //! Webhook notices for new held calls (and for runs whose success criteria were
-//! unmet): the payload (warden JSON or Slack-compatible), the one-click links in it,
+//! unmet, limits' thresholds, loops and circuit breakers): the payload (warden JSON or Slack-compatible), the one-click links in it,
 //! and one delivery attempt.
 //!
 //! Owns what a notice says and how it is sent. Notices are queued in the store with
@@ -142,6 +142,25 @@ impl Notifier {
                     "total_us": report.timings.total_us,
                 },
             })
+        };
+        redactor.scrub_value(&mut v);
+        Some(v.to_string())
+    }
+
+    /// The notice of an event (a limit's threshold passed, a loop caught, a breaker
+    /// opened or closed), or `None` when no webhook is configured.
+    pub fn event_payload(
+        &self,
+        event: &str,
+        text: &str,
+        details: Value,
+        redactor: &Redactor,
+    ) -> Option<String> {
+        let webhook = self.webhook.as_ref()?;
+        let mut v = if webhook.slack {
+            json!({ "text": format!("*warden*: {text}") })
+        } else {
+            json!({ "event": event, "text": text, "details": details })
         };
         redactor.scrub_value(&mut v);
         Some(v.to_string())

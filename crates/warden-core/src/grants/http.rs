@@ -140,21 +140,89 @@ pub fn permitted(grants: &[HttpGrant], uri: &http::Uri) -> bool {
     grants.iter().any(|g| g.permits(https, &host, port))
 }
 
-/// The `wasi:http` hooks for one call: check the grant, put granted secrets in,
-/// then send.
+/// What a call's outgoing HTTP may still use, checked as it happens: budgets
+/// (`governance::budgets`) implement it over their shared counts, so calls running at
+/// once draw from one budget.
+pub trait EgressBudget: Send + Sync {
+    /// Count one more request, or say why it may not be sent.
+    fn request(&self) -> Result<(), String>;
+    /// Count `n` more bytes (either direction), or say why no more may move.
+    fn bytes(&self, n: u64) -> Result<(), String>;
+}
+
+/// What one call's outgoing HTTP used: counted by the host, whatever the plugin says.
+#[derive(Default)]
+pub struct EgressMeter {
+    pub requests: std::sync::atomic::AtomicU64,
+    pub bytes: std::sync::atomic::AtomicU64,
+    budget: Option<Arc<dyn EgressBudget>>,
+    /// Why bytes stopped moving mid-transfer, the first time they did.
+    stopped: Mutex<Option<String>>,
+}
+
+impl EgressMeter {
+    pub fn new(budget: Option<Arc<dyn EgressBudget>>) -> EgressMeter {
+        EgressMeter {
+            budget,
+            ..EgressMeter::default()
+        }
+    }
+
+    fn request(&self) -> Result<(), String> {
+        if let Some(b) = &self.budget {
+            b.request()?;
+        }
+        self.requests
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Ok(())
+    }
+
+    fn bytes(&self, n: u64) -> Result<(), String> {
+        self.bytes
+            .fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+        let Some(b) = &self.budget else {
+            return Ok(());
+        };
+        b.bytes(n).inspect_err(|why| {
+            let mut stopped = self.stopped.lock().unwrap_or_else(|p| p.into_inner());
+            stopped.get_or_insert_with(|| format!("a transfer was cut off: {why}"));
+        })
+    }
+
+    /// Why a transfer was cut off by the budget, if one was.
+    pub fn stopped(&self) -> Option<String> {
+        self.stopped
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// (requests, bytes) so far.
+    pub fn used(&self) -> (u64, u64) {
+        (
+            self.requests.load(std::sync::atomic::Ordering::Relaxed),
+            self.bytes.load(std::sync::atomic::Ordering::Relaxed),
+        )
+    }
+}
+
+/// The `wasi:http` hooks for one call: check the grant and the egress budget, put
+/// granted secrets in, then send, counting what moves.
 pub struct Egress {
     grants: Arc<[HttpGrant]>,
     pub secrets: CallSecrets,
     /// Requests refused during this call (`METHOD uri: why`), never with a secret value.
     pub denied: Arc<Mutex<Vec<String>>>,
+    pub meter: Arc<EgressMeter>,
 }
 
 impl Egress {
-    pub fn new(grants: Arc<[HttpGrant]>, secrets: CallSecrets) -> Egress {
+    pub fn new(grants: Arc<[HttpGrant]>, secrets: CallSecrets, meter: Arc<EgressMeter>) -> Egress {
         Egress {
             grants,
             secrets,
             denied: Arc::default(),
+            meter,
         }
     }
 
@@ -204,6 +272,9 @@ impl WasiHttpHooks for Egress {
         }
         // Described before secrets go in: the uri may carry a value afterwards.
         let what = format!("{} {}", request.method(), request.uri());
+        if let Err(why) = self.meter.request() {
+            return self.deny(format!("{what}: {why}"), request.into_body());
+        }
         let body_substitution = match self.secrets.prepare(&mut request) {
             Ok(plan) => plan,
             Err(why) => return self.deny(format!("{what}: {why}"), request.into_body()),
@@ -220,6 +291,7 @@ impl WasiHttpHooks for Egress {
                     | http::Method::OPTIONS
                     | http::Method::TRACE
             );
+        let meter = self.meter.clone();
         Box::new(async move {
             if buffered {
                 let (mut parts, body) = request.into_parts();
@@ -232,6 +304,9 @@ impl WasiHttpHooks for Egress {
                     Some(plan) => plan.apply(&bytes),
                     None => bytes.to_vec(),
                 };
+                meter
+                    .bytes(replaced.len() as u64)
+                    .map_err(|_| HttpError::HttpRequestDenied)?;
                 if parts.headers.contains_key(http::header::CONTENT_LENGTH) || !replaced.is_empty()
                 {
                     parts
@@ -246,14 +321,58 @@ impl WasiHttpHooks for Egress {
                 // The server may answer (and close) before the guest has finished its
                 // body; what the guest writes after that is taken and dropped, not
                 // turned into an error that reads like a network fault.
-                request = request.map(|body| KeepDraining(Some(body)).boxed_unsync());
+                let meter = meter.clone();
+                request = request.map(|body| {
+                    Metered {
+                        body: KeepDraining(Some(body)),
+                        meter,
+                    }
+                    .boxed_unsync()
+                });
             }
             let (response, io) = wasmtime_wasi_http::default_send_request(request, options).await?;
             Ok((
-                response.map(BodyExt::boxed_unsync),
+                response.map(|body| Metered { body, meter }.boxed_unsync()),
                 Box::new(io) as Box<dyn Future<Output = Result<(), HttpError>> + Send>,
             ))
         })
+    }
+}
+
+/// A body whose bytes count against the call's egress: past the budget it ends in an
+/// error (a download that would exceed it stops there).
+struct Metered<B> {
+    body: B,
+    meter: Arc<EgressMeter>,
+}
+
+impl<B> http_body::Body for Metered<B>
+where
+    B: http_body::Body<Data = bytes::Bytes, Error = HttpError> + Unpin,
+{
+    type Data = bytes::Bytes;
+    type Error = HttpError;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        let polled = std::pin::Pin::new(&mut self.body).poll_frame(cx);
+        if let std::task::Poll::Ready(Some(Ok(frame))) = &polled
+            && let Some(data) = frame.data_ref()
+            && self.meter.bytes(data.len() as u64).is_err()
+        {
+            return std::task::Poll::Ready(Some(Err(HttpError::HttpResponseBodySize(None))));
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
     }
 }
 

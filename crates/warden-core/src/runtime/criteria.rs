@@ -143,30 +143,7 @@ fn compile(
 impl crate::runtime::Runtime {
     /// Tell the notification webhook that `report`'s criteria were unmet: on its own
     /// task, retried with backoff, never holding up the caller.
-    pub fn notify_unmet(self: &std::sync::Arc<Self>, report: &CallReport) {
-        let Some(payload) = self.notifier.unmet_payload(report, &self.redactor) else {
-            return;
-        };
-        let rt = self.clone();
-        tokio::spawn(async move {
-            let mut attempts = 0;
-            loop {
-                match rt.notifier.deliver(&payload).await {
-                    Ok(()) => return,
-                    Err(e) => {
-                        attempts += 1;
-                        let now = crate::now_ms() as i64;
-                        let Some(at) = rt.notifier.retry_at(attempts, now) else {
-                            tracing::warn!("notice of unmet criteria not delivered: {e}");
-                            return;
-                        };
-                        tokio::time::sleep(std::time::Duration::from_millis(
-                            u64::try_from(at - now).unwrap_or(0),
-                        ))
-                        .await;
-                    }
-                }
-            }
-        });
+    pub fn notify_unmet(&self, report: &CallReport) {
+        self.notify(self.notifier.unmet_payload(report, &self.redactor));
     }
 }

@@ -342,7 +342,19 @@ impl Runtime {
                 "plugin {} was replaced after the request ({}, requested {}); an approval does not carry over",
                 p.id, p.digest, a.plugin_digest
             )),
-            Some(_) => None,
+            Some(p) => {
+                let who = crate::governance::budgets::Who {
+                    principal: &a.principal,
+                    plugin: &p.id,
+                    tool: &a.tool,
+                    schedule: a
+                        .started_by
+                        .as_deref()
+                        .and_then(|s| s.strip_prefix("schedule:")),
+                };
+                // The kill switch stops approved calls too: it takes effect at once.
+                self.budgets.suspensions.check(&who)
+            }
         }
     }
 
@@ -402,13 +414,38 @@ impl Runtime {
         let recorder = self.recorder();
         self.audit(vec![self.entry(record::run_resume(&a))], false)
             .await?;
-        self.invoke(&mut report, plugin, &a.tool, &a.input, &recorder)
-            .await;
+        // A human approved it: limits count it but do not refuse it (an over-budget
+        // call held by a `hold` limit runs here once approved).
+        let who = crate::governance::budgets::Who {
+            principal: &a.principal,
+            plugin: &plugin.id,
+            tool: &a.tool,
+            schedule: a
+                .started_by
+                .as_deref()
+                .and_then(|s| s.strip_prefix("schedule:")),
+        };
+        let cost = plugin.tool(&a.tool).map_or(0.0, |t| t.cost);
+        report.usage.cost = cost;
+        let admission = self.budgets.admit(&who, cost, true, now()).ok();
+        self.invoke(
+            &mut report,
+            plugin,
+            &a.tool,
+            &a.input,
+            &recorder,
+            admission.as_ref(),
+        )
+        .await;
         self.judges
             .judge(&mut report, started.elapsed().as_millis() as u64);
+        let last = match admission {
+            Some(admission) => self.settle(admission, None, &report, started),
+            None => Vec::new(),
+        };
         let status = report.outcome.status();
         let concluded = self
-            .conclude(report, &recorder, &a.input, started, Vec::new(), caller)
+            .conclude(report, &recorder, &a.input, started, last, caller)
             .await;
         let result = match &concluded {
             Ok(_) => format!("ran: {status}"),

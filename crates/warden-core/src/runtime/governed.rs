@@ -13,7 +13,11 @@ use serde_json::Value;
 
 use crate::bindings::Action;
 use crate::call::{CallError, CallReport, CallRequest, Failure, Outcome, Verdict};
+use crate::call::{PolicyHold, Tier};
+use crate::config::OnExceed;
 use crate::governance::approvals::{self, NewRequest};
+use crate::governance::budgets::runaway::{BreakerEvent, Pass};
+use crate::governance::budgets::{Admission, Budgets, Refusal, Used, Who};
 use crate::grants::secrets::Redactor;
 use crate::runtime::Runtime;
 use crate::runtime::record;
@@ -101,6 +105,21 @@ impl Runtime {
         report.started_by = request.started_by.map(str::to_string);
 
         let canonical_input = input.to_string();
+        let who = Who {
+            principal: request.principal,
+            plugin: &plugin.id,
+            tool: &tool.name,
+            schedule: request.started_by.and_then(|s| s.strip_prefix("schedule:")),
+        };
+        let now = time_ms as i64;
+        // The kill switch and the loop guard come before any policy: a suspended or
+        // looping caller costs no policy evaluation.
+        let guarded = self.guard(&who, &canonical_input, now);
+        let usage = if guarded.is_some() || self.budgets.is_empty() {
+            "{}".to_string()
+        } else {
+            self.budgets.usage_json(&who, now)
+        };
         let mut action = Action {
             principal: request.principal.to_string(),
             tool: tool.name.clone(),
@@ -110,24 +129,26 @@ impl Runtime {
             annotations: tool.annotations,
             time_ms,
             config: String::new(),
-            usage: "{}".to_string(),
+            usage,
         };
         let recorder = self.recorder();
         let recording = self.audit.is_some();
-        let evaluate = async {
-            let mut decisions = Vec::new();
-            for policy in self.policies_for(request.tool) {
-                set_component(&recorder, format!("policy:{}", policy.id));
-                action.config.clone_from(&policy.config);
-                decisions.push(policy.evaluate(&action).await);
-            }
-            decisions
-        };
-        report.decisions = if recording {
-            hostcalls::record(recorder.clone(), evaluate).await
-        } else {
-            evaluate.await
-        };
+        if guarded.is_none() {
+            let evaluate = async {
+                let mut decisions = Vec::new();
+                for policy in self.policies_for(request.tool) {
+                    set_component(&recorder, format!("policy:{}", policy.id));
+                    action.config.clone_from(&policy.config);
+                    decisions.push(policy.evaluate(&action).await);
+                }
+                decisions
+            };
+            report.decisions = if recording {
+                hostcalls::record(recorder.clone(), evaluate).await
+            } else {
+                evaluate.await
+            };
+        }
         report.timings.policy_us = micros(started.elapsed());
 
         // Nothing runs unless its start and its decisions are in the log: a write that
@@ -137,81 +158,82 @@ impl Runtime {
         first.extend(self.take_host_calls(&report.run_id, &recorder));
         self.audit(first, false).await?;
 
-        let mut queued = None;
-        match policy::combine(&report.decisions) {
-            Combined::Deny { reasons } => report.outcome = Outcome::Denied { reasons },
-            Combined::Hold {
-                tier,
-                reasons,
-                approvers,
-                timeout_secs,
-                holds,
-                ..
-            } => {
-                report.outcome = Outcome::Held {
+        let mut last = Vec::new();
+        let hold = match guarded {
+            Some(limited) => {
+                report.outcome = limited;
+                None
+            }
+            None => match policy::combine(&report.decisions) {
+                Combined::Deny { reasons } => {
+                    report.outcome = Outcome::Denied { reasons };
+                    None
+                }
+                Combined::Hold {
                     tier,
-                    reasons: reasons.clone(),
-                    approvers: approvers.clone(),
+                    reasons,
+                    approvers,
                     timeout_secs,
-                };
-                if self.redactor.is_active() {
-                    scrub_report(&self.redactor, &mut report);
-                }
-                let decisions = serde_json::to_value(&report.decisions).unwrap_or(Value::Null);
-                match &self.approvals {
-                    None => {
-                        report.outcome = Outcome::Denied {
-                            reasons: vec![format!(
-                                "held for approval ({}), and the approval queue is disabled ([approvals] enabled = false)",
-                                reasons.join("; ")
-                            )],
+                    holds,
+                    ..
+                } => Some(Hold {
+                    tier,
+                    reasons,
+                    approvers,
+                    timeout_secs,
+                    holds,
+                }),
+                Combined::Allow => {
+                    report.usage.cost = tool.cost;
+                    match self.budgets.admit(&who, tool.cost, false, now) {
+                        Err(refusal) if refusal.on_exceed == OnExceed::Hold => {
+                            Some(Hold::over_limit(&refusal))
+                        }
+                        Err(refusal) => {
+                            report.outcome = limited(&refusal);
+                            None
+                        }
+                        Ok(admission) => {
+                            match self.budgets.runaway.breaker_admit(&plugin.id, now) {
+                                Err(why) => {
+                                    drop(admission);
+                                    report.outcome = Outcome::Limited {
+                                        limit: "breaker".into(),
+                                        reason: why,
+                                        resets_ms: None,
+                                    };
+                                }
+                                Ok(pass) => {
+                                    self.invoke(
+                                        &mut report,
+                                        plugin,
+                                        &tool.name,
+                                        &action.input,
+                                        &recorder,
+                                        Some(&admission),
+                                    )
+                                    .await;
+                                    self.judges
+                                        .judge(&mut report, started.elapsed().as_millis() as u64);
+                                    last = self.settle(admission, Some(pass), &report, started);
+                                }
+                            }
+                            None
                         }
                     }
-                    Some(_queue) => {
-                        let approval = approvals::prepare(
-                            &self.config.approvals,
-                            &NewRequest {
-                                run_id: &report.run_id,
-                                principal: &report.principal,
-                                tool: &report.tool,
-                                plugin: &report.plugin,
-                                plugin_digest: &report.plugin_digest,
-                                input: &action.input,
-                                decisions,
-                                tier,
-                                reasons: &reasons,
-                                holds: &holds,
-                                timeout_secs,
-                                now_ms: time_ms as i64,
-                                started_by: request.started_by,
-                            },
-                        );
-                        let notice = self.notifier.payload(&approval, &self.redactor);
-                        queued = Some((approval.clone(), notice));
-                        if let Outcome::Held { approvers, .. } = &mut report.outcome {
-                            approvers.clone_from(&approval.approvers);
-                        }
-                        report.approval = Some(approval.reference(Value::Null));
-                    }
                 }
-            }
-            Combined::Allow => {
-                self.invoke(&mut report, plugin, &tool.name, &action.input, &recorder)
-                    .await;
-                self.judges
-                    .judge(&mut report, started.elapsed().as_millis() as u64);
-            }
+            },
+        };
+        if let Outcome::Limited { limit, .. } = &report.outcome {
+            self.budgets.refused(limit);
         }
+        let queued = match hold {
+            Some(hold) => self.hold(&mut report, &action.input, request.started_by, hold),
+            None => None,
+        };
         let Some((approval, notice)) = queued else {
             return self
-                .conclude(
-                    report,
-                    &recorder,
-                    &action.input,
-                    started,
-                    Vec::new(),
-                    caller,
-                )
+                .conclude(report, &recorder, &action.input, started, last, caller)
                 .await;
         };
         // In the log (durably, with the held run's end) before it exists in the queue:
@@ -231,6 +253,211 @@ impl Runtime {
         Ok(report)
     }
 
+    /// The kill switch and the loop guard: why `who` may not run at all, if so.
+    fn guard(&self, who: &Who<'_>, input: &str, now: i64) -> Option<Outcome> {
+        if let Some(reason) = self.budgets.suspensions.check(who) {
+            return Some(Outcome::Limited {
+                limit: "suspended".into(),
+                reason,
+                resets_ms: None,
+            });
+        }
+        if let Err(caught) = self
+            .budgets
+            .runaway
+            .check_loop(who.principal, who.tool, input, now)
+        {
+            if caught.first {
+                tracing::warn!(
+                    principal = who.principal,
+                    tool = who.tool,
+                    "{}",
+                    caught.message
+                );
+                self.notify(self.notifier.event_payload(
+                    "runaway.loop",
+                    &caught.message,
+                    serde_json::json!({ "principal": who.principal, "tool": who.tool }),
+                    &self.redactor,
+                ));
+            }
+            return Some(Outcome::Limited {
+                limit: "loop".into(),
+                reason: caught.message,
+                resets_ms: None,
+            });
+        }
+        None
+    }
+
+    /// Put `report` on hold: its approval request (not yet stored) and its notice,
+    /// or a denial when the approval queue is off.
+    fn hold(
+        &self,
+        report: &mut CallReport,
+        input: &str,
+        started_by: Option<&str>,
+        hold: Hold,
+    ) -> Option<(approvals::Approval, Option<String>)> {
+        let Hold {
+            tier,
+            reasons,
+            approvers,
+            timeout_secs,
+            holds,
+        } = hold;
+        report.outcome = Outcome::Held {
+            tier,
+            reasons: reasons.clone(),
+            approvers,
+            timeout_secs,
+        };
+        if self.redactor.is_active() {
+            scrub_report(&self.redactor, report);
+        }
+        if self.approvals.is_none() {
+            report.outcome = Outcome::Denied {
+                reasons: vec![format!(
+                    "held for approval ({}), and the approval queue is disabled ([approvals] enabled = false)",
+                    reasons.join("; ")
+                )],
+            };
+            return None;
+        }
+        let decisions = serde_json::to_value(&report.decisions).unwrap_or(Value::Null);
+        let approval = approvals::prepare(
+            &self.config.approvals,
+            &NewRequest {
+                run_id: &report.run_id,
+                principal: &report.principal,
+                tool: &report.tool,
+                plugin: &report.plugin,
+                plugin_digest: &report.plugin_digest,
+                input,
+                decisions,
+                tier,
+                reasons: &reasons,
+                holds: &holds,
+                timeout_secs,
+                now_ms: report.time_ms as i64,
+                started_by,
+            },
+        );
+        let notice = self.notifier.payload(&approval, &self.redactor);
+        if let Outcome::Held { approvers, .. } = &mut report.outcome {
+            approvers.clone_from(&approval.approvers);
+        }
+        report.approval = Some(approval.reference(Value::Null));
+        Some((approval, notice))
+    }
+
+    /// Count what a call that ran used, and tell the breaker how it ended: the audit
+    /// records of the thresholds it passed and the breaker's change, if any.
+    pub(crate) fn settle(
+        &self,
+        admission: Admission,
+        pass: Option<Pass>,
+        report: &CallReport,
+        started: Instant,
+    ) -> Vec<Entry> {
+        let now = crate::now_ms() as i64;
+        let used = Used {
+            cost: report.usage.cost,
+            wall_ms: started.elapsed().as_secs_f64() * 1000.0,
+            fuel: report.fuel_used.unwrap_or(0) as f64,
+            egress_requests: report.usage.egress_requests as f64,
+            egress_bytes: report.usage.egress_bytes as f64,
+        };
+        let mut out = Vec::new();
+        for c in admission.settle(&used, now) {
+            let text = format!(
+                "limit {} passed {:.0}% ({} of {}){}",
+                c.limit,
+                c.fraction * 100.0,
+                c.used,
+                c.max,
+                if c.key.is_empty() {
+                    String::new()
+                } else {
+                    format!(" for {}", c.key)
+                }
+            );
+            tracing::warn!("{text}");
+            out.push(self.entry(record::limit_threshold(&report.run_id, &c)));
+            self.notify(self.notifier.event_payload(
+                "limit.threshold",
+                &text,
+                serde_json::json!({ "limit": c.limit, "key": c.key, "fraction": c.fraction,
+                    "used": c.used, "max": c.max, "resets_ms": c.resets_ms }),
+                &self.redactor,
+            ));
+        }
+        if let Some(pass) = pass {
+            let failed = matches!(report.outcome, Outcome::Failed { .. });
+            if let Some(event) =
+                self.budgets
+                    .runaway
+                    .breaker_record(&report.plugin, pass, failed, now)
+            {
+                let (name, text) = match &event {
+                    BreakerEvent::Opened {
+                        plugin,
+                        error_rate,
+                        calls,
+                    } => (
+                        "breaker.opened",
+                        format!(
+                            "plugin {plugin}'s circuit breaker opened: {:.0}% of its last {calls} calls failed",
+                            error_rate * 100.0
+                        ),
+                    ),
+                    BreakerEvent::Closed { plugin } => (
+                        "breaker.closed",
+                        format!("plugin {plugin}'s circuit breaker closed: a trial call succeeded"),
+                    ),
+                };
+                tracing::warn!("{text}");
+                out.push(self.entry(record::breaker(&report.run_id, &event)));
+                self.notify(self.notifier.event_payload(
+                    name,
+                    &text,
+                    serde_json::json!({ "plugin": report.plugin }),
+                    &self.redactor,
+                ));
+            }
+        }
+        out
+    }
+
+    /// Send `payload` to the notification webhook on its own task, retried with
+    /// backoff, never holding up the caller.
+    pub(crate) fn notify(&self, payload: Option<String>) {
+        let Some(payload) = payload else {
+            return;
+        };
+        let notifier = self.notifier.clone();
+        tokio::spawn(async move {
+            let mut attempts = 0;
+            loop {
+                match notifier.deliver(&payload).await {
+                    Ok(()) => return,
+                    Err(e) => {
+                        attempts += 1;
+                        let now = crate::now_ms() as i64;
+                        let Some(at) = notifier.retry_at(attempts, now) else {
+                            tracing::warn!("notice not delivered: {e}");
+                            return;
+                        };
+                        tokio::time::sleep(Duration::from_millis(
+                            u64::try_from(at - now).unwrap_or(0),
+                        ))
+                        .await;
+                    }
+                }
+            }
+        });
+    }
+
     /// Run `tool` for `report` under the recorder and fill in what it did.
     pub(crate) async fn invoke(
         &self,
@@ -239,6 +466,7 @@ impl Runtime {
         tool: &str,
         input: &str,
         recorder: &SharedRecorder,
+        admission: Option<&Admission>,
     ) {
         set_component(recorder, format!("plugin:{}", plugin.id));
         let _reserved = match self.capacity.admit(plugin.sandbox.limits.memory_mb).await {
@@ -252,7 +480,7 @@ impl Runtime {
                 return;
             }
         };
-        let invoke = plugin.invoke(tool, input);
+        let invoke = plugin.invoke(tool, input, admission.and_then(Budgets::egress));
         let run = if self.audit.is_some() {
             hostcalls::record(recorder.clone(), invoke).await
         } else {
@@ -271,6 +499,8 @@ impl Runtime {
         report.secret_reveals = run.reveals;
         report.peak_memory_bytes = run.peak_memory;
         report.fuel_used = run.fuel_used;
+        report.usage.egress_requests = run.egress_requests;
+        report.usage.egress_bytes = run.egress_bytes;
         report.timings.instantiate_us = micros(run.instantiate);
         report.timings.execute_us = micros(run.execute);
     }
@@ -348,6 +578,43 @@ impl Runtime {
     }
 }
 
+/// A hold, from the policies or from a limit whose `on_exceed` is `hold`.
+struct Hold {
+    tier: Tier,
+    reasons: Vec<String>,
+    approvers: Vec<String>,
+    timeout_secs: Option<u32>,
+    holds: Vec<PolicyHold>,
+}
+
+impl Hold {
+    /// An over-budget call needs a human: a hard hold any approver may decide.
+    fn over_limit(refusal: &Refusal) -> Hold {
+        let policy = format!("limit:{}", refusal.limit);
+        Hold {
+            tier: Tier::Hard,
+            reasons: vec![format!("{policy}: {refusal}")],
+            approvers: Vec::new(),
+            timeout_secs: None,
+            holds: vec![PolicyHold {
+                policy,
+                tier: Tier::Hard,
+                approvers: Vec::new(),
+                approvals_required: None,
+            }],
+        }
+    }
+}
+
+/// The outcome of a call a `deny` limit refused.
+fn limited(refusal: &Refusal) -> Outcome {
+    Outcome::Limited {
+        limit: refusal.limit.clone(),
+        reason: refusal.to_string(),
+        resets_ms: refusal.resets_ms,
+    }
+}
+
 fn set_component(recorder: &SharedRecorder, component: String) {
     if let Ok(mut r) = recorder.lock() {
         r.set_component(component);
@@ -365,7 +632,7 @@ fn scrub_report(r: &Redactor, report: &mut CallReport) {
         Outcome::Denied { reasons } | Outcome::Held { reasons, .. } => {
             reasons.iter_mut().for_each(|s| r.scrub_string(s))
         }
-        Outcome::Interrupted { reason } => r.scrub_string(reason),
+        Outcome::Interrupted { reason } | Outcome::Limited { reason, .. } => r.scrub_string(reason),
         Outcome::Failed { kind, error } => {
             r.scrub_string(error);
             match kind {

@@ -5,9 +5,12 @@
 //! matches no tool fails the whole load with an error located in warden.toml. It
 //! must never serve a partly loaded config.
 
+mod budgets;
 pub mod criteria;
 pub mod driver;
 pub(crate) mod governed;
+
+pub use budgets::{SuspendError, UsageReport};
 pub mod record;
 pub(crate) mod recovery;
 
@@ -18,6 +21,7 @@ use thiserror::Error;
 
 use crate::config::{Config, ConfigError};
 use crate::governance::approvals::ApprovalQueue;
+use crate::governance::budgets::{Budgets, Target, Used, Who};
 use crate::governance::links::LinkSigner;
 use crate::governance::notify::Notifier;
 use crate::grants::secrets::{PluginSecrets, Redactor, SecretUse};
@@ -27,6 +31,7 @@ use crate::sandbox::policy::Policy;
 pub use crate::sandbox::shared::Shared;
 use crate::store::audit::{AuditLog, AuditOptions, Signer};
 use crate::store::runs::RunStore;
+use crate::store::suspensions::SuspensionStore;
 use crate::vault::{MasterKey, Vault, VaultError};
 
 /// Why a config could not be loaded into a runtime.
@@ -67,7 +72,11 @@ pub struct Runtime {
     pub runs: Arc<RunStore>,
     /// `None` only when `[approvals] enabled = false` (held calls are then denied).
     pub approvals: Option<Arc<ApprovalQueue>>,
-    pub(crate) notifier: Notifier,
+    pub(crate) notifier: Arc<Notifier>,
+    /// Limits, runaway guards and the kill switch (their counts outlive a reload).
+    pub budgets: Arc<Budgets>,
+    /// Where the kill switch is kept.
+    pub(crate) suspensions: Arc<SuspensionStore>,
     /// Loaded with [`Stores::ReadOnly`]: calls are refused.
     pub(crate) read_only: bool,
     /// Reports of approved calls run here lately, for their waiters.
@@ -116,6 +125,8 @@ impl Runtime {
             approvals: self.approvals.clone(),
             finished: self.finished.clone(),
             capacity: self.capacity.clone(),
+            budgets: self.budgets.clone(),
+            suspensions: self.suspensions.clone(),
         };
         Runtime::load_with(config, Some(stores), Stores::Open).await
     }
@@ -196,6 +207,7 @@ impl Runtime {
             policies.push(policy);
         }
         let judges = criteria::Judges::load(&config, |t| tools.get(t).map(|&i| &plugins[i]))?;
+        check_limit_scopes(&config, &plugins)?;
         let store = |e: &dyn std::fmt::Display| LoadError::Store(e.to_string());
         let capacity = match &stores {
             Some(s) => s.capacity.clone(),
@@ -204,8 +216,15 @@ impl Runtime {
                 std::time::Duration::from_millis(config.server.capacity_wait_ms),
             )),
         };
-        let (runs, approvals, audit, finished, fresh) = match stores {
-            Some(s) => (s.runs, s.approvals, s.audit, s.finished, false),
+        let (runs, approvals, audit, finished, previous, suspensions) = match stores {
+            Some(s) => (
+                s.runs,
+                s.approvals,
+                s.audit,
+                s.finished,
+                Some(s.budgets),
+                s.suspensions,
+            ),
             None => {
                 let runs = RunStore::open(&config.runs_db).map_err(|e| store(&e))?;
                 let approvals = if config.approvals.enabled {
@@ -221,16 +240,34 @@ impl Runtime {
                 } else {
                     None
                 };
-                (Arc::new(runs), approvals, audit, Arc::default(), true)
+                let suspensions =
+                    Arc::new(SuspensionStore::open(&config.runs_db).map_err(|e| store(&e))?);
+                (
+                    Arc::new(runs),
+                    approvals,
+                    audit,
+                    Arc::default(),
+                    None,
+                    suspensions,
+                )
             }
         };
+        let fresh = previous.is_none();
+        let budgets = Arc::new(Budgets::new(
+            &config.limits,
+            &config.runaway,
+            previous.as_deref(),
+        ));
+        if fresh {
+            rebuild_budgets(&budgets, &runs, &suspensions).map_err(|e| store(&e))?;
+        }
         let signer = match &config.approvals.public_url {
             Some(_) => Some(LinkSigner::open(&config.links_key()).map_err(|e| {
                 config.error_at(0, "approvals.public_url", format!("link key: {e}"))
             })?),
             None => None,
         };
-        let notifier = Notifier::new(&config.approvals, signer);
+        let notifier = Arc::new(Notifier::new(&config.approvals, signer));
         let audit = if let Some(log) = audit {
             let components: Vec<serde_json::Value> = plugins
                 .iter()
@@ -258,6 +295,8 @@ impl Runtime {
             runs,
             approvals,
             notifier,
+            budgets,
+            suspensions,
             redactor,
             config,
             _shared: shared,
@@ -446,4 +485,109 @@ struct OpenStores {
     approvals: Option<Arc<ApprovalQueue>>,
     finished: Arc<crate::runtime::driver::Finished>,
     capacity: Arc<crate::sandbox::limits::Capacity>,
+    budgets: Arc<Budgets>,
+    suspensions: Arc<SuspensionStore>,
+}
+
+/// At start: the kill switch from the store, and every quota's count from the runs in
+/// its current window (so counters survive restarts).
+fn rebuild_budgets(
+    budgets: &Budgets,
+    runs: &RunStore,
+    suspensions: &SuspensionStore,
+) -> Result<(), String> {
+    for s in suspensions.list().map_err(|e| e.to_string())? {
+        if let Some(target) = Target::parse(&s.kind) {
+            budgets.suspensions.set(target, &s.name, Some(s.reason));
+        }
+    }
+    let now = crate::now_ms() as i64;
+    let Some(since) = budgets.replay_from(now) else {
+        return Ok(());
+    };
+    for run in runs.usage_since(since).map_err(|e| e.to_string())? {
+        let who = Who {
+            principal: &run.principal,
+            plugin: &run.plugin,
+            tool: &run.tool,
+            schedule: run
+                .started_by
+                .as_deref()
+                .and_then(|s| s.strip_prefix("schedule:")),
+        };
+        let used = Used {
+            cost: run.cost,
+            wall_ms: run.total_us as f64 / 1000.0,
+            fuel: run.fuel_used.unwrap_or(0) as f64,
+            egress_requests: run.egress_requests as f64,
+            egress_bytes: run.egress_bytes as f64,
+        };
+        budgets.replay(&who, run.started_ms, &used, now);
+    }
+    Ok(())
+}
+
+/// A limit whose scope names a plugin, tool, principal or schedule that matches
+/// nothing would silently count nothing: almost always a typo.
+fn check_limit_scopes(config: &Config, plugins: &[Plugin]) -> Result<(), ConfigError> {
+    use crate::util::pattern_matches;
+    let mut principals: Vec<&str> = config
+        .tokens
+        .iter()
+        .map(|t| t.principal.as_str())
+        .chain(config.schedules.iter().map(|s| s.principal.as_str()))
+        .chain(config.triggers.iter().map(|t| t.principal.as_str()))
+        .collect();
+    principals.push(&config.server.stdio_principal);
+    principals.push(crate::tokens::LOCAL_OPERATOR);
+    for (i, l) in config.limits.iter().enumerate() {
+        let s = &l.scope;
+        let fail = |field: &str, pattern: &str, what: &str| {
+            Err(config.error_at(
+                l.span,
+                &format!("limit[{i}].{field}"),
+                format!(
+                    "limit {:?} counts {field} `{pattern}`, which matches no {what}",
+                    l.name
+                ),
+            ))
+        };
+        let in_plugin = |p: &&Plugin| {
+            s.plugin
+                .as_deref()
+                .is_none_or(|pat| pattern_matches(pat, &p.id))
+        };
+        if let Some(pat) = &s.plugin
+            && !plugins.iter().any(|p| pattern_matches(pat, &p.id))
+        {
+            return fail("plugin", pat, "configured plugin");
+        }
+        if let Some(pat) = &s.tool
+            && !plugins
+                .iter()
+                .filter(in_plugin)
+                .flat_map(|p| &p.tools)
+                .any(|t| pattern_matches(pat, &t.name))
+        {
+            return fail("tool", pat, "tool of the plugins in its scope");
+        }
+        if let Some(pat) = &s.principal
+            && !principals.iter().any(|p| pattern_matches(pat, p))
+        {
+            return fail(
+                "principal",
+                pat,
+                "principal of a [[token]], schedule, trigger, the stdio principal or local-operator",
+            );
+        }
+        if let Some(pat) = &s.schedule
+            && !config
+                .schedules
+                .iter()
+                .any(|x| pattern_matches(pat, &x.name))
+        {
+            return fail("schedule", pat, "[[schedule]]");
+        }
+    }
+    Ok(())
 }

@@ -89,6 +89,11 @@ impl<'r> Scrubbed<'r> {
         self
     }
 
+    fn value(&mut self, key: &str, value: &Value) -> &mut Self {
+        self.entry.value(key, value);
+        self
+    }
+
     fn done(self) -> Entry {
         self.entry
     }
@@ -201,9 +206,9 @@ pub fn after_execution(report: &CallReport, redactor: &Redactor) -> Vec<Entry> {
     }
     let joined;
     let error = match &report.outcome {
-        Outcome::Failed { error, .. } | Outcome::Interrupted { reason: error } => {
-            Some(error.as_str())
-        }
+        Outcome::Failed { error, .. }
+        | Outcome::Interrupted { reason: error }
+        | Outcome::Limited { reason: error, .. } => Some(error.as_str()),
         Outcome::Denied { reasons }
         | Outcome::Held { reasons, .. }
         | Outcome::Unmet { reasons, .. } => {
@@ -217,8 +222,66 @@ pub fn after_execution(report: &CallReport, redactor: &Redactor) -> Vec<Entry> {
         .opt_str("error", error)
         .num("host_calls", report.host_calls)
         .num("total_us", report.timings.total_us);
+    if let Outcome::Limited { limit, .. } = &report.outcome {
+        end.str("limit", limit);
+    }
+    let u = report.usage;
+    if !u.is_zero() {
+        end.value("cost", &json!(u.cost))
+            .num("egress_requests", u.egress_requests)
+            .num("egress_bytes", u.egress_bytes);
+    }
     out.push(end.done());
     out
+}
+
+/// A quota passed one of its alert thresholds (during run `run`).
+pub fn limit_threshold(run: &str, c: &crate::governance::budgets::Crossing) -> Map<String, Value> {
+    object(json!({
+        "kind": "limit-threshold",
+        "ts_ms": crate::now_ms(),
+        "run": run,
+        "limit": c.limit,
+        "key": c.key,
+        "fraction": c.fraction,
+        "used": c.used,
+        "max": c.max,
+        "resets_ms": c.resets_ms,
+    }))
+}
+
+/// A plugin's circuit breaker opened or closed (after run `run`).
+pub fn breaker(
+    run: &str,
+    event: &crate::governance::budgets::runaway::BreakerEvent,
+) -> Map<String, Value> {
+    use crate::governance::budgets::runaway::BreakerEvent;
+    let v = match event {
+        BreakerEvent::Opened {
+            plugin,
+            error_rate,
+            calls,
+        } => {
+            json!({ "kind": "breaker-open", "plugin": plugin, "error_rate": error_rate, "calls": calls })
+        }
+        BreakerEvent::Closed { plugin } => json!({ "kind": "breaker-close", "plugin": plugin }),
+    };
+    let mut m = object(v);
+    m.insert("ts_ms".into(), json!(crate::now_ms()));
+    m.insert("run".into(), json!(run));
+    m
+}
+
+/// The kill switch changed: `reason` is `None` for a resume.
+pub fn suspension(target: &str, name: &str, reason: Option<&str>, by: &str) -> Map<String, Value> {
+    object(json!({
+        "kind": if reason.is_some() { "suspend" } else { "resume" },
+        "ts_ms": crate::now_ms(),
+        "target": target,
+        "name": name,
+        "reason": reason,
+        "by": by,
+    }))
 }
 
 pub fn approval_requested(a: &Approval) -> Map<String, Value> {
@@ -388,7 +451,9 @@ pub fn run_row(report: &CallReport, input: &str) -> RunRow {
         Outcome::Denied { reasons } | Outcome::Held { reasons, .. } => {
             (None, Some(reasons.join("; ")), None)
         }
-        Outcome::Interrupted { reason } => (None, Some(reason.clone()), None),
+        Outcome::Interrupted { reason } | Outcome::Limited { reason, .. } => {
+            (None, Some(reason.clone()), None)
+        }
     };
     let to_i64 = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
     RunRow {
@@ -420,5 +485,8 @@ pub fn run_row(report: &CallReport, input: &str) -> RunRow {
         host_calls: to_i64(report.host_calls),
         approval: report.approval.as_ref().map(|a| a.id.clone()),
         started_by: report.started_by.clone(),
+        cost: report.usage.cost,
+        egress_requests: to_i64(report.usage.egress_requests),
+        egress_bytes: to_i64(report.usage.egress_bytes),
     }
 }

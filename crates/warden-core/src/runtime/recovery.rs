@@ -185,5 +185,10 @@ fn rebuilt_row(id: &str, seen: &Seen, end: &Value) -> RunRow {
         host_calls: n("host_calls"),
         approval: None,
         started_by: start["started_by"].as_str().map(str::to_string),
+        // The run-end record carries what a call used, so quotas rebuilt from this row
+        // count it.
+        cost: end["cost"].as_f64().unwrap_or(0.0),
+        egress_requests: n("egress_requests"),
+        egress_bytes: n("egress_bytes"),
     }
 }

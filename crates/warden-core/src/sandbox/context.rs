@@ -30,7 +30,7 @@ use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 use crate::bindings;
 use crate::call::LogLine;
 use crate::config::Limits;
-use crate::grants::http::{Egress, HttpGrant};
+use crate::grants::http::{Egress, EgressMeter, HttpGrant};
 use crate::grants::secrets::{CallSecrets, PluginSecrets, Redactor};
 use crate::grants::{self, Grants};
 use crate::sandbox::interfaces::host::{HasHost, HostView, Progress};
@@ -96,7 +96,8 @@ impl ToolSandbox {
     }
 
     /// Fresh state for one call.
-    pub fn state(&self) -> Result<ToolState> {
+    /// A call's store state; its outgoing HTTP counts on `meter`.
+    pub fn state(&self, meter: Arc<EgressMeter>) -> Result<ToolState> {
         let log_budget = (self.limits.max_log_kb as usize) << 10;
         // Kept past the budget by the longest secret form, so the cut (made after the
         // text is scrubbed) never splits a value.
@@ -110,7 +111,11 @@ impl ToolSandbox {
             wasi: wasi.build(),
             http: WasiHttpCtx::new(),
             table: ResourceTable::new(),
-            egress: Egress::new(self.http.clone(), CallSecrets::new(self.secrets.clone())),
+            egress: Egress::new(
+                self.http.clone(),
+                CallSecrets::new(self.secrets.clone()),
+                meter,
+            ),
             log: GuestLog::new(log_budget),
             progress: Progress::default(),
             limiter: MemoryLimiter::new(self.limits.memory_mb),

@@ -14,6 +14,7 @@ use crate::bindings::tool::ToolPre;
 use crate::bindings::{Annotations, ToolSpec};
 use crate::call::{Failure, LimitExceeded, LogLine, ProgressUpdate};
 use crate::config::PluginConfig;
+use crate::grants::http::{EgressBudget, EgressMeter};
 use crate::grants::secrets::{PluginSecrets, Redactor};
 use crate::sandbox::component::World;
 use crate::sandbox::context::{ToolSandbox, ToolState};
@@ -29,6 +30,8 @@ pub struct Tool {
     pub output_schema: Option<Value>,
     pub annotations: Annotations,
     pub validator: Validator,
+    /// The declared cost of one call (`cost`, `costs` in the plugin's config).
+    pub cost: f64,
     /// Output is checked against the declared output schema, if any.
     output_validator: Option<Validator>,
 }
@@ -50,6 +53,9 @@ pub const MAX_ERROR_MESSAGE: usize = 4096;
 /// Everything one tool call produced.
 pub struct Invocation {
     pub result: Result<Value, Failure>,
+    /// Outgoing HTTP requests sent, and bytes moved (bodies, both directions).
+    pub egress_requests: u64,
+    pub egress_bytes: u64,
     pub log: Vec<LogLine>,
     pub progress: Vec<ProgressUpdate>,
     /// Outgoing HTTP requests refused by the grant.
@@ -89,18 +95,26 @@ impl Plugin {
             anyhow::bail!("describe returned no tools");
         }
         for spec in specs {
-            let tool = check_spec(spec)?;
+            let mut tool = check_spec(spec)?;
             if plugin.tools.iter().any(|t| t.name == tool.name) {
                 anyhow::bail!("describe lists tool `{}` twice", tool.name);
             }
+            tool.cost = config.cost_of(&tool.name);
             plugin.tools.push(tool);
+        }
+        if let Some(unknown) = config
+            .costs
+            .keys()
+            .find(|name| !plugin.tools.iter().any(|t| &t.name == *name))
+        {
+            anyhow::bail!("costs names tool `{unknown}`, which the plugin does not export");
         }
         Ok(plugin)
     }
 
     async fn describe(&self) -> anyhow::Result<Vec<ToolSpec>> {
         let sandbox = ToolSandbox::deny_all(self.sandbox.limits);
-        let mut store = Store::new(self.pre.engine(), sandbox.state()?);
+        let mut store = Store::new(self.pre.engine(), sandbox.state(Arc::default())?);
         limits::apply(&mut store, &sandbox.limits, self.fuel)?;
         let run = async {
             let instance = self.pre.instantiate_async(&mut store).await?;
@@ -117,11 +131,19 @@ impl Plugin {
         self.tools.iter().find(|t| t.name == name)
     }
 
-    /// Run `tool` with `input` (already validated) in a fresh instance.
-    pub async fn invoke(&self, tool: &str, input: &str) -> Invocation {
+    /// Run `tool` with `input` (already validated) in a fresh instance; its outgoing
+    /// HTTP draws on `budget`, if any.
+    pub async fn invoke(
+        &self,
+        tool: &str,
+        input: &str,
+        budget: Option<Arc<dyn EgressBudget>>,
+    ) -> Invocation {
         let limits = self.sandbox.limits;
         let mut invocation = Invocation {
             result: Err(Failure::Limit(LimitExceeded::Timeout(limits.timeout_ms))),
+            egress_requests: 0,
+            egress_bytes: 0,
             log: Vec::new(),
             progress: Vec::new(),
             denied_requests: Vec::new(),
@@ -131,7 +153,8 @@ impl Plugin {
             instantiate: Duration::ZERO,
             execute: Duration::ZERO,
         };
-        let state = match self.sandbox.state() {
+        let meter = Arc::new(EgressMeter::new(budget));
+        let state = match self.sandbox.state(meter.clone()) {
             Ok(state) => state,
             Err(e) => {
                 invocation.result = Err(Failure::Host(format!("{e:#}")));
@@ -191,6 +214,8 @@ impl Plugin {
         invocation.log = state.finish_log();
         invocation.denied_requests = denied.lock().map(|d| d.clone()).unwrap_or_default();
         invocation.reveals = std::mem::take(&mut state.egress.secrets.reveals);
+        (invocation.egress_requests, invocation.egress_bytes) = meter.used();
+        invocation.denied_requests.extend(meter.stopped());
         invocation
     }
 }
@@ -273,6 +298,7 @@ fn check_spec(spec: ToolSpec) -> anyhow::Result<Tool> {
         output_schema,
         annotations: spec.annotations,
         validator,
+        cost: 0.0,
         output_validator,
     })
 }

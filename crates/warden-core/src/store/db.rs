@@ -129,6 +129,22 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX deliveries_by_time ON trigger_deliveries(at_ms);
     ",
+    // 5: what each run used that limits count (declared cost, outgoing HTTP), so quotas
+    // are rebuilt at start; the kill switch (suspended principals, plugins, tools,
+    // schedules).
+    "
+    ALTER TABLE runs ADD COLUMN cost REAL NOT NULL DEFAULT 0;
+    ALTER TABLE runs ADD COLUMN egress_requests INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE runs ADD COLUMN egress_bytes INTEGER NOT NULL DEFAULT 0;
+    CREATE TABLE suspensions (
+        kind           TEXT NOT NULL,
+        name           TEXT NOT NULL,
+        reason         TEXT NOT NULL,
+        by             TEXT NOT NULL,
+        at_ms          INTEGER NOT NULL,
+        PRIMARY KEY (kind, name)
+    );
+    ",
 ];
 
 /// Why the store's schema cannot be used.

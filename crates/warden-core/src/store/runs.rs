@@ -72,6 +72,25 @@ pub struct RunRow {
     pub approval: Option<String>,
     /// What started the run when no caller did (`schedule:NAME`, `trigger:NAME`).
     pub started_by: Option<String>,
+    /// The declared cost of the call, and its outgoing HTTP (what limits count).
+    pub cost: f64,
+    pub egress_requests: i64,
+    pub egress_bytes: i64,
+}
+
+/// What one run used, for rebuilding quotas at start.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunUsage {
+    pub started_ms: i64,
+    pub principal: String,
+    pub tool: String,
+    pub plugin: String,
+    pub started_by: Option<String>,
+    pub cost: f64,
+    pub total_us: i64,
+    pub fuel_used: Option<i64>,
+    pub egress_requests: i64,
+    pub egress_bytes: i64,
 }
 
 /// Filters for `runs list`.
@@ -254,6 +273,93 @@ impl RunStore {
     }
 }
 
+impl RunStore {
+    /// What every run since `since_ms` that ran a tool used (held, denied and limited
+    /// calls used nothing), oldest first.
+    pub fn usage_since(&self, since_ms: i64) -> Result<Vec<RunUsage>, RunsError> {
+        let conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+        let mut stmt = conn
+            .prepare(
+                "SELECT started_ms, principal, tool, plugin, started_by, cost, total_us, fuel_used,
+                        egress_requests, egress_bytes
+                 FROM runs WHERE started_ms >= ?1 AND status NOT IN ('held', 'denied', 'limited')
+                 ORDER BY started_ms",
+            )
+            .map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map([since_ms], |r| {
+                Ok(RunUsage {
+                    started_ms: r.get(0)?,
+                    principal: r.get(1)?,
+                    tool: r.get(2)?,
+                    plugin: r.get(3)?,
+                    started_by: r.get(4)?,
+                    cost: r.get(5)?,
+                    total_us: r.get(6)?,
+                    fuel_used: r.get(7)?,
+                    egress_requests: r.get(8)?,
+                    egress_bytes: r.get(9)?,
+                })
+            })
+            .map_err(|e| self.err(e))?;
+        rows.collect::<Result<Vec<_>, _>>().map_err(|e| self.err(e))
+    }
+}
+
+/// What runs used since a time, per principal and tool (`warden usage --since`).
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
+pub struct Totals {
+    pub principal: String,
+    pub tool: String,
+    pub calls: i64,
+    /// Calls refused by a limit, a runaway guard or the kill switch.
+    pub limited: i64,
+    pub cost: f64,
+    pub wall_ms: f64,
+    pub egress_requests: i64,
+    pub egress_bytes: i64,
+}
+
+impl RunStore {
+    /// Totals since `since_ms`, optionally of one principal, plugin or tool.
+    pub fn totals(
+        &self,
+        since_ms: i64,
+        principal: Option<&str>,
+        plugin: Option<&str>,
+        tool: Option<&str>,
+    ) -> Result<Vec<Totals>, RunsError> {
+        let conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+        let mut stmt = conn
+            .prepare(
+                "SELECT principal, tool,
+                        SUM(status NOT IN ('held', 'denied', 'limited')),
+                        SUM(status = 'limited'),
+                        SUM(cost), SUM(total_us) / 1000.0, SUM(egress_requests), SUM(egress_bytes)
+                 FROM runs
+                 WHERE started_ms >= ?1 AND (?2 IS NULL OR principal = ?2)
+                   AND (?3 IS NULL OR plugin = ?3) AND (?4 IS NULL OR tool = ?4)
+                 GROUP BY principal, tool ORDER BY principal, tool",
+            )
+            .map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map(params![since_ms, principal, plugin, tool], |r| {
+                Ok(Totals {
+                    principal: r.get(0)?,
+                    tool: r.get(1)?,
+                    calls: r.get(2)?,
+                    limited: r.get(3)?,
+                    cost: r.get(4)?,
+                    wall_ms: r.get(5)?,
+                    egress_requests: r.get(6)?,
+                    egress_bytes: r.get(7)?,
+                })
+            })
+            .map_err(|e| self.err(e))?;
+        rows.collect::<Result<Vec<_>, _>>().map_err(|e| self.err(e))
+    }
+}
+
 impl Drop for RunStore {
     fn drop(&mut self) {
         if let Ok(mut writer) = self.writer.lock() {
@@ -272,7 +378,7 @@ fn insert_all<'a>(
 ) -> rusqlite::Result<()> {
     let tx = conn.transaction()?;
     {
-        const COLUMNS: &str = "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24)";
+        const COLUMNS: &str = "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27)";
         // A held run's row never replaces its outcome: the process that ran the approved
         // call (perhaps another one) may have written that first.
         let mut held = tx.prepare_cached(&format!("INSERT OR IGNORE INTO runs {COLUMNS}"))?;
@@ -308,6 +414,9 @@ fn insert_all<'a>(
                 row.host_calls,
                 row.approval,
                 row.started_by,
+                row.cost,
+                row.egress_requests,
+                row.egress_bytes,
             ])?;
         }
     }
@@ -344,6 +453,9 @@ fn row_from_sql(r: &rusqlite::Row<'_>) -> rusqlite::Result<RunRow> {
         host_calls: r.get(21)?,
         approval: r.get(22)?,
         started_by: r.get(23)?,
+        cost: r.get(24)?,
+        egress_requests: r.get(25)?,
+        egress_bytes: r.get(26)?,
     })
 }
 

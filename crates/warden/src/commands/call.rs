@@ -153,6 +153,17 @@ pub fn print_outcome(
                 json!({ "status": "unmet", "output": output, "reasons": reasons, "run_id": report.run_id }),
             )
         }
+        Outcome::Limited {
+            limit,
+            reason,
+            resets_ms,
+        } => {
+            eprintln!("warden call: {tool} not run: {reason}");
+            (
+                exit::DENIED,
+                json!({ "status": "limited", "limit": limit, "error": reason, "resets_ms": resets_ms, "run_id": report.run_id }),
+            )
+        }
         Outcome::Interrupted { reason } => {
             eprintln!("warden call: {tool} interrupted: {reason}");
             (

@@ -35,6 +35,8 @@ pub async fn run(file: &Path, json: bool) -> Result<ExitCode> {
                 sha256: None,
                 grants: Default::default(),
                 limits: warden_core::config::DEFAULT_PLUGIN_LIMITS,
+                cost: 0.0,
+                costs: Default::default(),
                 span: 0,
             },
             Default::default(),

@@ -12,6 +12,7 @@ use warden_core::runtime::Runtime;
 
 pub mod approvals;
 pub mod audit;
+pub mod budgets;
 pub mod call;
 pub mod check;
 pub mod inspect;

@@ -66,10 +66,10 @@ pub enum TriggersCommand {
 pub struct Operator {
     /// Your bearer token (operator role); default `WARDEN_TOKEN`.
     #[arg(long, env = "WARDEN_TOKEN", hide_env_values = true)]
-    token: Option<String>,
+    pub token: Option<String>,
 }
 
-fn operator(config: &Config, who: &Operator) -> Result<Principal> {
+pub(crate) fn operator(config: &Config, who: &Operator) -> Result<Principal> {
     let token = who.token.as_deref().context(
         "this needs your token: pass --token or set WARDEN_TOKEN (`warden tokens create NAME --role operator` makes one)",
     )?;
@@ -94,7 +94,16 @@ pub async fn run(config_path: &Path, command: &SchedulesCommand) -> Result<ExitC
             let p = operator(&config, who)?;
             known(&config, name)?;
             match server {
-                Some(url) => through(&url, who, &format!("/api/schedules/{name}/run"), None).await,
+                Some(url) => {
+                    through(
+                        &url,
+                        who,
+                        "POST",
+                        &format!("/api/schedules/{name}/run"),
+                        None,
+                    )
+                    .await
+                }
                 None => run_here(config, name, &p).await,
             }
         }
@@ -107,6 +116,7 @@ pub async fn run(config_path: &Path, command: &SchedulesCommand) -> Result<ExitC
                     through(
                         &url,
                         who,
+                        "POST",
                         &format!("/api/schedules/{name}/pause"),
                         Some(body),
                     )
@@ -120,7 +130,14 @@ pub async fn run(config_path: &Path, command: &SchedulesCommand) -> Result<ExitC
             known(&config, name)?;
             match server {
                 Some(url) => {
-                    through(&url, who, &format!("/api/schedules/{name}/resume"), None).await
+                    through(
+                        &url,
+                        who,
+                        "POST",
+                        &format!("/api/schedules/{name}/resume"),
+                        None,
+                    )
+                    .await
                 }
                 None => set_paused(config, name, false, None, &p).await,
             }
@@ -243,13 +260,19 @@ async fn set_paused(
 }
 
 /// Make the change through the running server.
-async fn through(url: &str, who: &Operator, path: &str, body: Option<Value>) -> Result<ExitCode> {
+pub(crate) async fn through(
+    url: &str,
+    who: &Operator,
+    method: &str,
+    path: &str,
+    body: Option<Value>,
+) -> Result<ExitCode> {
     let token = who.token.as_deref().unwrap_or_default().trim();
     let (status, answer) =
-        crate::client::request("POST", &format!("{url}{path}"), token, body).await?;
+        crate::client::request(method, &format!("{url}{path}"), token, body).await?;
     if !(200..300).contains(&status) {
         eprintln!(
-            "warden schedules: the server at {url} refused ({status}): {}",
+            "warden: the server at {url} refused ({status}): {}",
             answer["error"].as_str().unwrap_or_default()
         );
         return Ok(ExitCode::from(if status == 503 {
@@ -262,7 +285,7 @@ async fn through(url: &str, who: &Operator, path: &str, body: Option<Value>) -> 
     let code = match answer["status"].as_str() {
         None | Some("ok") => exit::OK,
         Some("held") => exit::HELD,
-        Some("denied") => exit::DENIED,
+        Some("denied" | "limited") => exit::DENIED,
         Some(_) => exit::TOOL_ERROR,
     };
     Ok(ExitCode::from(code))
