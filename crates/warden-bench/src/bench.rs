@@ -59,6 +59,8 @@ pub enum Scenario {
     /// Held calls through the queue (enqueue + decide + execute), and what the queue
     /// adds to an auto-tier call.
     Approvals,
+    /// What ten limits add to a governed call, and one hot limit's decisions/s.
+    Budgets,
 }
 
 /// Time `iterations` runs of `f` after `warmup` untimed ones and print the percentiles.
@@ -202,6 +204,9 @@ pub async fn run(config: &Path, args: &BenchArgs) -> Result<ExitCode> {
 
     if wanted(Scenario::Approvals) {
         approvals(config, args, &rt).await?;
+    }
+    if wanted(Scenario::Budgets) {
+        crate::bench_budgets::run(config, &args.call, args.iterations).await?;
     }
     if wanted(Scenario::Audit) {
         disk_floor(&rt.config.data_dir)?;
@@ -486,7 +491,7 @@ async fn audit_round(
     Ok((total as f64 / elapsed.as_secs_f64(), bytes / total as u64))
 }
 
-fn median(mut values: Vec<f64>) -> f64 {
+pub(crate) fn median(mut values: Vec<f64>) -> f64 {
     values.sort_by(f64::total_cmp);
     values.get(values.len() / 2).copied().unwrap_or(0.0)
 }

@@ -15,6 +15,7 @@ use clap::{Parser, Subcommand};
 
 mod bench;
 mod bench_automation;
+mod bench_budgets;
 mod bench_mcp;
 
 #[derive(Parser)]

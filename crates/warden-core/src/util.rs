@@ -24,20 +24,20 @@ pub fn bounded_to(text: &str, max: usize) -> String {
     format!("{}… ({} bytes in all)", &text[..cut], text.len())
 }
 
-/// Does `pattern` (with `*` wildcards) match `name`?
+/// Does `pattern` (with `*` wildcards) match `name`? (On every call's path: it
+/// allocates nothing.)
 pub fn pattern_matches(pattern: &str, name: &str) -> bool {
-    let parts: Vec<&str> = pattern.split('*').collect();
-    if parts.len() == 1 {
+    let Some((first, after)) = pattern.split_once('*') else {
         return pattern == name;
-    }
-    let (first, last) = (parts[0], parts[parts.len() - 1]);
-    if !name.starts_with(first) || name.len() < first.len() + last.len() || !name.ends_with(last) {
+    };
+    let (middle, last) = after.rsplit_once('*').unwrap_or(("", after));
+    if name.len() < first.len() + last.len() || !name.starts_with(first) || !name.ends_with(last) {
         return false;
     }
     let mut rest = &name[first.len()..name.len() - last.len()];
-    for middle in &parts[1..parts.len() - 1] {
-        match rest.find(middle) {
-            Some(i) => rest = &rest[i + middle.len()..],
+    for part in middle.split('*').filter(|p| !p.is_empty()) {
+        match rest.find(part) {
+            Some(i) => rest = &rest[i + part.len()..],
             None => return false,
         }
     }

@@ -427,7 +427,7 @@ impl Runtime {
         };
         let cost = plugin.tool(&a.tool).map_or(0.0, |t| t.cost);
         report.usage.cost = cost;
-        let admission = self.budgets.admit(&who, cost, true, now()).ok();
+        let admission = self.budgets.admit(&who, cost, true, now(), None).ok();
         self.invoke(
             &mut report,
             plugin,
@@ -439,10 +439,7 @@ impl Runtime {
         .await;
         self.judges
             .judge(&mut report, started.elapsed().as_millis() as u64);
-        let last = match admission {
-            Some(admission) => self.settle(admission, None, &report, started),
-            None => Vec::new(),
-        };
+        let last = self.settle(admission, None, &report, started);
         let status = report.outcome.status();
         let concluded = self
             .conclude(report, &recorder, &a.input, started, last, caller)

@@ -112,14 +112,28 @@ impl Runtime {
             schedule: request.started_by.and_then(|s| s.strip_prefix("schedule:")),
         };
         let now = time_ms as i64;
-        // The kill switch and the loop guard come before any policy: a suspended or
-        // looping caller costs no policy evaluation.
-        let guarded = self.guard(&who, &canonical_input, now);
-        let usage = if guarded.is_some() || self.budgets.is_empty() {
-            "{}".to_string()
-        } else {
-            self.budgets.usage_json(&who, now)
-        };
+        // The kill switch, the loop guard and the limits come before any policy: a
+        // suspended, looping or over-budget caller costs no policy evaluation. What a
+        // call will use is reserved here (with the usage policies see, in one pass) and
+        // given back if it does not run.
+        let mut guarded = self.guard(&who, &canonical_input, now);
+        let mut usage = String::from("{}");
+        let mut admission = None;
+        let mut over_limit = None;
+        if guarded.is_none() && !self.budgets.is_empty() {
+            usage = String::with_capacity(self.budgets.usage_capacity());
+            match self
+                .budgets
+                .admit(&who, tool.cost, false, now, Some(&mut usage))
+            {
+                Ok(a) => admission = Some(a),
+                Err(refusal) if refusal.on_exceed == OnExceed::Hold => {
+                    usage = self.budgets.usage_json(&who, now);
+                    over_limit = Some(refusal);
+                }
+                Err(refusal) => guarded = Some(limited(&refusal)),
+            }
+        }
         let mut action = Action {
             principal: request.principal.to_string(),
             tool: tool.name.clone(),
@@ -176,54 +190,50 @@ impl Runtime {
                     timeout_secs,
                     holds,
                     ..
-                } => Some(Hold {
-                    tier,
-                    reasons,
-                    approvers,
-                    timeout_secs,
-                    holds,
-                }),
-                Combined::Allow => {
-                    report.usage.cost = tool.cost;
-                    match self.budgets.admit(&who, tool.cost, false, now) {
-                        Err(refusal) if refusal.on_exceed == OnExceed::Hold => {
-                            Some(Hold::over_limit(&refusal))
-                        }
-                        Err(refusal) => {
-                            report.outcome = limited(&refusal);
-                            None
-                        }
-                        Ok(admission) => {
-                            match self.budgets.runaway.breaker_admit(&plugin.id, now) {
-                                Err(why) => {
-                                    drop(admission);
-                                    report.outcome = Outcome::Limited {
-                                        limit: "breaker".into(),
-                                        reason: why,
-                                        resets_ms: None,
-                                    };
-                                }
-                                Ok(pass) => {
-                                    self.invoke(
-                                        &mut report,
-                                        plugin,
-                                        &tool.name,
-                                        &action.input,
-                                        &recorder,
-                                        Some(&admission),
-                                    )
-                                    .await;
-                                    self.judges
-                                        .judge(&mut report, started.elapsed().as_millis() as u64);
-                                    last = self.settle(admission, Some(pass), &report, started);
-                                }
-                            }
-                            None
-                        }
+                } => Some(
+                    Hold {
+                        tier,
+                        reasons,
+                        approvers,
+                        timeout_secs,
+                        holds,
                     }
-                }
+                    .and_over(over_limit.as_ref()),
+                ),
+                Combined::Allow => match (over_limit, admission.take()) {
+                    (Some(refusal), _) => Some(Hold::over_limit(&refusal)),
+                    (None, admission) => {
+                        report.usage.cost = tool.cost;
+                        match self.budgets.runaway.breaker_admit(&plugin.id, now) {
+                            Err(why) => {
+                                report.outcome = Outcome::Limited {
+                                    limit: "breaker".into(),
+                                    reason: why,
+                                    resets_ms: None,
+                                };
+                            }
+                            Ok(pass) => {
+                                self.invoke(
+                                    &mut report,
+                                    plugin,
+                                    &tool.name,
+                                    &action.input,
+                                    &recorder,
+                                    admission.as_ref(),
+                                )
+                                .await;
+                                self.judges
+                                    .judge(&mut report, started.elapsed().as_millis() as u64);
+                                last = self.settle(admission, Some(pass), &report, started);
+                            }
+                        }
+                        None
+                    }
+                },
             },
         };
+        // A call that did not run gives back what it reserved.
+        drop(admission);
         if let Outcome::Limited { limit, .. } = &report.outcome {
             self.budgets.refused(limit);
         }
@@ -355,7 +365,7 @@ impl Runtime {
     /// records of the thresholds it passed and the breaker's change, if any.
     pub(crate) fn settle(
         &self,
-        admission: Admission,
+        admission: Option<Admission>,
         pass: Option<Pass>,
         report: &CallReport,
         started: Instant,
@@ -369,7 +379,8 @@ impl Runtime {
             egress_bytes: report.usage.egress_bytes as f64,
         };
         let mut out = Vec::new();
-        for c in admission.settle(&used, now) {
+        let crossings = admission.map(|a| a.settle(&used, now)).unwrap_or_default();
+        for c in crossings {
             let text = format!(
                 "limit {} passed {:.0}% ({} of {}){}",
                 c.limit,
@@ -480,7 +491,11 @@ impl Runtime {
                 return;
             }
         };
-        let invoke = plugin.invoke(tool, input, admission.and_then(Budgets::egress));
+        // A plugin granted no host makes no request: nothing to draw on.
+        let egress = admission
+            .filter(|_| !plugin.sandbox.grants.http.is_empty())
+            .and_then(Budgets::egress);
+        let invoke = plugin.invoke(tool, input, egress);
         let run = if self.audit.is_some() {
             hostcalls::record(recorder.clone(), invoke).await
         } else {
@@ -588,6 +603,18 @@ struct Hold {
 }
 
 impl Hold {
+    /// A policy's hold of a call that is also over a `hold` limit: hard, and the
+    /// limit's reason beside the policies'.
+    fn and_over(mut self, refusal: Option<&Refusal>) -> Hold {
+        if let Some(r) = refusal {
+            let limit = Hold::over_limit(r);
+            self.tier = Tier::Hard;
+            self.reasons.extend(limit.reasons);
+            self.holds.extend(limit.holds);
+        }
+        self
+    }
+
     /// An over-budget call needs a human: a hard hold any approver may decide.
     fn over_limit(refusal: &Refusal) -> Hold {
         let policy = format!("limit:{}", refusal.limit);

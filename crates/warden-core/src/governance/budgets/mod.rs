@@ -35,14 +35,14 @@ pub struct Who<'a> {
     pub schedule: Option<&'a str>,
 }
 
-impl Who<'_> {
-    fn key(&self, each: Option<Each>) -> String {
+impl<'a> Who<'a> {
+    fn key(&self, each: Option<Each>) -> &'a str {
         match each {
-            None => String::new(),
-            Some(Each::Principal) => self.principal.to_string(),
-            Some(Each::Plugin) => self.plugin.to_string(),
-            Some(Each::Tool) => self.tool.to_string(),
-            Some(Each::Schedule) => self.schedule.unwrap_or_default().to_string(),
+            None => "",
+            Some(Each::Principal) => self.principal,
+            Some(Each::Plugin) => self.plugin,
+            Some(Each::Tool) => self.tool,
+            Some(Each::Schedule) => self.schedule.unwrap_or_default(),
         }
     }
 }
@@ -56,20 +56,27 @@ enum Count {
 
 struct Limit {
     config: LimitConfig,
+    /// `"NAME":{"kind":…,"measure":…,"per":…,` for `action.usage`, made once: usage is
+    /// written on every call's path.
+    usage_prefix: String,
+    /// Whether the scope takes any principal, plugin, tool (none given, or `*`): the
+    /// check every call makes touches no pattern then.
+    any: [bool; 3],
     /// Shared with the same limit of the runtime this one replaced (a reload), so
     /// calls still running there settle into the same counts.
-    counts: Arc<Mutex<HashMap<String, Count>>>,
+    counts: Arc<Mutex<Counts>>,
 }
 
 impl Limit {
     fn covers(&self, who: &Who<'_>) -> bool {
         let s = &self.config.scope;
-        let ok = |pattern: &Option<String>, value: &str| {
-            pattern.as_deref().is_none_or(|p| pattern_matches(p, value))
+        let [any_principal, any_plugin, any_tool] = self.any;
+        let ok = |any: bool, pattern: &Option<String>, value: &str| {
+            any || pattern.as_deref().is_none_or(|p| pattern_matches(p, value))
         };
-        ok(&s.principal, who.principal)
-            && ok(&s.plugin, who.plugin)
-            && ok(&s.tool, who.tool)
+        ok(any_principal, &s.principal, who.principal)
+            && ok(any_plugin, &s.plugin, who.plugin)
+            && ok(any_tool, &s.tool, who.tool)
             && match (&s.schedule, who.schedule) {
                 (None, _) => true,
                 (Some(p), Some(name)) => pattern_matches(p, name),
@@ -77,8 +84,67 @@ impl Limit {
             }
     }
 
-    fn counts(&self) -> std::sync::MutexGuard<'_, HashMap<String, Count>> {
+    fn counts(&self) -> std::sync::MutexGuard<'_, Counts> {
         self.counts.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A fresh count of this limit's kind.
+    fn fresh(&self, now_ms: i64) -> Count {
+        match &self.config.kind {
+            LimitKind::Rate { burst, .. } => Count::Bucket(Bucket::full(*burst, now_ms)),
+            LimitKind::Concurrency { .. } => Count::Flight(0),
+            LimitKind::Quota { .. } => Count::Window(Window::default()),
+        }
+    }
+}
+
+/// One limit's counts: the shared one (a limit without `each`, or the empty key) and
+/// one per key. Keys are shared with the admissions that hold them, so admitting a
+/// call allocates no key once its count exists.
+#[derive(Debug, Default)]
+struct Counts {
+    shared: Option<Count>,
+    each: HashMap<Arc<str>, Count>,
+}
+
+impl Counts {
+    fn get_mut(&mut self, key: &str) -> Option<&mut Count> {
+        if key.is_empty() {
+            self.shared.as_mut()
+        } else {
+            self.each.get_mut(key)
+        }
+    }
+
+    /// `key`'s count, made by `fresh` when missing, and the key to find it again.
+    fn entry(
+        &mut self,
+        key: &str,
+        fresh: impl FnOnce() -> Count,
+    ) -> (&mut Count, Option<Arc<str>>) {
+        if key.is_empty() {
+            return (self.shared.get_or_insert_with(fresh), None);
+        }
+        let held = match self.each.get_key_value(key) {
+            Some((k, _)) => k.clone(),
+            None => {
+                let k: Arc<str> = Arc::from(key);
+                self.each.insert(k.clone(), fresh());
+                k
+            }
+        };
+        let count = self
+            .each
+            .get_mut(key)
+            .unwrap_or_else(|| unreachable!("found or inserted above"));
+        (count, Some(held))
+    }
+
+    fn iter_mut(&mut self) -> impl Iterator<Item = (&str, &mut Count)> {
+        self.shared
+            .iter_mut()
+            .map(|c| ("", c))
+            .chain(self.each.iter_mut().map(|(k, c)| (&**k, c)))
     }
 }
 
@@ -251,7 +317,14 @@ impl Budgets {
                     .filter(|l| same_kind(&l.config.kind, &c.kind))
                     .map(|l| l.counts.clone())
                     .unwrap_or_default();
+                let any = |p: &Option<String>| p.as_deref().is_none_or(|p| p == "*");
                 Limit {
+                    any: [
+                        any(&c.scope.principal),
+                        any(&c.scope.plugin),
+                        any(&c.scope.tool),
+                    ],
+                    usage_prefix: usage_prefix(c),
                     config: c.clone(),
                     counts,
                 }
@@ -313,50 +386,47 @@ impl Budgets {
         self.limits.is_empty()
     }
 
+    /// Room for `action.usage` when every limit is in scope (so writing it does not
+    /// grow the string as it goes).
+    pub fn usage_capacity(&self) -> usize {
+        2 + self
+            .limits
+            .iter()
+            .map(|l| l.usage_prefix.len() + 96)
+            .sum::<usize>()
+    }
+
     pub fn configs(&self) -> impl Iterator<Item = &LimitConfig> {
         self.limits.iter().map(|l| &l.config)
     }
 
     /// The caller's usage of every limit in scope of `who`, as the JSON object policies
-    /// get in `action.usage`: `{"NAME": {"measure", "per", "used", "max", "remaining",
-    /// "resets_ms"}}`.
+    /// get in `action.usage`: `{"NAME": {"kind", "measure", "per", "used", "max",
+    /// "remaining", "resets_ms"}}`. ([`Budgets::admit`] writes the same while it
+    /// reserves.)
     pub fn usage_json(&self, who: &Who<'_>, now_ms: i64) -> String {
         let mut out = String::from("{");
-        let mut first = true;
         for l in self.limits.iter().filter(|l| l.covers(who)) {
             let key = who.key(l.config.each);
-            let row = row_of(l, &key, l.counts().get_mut(&key), now_ms);
-            if !first {
-                out.push(',');
-            }
-            first = false;
-            let _ = write!(
-                out,
-                "{}:{{\"kind\":\"{}\",\"measure\":\"{}\",\"per\":{},\"used\":{},\"max\":{},\"remaining\":{},\"resets_ms\":{}}}",
-                serde_json::Value::from(l.config.name.as_str()),
-                row.kind,
-                row.measure,
-                row.per
-                    .as_ref()
-                    .map_or("null".into(), |p| format!("\"{p}\"")),
-                json_number(row.used),
-                json_number(row.max),
-                json_number(row.remaining),
-                row.resets_ms.map_or("null".into(), |r| r.to_string()),
-            );
+            let row = row_of(l, key, l.counts().get_mut(key), now_ms);
+            usage_entry(&mut out, l, row.used, row.max, row.resets_ms);
         }
         out.push('}');
         out
     }
 
     /// Reserve what the call `who` (declared cost `cost`) will use, or refuse it. With
-    /// `force` (an approved call) nothing is refused, but everything is counted.
+    /// `force` (an approved call) nothing is refused, but everything is counted. When
+    /// `usage` is given, the caller's usage before this call is written into it as
+    /// `action.usage` (see [`Budgets::usage_json`]), in the same pass; after a refusal
+    /// it is incomplete.
     pub fn admit(
         self: &Arc<Self>,
         who: &Who<'_>,
         cost: f64,
         force: bool,
         now_ms: i64,
+        mut usage: Option<&mut String>,
     ) -> Result<Admission, Refusal> {
         let mut admission = Admission {
             budgets: self.clone(),
@@ -364,24 +434,23 @@ impl Budgets {
             crossings: Vec::new(),
             settled: false,
         };
+        if let Some(u) = usage.as_deref_mut() {
+            u.clear();
+            u.push('{');
+        }
         for (i, l) in self.limits.iter().enumerate() {
             if !l.covers(who) {
                 continue;
             }
             let key = who.key(l.config.each);
             let mut counts = l.counts();
-            let reserved = match &l.config.kind {
-                LimitKind::Rate { rate, per, burst } => {
-                    let bucket = match counts
-                        .entry(key.clone())
-                        .or_insert_with(|| Count::Bucket(Bucket::full(*burst, now_ms)))
-                    {
-                        Count::Bucket(b) => b,
-                        other => {
-                            *other = Count::Bucket(Bucket::full(*burst, now_ms));
-                            continue;
-                        }
-                    };
+            let (count, held_key) = counts.entry(key, || l.fresh(now_ms));
+            let reserved = match (&l.config.kind, count) {
+                (LimitKind::Rate { rate, per, burst }, Count::Bucket(bucket)) => {
+                    if let Some(u) = usage.as_deref_mut() {
+                        let left = bucket.available(*rate, *per, *burst, now_ms);
+                        usage_entry(u, l, *burst - left, *burst, None);
+                    }
                     match bucket.take(*rate, *per, *burst, now_ms) {
                         Ok(()) => Reserved::Token,
                         Err(_) if force => Reserved::Nothing,
@@ -396,38 +465,31 @@ impl Budgets {
                         }
                     }
                 }
-                LimitKind::Concurrency { max } => {
-                    let n = match counts.entry(key.clone()).or_insert(Count::Flight(0)) {
-                        Count::Flight(n) => n,
-                        other => {
-                            *other = Count::Flight(0);
-                            continue;
-                        }
-                    };
+                (LimitKind::Concurrency { max }, Count::Flight(n)) => {
+                    if let Some(u) = usage.as_deref_mut() {
+                        usage_entry(u, l, *n as f64, *max as f64, None);
+                    }
                     if *n >= *max && !force {
                         return Err(refusal(l, *n as f64, *max as f64, "calls in flight", None));
                     }
                     *n += 1;
                     Reserved::Slot
                 }
-                LimitKind::Quota {
-                    measure,
-                    max,
-                    per,
-                    rolling,
-                    zone,
-                } => {
-                    let w = match counts
-                        .entry(key.clone())
-                        .or_insert_with(|| Count::Window(Window::default()))
-                    {
-                        Count::Window(w) => w,
-                        other => {
-                            *other = Count::Window(Window::default());
-                            continue;
-                        }
-                    };
+                (
+                    LimitKind::Quota {
+                        measure,
+                        max,
+                        per,
+                        rolling,
+                        zone,
+                    },
+                    Count::Window(w),
+                ) => {
                     w.roll(*per, *rolling, *zone, now_ms);
+                    if let Some(u) = usage.as_deref_mut() {
+                        let resets = w.resets_ms(*per, *rolling, now_ms);
+                        usage_entry(u, l, w.used(), *max, Some(resets));
+                    }
                     let amount = match measure {
                         Measure::Calls => 1.0,
                         Measure::Cost => cost,
@@ -444,15 +506,24 @@ impl Budgets {
                     }
                     if amount > 0.0 {
                         w.add(*per, *rolling, amount, now_ms);
-                        if let Some(c) = crossing(l, &key, w, *max, now_ms) {
+                        if let Some(c) = crossing(l, key, w, *max, now_ms) {
                             admission.crossings.push(c);
                         }
                     }
                     Reserved::Amount(amount)
                 }
+                // A count of another kind (cannot happen: a reload shares counts only
+                // between limits of one kind): start it afresh, counting nothing now.
+                (_, count) => {
+                    *count = l.fresh(now_ms);
+                    continue;
+                }
             };
             drop(counts);
-            admission.held.push((i, key, reserved));
+            admission.held.push((i, held_key, reserved));
+        }
+        if let Some(u) = usage {
+            u.push('}');
         }
         Ok(admission)
     }
@@ -468,10 +539,7 @@ impl Budgets {
             let mut counts = l.counts();
             match &l.config.kind {
                 LimitKind::Rate { rate, per, burst } => {
-                    let count = counts
-                        .entry(key)
-                        .or_insert_with(|| Count::Bucket(Bucket::full(*burst, at_ms)));
-                    if let Count::Bucket(b) = count {
+                    if let (Count::Bucket(b), _) = counts.entry(key, || l.fresh(at_ms)) {
                         let _ = b.take(*rate, *per, *burst, at_ms);
                     }
                 }
@@ -482,10 +550,7 @@ impl Budgets {
                     zone,
                     ..
                 } => {
-                    let count = counts
-                        .entry(key)
-                        .or_insert_with(|| Count::Window(Window::default()));
-                    let Count::Window(w) = count else {
+                    let (Count::Window(w), _) = counts.entry(key, || l.fresh(at_ms)) else {
                         continue;
                     };
                     w.roll(*per, *rolling, *zone, now_ms);
@@ -534,7 +599,7 @@ impl Budgets {
             let mut counts = l.counts();
             let mut rows: Vec<UsageRow> = counts
                 .iter_mut()
-                .filter(|(key, _)| wanted.is_none_or(|w| w == key.as_str()))
+                .filter(|(key, _)| wanted.is_none_or(|w| w == *key))
                 .map(|(key, count)| row_of(l, key, Some(count), now_ms))
                 .collect();
             if rows.is_empty() {
@@ -549,7 +614,7 @@ impl Budgets {
     /// The egress budget of a call admitted with `admission`, when a limit in its scope
     /// counts egress.
     pub fn egress(admission: &Admission) -> Option<Arc<dyn EgressBudget>> {
-        let entries: Vec<(usize, String)> = admission
+        let entries: Vec<(usize, Option<Arc<str>>)> = admission
             .held
             .iter()
             .filter(|(i, ..)| {
@@ -597,11 +662,49 @@ fn same_kind(a: &LimitKind, b: &LimitKind) -> bool {
     }
 }
 
-fn json_number(v: f64) -> String {
-    if v.is_finite() {
-        trim(v)
+fn usage_prefix(c: &LimitConfig) -> String {
+    let (kind, measure, per) = match &c.kind {
+        LimitKind::Rate { per, .. } => ("rate", "calls", Some(*per)),
+        LimitKind::Concurrency { .. } => ("concurrency", "calls in flight", None),
+        LimitKind::Quota { measure, per, .. } => ("quota", measure.as_str(), Some(*per)),
+    };
+    format!(
+        "{}:{{\"kind\":\"{kind}\",\"measure\":\"{measure}\",\"per\":{},",
+        serde_json::Value::from(c.name.as_str()),
+        per.map_or("null".into(), |p| format!("\"{}\"", p.as_str()))
+    )
+}
+
+/// One limit's entry of `action.usage`.
+fn usage_entry(out: &mut String, l: &Limit, used: f64, max: f64, resets_ms: Option<i64>) {
+    if !out.ends_with('{') {
+        out.push(',');
+    }
+    out.push_str(&l.usage_prefix);
+    out.push_str("\"used\":");
+    push_number(out, used);
+    out.push_str(",\"max\":");
+    push_number(out, max);
+    out.push_str(",\"remaining\":");
+    push_number(out, (max - used).max(0.0));
+    out.push_str(",\"resets_ms\":");
+    match resets_ms {
+        Some(r) => out.push_str(itoa::Buffer::new().format(r)),
+        None => out.push_str("null"),
+    }
+    out.push('}');
+}
+
+fn push_number(out: &mut String, v: f64) {
+    if v.fract() == 0.0 && v.abs() < 1e15 {
+        out.push_str(itoa::Buffer::new().format(v as i64));
     } else {
-        "null".into()
+        match serde_json::Number::from_f64(v) {
+            Some(n) => {
+                let _ = write!(out, "{n}");
+            }
+            None => out.push_str("null"),
+        }
     }
 }
 
@@ -753,7 +856,8 @@ enum Reserved {
 /// (it never ran), everything is given back.
 pub struct Admission {
     budgets: Arc<Budgets>,
-    held: Vec<(usize, String, Reserved)>,
+    /// (limit, key (`None`: the shared count), what was reserved)
+    held: Vec<(usize, Option<Arc<str>>, Reserved)>,
     /// Alert thresholds its reservation passed.
     pub crossings: Vec<Crossing>,
     settled: bool,
@@ -767,8 +871,38 @@ impl Admission {
         let mut crossings = std::mem::take(&mut self.crossings);
         for (i, key, reserved) in &self.held {
             let l = &self.budgets.limits[*i];
+            // Rates and quotas of calls and cost were counted when the call was admitted.
+            if matches!(
+                l.config.kind,
+                LimitKind::Rate { .. }
+                    | LimitKind::Quota {
+                        measure: Measure::Calls | Measure::Cost,
+                        ..
+                    }
+            ) {
+                continue;
+            }
+            // Egress was counted as it moved, fuel is counted only when some was used:
+            // a call that used none changes nothing there.
+            let unchanged = match l.config.kind {
+                LimitKind::Quota {
+                    measure: Measure::EgressRequests | Measure::EgressBytes,
+                    ..
+                } => used.egress_requests == 0.0 && used.egress_bytes == 0.0,
+                LimitKind::Quota {
+                    measure: Measure::Fuel,
+                    ..
+                } => used.fuel == 0.0,
+                _ => false,
+            };
+            if unchanged {
+                continue;
+            }
             let mut counts = l.counts();
-            match (&l.config.kind, counts.get_mut(key)) {
+            match (
+                &l.config.kind,
+                counts.get_mut(key.as_deref().unwrap_or_default()),
+            ) {
                 (LimitKind::Concurrency { .. }, Some(Count::Flight(n))) => {
                     if matches!(reserved, Reserved::Slot) {
                         *n = n.saturating_sub(1);
@@ -786,7 +920,9 @@ impl Admission {
                 ) => {
                     w.roll(*per, *rolling, *zone, now_ms);
                     w.add(*per, *rolling, used.of(*m), now_ms);
-                    if let Some(c) = crossing(l, key, w, *max, now_ms) {
+                    if let Some(c) =
+                        crossing(l, key.as_deref().unwrap_or_default(), w, *max, now_ms)
+                    {
                         crossings.push(c);
                     }
                 }
@@ -798,7 +934,9 @@ impl Admission {
                     },
                     Some(Count::Window(w)),
                 ) => {
-                    if let Some(c) = crossing(l, key, w, *max, now_ms) {
+                    if let Some(c) =
+                        crossing(l, key.as_deref().unwrap_or_default(), w, *max, now_ms)
+                    {
                         crossings.push(c);
                     }
                 }
@@ -817,7 +955,11 @@ impl Drop for Admission {
         for (i, key, reserved) in &self.held {
             let l = &self.budgets.limits[*i];
             let mut counts = l.counts();
-            match (reserved, &l.config.kind, counts.get_mut(key)) {
+            match (
+                reserved,
+                &l.config.kind,
+                counts.get_mut(key.as_deref().unwrap_or_default()),
+            ) {
                 (Reserved::Token, LimitKind::Rate { burst, .. }, Some(Count::Bucket(b))) => {
                     b.give_back(*burst)
                 }
@@ -833,7 +975,7 @@ impl Drop for Admission {
 /// call counting against them.
 struct EgressShare {
     budgets: Arc<Budgets>,
-    entries: Vec<(usize, String)>,
+    entries: Vec<(usize, Option<Arc<str>>)>,
 }
 
 impl EgressShare {
@@ -855,7 +997,7 @@ impl EgressShare {
                 continue;
             }
             let mut counts = l.counts();
-            if let Some(Count::Window(w)) = counts.get_mut(key) {
+            if let Some(Count::Window(w)) = counts.get_mut(key.as_deref().unwrap_or_default()) {
                 w.roll(*per, *rolling, *zone, now);
                 if strict && w.used() + n > *max {
                     return Err(format!(

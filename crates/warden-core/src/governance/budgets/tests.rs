@@ -45,18 +45,18 @@ fn a_quota_admits_n_and_refuses_the_next_with_its_reset_time() {
     )]);
     let now = 1_700_000_000_000;
     for _ in 0..3 {
-        b.admit(&WHO, 0.0, false, now)
+        b.admit(&WHO, 0.0, false, now, None)
             .unwrap()
             .settle(&Used::default(), now);
     }
-    let refusal = b.admit(&WHO, 0.0, false, now).err().unwrap();
+    let refusal = b.admit(&WHO, 0.0, false, now, None).err().unwrap();
     assert_eq!(refusal.limit, "daily");
     assert_eq!((refusal.used, refusal.max), (3.0, 3.0));
     let (_, midnight) = window::calendar(Per::Day, chrono_tz::UTC, now);
     assert_eq!(refusal.resets_ms, Some(midnight));
     assert!(refusal.to_string().contains("3 calls of 3"), "{refusal}");
     // The next day it starts again.
-    b.admit(&WHO, 0.0, false, midnight).unwrap();
+    b.admit(&WHO, 0.0, false, midnight, None).unwrap();
 }
 
 #[test]
@@ -75,7 +75,7 @@ fn sixty_four_concurrent_callers_never_overshoot() {
         for _ in 0..64 {
             s.spawn(|| {
                 barrier.wait();
-                if let Ok(a) = b.admit(&WHO, 0.0, false, 1_000) {
+                if let Ok(a) = b.admit(&WHO, 0.0, false, 1_000, None) {
                     admitted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                     a.settle(&Used::default(), 1_000);
                 }
@@ -100,13 +100,16 @@ fn a_call_that_never_ran_gives_its_reservation_back() {
         limit("flight", LimitKind::Concurrency { max: 1 }, OnExceed::Deny),
         limit("cost", quota(Measure::Cost, 1.0, Per::Day), OnExceed::Deny),
     ]);
-    let first = b.admit(&WHO, 0.6, false, 0).unwrap();
-    assert_eq!(b.admit(&WHO, 0.0, false, 0).err().unwrap().limit, "rate");
+    let first = b.admit(&WHO, 0.6, false, 0, None).unwrap();
+    assert_eq!(
+        b.admit(&WHO, 0.0, false, 0, None).err().unwrap().limit,
+        "rate"
+    );
     drop(first);
-    let again = b.admit(&WHO, 0.6, false, 0).unwrap();
+    let again = b.admit(&WHO, 0.6, false, 0, None).unwrap();
     again.settle(&Used::default(), 1);
     // Cost counted at admission stays; the next 0.6 would pass 1.0.
-    let refusal = b.admit(&WHO, 0.6, false, 3_600_001).err().unwrap();
+    let refusal = b.admit(&WHO, 0.6, false, 3_600_001, None).err().unwrap();
     assert_eq!(refusal.limit, "cost");
 }
 
@@ -117,12 +120,12 @@ fn hold_limits_say_so_and_an_approved_call_is_counted_but_not_refused() {
         quota(Measure::Calls, 1.0, Per::Day),
         OnExceed::Hold,
     )]);
-    b.admit(&WHO, 0.0, false, 0)
+    b.admit(&WHO, 0.0, false, 0, None)
         .unwrap()
         .settle(&Used::default(), 0);
-    let refusal = b.admit(&WHO, 0.0, false, 0).err().unwrap();
+    let refusal = b.admit(&WHO, 0.0, false, 0, None).err().unwrap();
     assert_eq!(refusal.on_exceed, OnExceed::Hold);
-    b.admit(&WHO, 0.0, true, 0)
+    b.admit(&WHO, 0.0, true, 0, None)
         .unwrap()
         .settle(&Used::default(), 0);
     let rows = b.snapshot(0);
@@ -135,22 +138,22 @@ fn scopes_and_each_count_apart() {
     per_principal.each = Some(Each::Principal);
     per_principal.scope.tool = Some("se*".into());
     let b = budgets(vec![per_principal]);
-    b.admit(&WHO, 0.0, false, 0)
+    b.admit(&WHO, 0.0, false, 0, None)
         .unwrap()
         .settle(&Used::default(), 0);
     let other = Who {
         principal: "other",
         ..WHO
     };
-    b.admit(&other, 0.0, false, 0)
+    b.admit(&other, 0.0, false, 0, None)
         .unwrap()
         .settle(&Used::default(), 0);
-    assert!(b.admit(&WHO, 0.0, false, 0).is_err());
+    assert!(b.admit(&WHO, 0.0, false, 0, None).is_err());
     let unscoped = Who {
         tool: "read",
         ..WHO
     };
-    b.admit(&unscoped, 0.0, false, 0).unwrap();
+    b.admit(&unscoped, 0.0, false, 0, None).unwrap();
     let usage: serde_json::Value = serde_json::from_str(&b.usage_json(&WHO, 0)).unwrap();
     assert_eq!(usage["each"]["used"], 1);
     assert_eq!(usage["each"]["remaining"], 0);
@@ -165,7 +168,7 @@ fn counts_carry_over_a_reload_and_are_rebuilt_from_history() {
         OnExceed::Deny,
     )];
     let b = budgets(limits.clone());
-    b.admit(&WHO, 4.0, false, 0)
+    b.admit(&WHO, 4.0, false, 0, None)
         .unwrap()
         .settle(&Used::default(), 0);
     let reloaded = Budgets::new(&limits, &RunawayConfig::default(), Some(&b));
@@ -189,14 +192,14 @@ fn alerts_fire_once_per_threshold_per_window() {
         quota(Measure::Cost, 10.0, Per::Day),
         OnExceed::Deny,
     )]);
-    let a = b.admit(&WHO, 5.0, false, 0).unwrap();
+    let a = b.admit(&WHO, 5.0, false, 0, None).unwrap();
     assert!(a.crossings.is_empty());
     a.settle(&Used::default(), 0);
-    let a = b.admit(&WHO, 3.5, false, 0).unwrap();
+    let a = b.admit(&WHO, 3.5, false, 0, None).unwrap();
     assert_eq!(a.crossings.len(), 1);
     assert_eq!(a.crossings[0].fraction, 0.8);
     a.settle(&Used::default(), 0);
-    let a = b.admit(&WHO, 0.5, false, 0).unwrap();
+    let a = b.admit(&WHO, 0.5, false, 0, None).unwrap();
     assert!(a.crossings.is_empty(), "0.8 was told already");
 }
 
@@ -214,7 +217,7 @@ fn egress_is_drawn_as_it_goes_and_the_request_past_the_budget_is_refused() {
             OnExceed::Deny,
         ),
     ]);
-    let a = b.admit(&WHO, 0.0, false, 0).unwrap();
+    let a = b.admit(&WHO, 0.0, false, 0, None).unwrap();
     let egress = Budgets::egress(&a).unwrap();
     egress.request().unwrap();
     egress.bytes(60).unwrap();
@@ -258,22 +261,56 @@ fn a_daily_quota_rolls_over_at_its_zone_s_midnight_not_utc_s() {
             .unwrap()
             .timestamp_millis()
     };
-    b.admit(&WHO, 0.0, false, at("2026-03-08T04:30:00Z"))
+    b.admit(&WHO, 0.0, false, at("2026-03-08T04:30:00Z"), None)
         .unwrap()
         .settle(&Used::default(), 0);
     // UTC's midnight has passed, New York's has not.
     let refusal = b
-        .admit(&WHO, 0.0, false, at("2026-03-08T04:59:59Z"))
+        .admit(&WHO, 0.0, false, at("2026-03-08T04:59:59Z"), None)
         .err()
         .unwrap();
     assert_eq!(refusal.resets_ms, Some(at("2026-03-08T05:00:00Z")));
-    b.admit(&WHO, 0.0, false, at("2026-03-08T05:00:00Z"))
+    b.admit(&WHO, 0.0, false, at("2026-03-08T05:00:00Z"), None)
         .unwrap()
         .settle(&Used::default(), 0);
     // That day is 23 hours long: the next window starts at 04:00 UTC on the 9th.
     let refusal = b
-        .admit(&WHO, 0.0, false, at("2026-03-09T03:59:00Z"))
+        .admit(&WHO, 0.0, false, at("2026-03-09T03:59:00Z"), None)
         .err()
         .unwrap();
     assert_eq!(refusal.resets_ms, Some(at("2026-03-09T04:00:00Z")));
+}
+
+#[test]
+fn admission_writes_the_usage_policies_see_as_it_was_before_the_call() {
+    let b = budgets(vec![
+        limit(
+            "spend",
+            quota(Measure::Cost, 100.0, Per::Day),
+            OnExceed::Deny,
+        ),
+        limit(
+            "rate",
+            LimitKind::Rate {
+                rate: 10.0,
+                per: Per::Minute,
+                burst: 5.0,
+            },
+            OnExceed::Deny,
+        ),
+        limit("flight", LimitKind::Concurrency { max: 3 }, OnExceed::Deny),
+    ]);
+    b.admit(&WHO, 12.5, false, 0, None)
+        .unwrap()
+        .settle(&Used::default(), 0);
+    let before = b.usage_json(&WHO, 0);
+    let mut written = String::new();
+    let held = b.admit(&WHO, 1.0, false, 0, Some(&mut written)).unwrap();
+    assert_eq!(written, before);
+    let usage: serde_json::Value = serde_json::from_str(&written).unwrap();
+    assert_eq!(usage["spend"]["used"], 12.5);
+    assert_eq!(usage["spend"]["per"], "day");
+    assert_eq!(usage["rate"]["used"], 1);
+    assert_eq!(usage["flight"]["remaining"], 3);
+    drop(held);
 }
