@@ -98,28 +98,30 @@ pub async fn run(config: &Path, call: &BenchCall, iterations: usize) -> Result<(
             );
         }
     }
-    // Alternating rounds, p50 of each, difference and ratio per pair, median of the
-    // pairs: this machine's speed drifts by tens of percent between seconds.
-    const ROUNDS: usize = 7;
+    // One call with no limits, one with ten, in turn, so the machine's drift (tens of
+    // percent between seconds here) falls on both alike; p50 of each per round, the
+    // difference and ratio per round, the median of the rounds.
+    const ROUNDS: usize = 15;
     let per_round = (iterations / ROUNDS).max(200);
     let (mut added, mut ratios, mut p50s) = (Vec::new(), Vec::new(), [Vec::new(), Vec::new()]);
     for _ in 0..ROUNDS {
-        let mut pair = [0.0; 2];
-        for (slot, rt) in [&none, &ten].into_iter().enumerate() {
-            let mut samples = Vec::with_capacity(per_round);
-            for _ in 0..per_round {
+        let mut samples = [Vec::with_capacity(per_round), Vec::with_capacity(per_round)];
+        for _ in 0..per_round {
+            for (slot, rt) in [&none, &ten].into_iter().enumerate() {
                 let t = Instant::now();
                 rt.call(request).await?;
-                samples.push(t.elapsed().as_secs_f64() * 1e6);
+                samples[slot].push(t.elapsed().as_secs_f64() * 1e6);
             }
-            pair[slot] = median(samples);
-            p50s[slot].push(pair[slot]);
         }
-        added.push(pair[1] - pair[0]);
-        ratios.push(pair[1] / pair[0]);
+        let [a, b] = samples;
+        let (a, b) = (median(a), median(b));
+        p50s[0].push(a);
+        p50s[1].push(b);
+        added.push(b - a);
+        ratios.push(b / a);
     }
     println!(
-        "governed call p50: no limits {:.1} µs, ten limits in scope {:.1} µs: +{:.2} µs, {:.3}x (median of {ROUNDS} alternating pairs of {per_round} calls; added per pair {})",
+        "governed call p50: no limits {:.1} µs, ten limits in scope {:.1} µs: +{:.2} µs, {:.3}x (median of {ROUNDS} rounds of {per_round} calls of each, in turn; added per round {})",
         median(p50s[0].clone()),
         median(p50s[1].clone()),
         median(added.clone()),
@@ -133,7 +135,7 @@ pub async fn run(config: &Path, call: &BenchCall, iterations: usize) -> Result<(
     // The limit machinery alone, without the call around it: with its data in the
     // cache, and with the cache emptied before each call (8 MiB written), as a call
     // that instantiates two components leaves it.
-    let budgets = Arc::new(Budgets::new(&ten_limits(), &RunawayConfig::default(), None));
+    let budgets = Budgets::new(&ten_limits(), &RunawayConfig::default(), None);
     let who = Who {
         principal: "bench",
         plugin: "text-stats",
@@ -195,7 +197,7 @@ async fn hot_limit() {
         alert_at: vec![1.0],
         span: 0,
     };
-    let budgets = Arc::new(Budgets::new(&[limit], &RunawayConfig::default(), None));
+    let budgets = Budgets::new(&[limit], &RunawayConfig::default(), None);
     let mut rates = Vec::new();
     for _ in 0..5 {
         let stop = Arc::new(AtomicBool::new(false));

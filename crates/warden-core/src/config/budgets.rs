@@ -79,7 +79,7 @@ impl Per {
 }
 
 /// What a limit is.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub enum LimitKind {
     /// A token bucket on calls: `rate` per `per`, up to `burst` at once.
     Rate { rate: f64, per: Per, burst: f64 },

@@ -253,11 +253,7 @@ impl Runtime {
             }
         };
         let fresh = previous.is_none();
-        let budgets = Arc::new(Budgets::new(
-            &config.limits,
-            &config.runaway,
-            previous.as_deref(),
-        ));
+        let budgets = Budgets::new(&config.limits, &config.runaway, previous.as_ref());
         if fresh {
             rebuild_budgets(&budgets, &runs, &suspensions).map_err(|e| store(&e))?;
         }

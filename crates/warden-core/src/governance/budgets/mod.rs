@@ -3,26 +3,35 @@
 //!
 //! A call in scope of some limits is admitted by reserving what it will use (a token of
 //! each rate, a slot of each concurrency bound, one call and its declared cost of each
-//! quota) under each limit's lock, so 64 callers against a limit of N see exactly N
+//! quota) under the budgets' lock, so 64 callers against a limit of N see exactly N
 //! admitted; what it used is settled when it ends (wall time, fuel), its outgoing HTTP
 //! is counted as it happens (`EgressBudget`), and a call admitted but never run gives
-//! its reservation back. Quotas are rebuilt from the run history when warden starts,
-//! so they survive restarts; a reload keeps every count.
+//! its reservation back. Quotas and rates are rebuilt from the run history when warden
+//! starts, so they survive restarts; a reload moves every count to the new budgets, and
+//! calls admitted before it settle there.
+//!
+//! Every call in scope passes here, so the decision data of all limits sit together
+//! (`Limit`, one lock over every count): a call that instantiated two components has
+//! emptied the cache, and each cache line touched costs as much as the arithmetic.
 //!
 //! It never decides alone: a refusal is `deny` (the call ends `limited`) or `hold` (the
 //! call waits for a human in the approval queue), as each limit says.
 
+mod counts;
 pub mod runaway;
+mod suspensions;
 pub mod window;
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use crate::config::{Each, LimitConfig, LimitKind, Measure, OnExceed, Per, RunawayConfig};
 use crate::grants::http::EgressBudget;
 use crate::util::pattern_matches;
 
+use counts::{Count, Counts};
+pub use suspensions::{Suspensions, Target};
 use window::{Bucket, Window};
 
 /// Who a call is, as limits see it.
@@ -47,104 +56,43 @@ impl<'a> Who<'a> {
     }
 }
 
-#[derive(Debug)]
-enum Count {
-    Bucket(Bucket),
-    Window(Window),
-    Flight(u64),
-}
-
+/// What every call needs of one limit, kept small and together (its config, with the
+/// patterns and names, is read only when a pattern must be matched or a refusal or
+/// an alert described).
+#[derive(Debug, Clone, Copy)]
 struct Limit {
-    config: LimitConfig,
-    /// `"NAME":{"kind":…,"measure":…,"per":…,` for `action.usage`, made once: usage is
-    /// written on every call's path.
-    usage_prefix: String,
-    /// Whether the scope takes any principal, plugin, tool (none given, or `*`): the
-    /// check every call makes touches no pattern then.
-    any: [bool; 3],
-    /// Shared with the same limit of the runtime this one replaced (a reload), so
-    /// calls still running there settle into the same counts.
-    counts: Arc<Mutex<Counts>>,
+    kind: LimitKind,
+    each: Option<Each>,
+    on_exceed: OnExceed,
+    /// The scope takes any principal, plugin, tool (none given, or `*`), any schedule
+    /// (none given).
+    any: [bool; 4],
+    /// The lowest alert threshold: below it no alert is looked for.
+    first_alert: f64,
+    /// Where its `"NAME":{"kind":…,"measure":…,"per":…,` is in `Budgets::prefixes`.
+    prefix: (u32, u32),
 }
 
 impl Limit {
-    fn covers(&self, who: &Who<'_>) -> bool {
-        let s = &self.config.scope;
-        let [any_principal, any_plugin, any_tool] = self.any;
-        let ok = |any: bool, pattern: &Option<String>, value: &str| {
-            any || pattern.as_deref().is_none_or(|p| pattern_matches(p, value))
-        };
-        ok(any_principal, &s.principal, who.principal)
-            && ok(any_plugin, &s.plugin, who.plugin)
-            && ok(any_tool, &s.tool, who.tool)
-            && match (&s.schedule, who.schedule) {
-                (None, _) => true,
-                (Some(p), Some(name)) => pattern_matches(p, name),
-                (Some(_), None) => false,
-            }
-    }
-
-    fn counts(&self) -> std::sync::MutexGuard<'_, Counts> {
-        self.counts.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// A fresh count of this limit's kind.
     fn fresh(&self, now_ms: i64) -> Count {
-        match &self.config.kind {
-            LimitKind::Rate { burst, .. } => Count::Bucket(Bucket::full(*burst, now_ms)),
+        match self.kind {
+            LimitKind::Rate { burst, .. } => Count::Bucket(Bucket::full(burst, now_ms)),
             LimitKind::Concurrency { .. } => Count::Flight(0),
             LimitKind::Quota { .. } => Count::Window(Window::default()),
         }
     }
-}
 
-/// One limit's counts: the shared one (a limit without `each`, or the empty key) and
-/// one per key. Keys are shared with the admissions that hold them, so admitting a
-/// call allocates no key once its count exists.
-#[derive(Debug, Default)]
-struct Counts {
-    shared: Option<Count>,
-    each: HashMap<Arc<str>, Count>,
-}
-
-impl Counts {
-    fn get_mut(&mut self, key: &str) -> Option<&mut Count> {
-        if key.is_empty() {
-            self.shared.as_mut()
-        } else {
-            self.each.get_mut(key)
-        }
-    }
-
-    /// `key`'s count, made by `fresh` when missing, and the key to find it again.
-    fn entry(
-        &mut self,
-        key: &str,
-        fresh: impl FnOnce() -> Count,
-    ) -> (&mut Count, Option<Arc<str>>) {
-        if key.is_empty() {
-            return (self.shared.get_or_insert_with(fresh), None);
-        }
-        let held = match self.each.get_key_value(key) {
-            Some((k, _)) => k.clone(),
-            None => {
-                let k: Arc<str> = Arc::from(key);
-                self.each.insert(k.clone(), fresh());
-                k
-            }
-        };
-        let count = self
-            .each
-            .get_mut(key)
-            .unwrap_or_else(|| unreachable!("found or inserted above"));
-        (count, Some(held))
-    }
-
-    fn iter_mut(&mut self) -> impl Iterator<Item = (&str, &mut Count)> {
-        self.shared
-            .iter_mut()
-            .map(|c| ("", c))
-            .chain(self.each.iter_mut().map(|(k, c)| (&**k, c)))
+    /// Rates and quotas of calls and cost are counted when a call is admitted; what
+    /// else a call used is counted when it is settled.
+    fn counted_at_admission(&self) -> bool {
+        matches!(
+            self.kind,
+            LimitKind::Rate { .. }
+                | LimitKind::Quota {
+                    measure: Measure::Calls | Measure::Cost,
+                    ..
+                }
+        )
     }
 }
 
@@ -222,78 +170,39 @@ pub struct UsageRow {
     pub resets_ms: Option<i64>,
 }
 
-/// What is suspended (the kill switch).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Target {
-    Principal,
-    Plugin,
-    Tool,
-    Schedule,
+/// What a finished call used, by measure.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Used {
+    pub cost: f64,
+    pub wall_ms: f64,
+    pub fuel: f64,
+    pub egress_requests: f64,
+    pub egress_bytes: f64,
 }
 
-impl Target {
-    pub fn parse(s: &str) -> Option<Target> {
-        match s {
-            "principal" => Some(Target::Principal),
-            "plugin" => Some(Target::Plugin),
-            "tool" => Some(Target::Tool),
-            "schedule" => Some(Target::Schedule),
-            _ => None,
+impl Used {
+    fn of(&self, m: Measure) -> f64 {
+        match m {
+            Measure::Calls => 1.0,
+            Measure::Cost => self.cost,
+            Measure::WallMs => self.wall_ms,
+            Measure::Fuel => self.fuel,
+            Measure::EgressRequests => self.egress_requests,
+            Measure::EgressBytes => self.egress_bytes,
         }
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Target::Principal => "principal",
-            Target::Plugin => "plugin",
-            Target::Tool => "tool",
-            Target::Schedule => "schedule",
-        }
-    }
-}
-
-/// The kill switch: suspended principals, plugins, tools and schedules, with why. Kept
-/// by the store; this is the copy every call consults.
-#[derive(Default)]
-pub struct Suspensions(RwLock<HashMap<(Target, String), String>>);
-
-impl Suspensions {
-    pub fn set(&self, target: Target, name: &str, reason: Option<String>) {
-        let mut map = self.0.write().unwrap_or_else(|p| p.into_inner());
-        match reason {
-            Some(r) => {
-                map.insert((target, name.to_string()), r);
-            }
-            None => {
-                map.remove(&(target, name.to_string()));
-            }
-        }
-    }
-
-    /// Why the call `who` may not run, if something it involves is suspended.
-    pub fn check(&self, who: &Who<'_>) -> Option<String> {
-        let map = self.0.read().unwrap_or_else(|p| p.into_inner());
-        if map.is_empty() {
-            return None;
-        }
-        let mut targets = vec![
-            (Target::Principal, who.principal),
-            (Target::Plugin, who.plugin),
-            (Target::Tool, who.tool),
-        ];
-        if let Some(s) = who.schedule {
-            targets.push((Target::Schedule, s));
-        }
-        targets.into_iter().find_map(|(t, name)| {
-            map.get(&(t, name.to_string()))
-                .map(|why| format!("{} {name} is suspended: {why}", t.as_str()))
-        })
     }
 }
 
 pub struct Budgets {
     limits: Vec<Limit>,
+    configs: Vec<LimitConfig>,
+    /// Every limit's start of its `action.usage` entry, one after another.
+    prefixes: String,
+    /// Every limit's counts, by index, under one lock.
+    counts: Mutex<Vec<Counts>>,
+    /// The budgets a reload moved the counts to: what is settled here after it goes
+    /// there.
+    successor: OnceLock<Arc<Budgets>>,
     pub runaway: runaway::Runaway,
     pub suspensions: Arc<Suspensions>,
     /// Calls refused, by limit (`suspended`, `loop`, `breaker` for the guards).
@@ -301,44 +210,108 @@ pub struct Budgets {
 }
 
 impl Budgets {
-    /// The budgets of `limits`; counts of same-named limits of the same kind are shared
-    /// with `previous` (a reload), as are the runaway guards, the kill switch and the
-    /// refusal counters.
+    /// The budgets of `limits`. On a reload (`previous`), the counts of same-named
+    /// limits of the same kind move here (what is settled on `previous` afterwards
+    /// follows them), and the runaway guards, the kill switch and the refusal counters
+    /// are shared.
     pub fn new(
         limits: &[LimitConfig],
         runaway: &RunawayConfig,
-        previous: Option<&Budgets>,
-    ) -> Budgets {
-        let limits = limits
+        previous: Option<&Arc<Budgets>>,
+    ) -> Arc<Budgets> {
+        let mut prefixes = String::new();
+        let hot = limits
             .iter()
             .map(|c| {
-                let counts = previous
-                    .and_then(|p| p.limits.iter().find(|l| l.config.name == c.name))
-                    .filter(|l| same_kind(&l.config.kind, &c.kind))
-                    .map(|l| l.counts.clone())
-                    .unwrap_or_default();
+                let start = prefixes.len();
+                prefixes.push_str(&usage_prefix(c));
                 let any = |p: &Option<String>| p.as_deref().is_none_or(|p| p == "*");
                 Limit {
+                    kind: c.kind,
+                    each: c.each,
+                    on_exceed: c.on_exceed,
                     any: [
                         any(&c.scope.principal),
                         any(&c.scope.plugin),
                         any(&c.scope.tool),
+                        c.scope.schedule.is_none(),
                     ],
-                    usage_prefix: usage_prefix(c),
-                    config: c.clone(),
-                    counts,
+                    first_alert: c.alert_at.iter().copied().fold(f64::INFINITY, f64::min),
+                    prefix: (start as u32, prefixes.len() as u32),
                 }
             })
             .collect();
-        Budgets {
-            limits,
+        let mut budgets = Budgets {
+            limits: hot,
+            configs: limits.to_vec(),
+            prefixes,
+            counts: Mutex::new(limits.iter().map(|_| Counts::default()).collect()),
+            successor: OnceLock::new(),
             runaway: match previous {
                 Some(p) => runaway::Runaway::carry(runaway.clone(), &p.runaway),
                 None => runaway::Runaway::new(runaway.clone()),
             },
             suspensions: previous.map(|p| p.suspensions.clone()).unwrap_or_default(),
             refusals: previous.map(|p| p.refusals.clone()).unwrap_or_default(),
+        };
+        let Some(previous) = previous else {
+            return Arc::new(budgets);
+        };
+        // Moved and handed on under the previous lock: whatever settles there either
+        // lands before the move (and moves with it) or finds the successor.
+        let mut old = previous.lock();
+        let counts = budgets.counts.get_mut().unwrap_or_else(|p| p.into_inner());
+        for (j, c) in limits.iter().enumerate() {
+            if let Some(i) = previous
+                .configs
+                .iter()
+                .position(|p| p.name == c.name && same_kind(&p.kind, &c.kind))
+            {
+                counts[j] = std::mem::take(&mut old[i]);
+            }
         }
+        let budgets = Arc::new(budgets);
+        let _ = previous.successor.set(budgets.clone());
+        drop(old);
+        budgets
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Vec<Counts>> {
+        self.counts.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.limits.is_empty()
+    }
+
+    pub fn configs(&self) -> impl Iterator<Item = &LimitConfig> {
+        self.configs.iter()
+    }
+
+    /// Room for `action.usage` when every limit is in scope (so writing it does not
+    /// grow the string as it goes).
+    pub fn usage_capacity(&self) -> usize {
+        2 + self.prefixes.len() + 96 * self.limits.len()
+    }
+
+    /// Does limit `i` count the calls of `who`?
+    fn covers(&self, i: usize, who: &Who<'_>) -> bool {
+        let l = &self.limits[i];
+        if l.any == [true; 4] {
+            return true;
+        }
+        let s = &self.configs[i].scope;
+        let ok = |any: bool, pattern: &Option<String>, value: &str| {
+            any || pattern.as_deref().is_none_or(|p| pattern_matches(p, value))
+        };
+        ok(l.any[0], &s.principal, who.principal)
+            && ok(l.any[1], &s.plugin, who.plugin)
+            && ok(l.any[2], &s.tool, who.tool)
+            && match (&s.schedule, who.schedule) {
+                (None, _) => true,
+                (Some(p), Some(name)) => pattern_matches(p, name),
+                (Some(_), None) => false,
+            }
     }
 
     /// Count a call refused by `limit`.
@@ -366,7 +339,7 @@ impl Budgets {
     pub fn replay_from(&self, now_ms: i64) -> Option<i64> {
         self.limits
             .iter()
-            .filter_map(|l| match l.config.kind {
+            .filter_map(|l| match l.kind {
                 LimitKind::Quota {
                     per, rolling, zone, ..
                 } => Some(if rolling {
@@ -382,34 +355,22 @@ impl Budgets {
             .min()
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.limits.is_empty()
-    }
-
-    /// Room for `action.usage` when every limit is in scope (so writing it does not
-    /// grow the string as it goes).
-    pub fn usage_capacity(&self) -> usize {
-        2 + self
-            .limits
-            .iter()
-            .map(|l| l.usage_prefix.len() + 96)
-            .sum::<usize>()
-    }
-
-    pub fn configs(&self) -> impl Iterator<Item = &LimitConfig> {
-        self.limits.iter().map(|l| &l.config)
-    }
-
     /// The caller's usage of every limit in scope of `who`, as the JSON object policies
-    /// get in `action.usage`: `{"NAME": {"kind", "measure", "per", "used", "max",
-    /// "remaining", "resets_ms"}}`. ([`Budgets::admit`] writes the same while it
-    /// reserves.)
+    /// get in `action.usage`: `{"NAME": {"measure", "per", "used", "max",
+    /// "resets_ms"}}`, where `measure` is a quota's measure, or `rate` (`used` tokens of
+    /// the `max` burst) or `concurrency` (calls in flight). It is kept short: every
+    /// policy of every call in scope receives it. ([`Budgets::admit`] writes the same
+    /// while it reserves.)
     pub fn usage_json(&self, who: &Who<'_>, now_ms: i64) -> String {
         let mut out = String::from("{");
-        for l in self.limits.iter().filter(|l| l.covers(who)) {
-            let key = who.key(l.config.each);
-            let row = row_of(l, key, l.counts().get_mut(key), now_ms);
-            usage_entry(&mut out, l, row.used, row.max, row.resets_ms);
+        let mut counts = self.lock();
+        for i in 0..self.limits.len() {
+            if !self.covers(i, who) {
+                continue;
+            }
+            let key = who.key(self.limits[i].each);
+            let row = self.row_of(i, key, counts[i].get_mut(key), now_ms);
+            self.usage_entry(&mut out, i, row.used, row.max, row.resets_ms);
         }
         out.push('}');
         out
@@ -428,37 +389,44 @@ impl Budgets {
         now_ms: i64,
         mut usage: Option<&mut String>,
     ) -> Result<Admission, Refusal> {
+        // Made before the lock is taken, so that on a refusal the lock is released
+        // before the admission gives back what it had reserved.
         let mut admission = Admission {
             budgets: self.clone(),
-            held: Vec::new(),
+            held: Vec::with_capacity(self.limits.len()),
             crossings: Vec::new(),
             settled: false,
         };
+        let mut counts = self.lock();
+        if let Some(next) = self.successor.get() {
+            drop(counts);
+            admission.settled = true;
+            return next.admit(who, cost, force, now_ms, usage);
+        }
         if let Some(u) = usage.as_deref_mut() {
             u.clear();
             u.push('{');
         }
         for (i, l) in self.limits.iter().enumerate() {
-            if !l.covers(who) {
+            if !self.covers(i, who) {
                 continue;
             }
-            let key = who.key(l.config.each);
-            let mut counts = l.counts();
-            let (count, held_key) = counts.entry(key, || l.fresh(now_ms));
-            let reserved = match (&l.config.kind, count) {
+            let key = who.key(l.each);
+            let (count, held_key) = counts[i].entry(key, || l.fresh(now_ms));
+            let reserved = match (l.kind, count) {
                 (LimitKind::Rate { rate, per, burst }, Count::Bucket(bucket)) => {
                     if let Some(u) = usage.as_deref_mut() {
-                        let left = bucket.available(*rate, *per, *burst, now_ms);
-                        usage_entry(u, l, *burst - left, *burst, None);
+                        let left = bucket.available(rate, per, burst, now_ms);
+                        self.usage_entry(u, i, burst - left, burst, None);
                     }
-                    match bucket.take(*rate, *per, *burst, now_ms) {
+                    match bucket.take(rate, per, burst, now_ms) {
                         Ok(()) => Reserved::Token,
                         Err(_) if force => Reserved::Nothing,
                         Err(at) => {
-                            return Err(refusal(
-                                l,
+                            return Err(self.refusal(
+                                i,
                                 0.0,
-                                *burst,
+                                burst,
                                 "calls left of the burst",
                                 Some(at),
                             ));
@@ -467,10 +435,16 @@ impl Budgets {
                 }
                 (LimitKind::Concurrency { max }, Count::Flight(n)) => {
                     if let Some(u) = usage.as_deref_mut() {
-                        usage_entry(u, l, *n as f64, *max as f64, None);
+                        self.usage_entry(u, i, *n as f64, max as f64, None);
                     }
-                    if *n >= *max && !force {
-                        return Err(refusal(l, *n as f64, *max as f64, "calls in flight", None));
+                    if *n >= max && !force {
+                        return Err(self.refusal(
+                            i,
+                            *n as f64,
+                            max as f64,
+                            "calls in flight",
+                            None,
+                        ));
                     }
                     *n += 1;
                     Reserved::Slot
@@ -485,10 +459,10 @@ impl Budgets {
                     },
                     Count::Window(w),
                 ) => {
-                    w.roll(*per, *rolling, *zone, now_ms);
+                    w.roll(per, rolling, zone, now_ms);
                     if let Some(u) = usage.as_deref_mut() {
-                        let resets = w.resets_ms(*per, *rolling, now_ms);
-                        usage_entry(u, l, w.used(), *max, Some(resets));
+                        let resets = w.resets_ms(per, rolling, now_ms);
+                        self.usage_entry(u, i, w.used(), max, Some(resets));
                     }
                     let amount = match measure {
                         Measure::Calls => 1.0,
@@ -496,32 +470,32 @@ impl Budgets {
                         _ => 0.0,
                     };
                     let over = if amount > 0.0 {
-                        w.used() + amount > *max
+                        w.used() + amount > max
                     } else {
-                        w.used() >= *max
+                        w.used() >= max
                     };
                     if over && !force {
-                        let resets = w.resets_ms(*per, *rolling, now_ms);
-                        return Err(refusal(l, w.used(), *max, measure.as_str(), Some(resets)));
+                        let resets = w.resets_ms(per, rolling, now_ms);
+                        return Err(self.refusal(i, w.used(), max, measure.as_str(), Some(resets)));
                     }
                     if amount > 0.0 {
-                        w.add(*per, *rolling, amount, now_ms);
-                        if let Some(c) = crossing(l, key, w, *max, now_ms) {
+                        w.add(per, rolling, amount, now_ms);
+                        if let Some(c) = self.crossing(i, key, w, max, now_ms) {
                             admission.crossings.push(c);
                         }
                     }
                     Reserved::Amount(amount)
                 }
-                // A count of another kind (cannot happen: a reload shares counts only
+                // A count of another kind (cannot happen: a reload moves counts only
                 // between limits of one kind): start it afresh, counting nothing now.
                 (_, count) => {
                     *count = l.fresh(now_ms);
                     continue;
                 }
             };
-            drop(counts);
             admission.held.push((i, held_key, reserved));
         }
+        drop(counts);
         if let Some(u) = usage {
             u.push('}');
         }
@@ -531,40 +505,38 @@ impl Budgets {
     /// Count a run found in the history (at start): a call that ran at `at_ms`, with
     /// what it used. Runs must come oldest first (a rate's bucket is replayed in order).
     pub fn replay(&self, who: &Who<'_>, at_ms: i64, used: &Used, now_ms: i64) {
-        for l in &self.limits {
-            if !l.covers(who) {
+        let mut counts = self.lock();
+        for (i, l) in self.limits.iter().enumerate() {
+            if !self.covers(i, who) {
                 continue;
             }
-            let key = who.key(l.config.each);
-            let mut counts = l.counts();
-            match &l.config.kind {
-                LimitKind::Rate { rate, per, burst } => {
-                    if let (Count::Bucket(b), _) = counts.entry(key, || l.fresh(at_ms)) {
-                        let _ = b.take(*rate, *per, *burst, at_ms);
-                    }
+            let key = who.key(l.each);
+            match (l.kind, counts[i].entry(key, || l.fresh(at_ms)).0) {
+                (LimitKind::Rate { rate, per, burst }, Count::Bucket(b)) => {
+                    let _ = b.take(rate, per, burst, at_ms);
                 }
-                LimitKind::Quota {
-                    measure,
-                    per,
-                    rolling,
-                    zone,
-                    ..
-                } => {
-                    let (Count::Window(w), _) = counts.entry(key, || l.fresh(at_ms)) else {
-                        continue;
-                    };
-                    w.roll(*per, *rolling, *zone, now_ms);
-                    let start = if *rolling {
+                (
+                    LimitKind::Quota {
+                        measure,
+                        per,
+                        rolling,
+                        zone,
+                        ..
+                    },
+                    Count::Window(w),
+                ) => {
+                    w.roll(per, rolling, zone, now_ms);
+                    let start = if rolling {
                         now_ms - per.ms()
                     } else {
-                        window::calendar(*per, *zone, now_ms).0
+                        window::calendar(per, zone, now_ms).0
                     };
                     if at_ms >= start {
-                        w.add(*per, *rolling, used.of(*measure), at_ms);
+                        w.add(per, rolling, used.of(measure), at_ms);
                     }
                 }
                 // Calls in flight died with the process that ran them.
-                LimitKind::Concurrency { .. } => {}
+                _ => {}
             }
         }
     }
@@ -578,8 +550,9 @@ impl Budgets {
     /// and tool (each given), sorted by limit and key.
     pub fn usage(&self, filter: &UsageFilter, now_ms: i64) -> Vec<UsageRow> {
         let mut out = Vec::new();
-        for l in &self.limits {
-            let s = &l.config.scope;
+        let mut counts = self.lock();
+        for (i, c) in self.configs.iter().enumerate() {
+            let s = &c.scope;
             let fits = |pattern: &Option<String>, value: &Option<String>| match (pattern, value) {
                 (Some(p), Some(v)) => pattern_matches(p, v),
                 _ => true,
@@ -590,20 +563,19 @@ impl Budgets {
             {
                 continue;
             }
-            let wanted = match l.config.each {
+            let wanted = match c.each {
                 Some(Each::Principal) => filter.principal.as_deref(),
                 Some(Each::Plugin) => filter.plugin.as_deref(),
                 Some(Each::Tool) => filter.tool.as_deref(),
                 _ => None,
             };
-            let mut counts = l.counts();
-            let mut rows: Vec<UsageRow> = counts
+            let mut rows: Vec<UsageRow> = counts[i]
                 .iter_mut()
                 .filter(|(key, _)| wanted.is_none_or(|w| w == *key))
-                .map(|(key, count)| row_of(l, key, Some(count), now_ms))
+                .map(|(key, count)| self.row_of(i, key, Some(count), now_ms))
                 .collect();
             if rows.is_empty() {
-                rows.push(row_of(l, wanted.unwrap_or_default(), None, now_ms));
+                rows.push(self.row_of(i, wanted.unwrap_or_default(), None, now_ms));
             }
             rows.sort_by(|a, b| a.key.cmp(&b.key));
             out.extend(rows);
@@ -614,12 +586,13 @@ impl Budgets {
     /// The egress budget of a call admitted with `admission`, when a limit in its scope
     /// counts egress.
     pub fn egress(admission: &Admission) -> Option<Arc<dyn EgressBudget>> {
+        let limits = &admission.budgets.limits;
         let entries: Vec<(usize, Option<Arc<str>>)> = admission
             .held
             .iter()
             .filter(|(i, ..)| {
                 matches!(
-                    admission.budgets.limits[*i].config.kind,
+                    limits[*i].kind,
                     LimitKind::Quota {
                         measure: Measure::EgressRequests | Measure::EgressBytes,
                         ..
@@ -635,6 +608,172 @@ impl Budgets {
             budgets: admission.budgets.clone(),
             entries,
         }))
+    }
+
+    /// Run `f` on limit `i`'s counts where they are now: here, or, after a reload, in
+    /// the budgets that replaced these (the same-named limit of the same kind; `None`
+    /// when the reload dropped it).
+    fn with_counts<R>(
+        &self,
+        i: usize,
+        f: impl FnOnce(&Budgets, usize, &mut Counts) -> R,
+    ) -> Option<R> {
+        let mut counts = self.lock();
+        let Some(next) = self.successor.get() else {
+            return Some(f(self, i, &mut counts[i]));
+        };
+        drop(counts);
+        let (name, kind) = (&self.configs[i].name, &self.limits[i].kind);
+        let j = next
+            .configs
+            .iter()
+            .position(|c| c.name == *name && same_kind(&c.kind, kind))?;
+        next.with_counts(j, f)
+    }
+
+    fn refusal(
+        &self,
+        i: usize,
+        used: f64,
+        max: f64,
+        measure: &'static str,
+        resets_ms: Option<i64>,
+    ) -> Refusal {
+        Refusal {
+            limit: self.configs[i].name.clone(),
+            on_exceed: self.limits[i].on_exceed,
+            used,
+            max,
+            measure,
+            resets_ms,
+        }
+    }
+
+    /// The first alert threshold of quota `i` that `w` passed and had not told yet.
+    fn crossing(
+        &self,
+        i: usize,
+        key: &str,
+        w: &mut Window,
+        max: f64,
+        now_ms: i64,
+    ) -> Option<Crossing> {
+        let LimitKind::Quota { per, rolling, .. } = self.limits[i].kind else {
+            return None;
+        };
+        let fraction = w.used() / max;
+        if fraction < self.limits[i].first_alert {
+            return None;
+        }
+        let config = &self.configs[i];
+        let mut crossed = None;
+        for (n, t) in config.alert_at.iter().enumerate() {
+            let bit = 1u32 << n.min(31);
+            if fraction >= *t && w.alerted & bit == 0 {
+                w.alerted |= bit;
+                crossed = Some(*t);
+            }
+        }
+        crossed.map(|fraction| Crossing {
+            limit: config.name.clone(),
+            key: key.to_string(),
+            fraction,
+            used: w.used(),
+            max,
+            resets_ms: w.resets_ms(per, rolling, now_ms),
+        })
+    }
+
+    /// Limit `i`'s entry of `action.usage`.
+    fn usage_entry(&self, out: &mut String, i: usize, used: f64, max: f64, resets_ms: Option<i64>) {
+        if !out.ends_with('{') {
+            out.push(',');
+        }
+        let (start, end) = self.limits[i].prefix;
+        out.push_str(&self.prefixes[start as usize..end as usize]);
+        out.push_str("\"used\":");
+        push_number(out, used);
+        out.push_str(",\"max\":");
+        push_number(out, max);
+        out.push_str(",\"resets_ms\":");
+        match resets_ms {
+            Some(r) => out.push_str(itoa::Buffer::new().format(r)),
+            None => out.push_str("null"),
+        }
+        out.push('}');
+    }
+
+    fn row_of(&self, i: usize, key: &str, count: Option<&mut Count>, now_ms: i64) -> UsageRow {
+        let config = &self.configs[i];
+        let base =
+            |kind: &str, measure: &str, per: Option<Per>, used: f64, max: f64, resets| UsageRow {
+                limit: config.name.clone(),
+                on_exceed: config.on_exceed,
+                key: key.to_string(),
+                kind: kind.to_string(),
+                measure: measure.to_string(),
+                per: per.map(|p| p.as_str().to_string()),
+                used,
+                max,
+                remaining: (max - used).max(0.0),
+                resets_ms: resets,
+            };
+        match (self.limits[i].kind, count) {
+            (LimitKind::Rate { rate, per, burst }, count) => {
+                let left = match count {
+                    Some(Count::Bucket(b)) => b.available(rate, per, burst, now_ms),
+                    _ => burst,
+                };
+                base("rate", "calls", Some(per), burst - left, burst, None)
+            }
+            (LimitKind::Concurrency { max }, count) => {
+                let n = match count {
+                    Some(Count::Flight(n)) => *n,
+                    _ => 0,
+                };
+                base(
+                    "concurrency",
+                    "calls in flight",
+                    None,
+                    n as f64,
+                    max as f64,
+                    None,
+                )
+            }
+            (
+                LimitKind::Quota {
+                    measure,
+                    max,
+                    per,
+                    rolling,
+                    zone,
+                },
+                count,
+            ) => {
+                let (used, resets) = match count {
+                    Some(Count::Window(w)) => {
+                        w.roll(per, rolling, zone, now_ms);
+                        (w.used(), w.resets_ms(per, rolling, now_ms))
+                    }
+                    _ => (
+                        0.0,
+                        if rolling {
+                            now_ms + per.ms()
+                        } else {
+                            window::calendar(per, zone, now_ms).1
+                        },
+                    ),
+                };
+                base(
+                    "quota",
+                    measure.as_str(),
+                    Some(per),
+                    used,
+                    max,
+                    Some(resets),
+                )
+            }
+        }
     }
 }
 
@@ -663,36 +802,16 @@ fn same_kind(a: &LimitKind, b: &LimitKind) -> bool {
 }
 
 fn usage_prefix(c: &LimitConfig) -> String {
-    let (kind, measure, per) = match &c.kind {
-        LimitKind::Rate { per, .. } => ("rate", "calls", Some(*per)),
-        LimitKind::Concurrency { .. } => ("concurrency", "calls in flight", None),
-        LimitKind::Quota { measure, per, .. } => ("quota", measure.as_str(), Some(*per)),
+    let (measure, per) = match &c.kind {
+        LimitKind::Rate { per, .. } => ("rate", Some(*per)),
+        LimitKind::Concurrency { .. } => ("concurrency", None),
+        LimitKind::Quota { measure, per, .. } => (measure.as_str(), Some(*per)),
     };
     format!(
-        "{}:{{\"kind\":\"{kind}\",\"measure\":\"{measure}\",\"per\":{},",
+        "{}:{{\"measure\":\"{measure}\",\"per\":{},",
         serde_json::Value::from(c.name.as_str()),
         per.map_or("null".into(), |p| format!("\"{}\"", p.as_str()))
     )
-}
-
-/// One limit's entry of `action.usage`.
-fn usage_entry(out: &mut String, l: &Limit, used: f64, max: f64, resets_ms: Option<i64>) {
-    if !out.ends_with('{') {
-        out.push(',');
-    }
-    out.push_str(&l.usage_prefix);
-    out.push_str("\"used\":");
-    push_number(out, used);
-    out.push_str(",\"max\":");
-    push_number(out, max);
-    out.push_str(",\"remaining\":");
-    push_number(out, (max - used).max(0.0));
-    out.push_str(",\"resets_ms\":");
-    match resets_ms {
-        Some(r) => out.push_str(itoa::Buffer::new().format(r)),
-        None => out.push_str("null"),
-    }
-    out.push('}');
 }
 
 fn push_number(out: &mut String, v: f64) {
@@ -704,142 +823,6 @@ fn push_number(out: &mut String, v: f64) {
                 let _ = write!(out, "{n}");
             }
             None => out.push_str("null"),
-        }
-    }
-}
-
-fn refusal(
-    l: &Limit,
-    used: f64,
-    max: f64,
-    measure: &'static str,
-    resets_ms: Option<i64>,
-) -> Refusal {
-    Refusal {
-        limit: l.config.name.clone(),
-        on_exceed: l.config.on_exceed,
-        used,
-        max,
-        measure,
-        resets_ms,
-    }
-}
-
-/// The first alert threshold `w` passed and had not reported yet.
-fn crossing(l: &Limit, key: &str, w: &mut Window, max: f64, now_ms: i64) -> Option<Crossing> {
-    let LimitKind::Quota { per, rolling, .. } = l.config.kind else {
-        return None;
-    };
-    let fraction = w.used() / max;
-    let mut crossed = None;
-    for (i, t) in l.config.alert_at.iter().enumerate() {
-        let bit = 1u32 << i.min(31);
-        if fraction >= *t && w.alerted & bit == 0 {
-            w.alerted |= bit;
-            crossed = Some(*t);
-        }
-    }
-    crossed.map(|fraction| Crossing {
-        limit: l.config.name.clone(),
-        key: key.to_string(),
-        fraction,
-        used: w.used(),
-        max,
-        resets_ms: w.resets_ms(per, rolling, now_ms),
-    })
-}
-
-fn row_of(l: &Limit, key: &str, count: Option<&mut Count>, now_ms: i64) -> UsageRow {
-    let base =
-        |kind: &str, measure: &str, per: Option<Per>, used: f64, max: f64, resets| UsageRow {
-            limit: l.config.name.clone(),
-            on_exceed: l.config.on_exceed,
-            key: key.to_string(),
-            kind: kind.to_string(),
-            measure: measure.to_string(),
-            per: per.map(|p| p.as_str().to_string()),
-            used,
-            max,
-            remaining: (max - used).max(0.0),
-            resets_ms: resets,
-        };
-    match (&l.config.kind, count) {
-        (LimitKind::Rate { rate, per, burst }, count) => {
-            let left = match count {
-                Some(Count::Bucket(b)) => b.available(*rate, *per, *burst, now_ms),
-                _ => *burst,
-            };
-            base("rate", "calls", Some(*per), *burst - left, *burst, None)
-        }
-        (LimitKind::Concurrency { max }, count) => {
-            let n = match count {
-                Some(Count::Flight(n)) => *n,
-                _ => 0,
-            };
-            base(
-                "concurrency",
-                "calls in flight",
-                None,
-                n as f64,
-                *max as f64,
-                None,
-            )
-        }
-        (
-            LimitKind::Quota {
-                measure,
-                max,
-                per,
-                rolling,
-                zone,
-            },
-            count,
-        ) => {
-            let (used, resets) = match count {
-                Some(Count::Window(w)) => {
-                    w.roll(*per, *rolling, *zone, now_ms);
-                    (w.used(), w.resets_ms(*per, *rolling, now_ms))
-                }
-                _ => (
-                    0.0,
-                    if *rolling {
-                        now_ms + per.ms()
-                    } else {
-                        window::calendar(*per, *zone, now_ms).1
-                    },
-                ),
-            };
-            base(
-                "quota",
-                measure.as_str(),
-                Some(*per),
-                used,
-                *max,
-                Some(resets),
-            )
-        }
-    }
-}
-
-/// What a finished call used, by measure.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Used {
-    pub cost: f64,
-    pub wall_ms: f64,
-    pub fuel: f64,
-    pub egress_requests: f64,
-    pub egress_bytes: f64,
-}
-
-impl Used {
-    fn of(&self, m: Measure) -> f64 {
-        match m {
-            Measure::Calls => 1.0,
-            Measure::Cost => self.cost,
-            Measure::WallMs => self.wall_ms,
-            Measure::Fuel => self.fuel,
-            Measure::EgressRequests => self.egress_requests,
-            Measure::EgressBytes => self.egress_bytes,
         }
     }
 }
@@ -869,22 +852,12 @@ impl Admission {
     pub fn settle(mut self, used: &Used, now_ms: i64) -> Vec<Crossing> {
         self.settled = true;
         let mut crossings = std::mem::take(&mut self.crossings);
-        for (i, key, reserved) in &self.held {
-            let l = &self.budgets.limits[*i];
-            // Rates and quotas of calls and cost were counted when the call was admitted.
-            if matches!(
-                l.config.kind,
-                LimitKind::Rate { .. }
-                    | LimitKind::Quota {
-                        measure: Measure::Calls | Measure::Cost,
-                        ..
-                    }
-            ) {
-                continue;
-            }
-            // Egress was counted as it moved, fuel is counted only when some was used:
-            // a call that used none changes nothing there.
-            let unchanged = match l.config.kind {
+        let budgets = &self.budgets;
+        let pending = self.held.iter().filter(|(i, ..)| {
+            let l = &budgets.limits[*i];
+            // Egress was counted as it moved and fuel is counted when some was used: a
+            // call that used none changes nothing there.
+            let unchanged = match l.kind {
                 LimitKind::Quota {
                     measure: Measure::EgressRequests | Measure::EgressBytes,
                     ..
@@ -893,57 +866,71 @@ impl Admission {
                     measure: Measure::Fuel,
                     ..
                 } => used.fuel == 0.0,
-                _ => false,
+                _ => l.counted_at_admission(),
             };
-            if unchanged {
-                continue;
+            !unchanged
+        });
+        let mut pending = pending.peekable();
+        if pending.peek().is_none() {
+            return crossings;
+        }
+        let mut counts = budgets.lock();
+        if budgets.successor.get().is_none() {
+            // The common case: every count is here, under one lock.
+            for (i, key, reserved) in pending {
+                let key = key.as_deref().unwrap_or_default();
+                if let Some(count) = counts[*i].get_mut(key) {
+                    crossings.extend(settle_one(budgets, *i, count, key, *reserved, used, now_ms));
+                }
             }
-            let mut counts = l.counts();
-            match (
-                &l.config.kind,
-                counts.get_mut(key.as_deref().unwrap_or_default()),
-            ) {
-                (LimitKind::Concurrency { .. }, Some(Count::Flight(n))) => {
-                    if matches!(reserved, Reserved::Slot) {
-                        *n = n.saturating_sub(1);
-                    }
-                }
-                (
-                    LimitKind::Quota {
-                        measure: m @ (Measure::WallMs | Measure::Fuel),
-                        max,
-                        per,
-                        rolling,
-                        zone,
-                    },
-                    Some(Count::Window(w)),
-                ) => {
-                    w.roll(*per, *rolling, *zone, now_ms);
-                    w.add(*per, *rolling, used.of(*m), now_ms);
-                    if let Some(c) =
-                        crossing(l, key.as_deref().unwrap_or_default(), w, *max, now_ms)
-                    {
-                        crossings.push(c);
-                    }
-                }
-                (
-                    LimitKind::Quota {
-                        measure: Measure::EgressRequests | Measure::EgressBytes,
-                        max,
-                        ..
-                    },
-                    Some(Count::Window(w)),
-                ) => {
-                    if let Some(c) =
-                        crossing(l, key.as_deref().unwrap_or_default(), w, *max, now_ms)
-                    {
-                        crossings.push(c);
-                    }
-                }
-                _ => {}
-            }
+            return crossings;
+        }
+        drop(counts);
+        for (i, key, reserved) in pending {
+            let key = key.as_deref().unwrap_or_default();
+            let crossed = budgets.with_counts(*i, |b, j, counts| {
+                settle_one(b, j, counts.get_mut(key)?, key, *reserved, used, now_ms)
+            });
+            crossings.extend(crossed.flatten());
         }
         crossings
+    }
+}
+
+/// Settle one reservation of limit `i` (in `b`); the alert threshold it passed.
+fn settle_one(
+    b: &Budgets,
+    i: usize,
+    count: &mut Count,
+    key: &str,
+    reserved: Reserved,
+    used: &Used,
+    now_ms: i64,
+) -> Option<Crossing> {
+    match (b.limits[i].kind, count) {
+        (LimitKind::Concurrency { .. }, Count::Flight(n)) => {
+            if matches!(reserved, Reserved::Slot) {
+                *n = n.saturating_sub(1);
+            }
+            None
+        }
+        (
+            LimitKind::Quota {
+                measure,
+                max,
+                per,
+                rolling,
+                zone,
+            },
+            Count::Window(w),
+        ) => {
+            if matches!(measure, Measure::WallMs | Measure::Fuel) {
+                w.roll(per, rolling, zone, now_ms);
+                w.add(per, rolling, used.of(measure), now_ms);
+            }
+            b.crossing(i, key, w, max, now_ms)
+        }
+        _ => None,
     }
 }
 
@@ -953,20 +940,19 @@ impl Drop for Admission {
             return;
         }
         for (i, key, reserved) in &self.held {
-            let l = &self.budgets.limits[*i];
-            let mut counts = l.counts();
-            match (
-                reserved,
-                &l.config.kind,
-                counts.get_mut(key.as_deref().unwrap_or_default()),
-            ) {
-                (Reserved::Token, LimitKind::Rate { burst, .. }, Some(Count::Bucket(b))) => {
-                    b.give_back(*burst)
+            let key = key.as_deref().unwrap_or_default();
+            self.budgets.with_counts(*i, |b, j, counts| {
+                match (*reserved, b.limits[j].kind, counts.get_mut(key)) {
+                    (
+                        Reserved::Token,
+                        LimitKind::Rate { burst, .. },
+                        Some(Count::Bucket(bucket)),
+                    ) => bucket.give_back(burst),
+                    (Reserved::Slot, _, Some(Count::Flight(n))) => *n = n.saturating_sub(1),
+                    (Reserved::Amount(a), _, Some(Count::Window(w))) if a > 0.0 => w.remove(a),
+                    _ => {}
                 }
-                (Reserved::Slot, _, Some(Count::Flight(n))) => *n = n.saturating_sub(1),
-                (Reserved::Amount(a), _, Some(Count::Window(w))) if *a > 0.0 => w.remove(*a),
-                _ => {}
-            }
+            });
         }
     }
 }
@@ -982,42 +968,45 @@ impl EgressShare {
     fn draw(&self, which: Measure, n: f64, strict: bool) -> Result<(), String> {
         let now = crate::now_ms() as i64;
         for (i, key) in &self.entries {
-            let l = &self.budgets.limits[*i];
-            let LimitKind::Quota {
-                measure,
-                max,
-                per,
-                rolling,
-                zone,
-            } = &l.config.kind
-            else {
-                continue;
-            };
-            if *measure != which {
-                continue;
-            }
-            let mut counts = l.counts();
-            if let Some(Count::Window(w)) = counts.get_mut(key.as_deref().unwrap_or_default()) {
-                w.roll(*per, *rolling, *zone, now);
-                if strict && w.used() + n > *max {
+            let key = key.as_deref().unwrap_or_default();
+            let drawn = self.budgets.with_counts(*i, |b, j, counts| {
+                let LimitKind::Quota {
+                    measure,
+                    max,
+                    per,
+                    rolling,
+                    zone,
+                } = b.limits[j].kind
+                else {
+                    return Ok(());
+                };
+                let Some(Count::Window(w)) = counts.get_mut(key) else {
+                    return Ok(());
+                };
+                if measure != which {
+                    return Ok(());
+                }
+                let name = &b.configs[j].name;
+                w.roll(per, rolling, zone, now);
+                if strict && w.used() + n > max {
                     return Err(format!(
-                        "limit {}: {} of {} {} used",
-                        l.config.name,
+                        "limit {name}: {} of {} {} used",
                         trim(w.used()),
-                        trim(*max),
+                        trim(max),
                         measure.as_str()
                     ));
                 }
-                w.add(*per, *rolling, n, now);
-                if w.used() > *max {
+                w.add(per, rolling, n, now);
+                if w.used() > max {
                     return Err(format!(
-                        "limit {}: over {} {}",
-                        l.config.name,
-                        trim(*max),
+                        "limit {name}: over {} {}",
+                        trim(max),
                         measure.as_str()
                     ));
                 }
-            }
+                Ok(())
+            });
+            drawn.unwrap_or(Ok(()))?;
         }
         Ok(())
     }

@@ -26,7 +26,7 @@ fn quota(measure: Measure, max: f64, per: Per) -> LimitKind {
 }
 
 fn budgets(limits: Vec<LimitConfig>) -> Arc<Budgets> {
-    Arc::new(Budgets::new(&limits, &RunawayConfig::default(), None))
+    Budgets::new(&limits, &RunawayConfig::default(), None)
 }
 
 const WHO: Who<'static> = Who {
@@ -156,7 +156,7 @@ fn scopes_and_each_count_apart() {
     b.admit(&unscoped, 0.0, false, 0, None).unwrap();
     let usage: serde_json::Value = serde_json::from_str(&b.usage_json(&WHO, 0)).unwrap();
     assert_eq!(usage["each"]["used"], 1);
-    assert_eq!(usage["each"]["remaining"], 0);
+    assert_eq!(usage["each"]["max"], 1);
     assert_eq!(b.usage_json(&unscoped, 0), "{}");
 }
 
@@ -311,6 +311,39 @@ fn admission_writes_the_usage_policies_see_as_it_was_before_the_call() {
     assert_eq!(usage["spend"]["used"], 12.5);
     assert_eq!(usage["spend"]["per"], "day");
     assert_eq!(usage["rate"]["used"], 1);
-    assert_eq!(usage["flight"]["remaining"], 3);
+    assert_eq!(usage["flight"]["max"], 3);
+    assert_eq!(usage["flight"]["measure"], "concurrency");
     drop(held);
+}
+
+#[test]
+fn a_call_admitted_before_a_reload_settles_in_the_budgets_that_replaced_it() {
+    let limits = vec![
+        limit("flight", LimitKind::Concurrency { max: 1 }, OnExceed::Deny),
+        limit(
+            "daily",
+            quota(Measure::Calls, 5.0, Per::Day),
+            OnExceed::Deny,
+        ),
+    ];
+    let old = budgets(limits.clone());
+    let running = old.admit(&WHO, 0.0, false, 0, None).unwrap();
+    let new = Budgets::new(&limits, &RunawayConfig::default(), Some(&old));
+    // The slot moved with the count: the new budgets see the call in flight.
+    assert_eq!(
+        new.admit(&WHO, 0.0, false, 0, None).err().unwrap().limit,
+        "flight"
+    );
+    // Admitting on the old budgets now admits on the new ones.
+    assert_eq!(
+        old.admit(&WHO, 0.0, false, 0, None).err().unwrap().limit,
+        "flight"
+    );
+    running.settle(&Used::default(), 1);
+    new.admit(&WHO, 0.0, false, 1, None)
+        .unwrap()
+        .settle(&Used::default(), 1);
+    let rows = new.snapshot(1);
+    assert_eq!(rows.iter().find(|r| r.limit == "flight").unwrap().used, 0.0);
+    assert_eq!(rows.iter().find(|r| r.limit == "daily").unwrap().used, 2.0);
 }
