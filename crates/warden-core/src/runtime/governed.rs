@@ -372,6 +372,7 @@ impl Runtime {
     ) -> Vec<Entry> {
         let now = crate::now_ms() as i64;
         let used = Used {
+            calls: 1.0,
             cost: report.usage.cost,
             wall_ms: started.elapsed().as_secs_f64() * 1000.0,
             fuel: report.fuel_used.unwrap_or(0) as f64,

@@ -512,9 +512,10 @@ fn rebuild_budgets(
                 .and_then(|s| s.strip_prefix("schedule:")),
         };
         let used = Used {
+            calls: run.calls as f64,
             cost: run.cost,
             wall_ms: run.total_us as f64 / 1000.0,
-            fuel: run.fuel_used.unwrap_or(0) as f64,
+            fuel: run.fuel_used as f64,
             egress_requests: run.egress_requests as f64,
             egress_bytes: run.egress_bytes as f64,
         };

@@ -129,13 +129,28 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX deliveries_by_time ON trigger_deliveries(at_ms);
     ",
-    // 5: what each run used that limits count (declared cost, outgoing HTTP), so quotas
-    // are rebuilt at start; the kill switch (suspended principals, plugins, tools,
-    // schedules).
+    // 5: what each run used that limits count (declared cost, outgoing HTTP), and the
+    // same summed per minute and caller (so limits are rebuilt at start from a few rows
+    // per minute, not from every run); the kill switch (suspended principals, plugins,
+    // tools, schedules).
     "
     ALTER TABLE runs ADD COLUMN cost REAL NOT NULL DEFAULT 0;
     ALTER TABLE runs ADD COLUMN egress_requests INTEGER NOT NULL DEFAULT 0;
     ALTER TABLE runs ADD COLUMN egress_bytes INTEGER NOT NULL DEFAULT 0;
+    CREATE TABLE usage_minutes (
+        minute_ms       INTEGER NOT NULL,
+        principal       TEXT NOT NULL,
+        plugin          TEXT NOT NULL,
+        tool            TEXT NOT NULL,
+        started_by      TEXT NOT NULL,
+        calls           INTEGER NOT NULL,
+        cost            REAL NOT NULL,
+        wall_us         INTEGER NOT NULL,
+        fuel            INTEGER NOT NULL,
+        egress_requests INTEGER NOT NULL,
+        egress_bytes    INTEGER NOT NULL,
+        PRIMARY KEY (minute_ms, principal, plugin, tool, started_by)
+    );
     CREATE TABLE suspensions (
         kind           TEXT NOT NULL,
         name           TEXT NOT NULL,

@@ -78,7 +78,8 @@ pub struct RunRow {
     pub egress_bytes: i64,
 }
 
-/// What one run used, for rebuilding quotas at start.
+/// What the runs of one caller used in one minute (`started_ms`, its start), for
+/// rebuilding limits at start.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RunUsage {
     pub started_ms: i64,
@@ -86,9 +87,10 @@ pub struct RunUsage {
     pub tool: String,
     pub plugin: String,
     pub started_by: Option<String>,
+    pub calls: i64,
     pub cost: f64,
     pub total_us: i64,
-    pub fuel_used: Option<i64>,
+    pub fuel_used: i64,
     pub egress_requests: i64,
     pub egress_bytes: i64,
 }
@@ -274,31 +276,32 @@ impl RunStore {
 }
 
 impl RunStore {
-    /// What every run since `since_ms` that ran a tool used (held, denied and limited
-    /// calls used nothing), oldest first.
+    /// What runs that ran a tool used since `since_ms`, summed per minute and caller,
+    /// oldest first (limits are rebuilt from these at start).
     pub fn usage_since(&self, since_ms: i64) -> Result<Vec<RunUsage>, RunsError> {
         let conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
         let mut stmt = conn
             .prepare(
-                "SELECT started_ms, principal, tool, plugin, started_by, cost, total_us, fuel_used,
+                "SELECT minute_ms, principal, tool, plugin, started_by, calls, cost, wall_us, fuel,
                         egress_requests, egress_bytes
-                 FROM runs WHERE started_ms >= ?1 AND status NOT IN ('held', 'denied', 'limited')
-                 ORDER BY started_ms",
+                 FROM usage_minutes WHERE minute_ms >= ?1 ORDER BY minute_ms",
             )
             .map_err(|e| self.err(e))?;
         let rows = stmt
-            .query_map([since_ms], |r| {
+            .query_map([since_ms - since_ms.rem_euclid(60_000)], |r| {
+                let started_by: String = r.get(4)?;
                 Ok(RunUsage {
                     started_ms: r.get(0)?,
                     principal: r.get(1)?,
                     tool: r.get(2)?,
                     plugin: r.get(3)?,
-                    started_by: r.get(4)?,
-                    cost: r.get(5)?,
-                    total_us: r.get(6)?,
-                    fuel_used: r.get(7)?,
-                    egress_requests: r.get(8)?,
-                    egress_bytes: r.get(9)?,
+                    started_by: (!started_by.is_empty()).then_some(started_by),
+                    calls: r.get(5)?,
+                    cost: r.get(6)?,
+                    total_us: r.get(7)?,
+                    fuel_used: r.get(8)?,
+                    egress_requests: r.get(9)?,
+                    egress_bytes: r.get(10)?,
                 })
             })
             .map_err(|e| self.err(e))?;
@@ -371,19 +374,53 @@ impl Drop for RunStore {
     }
 }
 
+/// Did a run with this status run its tool (and so use what limits count)?
+fn used_something(status: &str) -> bool {
+    !matches!(status, "held" | "denied" | "limited")
+}
+
 /// Insert `rows` in one transaction.
 fn insert_all<'a>(
     conn: &mut Connection,
     rows: impl Iterator<Item = &'a RunRow>,
 ) -> rusqlite::Result<()> {
-    let tx = conn.transaction()?;
+    // Immediate: the write lock is taken (waiting for another writer) at the start. A
+    // transaction that reads first (the runs' prior status below) and writes later
+    // could not wait for it: SQLite refuses such an upgrade at once.
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
     {
         const COLUMNS: &str = "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27)";
         // A held run's row never replaces its outcome: the process that ran the approved
         // call (perhaps another one) may have written that first.
         let mut held = tx.prepare_cached(&format!("INSERT OR IGNORE INTO runs {COLUMNS}"))?;
         let mut other = tx.prepare_cached(&format!("INSERT OR REPLACE INTO runs {COLUMNS}"))?;
+        let mut before = tx.prepare_cached("SELECT status FROM runs WHERE id = ?1")?;
+        let mut minute = tx.prepare_cached(
+            "INSERT INTO usage_minutes VALUES (?1, ?2, ?3, ?4, ?5, 1, ?6, ?7, ?8, ?9, ?10)
+             ON CONFLICT DO UPDATE SET calls = calls + 1, cost = cost + ?6,
+               wall_us = wall_us + ?7, fuel = fuel + ?8,
+               egress_requests = egress_requests + ?9, egress_bytes = egress_bytes + ?10",
+        )?;
         for row in rows {
+            // A run that ran a tool is summed once: when its row first says so (a held
+            // row is replaced by its outcome; a row written again is not summed again).
+            if used_something(&row.status) {
+                let was: Option<String> = before.query_row([&row.id], |r| r.get(0)).optional()?;
+                if was.as_deref().is_none_or(|s| !used_something(s)) {
+                    minute.execute(params![
+                        row.started_ms - row.started_ms.rem_euclid(60_000),
+                        row.principal,
+                        row.plugin,
+                        row.tool,
+                        row.started_by.as_deref().unwrap_or_default(),
+                        row.cost,
+                        row.total_us,
+                        row.fuel_used.unwrap_or(0),
+                        row.egress_requests,
+                        row.egress_bytes,
+                    ])?;
+                }
+            }
             let stmt = if row.status == "held" {
                 &mut held
             } else {
@@ -462,4 +499,67 @@ fn row_from_sql(r: &rusqlite::Row<'_>) -> rusqlite::Result<RunRow> {
 /// Cut `text` to at most `MAX_TEXT` bytes, marking the cut.
 pub fn bounded(text: &str) -> String {
     crate::util::bounded_to(text, MAX_TEXT)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(id: &str, status: &str, cost: f64) -> RunRow {
+        RunRow {
+            id: id.into(),
+            started_ms: 120_500,
+            principal: "agent".into(),
+            tool: "send".into(),
+            plugin: "mail".into(),
+            plugin_digest: String::new(),
+            status: status.into(),
+            input: "{}".into(),
+            output: None,
+            error: None,
+            backtrace: None,
+            decisions: Value::Null,
+            log: Value::Null,
+            denied_requests: Value::Null,
+            secret_reveals: Value::Null,
+            policy_us: 0,
+            instantiate_us: 0,
+            execute_us: 0,
+            total_us: 2_000,
+            fuel_used: None,
+            peak_memory: 0,
+            host_calls: 0,
+            approval: None,
+            started_by: None,
+            cost,
+            egress_requests: 1,
+            egress_bytes: 10,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_run_is_summed_into_its_minute_once_whatever_rows_it_gets() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = RunStore::open(&dir.path().join("runs.db")).unwrap();
+        // Held, then its outcome; a second run; a denied one; the first written again.
+        for r in [
+            row("a", "held", 0.5),
+            row("a", "ok", 0.5),
+            row("b", "tool-error", 0.25),
+            row("c", "denied", 9.0),
+            row("d", "limited", 9.0),
+            row("a", "ok", 0.5),
+        ] {
+            store.commit(r).await.unwrap();
+        }
+        let minutes = store.usage_since(0).unwrap();
+        assert_eq!(minutes.len(), 1, "{minutes:?}");
+        let m = &minutes[0];
+        assert_eq!((m.started_ms, m.calls, m.cost), (120_000, 2, 0.75));
+        assert_eq!(
+            (m.total_us, m.egress_requests, m.egress_bytes),
+            (4_000, 2, 20)
+        );
+        assert!(store.usage_since(180_000).unwrap().is_empty());
+    }
 }

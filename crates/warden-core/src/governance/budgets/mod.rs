@@ -173,6 +173,8 @@ pub struct UsageRow {
 /// What a finished call used, by measure.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Used {
+    /// Calls (1 for one call; replayed history sums a minute's).
+    pub calls: f64,
     pub cost: f64,
     pub wall_ms: f64,
     pub fuel: f64,
@@ -183,7 +185,7 @@ pub struct Used {
 impl Used {
     fn of(&self, m: Measure) -> f64 {
         match m {
-            Measure::Calls => 1.0,
+            Measure::Calls => self.calls,
             Measure::Cost => self.cost,
             Measure::WallMs => self.wall_ms,
             Measure::Fuel => self.fuel,
@@ -502,8 +504,8 @@ impl Budgets {
         Ok(admission)
     }
 
-    /// Count a run found in the history (at start): a call that ran at `at_ms`, with
-    /// what it used. Runs must come oldest first (a rate's bucket is replayed in order).
+    /// Count what the history says `who` used at `at_ms` (at start: a minute's calls
+    /// and their sums, oldest first, since a rate's bucket is replayed in order).
     pub fn replay(&self, who: &Who<'_>, at_ms: i64, used: &Used, now_ms: i64) {
         let mut counts = self.lock();
         for (i, l) in self.limits.iter().enumerate() {
@@ -513,7 +515,11 @@ impl Budgets {
             let key = who.key(l.each);
             match (l.kind, counts[i].entry(key, || l.fresh(at_ms)).0) {
                 (LimitKind::Rate { rate, per, burst }, Count::Bucket(b)) => {
-                    let _ = b.take(rate, per, burst, at_ms);
+                    // More than a burst empties it all the same.
+                    let calls = used.calls.min(burst + 1.0) as u64;
+                    for _ in 0..calls {
+                        let _ = b.take(rate, per, burst, at_ms);
+                    }
                 }
                 (
                     LimitKind::Quota {
