@@ -636,3 +636,44 @@ fn a_limit_whose_scope_matches_nothing_is_a_config_error_with_its_place() {
     assert_eq!(run.code, USAGE, "{run:?}");
     assert!(run.stderr.contains("a quota needs a measure"), "{run:?}");
 }
+
+#[test]
+fn counts_carry_over_a_reload_of_a_running_server() {
+    let env = budget_env(
+        r#"
+[[limit]]
+name = "three"
+scope = { principal = "agent" }
+kind = "quota"
+measure = "calls"
+max = 3
+"#,
+    );
+    let server = env.serve();
+    for i in 0..2 {
+        assert_eq!(mcp_call(&server, &format!("before {i}"))["is_error"], false);
+    }
+    // The same limit, with a new alert setting: the count stays.
+    let text = std::fs::read_to_string(env.config()).unwrap();
+    std::fs::write(
+        env.config(),
+        text.replace("max = 3\n", "max = 3\nalert_at = [0.5]\n"),
+    )
+    .unwrap();
+    let reload = env.warden(&["reload"]);
+    assert_eq!(reload.code, OK, "{reload:?}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while metric(&server, "warden_reloads_total{result=\"ok\"}") < 1.0 {
+        assert!(Instant::now() < deadline, "no reload: {}", server.log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(mcp_call(&server, "after")["is_error"], false);
+    let refused = mcp_call(&server, "one too many");
+    assert!(
+        refused["text"]
+            .as_str()
+            .unwrap()
+            .contains("limit three: 3 calls of 3"),
+        "{refused}"
+    );
+}

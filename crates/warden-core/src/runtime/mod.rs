@@ -252,11 +252,6 @@ impl Runtime {
                 )
             }
         };
-        let fresh = previous.is_none();
-        let budgets = Budgets::new(&config.limits, &config.runaway, previous.as_ref());
-        if fresh {
-            rebuild_budgets(&budgets, &runs, &suspensions).map_err(|e| store(&e))?;
-        }
         let signer = match &config.approvals.public_url {
             Some(_) => Some(LinkSigner::open(&config.links_key()).map_err(|e| {
                 config.error_at(0, "approvals.public_url", format!("link key: {e}"))
@@ -286,6 +281,12 @@ impl Runtime {
         } else {
             None
         };
+        // Last, when nothing can fail any more: a reload moves the counts here.
+        let fresh = previous.is_none();
+        let budgets = Budgets::new(&config.limits, &config.runaway, previous.as_ref());
+        if fresh {
+            rebuild_budgets(&budgets, &runs, &suspensions).map_err(|e| store(&e))?;
+        }
         let rt = Runtime {
             audit,
             runs,

@@ -256,9 +256,13 @@ impl Budgets {
             suspensions: previous.map(|p| p.suspensions.clone()).unwrap_or_default(),
             refusals: previous.map(|p| p.refusals.clone()).unwrap_or_default(),
         };
-        let Some(previous) = previous else {
+        let Some(mut previous) = previous else {
             return Arc::new(budgets);
         };
+        // The counts are wherever the last reload moved them.
+        while let Some(next) = previous.successor.get() {
+            previous = next;
+        }
         // Moved and handed on under the previous lock: whatever settles there either
         // lands before the move (and moves with it) or finds the successor.
         let mut old = previous.lock();

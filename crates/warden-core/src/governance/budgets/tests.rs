@@ -347,3 +347,21 @@ fn a_call_admitted_before_a_reload_settles_in_the_budgets_that_replaced_it() {
     assert_eq!(rows.iter().find(|r| r.limit == "flight").unwrap().used, 0.0);
     assert_eq!(rows.iter().find(|r| r.limit == "daily").unwrap().used, 2.0);
 }
+
+#[test]
+fn budgets_made_again_from_a_replaced_one_find_the_counts_where_they_went() {
+    let limits = vec![limit(
+        "daily",
+        quota(Measure::Calls, 5.0, Per::Day),
+        OnExceed::Deny,
+    )];
+    let first = budgets(limits.clone());
+    first
+        .admit(&WHO, 0.0, false, 0, None)
+        .unwrap()
+        .settle(&Used::default(), 0);
+    // A reload whose runtime was then dropped, and another from the same runtime.
+    let _abandoned = Budgets::new(&limits, &RunawayConfig::default(), Some(&first));
+    let second = Budgets::new(&limits, &RunawayConfig::default(), Some(&first));
+    assert_eq!(second.snapshot(0)[0].used, 1.0);
+}
