@@ -3,16 +3,54 @@
 //! Owns the engine configuration (pooling allocator, epoch interruption, optional
 //! fuel). It must never be configured per call: per-call limits live on the `Store`.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
 use anyhow::Result;
 use wasmtime::{Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
-/// How often the epoch advances. A call's wall-clock deadline is checked on each
-/// tick, so a spinning guest is stopped within one tick of its timeout.
+/// How often the epoch advances while some instance runs. A call's wall-clock deadline
+/// is checked on each tick, so a spinning guest is stopped within one tick of its
+/// timeout.
 pub const EPOCH_TICK: Duration = Duration::from_millis(5);
+
+/// Instances alive in this process (across engines: a reload makes another): the
+/// tickers advance their epochs only while there is one, so an idle warden does not
+/// wake 200 times a second. A deadline counts ticks from its instance's start, which
+/// wakes the tickers first.
+static RUNNING: AtomicUsize = AtomicUsize::new(0);
+/// Where idle tickers wait; taken only when the count leaves or reaches 0 from the
+/// tickers' side, never on a call's path otherwise.
+static WAKE: (Mutex<()>, Condvar) = (Mutex::new(()), Condvar::new());
+
+/// Held while an instance may run (from before its `Store` is made until it is gone).
+pub struct Running(());
+
+impl Running {
+    pub fn start() -> Running {
+        if RUNNING.fetch_add(1, Ordering::AcqRel) == 0 {
+            // Under the lock, so a ticker between its check and its wait hears it.
+            let _held = WAKE.0.lock().unwrap_or_else(|p| p.into_inner());
+            WAKE.1.notify_all();
+        }
+        Running(())
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        RUNNING.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Wait until some instance runs or `stopped` is set.
+fn wait_for_work(stopped: &AtomicBool) {
+    let mut held = WAKE.0.lock().unwrap_or_else(|p| p.into_inner());
+    while RUNNING.load(Ordering::Acquire) == 0 && !stopped.load(Ordering::Relaxed) {
+        held = WAKE.1.wait(held).unwrap_or_else(|p| p.into_inner());
+    }
+}
 
 /// Engine settings that vary with the loaded config.
 #[derive(Debug, Clone, Copy)]
@@ -75,7 +113,11 @@ impl SharedEngine {
         std::thread::Builder::new()
             .name("warden-epoch".into())
             .spawn(move || {
-                while !stopped.load(Ordering::Relaxed) {
+                loop {
+                    wait_for_work(&stopped);
+                    if stopped.load(Ordering::Relaxed) {
+                        break;
+                    }
                     std::thread::sleep(EPOCH_TICK);
                     match ticker.upgrade() {
                         Some(engine) => engine.increment_epoch(),
@@ -90,5 +132,8 @@ impl SharedEngine {
 impl Drop for SharedEngine {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
+        // Under the lock, so a ticker between its check and its wait hears it.
+        let _held = WAKE.0.lock().unwrap_or_else(|p| p.into_inner());
+        WAKE.1.notify_all();
     }
 }

@@ -114,6 +114,7 @@ impl Plugin {
 
     async fn describe(&self) -> anyhow::Result<Vec<ToolSpec>> {
         let sandbox = ToolSandbox::deny_all(self.sandbox.limits);
+        let _running = crate::sandbox::engine::Running::start();
         let mut store = Store::new(self.pre.engine(), sandbox.state(Arc::default())?);
         limits::apply(&mut store, &sandbox.limits, self.fuel)?;
         let run = async {
@@ -162,6 +163,7 @@ impl Plugin {
             }
         };
         let denied = state.egress.denied.clone();
+        let _running = crate::sandbox::engine::Running::start();
         let mut store = Store::new(self.pre.engine(), state);
         if let Err(e) = limits::apply(&mut store, &limits, self.fuel) {
             invocation.result = Err(Failure::Host(format!("{e:#}")));

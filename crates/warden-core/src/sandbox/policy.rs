@@ -83,6 +83,7 @@ impl Policy {
     /// Decide on `action` in a fresh instance. Never fails: failure is a deny.
     pub async fn evaluate(&self, action: &Action) -> PolicyDecision {
         let started = Instant::now();
+        let _running = crate::sandbox::engine::Running::start();
         let mut store = Store::new(
             self.pre.engine(),
             PolicyState::new(&self.limits, action.time_ms, seed_of(action)),
