@@ -17,21 +17,25 @@
 //! It never decides alone: a refusal is `deny` (the call ends `limited`) or `hold` (the
 //! call waits for a human in the approval queue), as each limit says.
 
+mod admission;
 mod counts;
 pub mod runaway;
 mod suspensions;
+mod usage;
 pub mod window;
 
 use std::collections::HashMap;
-use std::fmt::Write as _;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
-use crate::config::{Each, LimitConfig, LimitKind, Measure, OnExceed, Per, RunawayConfig};
-use crate::grants::http::EgressBudget;
+use crate::config::{Each, LimitConfig, LimitKind, Measure, OnExceed, RunawayConfig};
 use crate::util::pattern_matches;
 
+pub use admission::Admission;
+use admission::Reserved;
 use counts::{Count, Counts};
 pub use suspensions::{Suspensions, Target};
+use usage::usage_prefix;
+pub use usage::{UsageFilter, UsageRow};
 use window::{Bucket, Window};
 
 /// Who a call is, as limits see it.
@@ -143,31 +147,6 @@ pub struct Crossing {
     pub used: f64,
     pub max: f64,
     pub resets_ms: i64,
-}
-
-/// Which counts `warden usage` shows.
-#[derive(Debug, Clone, Default, serde::Deserialize)]
-pub struct UsageFilter {
-    pub principal: Option<String>,
-    pub plugin: Option<String>,
-    pub tool: Option<String>,
-}
-
-/// One row of `warden usage`.
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
-pub struct UsageRow {
-    pub limit: String,
-    /// What happens past it: `deny` or `hold`.
-    pub on_exceed: OnExceed,
-    /// Whose count (`each`); empty for a shared one.
-    pub key: String,
-    pub kind: String,
-    pub measure: String,
-    pub per: Option<String>,
-    pub used: f64,
-    pub max: f64,
-    pub remaining: f64,
-    pub resets_ms: Option<i64>,
 }
 
 /// What a finished call used, by measure.
@@ -361,27 +340,6 @@ impl Budgets {
             .min()
     }
 
-    /// The caller's usage of every limit in scope of `who`, as the JSON object policies
-    /// get in `action.usage`: `{"NAME": {"measure", "per", "used", "max",
-    /// "resets_ms"}}`, where `measure` is a quota's measure, or `rate` (`used` tokens of
-    /// the `max` burst) or `concurrency` (calls in flight). It is kept short: every
-    /// policy of every call in scope receives it. ([`Budgets::admit`] writes the same
-    /// while it reserves.)
-    pub fn usage_json(&self, who: &Who<'_>, now_ms: i64) -> String {
-        let mut out = String::from("{");
-        let mut counts = self.lock();
-        for i in 0..self.limits.len() {
-            if !self.covers(i, who) {
-                continue;
-            }
-            let key = who.key(self.limits[i].each);
-            let row = self.row_of(i, key, counts[i].get_mut(key), now_ms);
-            self.usage_entry(&mut out, i, row.used, row.max, row.resets_ms);
-        }
-        out.push('}');
-        out
-    }
-
     /// Reserve what the call `who` (declared cost `cost`) will use, or refuse it. With
     /// `force` (an approved call) nothing is refused, but everything is counted. When
     /// `usage` is given, the caller's usage before this call is written into it as
@@ -551,75 +509,6 @@ impl Budgets {
         }
     }
 
-    /// Every count, for `warden usage`.
-    pub fn snapshot(&self, now_ms: i64) -> Vec<UsageRow> {
-        self.usage(&UsageFilter::default(), now_ms)
-    }
-
-    /// The counts of the limits that can count a call of `filter`'s principal, plugin
-    /// and tool (each given), sorted by limit and key.
-    pub fn usage(&self, filter: &UsageFilter, now_ms: i64) -> Vec<UsageRow> {
-        let mut out = Vec::new();
-        let mut counts = self.lock();
-        for (i, c) in self.configs.iter().enumerate() {
-            let s = &c.scope;
-            let fits = |pattern: &Option<String>, value: &Option<String>| match (pattern, value) {
-                (Some(p), Some(v)) => pattern_matches(p, v),
-                _ => true,
-            };
-            if !(fits(&s.principal, &filter.principal)
-                && fits(&s.plugin, &filter.plugin)
-                && fits(&s.tool, &filter.tool))
-            {
-                continue;
-            }
-            let wanted = match c.each {
-                Some(Each::Principal) => filter.principal.as_deref(),
-                Some(Each::Plugin) => filter.plugin.as_deref(),
-                Some(Each::Tool) => filter.tool.as_deref(),
-                _ => None,
-            };
-            let mut rows: Vec<UsageRow> = counts[i]
-                .iter_mut()
-                .filter(|(key, _)| wanted.is_none_or(|w| w == *key))
-                .map(|(key, count)| self.row_of(i, key, Some(count), now_ms))
-                .collect();
-            if rows.is_empty() {
-                rows.push(self.row_of(i, wanted.unwrap_or_default(), None, now_ms));
-            }
-            rows.sort_by(|a, b| a.key.cmp(&b.key));
-            out.extend(rows);
-        }
-        out
-    }
-
-    /// The egress budget of a call admitted with `admission`, when a limit in its scope
-    /// counts egress.
-    pub fn egress(admission: &Admission) -> Option<Arc<dyn EgressBudget>> {
-        let limits = &admission.budgets.limits;
-        let entries: Vec<(usize, Option<Arc<str>>)> = admission
-            .held
-            .iter()
-            .filter(|(i, ..)| {
-                matches!(
-                    limits[*i].kind,
-                    LimitKind::Quota {
-                        measure: Measure::EgressRequests | Measure::EgressBytes,
-                        ..
-                    }
-                )
-            })
-            .map(|(i, key, _)| (*i, key.clone()))
-            .collect();
-        if entries.is_empty() {
-            return None;
-        }
-        Some(Arc::new(EgressShare {
-            budgets: admission.budgets.clone(),
-            entries,
-        }))
-    }
-
     /// Run `f` on limit `i`'s counts where they are now: here, or, after a reload, in
     /// the budgets that replaced these (the same-named limit of the same kind; `None`
     /// when the reload dropped it).
@@ -693,98 +582,6 @@ impl Budgets {
             resets_ms: w.resets_ms(per, rolling, now_ms),
         })
     }
-
-    /// Limit `i`'s entry of `action.usage`.
-    fn usage_entry(&self, out: &mut String, i: usize, used: f64, max: f64, resets_ms: Option<i64>) {
-        if !out.ends_with('{') {
-            out.push(',');
-        }
-        let (start, end) = self.limits[i].prefix;
-        out.push_str(&self.prefixes[start as usize..end as usize]);
-        out.push_str("\"used\":");
-        push_number(out, used);
-        out.push_str(",\"max\":");
-        push_number(out, max);
-        out.push_str(",\"resets_ms\":");
-        match resets_ms {
-            Some(r) => out.push_str(itoa::Buffer::new().format(r)),
-            None => out.push_str("null"),
-        }
-        out.push('}');
-    }
-
-    fn row_of(&self, i: usize, key: &str, count: Option<&mut Count>, now_ms: i64) -> UsageRow {
-        let config = &self.configs[i];
-        let base =
-            |kind: &str, measure: &str, per: Option<Per>, used: f64, max: f64, resets| UsageRow {
-                limit: config.name.clone(),
-                on_exceed: config.on_exceed,
-                key: key.to_string(),
-                kind: kind.to_string(),
-                measure: measure.to_string(),
-                per: per.map(|p| p.as_str().to_string()),
-                used,
-                max,
-                remaining: (max - used).max(0.0),
-                resets_ms: resets,
-            };
-        match (self.limits[i].kind, count) {
-            (LimitKind::Rate { rate, per, burst }, count) => {
-                let left = match count {
-                    Some(Count::Bucket(b)) => b.available(rate, per, burst, now_ms),
-                    _ => burst,
-                };
-                base("rate", "calls", Some(per), burst - left, burst, None)
-            }
-            (LimitKind::Concurrency { max }, count) => {
-                let n = match count {
-                    Some(Count::Flight(n)) => *n,
-                    _ => 0,
-                };
-                base(
-                    "concurrency",
-                    "calls in flight",
-                    None,
-                    n as f64,
-                    max as f64,
-                    None,
-                )
-            }
-            (
-                LimitKind::Quota {
-                    measure,
-                    max,
-                    per,
-                    rolling,
-                    zone,
-                },
-                count,
-            ) => {
-                let (used, resets) = match count {
-                    Some(Count::Window(w)) => {
-                        w.roll(per, rolling, zone, now_ms);
-                        (w.used(), w.resets_ms(per, rolling, now_ms))
-                    }
-                    _ => (
-                        0.0,
-                        if rolling {
-                            now_ms + per.ms()
-                        } else {
-                            window::calendar(per, zone, now_ms).1
-                        },
-                    ),
-                };
-                base(
-                    "quota",
-                    measure.as_str(),
-                    Some(per),
-                    used,
-                    max,
-                    Some(resets),
-                )
-            }
-        }
-    }
 }
 
 fn same_kind(a: &LimitKind, b: &LimitKind) -> bool {
@@ -808,229 +605,6 @@ fn same_kind(a: &LimitKind, b: &LimitKind) -> bool {
             },
         ) => m1 == m2 && p1 == p2 && r1 == r2 && z1 == z2,
         _ => false,
-    }
-}
-
-fn usage_prefix(c: &LimitConfig) -> String {
-    let (measure, per) = match &c.kind {
-        LimitKind::Rate { per, .. } => ("rate", Some(*per)),
-        LimitKind::Concurrency { .. } => ("concurrency", None),
-        LimitKind::Quota { measure, per, .. } => (measure.as_str(), Some(*per)),
-    };
-    format!(
-        "{}:{{\"measure\":\"{measure}\",\"per\":{},",
-        serde_json::Value::from(c.name.as_str()),
-        per.map_or("null".into(), |p| format!("\"{}\"", p.as_str()))
-    )
-}
-
-fn push_number(out: &mut String, v: f64) {
-    if v.fract() == 0.0 && v.abs() < 1e15 {
-        out.push_str(itoa::Buffer::new().format(v as i64));
-    } else {
-        match serde_json::Number::from_f64(v) {
-            Some(n) => {
-                let _ = write!(out, "{n}");
-            }
-            None => out.push_str("null"),
-        }
-    }
-}
-
-#[derive(Debug, Clone, Copy)]
-enum Reserved {
-    Nothing,
-    Token,
-    Slot,
-    Amount(f64),
-}
-
-/// A call's reservations until it ends: `settle` counts what it used; dropped unsettled
-/// (it never ran), everything is given back.
-pub struct Admission {
-    budgets: Arc<Budgets>,
-    /// (limit, key (`None`: the shared count), what was reserved)
-    held: Vec<(usize, Option<Arc<str>>, Reserved)>,
-    /// Alert thresholds its reservation passed.
-    pub crossings: Vec<Crossing>,
-    settled: bool,
-}
-
-impl Admission {
-    /// The call ran and used `used` (egress was counted as it went): count wall time
-    /// and fuel, free its concurrency slots. The alert thresholds passed.
-    pub fn settle(mut self, used: &Used, now_ms: i64) -> Vec<Crossing> {
-        self.settled = true;
-        let mut crossings = std::mem::take(&mut self.crossings);
-        let budgets = &self.budgets;
-        let pending = self.held.iter().filter(|(i, ..)| {
-            let l = &budgets.limits[*i];
-            // Egress was counted as it moved and fuel is counted when some was used: a
-            // call that used none changes nothing there.
-            let unchanged = match l.kind {
-                LimitKind::Quota {
-                    measure: Measure::EgressRequests | Measure::EgressBytes,
-                    ..
-                } => used.egress_requests == 0.0 && used.egress_bytes == 0.0,
-                LimitKind::Quota {
-                    measure: Measure::Fuel,
-                    ..
-                } => used.fuel == 0.0,
-                _ => l.counted_at_admission(),
-            };
-            !unchanged
-        });
-        let mut pending = pending.peekable();
-        if pending.peek().is_none() {
-            return crossings;
-        }
-        let mut counts = budgets.lock();
-        if budgets.successor.get().is_none() {
-            // The common case: every count is here, under one lock.
-            for (i, key, reserved) in pending {
-                let key = key.as_deref().unwrap_or_default();
-                if let Some(count) = counts[*i].get_mut(key) {
-                    crossings.extend(settle_one(budgets, *i, count, key, *reserved, used, now_ms));
-                }
-            }
-            return crossings;
-        }
-        drop(counts);
-        for (i, key, reserved) in pending {
-            let key = key.as_deref().unwrap_or_default();
-            let crossed = budgets.with_counts(*i, |b, j, counts| {
-                settle_one(b, j, counts.get_mut(key)?, key, *reserved, used, now_ms)
-            });
-            crossings.extend(crossed.flatten());
-        }
-        crossings
-    }
-}
-
-/// Settle one reservation of limit `i` (in `b`); the alert threshold it passed.
-fn settle_one(
-    b: &Budgets,
-    i: usize,
-    count: &mut Count,
-    key: &str,
-    reserved: Reserved,
-    used: &Used,
-    now_ms: i64,
-) -> Option<Crossing> {
-    match (b.limits[i].kind, count) {
-        (LimitKind::Concurrency { .. }, Count::Flight(n)) => {
-            if matches!(reserved, Reserved::Slot) {
-                *n = n.saturating_sub(1);
-            }
-            None
-        }
-        (
-            LimitKind::Quota {
-                measure,
-                max,
-                per,
-                rolling,
-                zone,
-            },
-            Count::Window(w),
-        ) => {
-            if matches!(measure, Measure::WallMs | Measure::Fuel) {
-                w.roll(per, rolling, zone, now_ms);
-                w.add(per, rolling, used.of(measure), now_ms);
-            }
-            b.crossing(i, key, w, max, now_ms)
-        }
-        _ => None,
-    }
-}
-
-impl Drop for Admission {
-    fn drop(&mut self) {
-        if self.settled {
-            return;
-        }
-        for (i, key, reserved) in &self.held {
-            let key = key.as_deref().unwrap_or_default();
-            self.budgets.with_counts(*i, |b, j, counts| {
-                match (*reserved, b.limits[j].kind, counts.get_mut(key)) {
-                    (
-                        Reserved::Token,
-                        LimitKind::Rate { burst, .. },
-                        Some(Count::Bucket(bucket)),
-                    ) => bucket.give_back(burst),
-                    (Reserved::Slot, _, Some(Count::Flight(n))) => *n = n.saturating_sub(1),
-                    (Reserved::Amount(a), _, Some(Count::Window(w))) if a > 0.0 => w.remove(a),
-                    _ => {}
-                }
-            });
-        }
-    }
-}
-
-/// A call's outgoing HTTP drawn from the egress quotas in its scope, shared with every
-/// call counting against them.
-struct EgressShare {
-    budgets: Arc<Budgets>,
-    entries: Vec<(usize, Option<Arc<str>>)>,
-}
-
-impl EgressShare {
-    fn draw(&self, which: Measure, n: f64, strict: bool) -> Result<(), String> {
-        let now = crate::now_ms() as i64;
-        for (i, key) in &self.entries {
-            let key = key.as_deref().unwrap_or_default();
-            let drawn = self.budgets.with_counts(*i, |b, j, counts| {
-                let LimitKind::Quota {
-                    measure,
-                    max,
-                    per,
-                    rolling,
-                    zone,
-                } = b.limits[j].kind
-                else {
-                    return Ok(());
-                };
-                let Some(Count::Window(w)) = counts.get_mut(key) else {
-                    return Ok(());
-                };
-                if measure != which {
-                    return Ok(());
-                }
-                let name = &b.configs[j].name;
-                w.roll(per, rolling, zone, now);
-                if strict && w.used() + n > max {
-                    return Err(format!(
-                        "limit {name}: {} of {} {} used",
-                        trim(w.used()),
-                        trim(max),
-                        measure.as_str()
-                    ));
-                }
-                w.add(per, rolling, n, now);
-                if w.used() > max {
-                    return Err(format!(
-                        "limit {name}: over {} {}",
-                        trim(max),
-                        measure.as_str()
-                    ));
-                }
-                Ok(())
-            });
-            drawn.unwrap_or(Ok(()))?;
-        }
-        Ok(())
-    }
-}
-
-impl EgressBudget for EgressShare {
-    fn request(&self) -> Result<(), String> {
-        self.draw(Measure::EgressRequests, 1.0, true)?;
-        // A request is refused when the byte budget is already spent.
-        self.draw(Measure::EgressBytes, 0.0, true)
-    }
-
-    fn bytes(&self, n: u64) -> Result<(), String> {
-        self.draw(Measure::EgressBytes, n as f64, false)
     }
 }
 

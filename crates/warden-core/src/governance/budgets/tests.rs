@@ -1,6 +1,7 @@
 use std::sync::Arc;
 
 use super::*;
+use crate::config::Per;
 use crate::config::Scope;
 
 fn limit(name: &str, kind: LimitKind, on_exceed: OnExceed) -> LimitConfig {
