@@ -22,7 +22,7 @@ use warden_core::governance::approvals::{
 use warden_core::grants::secrets::Redactor;
 use warden_core::runtime::Runtime;
 use warden_core::runtime::driver::Resume;
-use warden_core::tokens::{self, Principal, Role};
+use warden_core::tokens::{Principal, Role};
 
 use crate::exit;
 
@@ -158,15 +158,7 @@ pub async fn run(config_path: &Path, command: &ApprovalsCommand) -> Result<ExitC
 /// The principal `who`'s token speaks for, checked against the config: an approver
 /// (or operator); an operator for a break-glass decision.
 fn decider(config: &Config, who: &Decider) -> Result<Principal> {
-    let token = who.token.as_deref().context(
-        "deciding needs your token: pass --token or set WARDEN_TOKEN (`warden tokens create NAME --role approver` makes one)",
-    )?;
-    let p = tokens::verify(&config.tokens, token.trim()).with_context(|| {
-        format!(
-            "the token matches no [[token]] in {}",
-            config.file.display()
-        )
-    })?;
+    let p = super::operator::principal_of(config, who.token.as_deref(), "deciding", "approver")?;
     if !p.has(Role::Approver) {
         bail!("token {} may not decide approvals (approver role)", p.token);
     }

@@ -17,7 +17,7 @@ use warden_core::config::Config;
 use warden_core::governance::budgets::{Target, UsageFilter};
 use warden_core::runtime::{Runtime, UsageReport};
 
-use super::schedules::{Operator, operator, through};
+use super::operator::{Operator, operator, through};
 use crate::exit;
 use crate::output::print;
 

@@ -1,4 +1,6 @@
-//! One module per `warden` subcommand, each with its arguments and its `run`.
+//! One module per `warden` subcommand, each with its arguments and its `run`; and
+//! `operator`, who a command speaks for (its token) and sending a change through the
+//! running server.
 //!
 //! Commands print through `crate::output` and return an exit code from `crate::exit`;
 //! errors carry context and are reported once, by `main`.
@@ -16,6 +18,7 @@ pub mod budgets;
 pub mod call;
 pub mod check;
 pub mod inspect;
+mod operator;
 pub mod policy;
 pub mod runs;
 pub mod schedules;

@@ -12,14 +12,15 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result, bail};
 use clap::Subcommand;
-use serde_json::{Value, json};
+use serde_json::json;
 
 use warden_core::automation;
 use warden_core::config::Config;
 use warden_core::runtime::Runtime;
 use warden_core::store::automation::AutomationStore;
-use warden_core::tokens::{self, Principal, Role};
+use warden_core::tokens::Principal;
 
+use super::operator::{Operator, operator, through};
 use crate::exit;
 use crate::output::print;
 
@@ -59,30 +60,6 @@ pub enum TriggersCommand {
         #[arg(long)]
         json: bool,
     },
-}
-
-/// The operator making a change.
-#[derive(clap::Args)]
-pub struct Operator {
-    /// Your bearer token (operator role); default `WARDEN_TOKEN`.
-    #[arg(long, env = "WARDEN_TOKEN", hide_env_values = true)]
-    pub token: Option<String>,
-}
-
-pub(crate) fn operator(config: &Config, who: &Operator) -> Result<Principal> {
-    let token = who.token.as_deref().context(
-        "this needs your token: pass --token or set WARDEN_TOKEN (`warden tokens create NAME --role operator` makes one)",
-    )?;
-    let p = tokens::verify(&config.tokens, token.trim()).with_context(|| {
-        format!(
-            "the token matches no [[token]] in {}",
-            config.file.display()
-        )
-    })?;
-    if !p.has(Role::Operator) {
-        bail!("token {} lacks the operator role", p.token);
-    }
-    Ok(p)
 }
 
 pub async fn run(config_path: &Path, command: &SchedulesCommand) -> Result<ExitCode> {
@@ -257,38 +234,6 @@ async fn set_paused(
         }
     );
     Ok(ExitCode::from(exit::OK))
-}
-
-/// Make the change through the running server.
-pub(crate) async fn through(
-    url: &str,
-    who: &Operator,
-    method: &str,
-    path: &str,
-    body: Option<Value>,
-) -> Result<ExitCode> {
-    let token = who.token.as_deref().unwrap_or_default().trim();
-    let (status, answer) =
-        crate::client::request(method, &format!("{url}{path}"), token, body).await?;
-    if !(200..300).contains(&status) {
-        eprintln!(
-            "warden: the server at {url} refused ({status}): {}",
-            answer["error"].as_str().unwrap_or_default()
-        );
-        return Ok(ExitCode::from(if status == 503 {
-            exit::NOT_RECORDED
-        } else {
-            exit::USAGE
-        }));
-    }
-    print(&format!("{}\n", serde_json::to_string_pretty(&answer)?))?;
-    let code = match answer["status"].as_str() {
-        None | Some("ok") => exit::OK,
-        Some("held") => exit::HELD,
-        Some("denied" | "limited") => exit::DENIED,
-        Some(_) => exit::TOOL_ERROR,
-    };
-    Ok(ExitCode::from(code))
 }
 
 pub fn triggers(config_path: &Path, command: &TriggersCommand) -> Result<ExitCode> {
