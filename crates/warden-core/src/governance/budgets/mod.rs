@@ -269,10 +269,6 @@ impl Budgets {
         self.limits.is_empty()
     }
 
-    pub fn configs(&self) -> impl Iterator<Item = &LimitConfig> {
-        self.configs.iter()
-    }
-
     /// Room for `action.usage` when every limit is in scope (so writing it does not
     /// grow the string as it goes).
     pub fn usage_capacity(&self) -> usize {

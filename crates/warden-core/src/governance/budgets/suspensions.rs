@@ -38,9 +38,10 @@ impl Target {
     }
 }
 
-/// Suspended targets, with why.
+/// Suspended targets, with why (by kind, then name: a call looks them up without
+/// copying its names).
 #[derive(Default)]
-pub struct Suspensions(RwLock<HashMap<(Target, String), String>>);
+pub struct Suspensions(RwLock<HashMap<Target, HashMap<String, String>>>);
 
 impl Suspensions {
     /// Suspend `name` for `reason`, or lift its suspension (`None`).
@@ -48,10 +49,15 @@ impl Suspensions {
         let mut map = self.0.write().unwrap_or_else(|p| p.into_inner());
         match reason {
             Some(r) => {
-                map.insert((target, name.to_string()), r);
+                map.entry(target).or_default().insert(name.to_string(), r);
             }
             None => {
-                map.remove(&(target, name.to_string()));
+                if let Some(names) = map.get_mut(&target) {
+                    names.remove(name);
+                    if names.is_empty() {
+                        map.remove(&target);
+                    }
+                }
             }
         }
     }
@@ -70,7 +76,8 @@ impl Suspensions {
         ];
         targets.into_iter().find_map(|(t, name)| {
             let name = name?;
-            map.get(&(t, name.to_string()))
+            map.get(&t)?
+                .get(name)
                 .map(|why| format!("{} {name} is suspended: {why}", t.as_str()))
         })
     }
