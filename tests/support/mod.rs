@@ -442,6 +442,23 @@ impl Drop for Served {
     }
 }
 
+/// The value of the first `/metrics` line of `served` starting with `prefix` (0 when
+/// absent), read with the operator token `token-ops` of the tests' tokens.
+pub fn metric(served: &Served, prefix: &str) -> f64 {
+    let (status, body) = http(
+        "GET",
+        &served.url("/metrics"),
+        &[("authorization", "Bearer token-ops")],
+        None,
+    );
+    assert_eq!(status, 200, "{body}");
+    body.lines()
+        .find(|l| l.starts_with(prefix))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
+
 /// A minimal HTTP/1.1 exchange with `headers`: (status, body).
 pub fn http(
     method: &str,

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use super::*;
 use crate::approvals::test_tokens;
-use support::http;
+use support::metric;
 
 /// text-stats (and `extra` plugins, limits and settings) with the test tokens.
 fn budget_env(extra: &str) -> Env {
@@ -443,21 +443,6 @@ fn mcp_call(server: &support::Served, text: &str) -> Value {
     ]);
     assert_eq!(run.code, 0, "{run:?}");
     serde_json::from_str(run.stdout.lines().last().unwrap()).unwrap()
-}
-
-fn metric(server: &support::Served, prefix: &str) -> f64 {
-    let (status, body) = http(
-        "GET",
-        &server.url("/metrics"),
-        &[("authorization", "Bearer token-ops")],
-        None,
-    );
-    assert_eq!(status, 200, "{body}");
-    body.lines()
-        .find(|l| l.starts_with(prefix))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0.0)
 }
 
 #[test]

@@ -3,7 +3,7 @@
 
 use super::*;
 use crate::approvals::test_tokens;
-use support::http;
+use support::metric;
 
 /// text-stats and notes (notes_write held hard) behind the tiered policy, operator and
 /// approver tokens, and `schedules` appended.
@@ -54,22 +54,6 @@ fn runs_of(env: &Env, origin: &str) -> Vec<Value> {
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect()
-}
-
-/// The value of the metric line starting with `prefix` (0 when absent).
-fn metric(served: &support::Served, prefix: &str) -> f64 {
-    let (status, body) = http(
-        "GET",
-        &served.url("/metrics"),
-        &[("authorization", "Bearer token-ops")],
-        None,
-    );
-    assert_eq!(status, 200, "{body}");
-    body.lines()
-        .find(|l| l.starts_with(prefix))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0.0)
 }
 
 fn audit(env: &Env) -> Vec<Value> {
