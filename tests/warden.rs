@@ -10,6 +10,8 @@ mod budgets;
 mod cli;
 #[path = "warden/config.rs"]
 mod config;
+#[path = "warden/console.rs"]
+mod console;
 #[path = "warden/files.rs"]
 mod files;
 #[path = "warden/isolation.rs"]

@@ -11,6 +11,8 @@ use std::time::Duration;
 
 use serde_json::Value;
 
+pub mod browser;
+
 pub fn repo_root() -> &'static Path {
     // The test binary belongs to crates/warden; the repository is two levels up.
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -370,10 +372,15 @@ pub struct Served {
 impl Env {
     /// Start `warden serve` on this config and wait until it listens.
     pub fn serve(&self) -> Served {
+        self.serve_at("127.0.0.1:0")
+    }
+
+    /// Start `warden serve --listen LISTEN` and wait until it listens.
+    pub fn serve_at(&self, listen: &str) -> Served {
         let mut child = Command::new(env!("CARGO_BIN_EXE_warden"))
             .arg("-c")
             .arg(self.config())
-            .args(["serve", "--listen", "127.0.0.1:0"])
+            .args(["serve", "--listen", listen])
             .current_dir(self.path())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -459,6 +466,12 @@ pub fn metric(served: &Served, prefix: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
+/// Hex SHA-256 of `text` (what a `[[token]]` entry stores).
+pub fn sha256_hex(text: &str) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(text.as_bytes()))
+}
+
 /// A minimal HTTP/1.1 exchange with `headers`: (status, body).
 pub fn http(
     method: &str,
@@ -466,6 +479,17 @@ pub fn http(
     headers: &[(&str, &str)],
     body: Option<&str>,
 ) -> (u16, String) {
+    let (status, _, body) = exchange(method, url, headers, body);
+    (status, body)
+}
+
+/// A minimal HTTP/1.1 exchange with `headers`: (status, response headers, body).
+pub fn exchange(
+    method: &str,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: Option<&str>,
+) -> (u16, String, String) {
     let rest = url.strip_prefix("http://").expect("an http:// URL");
     let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
     let mut stream = TcpStream::connect(authority).expect("connect");
@@ -488,11 +512,11 @@ pub fn http(
         .nth(1)
         .and_then(|s| s.parse().ok())
         .unwrap_or(0);
-    let body = response
+    let (head, body) = response
         .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
+        .map(|(h, b)| (h.to_string(), b.to_string()))
         .unwrap_or_default();
-    (status, body)
+    (status, head, body)
 }
 
 /// A small tmpfs mounted at `path` (the suite runs as root on CI machines, as the

@@ -11,7 +11,8 @@ use serde_json::Value;
 use super::{DENIED, HELD, OK, USAGE};
 use crate::support::{Env, Listener, Run, wasm};
 
-const ONCALL: &str = "approvers = [\"group:oncall\"]\ngroups = { oncall = [\"alice\", \"bob\"] }\n";
+pub(crate) const ONCALL: &str =
+    "approvers = [\"group:oncall\"]\ngroups = { oncall = [\"alice\", \"bob\"] }\n";
 
 /// `[[token]]` entries for the test's principals: `token-NAME` speaks for NAME as an
 /// approver; `token-ops` is an operator's.
@@ -36,7 +37,7 @@ pub fn test_tokens() -> String {
 
 /// The notes plugin behind the tiered policy with `policy` as its config, and
 /// `[approvals]` set to `approvals`.
-fn queue_env(policy: &str, approvals: &str) -> Env {
+pub(crate) fn queue_env(policy: &str, approvals: &str) -> Env {
     let env = Env::new("");
     std::fs::create_dir_all(env.path().join("notes")).unwrap();
     env.write_config(&format!(
@@ -64,7 +65,7 @@ component = "{{tiered-approval}}"
 
 /// A `notes_write` of note `name` made by `agent` that must be held; returns the
 /// (run id, approval id).
-fn held_write(env: &Env, name: &str, extra: &[&str]) -> (String, String) {
+pub(crate) fn held_write(env: &Env, name: &str, extra: &[&str]) -> (String, String) {
     let input = format!(r#"{{"name":"{name}","text":"written by an approved call"}}"#);
     let mut args = vec!["call", "notes_write", "--input", &input, "--as", "agent"];
     args.extend_from_slice(extra);
@@ -78,7 +79,7 @@ fn held_write(env: &Env, name: &str, extra: &[&str]) -> (String, String) {
     )
 }
 
-fn approval(env: &Env, id: &str) -> Value {
+pub(crate) fn approval(env: &Env, id: &str) -> Value {
     let run = env.warden(&["approvals", "show", id, "--json"]);
     assert_eq!(run.code, OK, "{run:?}");
     serde_json::from_str(&run.stdout).unwrap()
@@ -90,12 +91,12 @@ fn run_row(env: &Env, run_id: &str) -> Value {
     serde_json::from_str(&run.stdout).unwrap()
 }
 
-fn note_exists(env: &Env, name: &str) -> bool {
+pub(crate) fn note_exists(env: &Env, name: &str) -> bool {
     env.path().join("notes").join(name).exists()
 }
 
 /// The kinds of the audit records of `run`, in order.
-fn audit_kinds(env: &Env, run_id: &str) -> Vec<String> {
+pub(crate) fn audit_kinds(env: &Env, run_id: &str) -> Vec<String> {
     warden_core::store::audit::read_all(&env.path().join("data/audit"))
         .unwrap()
         .into_iter()
@@ -115,7 +116,7 @@ fn hold_audit_log(env: &Env) -> File {
     lock
 }
 
-fn store(env: &Env) -> rusqlite::Connection {
+pub(crate) fn store(env: &Env) -> rusqlite::Connection {
     rusqlite::Connection::open(env.path().join("data/runs.db")).unwrap()
 }
 
@@ -579,7 +580,7 @@ fn a_call_whose_input_or_plugin_changed_after_approval_is_refused() {
 }
 
 /// A free loopback port (bound, then released).
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -592,7 +593,7 @@ fn http(method: &str, url: &str, form: Option<&str>) -> (u16, String) {
     crate::support::http(method, url, &form_type, form)
 }
 
-fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+pub(crate) fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(20);
     while !done() {
         assert!(Instant::now() < deadline, "timed out waiting for {what}");

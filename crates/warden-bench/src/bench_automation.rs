@@ -98,7 +98,7 @@ fn components(base: &Path) -> Result<(PathBuf, PathBuf)> {
     Ok((abs(&plugin.component)?, abs(&policy.component)?))
 }
 
-fn config_text(base: &Path, dir: &Path, extra: &str) -> Result<String> {
+pub(crate) fn config_text(base: &Path, dir: &Path, extra: &str) -> Result<String> {
     let (plugin, policy) = components(base)?;
     let cache = Config::load(base)?.cache_dir;
     Ok(format!(

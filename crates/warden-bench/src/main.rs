@@ -1,7 +1,7 @@
 //! warden's benchmarks, for BENCHMARKS.md: `in-process` measures the governed path,
 //! the audit log and the approval queue inside one process; `mcp` starts `warden serve`
 //! and measures it from outside, the way agents reach it; `automation` measures
-//! schedules and triggers. Figures are medians and
+//! schedules and triggers; `console` the operator console's pages. Figures are medians and
 //! percentiles over many iterations, never single timings.
 //!
 //! A separate binary so that `warden` ships without benchmark code; it uses warden-core
@@ -16,6 +16,7 @@ use clap::{Parser, Subcommand};
 mod bench;
 mod bench_automation;
 mod bench_budgets;
+mod bench_console;
 mod bench_mcp;
 
 #[derive(Parser)]
@@ -45,6 +46,9 @@ enum Command {
     /// `warden serve` from outside over MCP (stdio and HTTP): server CPU per call,
     /// round trips, throughput, memory, start-up.
     Mcp(bench_mcp::BenchMcpArgs),
+    /// The operator console's server time: the inbox with many pending requests, the
+    /// runs list over a large history; the size of its embedded assets.
+    Console(bench_console::BenchConsoleArgs),
 }
 
 // The same allocator as `warden`, so that figures are the shipped binary's.
@@ -85,6 +89,9 @@ fn run() -> Result<ExitCode> {
                 bench::run(&cli.config, args).await.context("in-process")
             }
             Command::Mcp(ref args) => bench_mcp::run(&cli.config, args).await.context("mcp"),
+            Command::Console(ref args) => bench_console::run(&cli.config, args)
+                .await
+                .context("console"),
             Command::Automation(ref args) => bench_automation::run(&cli.config, args)
                 .await
                 .context("automation"),

@@ -142,6 +142,7 @@ pub struct RunsQuery {
     status: Option<String>,
     since: Option<i64>,
     started_by: Option<String>,
+    principal: Option<String>,
     limit: Option<usize>,
 }
 
@@ -155,7 +156,9 @@ pub async fn runs(
         status: q.status,
         since_ms: q.since,
         started_by: q.started_by,
+        principal: q.principal,
         limit: q.limit.unwrap_or(50).min(1000),
+        ..RunFilter::default()
     };
     looked_up(&server, "runs".into(), move |rt| {
         rt.runs.list(&filter).map(Some)
@@ -192,7 +195,7 @@ pub async fn approvals(
     }
     let limit = q.limit.unwrap_or(50).min(1000);
     looked_up(&server, "approvals".into(), move |rt| match &rt.approvals {
-        Some(queue) => queue.list(state, limit).map(Some),
+        Some(queue) => queue.list(state, None, limit).map(Some),
         None => Ok(None),
     })
     .await
@@ -278,11 +281,19 @@ async fn decide(
         // The driver runs an approved call (and audits the vote) at once: it is woken
         // by the change.
         Ok(a) => shown(&rt, &a),
-        Err(e @ ApprovalError::NotFound(_)) => error(StatusCode::NOT_FOUND, e),
-        Err(e @ ApprovalError::AlreadyDecided { .. }) => error(StatusCode::CONFLICT, e),
-        Err(e @ ApprovalError::NotAllowed { .. }) => error(StatusCode::FORBIDDEN, e),
-        Err(e @ ApprovalError::InputChanged { .. }) => error(StatusCode::CONFLICT, e),
-        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
+        Err(e) => error(decision_status(&e), e),
+    }
+}
+
+/// The HTTP status of a decision refused by the queue.
+pub(crate) fn decision_status(e: &ApprovalError) -> StatusCode {
+    match e {
+        ApprovalError::NotFound(_) => StatusCode::NOT_FOUND,
+        ApprovalError::AlreadyDecided { .. } | ApprovalError::InputChanged { .. } => {
+            StatusCode::CONFLICT
+        }
+        ApprovalError::NotAllowed { .. } => StatusCode::FORBIDDEN,
+        _ => StatusCode::INTERNAL_SERVER_ERROR,
     }
 }
 

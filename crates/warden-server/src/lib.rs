@@ -9,6 +9,8 @@
 //! - `api`: the operator HTTP API (runs, approvals, audit search, reload, health);
 //! - `automation`: schedules and triggers over HTTP, and the `/hooks/NAME` endpoint;
 //! - `budgets`: the usage report and the kill switch over HTTP;
+//! - `console`: the operator console in the browser (`/console`): sign-in, sessions,
+//!   the approvals inbox, runs, audit, fleet and activity;
 //! - `pages`: the one-click approval pages webhook notices link to;
 //! - `metrics`: Prometheus metrics with bounded labels;
 //! - `auth_failures`: failed authentications counted per source, and throttled;
@@ -23,6 +25,7 @@ mod auth;
 mod auth_failures;
 mod automation;
 mod budgets;
+mod console;
 mod lifecycle;
 mod mcp;
 mod metrics;
@@ -31,5 +34,6 @@ mod router;
 mod state;
 mod stdio;
 
+pub use console::embedded_asset_bytes;
 pub use lifecycle::{PidFile, check_listen, running, serve_http, serve_stdio};
 pub use state::Server;

@@ -84,6 +84,7 @@ pub struct Metrics {
     decisions: Histogram,
     auth_failures: Counter,
     auth_throttled: Counter,
+    csp_reports: Counter,
     reloads: Family<ResultLabel, Counter>,
     fired: Family<ScheduleLabels, Counter>,
     skipped: Family<ScheduleLabels, Counter>,
@@ -141,6 +142,12 @@ impl Default for Metrics {
             "warden_auth_throttled",
             "Requests refused because their source failed to authenticate too often",
             auth_throttled.clone(),
+        );
+        let csp_reports = Counter::default();
+        registry.register(
+            "warden_console_csp_reports",
+            "Content-Security-Policy violations browsers reported from console pages",
+            csp_reports.clone(),
         );
         let reloads = Family::<ResultLabel, Counter>::default();
         registry.register(
@@ -237,6 +244,7 @@ impl Default for Metrics {
             decisions,
             auth_failures,
             auth_throttled,
+            csp_reports,
             reloads,
             fired,
             skipped,
@@ -276,6 +284,10 @@ impl Metrics {
 
     pub fn auth_throttled(&self) {
         self.auth_throttled.inc();
+    }
+
+    pub fn csp_report(&self) {
+        self.csp_reports.inc();
     }
 
     pub fn reload(&self, ok: bool) {

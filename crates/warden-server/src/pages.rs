@@ -9,13 +9,14 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::{Form, Path, Query, State};
-use axum::http::{HeaderValue, StatusCode, header};
-use axum::response::{Html, IntoResponse, Response};
+use axum::http::StatusCode;
+use axum::response::Response;
 use axum::routing::get;
+use maud::Markup;
 use serde::Deserialize;
 
 use crate::state::Server;
-use warden_core::governance::approvals::{Approval, Ballot, Choice, tier_name};
+use warden_core::governance::approvals::{Approval, ApprovalError, Ballot, Choice, tier_name};
 
 /// The link pages: a confirmation page (GET) and the form that decides (POST).
 pub fn routes() -> Router<Arc<Server>> {
@@ -38,47 +39,10 @@ pub struct DecisionForm {
     sha: String,
 }
 
-fn secure(mut response: Response) -> Response {
-    let h = response.headers_mut();
-    // The token is in the URL: never leak it to another site or a cache. `same-origin`
-    // (not `no-referrer`, which makes a browser send `Origin: null`) lets the page's own
-    // form carry its real origin back.
-    h.insert(
-        header::REFERRER_POLICY,
-        HeaderValue::from_static("same-origin"),
-    );
-    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
-    h.insert(
-        header::CONTENT_SECURITY_POLICY,
-        HeaderValue::from_static(
-            "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'",
-        ),
-    );
-    response
-}
-
-fn html(status: StatusCode, title: &str, body: &str) -> Response {
-    secure(
-        (
-            status,
-            Html(format!(
-                "<!doctype html><html><head><meta charset=\"utf-8\"><title>{t}</title>\
-                 <style>body{{font-family:sans-serif;max-width:44em;margin:2em auto}}pre{{white-space:pre-wrap;background:#f4f4f4;padding:.5em}}</style>\
-                 </head><body><h1>{t}</h1>{body}</body></html>",
-                t = escape(title)
-            )),
-        )
-            .into_response(),
-    )
-}
-
-fn escape(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
-        .replace('\'', "&#39;")
+/// A link page in the console's look (and with its headers: the token is in the URL,
+/// so the referrer policy keeps it from other sites, and nothing caches the page).
+fn html(status: StatusCode, title: &str, body: Markup) -> Response {
+    crate::console::render(status, None, title, crate::console::Nav::None, body)
 }
 
 impl Server {
@@ -92,7 +56,7 @@ impl Server {
             Box::new(html(
                 StatusCode::FORBIDDEN,
                 "Link not valid",
-                &format!("<p>{}</p>", escape(why)),
+                maud::html! { p { (why) } },
             ))
         };
         let token = token.ok_or_else(|| forbidden("this link has no token"))?;
@@ -107,11 +71,15 @@ impl Server {
             .ok_or_else(|| forbidden("the approval queue is disabled"))?;
         match queue.get(id) {
             Ok(Some(a)) => Ok((a, grant.principal)),
-            Ok(None) => Err(Box::new(html(StatusCode::NOT_FOUND, "No such request", ""))),
+            Ok(None) => Err(Box::new(html(
+                StatusCode::NOT_FOUND,
+                "No such request",
+                maud::html! {},
+            ))),
             Err(e) => Err(Box::new(html(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "Error",
-                &format!("<p>{}</p>", escape(&e.to_string())),
+                maud::html! { p { (e.to_string()) } },
             ))),
         }
     }
@@ -127,39 +95,30 @@ pub async fn page(
         Ok(found) => found,
         Err(page) => return *page,
     };
-    let input = app.runtime().redactor.scrub(&a.input);
-    let mut body = format!(
-        "<p><b>{tool}</b> requested by <b>{who}</b> needs <b>{tier}</b> approval ({n} of {req} so far).</p>\
-         <p>Why: {why}</p><p>Input (sha {sha}):</p><pre>{input}</pre><p>State: <b>{state}</b>{result}</p>",
-        tool = escape(&a.tool),
-        who = escape(&a.principal),
-        tier = tier_name(a.tier),
-        n = a.approvals(),
-        req = a.required,
-        why = escape(&a.reasons.join("; ")),
-        sha = escape(&a.input_sha256),
-        input = escape(&input),
-        state = a.state.as_str(),
-        result = a
-            .result
-            .as_ref()
-            .map(|r| format!(" ({})", escape(r)))
-            .unwrap_or_default(),
-    );
-    if a.state == warden_core::call::ApprovalState::Pending {
-        body += &format!(
-            "<form method=\"post\"><input type=\"hidden\" name=\"t\" value=\"{t}\">\
-             <input type=\"hidden\" name=\"sha\" value=\"{sha}\">\
-             <p>Deciding as <b>{p}</b>. Reason: <input name=\"reason\" size=\"40\"></p>\
-             <button name=\"decision\" value=\"approve\">Approve</button> \
-             <button name=\"decision\" value=\"reject\">Reject</button></form>",
-            t = escape(q.t.as_deref().unwrap_or_default()),
-            // The hash of the input this page shows (not the one the request claims).
-            sha = escape(&warden_core::governance::approvals::input_hash(&a.input)),
-            p = escape(&principal),
-        );
-    }
-    html(StatusCode::OK, &format!("Approval {}", a.id), &body)
+    let input = crate::console::pretty(&app.runtime().redactor.scrub(&a.input));
+    let body = maud::html! {
+        p { b { (a.tool) } " requested by " b { (a.principal) } " needs " b { (tier_name(a.tier)) }
+            " approval (" (a.approvals()) " of " (a.required) " so far)." }
+        p { "Why: " (a.reasons.join("; ")) }
+        p { "Input (" code { (a.input_sha256) } "):" }
+        pre.input { (input) }
+        p { "State: " b { (a.state.as_str()) } @if let Some(r) = &a.result { " (" (r) ")" } }
+        @if a.state == warden_core::call::ApprovalState::Pending {
+            form.decide method="post" {
+                input type="hidden" name="t" value=(q.t.as_deref().unwrap_or_default());
+                // The hash of the input this page shows (not the one the request claims).
+                input type="hidden" name="sha" value=(warden_core::governance::approvals::input_hash(&a.input));
+                p { "Deciding as " b { (principal) } "." }
+                label for="reason" { "Reason (needed to reject)" }
+                input #reason name="reason" type="text" maxlength="500";
+                div.buttons {
+                    button.approve type="submit" name="decision" value="approve" { "Approve" }
+                    button.reject type="submit" name="decision" value="reject" { "Reject" }
+                }
+            }
+        }
+    };
+    html(StatusCode::OK, &format!("Approval {}", a.id), body)
 }
 
 /// POST: cast the vote the token allows.
@@ -179,7 +138,7 @@ pub async fn decide(
             return html(
                 StatusCode::BAD_REQUEST,
                 "Bad request",
-                "<p>decision must be approve or reject</p>",
+                maud::html! { p { "decision must be approve or reject" } },
             );
         }
     };
@@ -188,12 +147,12 @@ pub async fn decide(
         return html(
             StatusCode::BAD_REQUEST,
             "A reason is needed",
-            "<p>Say why you reject it.</p>",
+            maud::html! { p { "Say why you reject it." } },
         );
     }
     let rt = app.runtime();
     let Some(queue) = rt.approvals.as_ref() else {
-        return html(StatusCode::CONFLICT, "Disabled", "");
+        return html(StatusCode::CONFLICT, "Disabled", maud::html! {});
     };
     let ballot = Ballot {
         principal: &principal,
@@ -208,38 +167,24 @@ pub async fn decide(
         Ok(a) => html(
             StatusCode::OK,
             "Recorded",
-            &format!(
-                "<p>{} by {}. The request is now <b>{}</b> ({} of {} approvals).</p>",
-                if choice == Choice::Approve {
-                    "Approved"
-                } else {
-                    "Rejected"
-                },
-                escape(&principal),
-                a.state.as_str(),
-                a.approvals(),
-                a.required
-            ),
+            maud::html! {
+                p { (if choice == Choice::Approve { "Approved" } else { "Rejected" }) " by " (principal)
+                    ". The request is now " b { (a.state.as_str()) } " (" (a.approvals()) " of "
+                    (a.required) " approvals)." }
+            },
         ),
-        Err(e @ warden_core::governance::approvals::ApprovalError::AlreadyDecided { .. }) => html(
-            StatusCode::CONFLICT,
-            "Already decided",
-            &format!("<p>{}</p>", escape(&e.to_string())),
-        ),
-        Err(e @ warden_core::governance::approvals::ApprovalError::NotAllowed { .. }) => html(
-            StatusCode::FORBIDDEN,
-            "Not allowed",
-            &format!("<p>{}</p>", escape(&e.to_string())),
-        ),
-        Err(e @ warden_core::governance::approvals::ApprovalError::InputChanged { .. }) => html(
-            StatusCode::CONFLICT,
-            "The request changed",
-            &format!("<p>{}</p>", escape(&e.to_string())),
-        ),
-        Err(e) => html(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "Error",
-            &format!("<p>{}</p>", escape(&e.to_string())),
-        ),
+        Err(e) => {
+            let title = match &e {
+                ApprovalError::AlreadyDecided { .. } => "Already decided",
+                ApprovalError::NotAllowed { .. } => "Not allowed",
+                ApprovalError::InputChanged { .. } => "The request changed",
+                _ => "Error",
+            };
+            html(
+                crate::api::decision_status(&e),
+                title,
+                maud::html! { p { (e.to_string()) } },
+            )
+        }
     }
 }

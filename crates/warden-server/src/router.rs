@@ -17,8 +17,9 @@ use crate::auth::{LOOPBACK_HOSTS, authenticate, check_host};
 use crate::mcp::WardenMcp;
 use crate::state::Server;
 
-/// Every route: MCP and the API behind the token check, health and the link pages
-/// (which carry their own signed tokens) outside it, all behind the Host/Origin check.
+/// Every route: MCP and the API behind the token check; health, the link pages (which
+/// carry their own signed tokens) and the console (its own sessions) outside it; all
+/// behind the Host/Origin check.
 pub fn router(server: Arc<Server>, stop: &CancellationToken) -> Router {
     let allowed_hosts: Vec<String> = LOOPBACK_HOSTS
         .iter()
@@ -49,6 +50,7 @@ pub fn router(server: Arc<Server>, stop: &CancellationToken) -> Router {
         .merge(authenticated)
         .merge(crate::api::probes())
         .merge(crate::pages::routes())
+        .merge(crate::console::routes(stop))
         .merge(crate::automation::hooks())
         .layer(middleware::from_fn_with_state(server.clone(), check_host))
         .with_state(server)

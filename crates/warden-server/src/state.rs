@@ -50,6 +50,12 @@ pub struct Server {
     reloading: tokio::sync::Mutex<()>,
     /// Failed authentications by source: aggregated records, throttling.
     pub(crate) auth_failures: crate::auth_failures::Ledger,
+    /// The console's signed-in sessions.
+    pub(crate) console: crate::console::Sessions,
+    /// The console's last verification of the audit chain.
+    pub(crate) last_verify: Mutex<crate::console::audit::LastVerify>,
+    /// What the last reload changed (or why it was refused).
+    pub(crate) last_reload: Mutex<Option<crate::console::fleet::ReloadNote>>,
 }
 
 /// Counts things in flight (calls, responses being sent) for a graceful shutdown.
@@ -151,6 +157,9 @@ impl Server {
             stopping: AtomicBool::new(false),
             reloading: tokio::sync::Mutex::new(()),
             auth_failures: crate::auth_failures::Ledger::default(),
+            console: crate::console::Sessions::default(),
+            last_verify: Mutex::default(),
+            last_reload: Mutex::default(),
         }))
     }
 
@@ -198,16 +207,28 @@ impl Server {
                 if let Some(audit) = &current.audit {
                     let _ = audit.append(vec![current.entry(record)]).await;
                 }
+                self.noted_reload(Some(e.clone()), Vec::new());
                 return Err(e);
             }
         };
         let tools = next.tool_names().iter().map(|t| t.to_string()).collect();
+        self.noted_reload(None, crate::console::fleet::changes(&current, &next));
         *self.runtime.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(next);
         self.metrics.reload(true);
         self.scheduler.wake();
         let server = self.clone();
         tokio::spawn(async move { server.tools_changed().await });
         Ok(tools)
+    }
+
+    fn noted_reload(&self, refused: Option<String>, changes: Vec<String>) {
+        if let Ok(mut last) = self.last_reload.lock() {
+            *last = Some(crate::console::fleet::ReloadNote {
+                at_ms: warden_core::now_ms() as i64,
+                refused,
+                changes,
+            });
+        }
     }
 
     /// Fire the schedules of whichever runtime is current until `stop`.

@@ -29,6 +29,11 @@ pub struct ServerConfig {
     /// How long a call waits for room under that bound before it is refused
     /// (`over-capacity`). Default 5000.
     pub capacity_wait_ms: u64,
+    /// A console session ends after this long without a request, in seconds.
+    /// Default 1800 (30 minutes).
+    pub session_idle_secs: u64,
+    /// ... and this long after sign-in, however busy. Default 43200 (12 hours).
+    pub session_max_secs: u64,
 }
 
 impl Default for ServerConfig {
@@ -41,6 +46,8 @@ impl Default for ServerConfig {
             shutdown_grace_ms: 10_000,
             max_guest_memory_mb: 1024,
             capacity_wait_ms: 5_000,
+            session_idle_secs: 1800,
+            session_max_secs: 43_200,
         }
     }
 }
@@ -57,6 +64,8 @@ pub(super) struct RawServer {
     pub(super) shutdown_grace_ms: Option<u64>,
     pub(super) max_guest_memory_mb: Option<Spanned<u64>>,
     pub(super) capacity_wait_ms: Option<u64>,
+    pub(super) session_idle_secs: Option<Spanned<u64>>,
+    pub(super) session_max_secs: Option<Spanned<u64>>,
 }
 
 #[derive(Deserialize)]
@@ -117,7 +126,37 @@ pub(super) fn check_server(locate: &Locator, raw: &RawServer) -> Result<ServerCo
             }
         },
         capacity_wait_ms: raw.capacity_wait_ms.unwrap_or(d.capacity_wait_ms),
+        session_idle_secs: session_secs(
+            locate,
+            &raw.session_idle_secs,
+            "server.session_idle_secs",
+            d.session_idle_secs,
+        )?,
+        session_max_secs: session_secs(
+            locate,
+            &raw.session_max_secs,
+            "server.session_max_secs",
+            d.session_max_secs,
+        )?,
     })
+}
+
+/// A session lifetime: between a second and 30 days.
+fn session_secs(
+    locate: &Locator,
+    raw: &Option<Spanned<u64>>,
+    key: &str,
+    default: u64,
+) -> Result<u64, ConfigError> {
+    match raw {
+        None => Ok(default),
+        Some(v) if (1..=30 * 86_400).contains(v.get_ref()) => Ok(*v.get_ref()),
+        Some(v) => Err(locate.error(
+            v.span().start,
+            key,
+            "must be between 1 and 2592000 seconds (30 days)",
+        )),
+    }
 }
 
 pub(super) fn check_tokens(

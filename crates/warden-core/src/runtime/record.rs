@@ -3,7 +3,8 @@
 //! Owns the shape of each record kind (`config-load`, `run-start`, `policy-decision`,
 //! `host-call`, `grant-denied`, `secret-reveal`, `run-end`; for held calls
 //! `approval-requested`, `approval-vote`, `approval-ended`, `approval-notice` and
-//! `run-resume`; for the server `auth-denied`, `config-reload-failed`, `shutdown`). Every record passes
+//! `run-resume`; for the server `auth-denied`, `console-session`, `config-reload-failed`,
+//! `shutdown`). Every record passes
 //! through the redactor before it is written; it must never carry a secret value or
 //! an unbounded string.
 
@@ -372,6 +373,17 @@ pub fn auth_denied(path: &str, remote: &str, why: &str) -> Map<String, Value> {
     object(
         json!({ "kind": "auth-denied", "ts_ms": crate::now_ms(), "path": path, "remote": remote, "reason": why }),
     )
+}
+
+/// A console session began (`sign-in`) or was ended by its holder (`sign-out`).
+pub fn console_session(event: &str, principal: &str, remote: &str) -> Map<String, Value> {
+    object(json!({
+        "kind": "console-session",
+        "ts_ms": crate::now_ms(),
+        "event": event,
+        "principal": principal,
+        "remote": remote,
+    }))
 }
 
 /// Failed authentications of one source in one window that no record has reported yet.

@@ -160,6 +160,11 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (kind, name)
     );
     ",
+    // 6: requests newest first, in any state, by an index (the console's inbox and its
+    // recently decided list, paged by cursor).
+    "
+    CREATE INDEX approvals_by_time ON approvals(created_ms, id);
+    ",
 ];
 
 /// Why the store's schema cannot be used.

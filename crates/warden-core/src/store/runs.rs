@@ -103,6 +103,11 @@ pub struct RunFilter {
     pub since_ms: Option<i64>,
     /// Only runs started by this (`schedule:NAME`, `trigger:NAME`).
     pub started_by: Option<String>,
+    /// Only runs made by this principal.
+    pub principal: Option<String>,
+    /// Only runs older than this one (its `started_ms` and `id`): the cursor of the
+    /// page after the one that ended with it, so a deep page costs what the first does.
+    pub before: Option<(i64, String)>,
     pub limit: usize,
 }
 
@@ -249,29 +254,80 @@ impl RunStore {
             .map_err(|e| self.err(e))
     }
 
+    /// Runs matching `filter`, newest first. Only the conditions given are in the SQL,
+    /// so each uses its index (a `?N IS NULL OR` disjunction would keep SQLite from it).
     pub fn list(&self, filter: &RunFilter) -> Result<Vec<RunRow>, RunsError> {
+        use rusqlite::types::Value as Sql;
+        let mut conditions: Vec<&str> = Vec::new();
+        let mut values: Vec<Sql> = Vec::new();
+        let mut text = |condition: &'static str, value: &Option<String>| {
+            if let Some(v) = value {
+                conditions.push(condition);
+                values.push(Sql::Text(v.clone()));
+            }
+        };
+        text("tool = ?", &filter.tool);
+        text("status = ?", &filter.status);
+        text("started_by = ?", &filter.started_by);
+        text("principal = ?", &filter.principal);
+        if let Some(since) = filter.since_ms {
+            conditions.push("started_ms >= ?");
+            values.push(Sql::Integer(since));
+        }
+        if let Some((ms, id)) = &filter.before {
+            // The first term bounds the index range; the second breaks ties.
+            conditions.push("started_ms <= ? AND (started_ms < ? OR id < ?)");
+            values.extend([Sql::Integer(*ms), Sql::Integer(*ms), Sql::Text(id.clone())]);
+        }
+        let mut sql = String::from("SELECT * FROM runs");
+        if !conditions.is_empty() {
+            sql += " WHERE ";
+            sql += &conditions.join(" AND ");
+        }
+        sql += " ORDER BY started_ms DESC, id DESC LIMIT ?";
+        values.push(Sql::Integer(
+            i64::try_from(filter.limit.max(1)).unwrap_or(i64::MAX),
+        ));
         let conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
-        let mut stmt = conn
-            .prepare(
-                "SELECT * FROM runs WHERE (?1 IS NULL OR tool = ?1) AND (?2 IS NULL OR status = ?2)
-                 AND (?3 IS NULL OR started_ms >= ?3) AND (?5 IS NULL OR started_by = ?5)
-                 ORDER BY started_ms DESC, id DESC LIMIT ?4",
-            )
-            .map_err(|e| self.err(e))?;
-        let limit = i64::try_from(filter.limit.max(1)).unwrap_or(i64::MAX);
+        let mut stmt = conn.prepare_cached(&sql).map_err(|e| self.err(e))?;
         let rows = stmt
-            .query_map(
-                params![
-                    filter.tool,
-                    filter.status,
-                    filter.since_ms,
-                    limit,
-                    filter.started_by
-                ],
-                row_from_sql,
-            )
+            .query_map(rusqlite::params_from_iter(values), row_from_sql)
             .map_err(|e| self.err(e))?;
         rows.collect::<Result<Vec<_>, _>>().map_err(|e| self.err(e))
+    }
+}
+
+impl RunStore {
+    /// Call `each(started_ms, tool, status, total_us)` for every run since `since_ms`,
+    /// oldest first, without copying a string (a day of a busy deployment is 100k rows).
+    pub fn each_since(
+        &self,
+        since_ms: i64,
+        mut each: impl FnMut(i64, &str, &str, i64),
+    ) -> Result<(), RunsError> {
+        let conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+        let mut stmt = conn
+            .prepare_cached(
+                "SELECT started_ms, tool, status, total_us FROM runs WHERE started_ms >= ?1
+                 ORDER BY started_ms",
+            )
+            .map_err(|e| self.err(e))?;
+        let mut rows = stmt.query([since_ms]).map_err(|e| self.err(e))?;
+        while let Some(r) = rows.next().map_err(|e| self.err(e))? {
+            let text = |i: usize| {
+                r.get_ref(i)
+                    .ok()
+                    .and_then(|v| v.as_str().ok())
+                    .unwrap_or("")
+            };
+            each(
+                r.get(0).map_err(|e| self.err(e))?,
+                text(1),
+                text(2),
+                r.get(3).map_err(|e| self.err(e))?,
+            );
+        }
+        Ok(())
     }
 }
 

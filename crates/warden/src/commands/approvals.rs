@@ -98,7 +98,7 @@ pub async fn run(config_path: &Path, command: &ApprovalsCommand) -> Result<ExitC
             };
             let mut out = String::new();
             let redactor = warden_core::runtime::redactor_for(&config)?;
-            for mut a in queue.list(state, *limit)? {
+            for mut a in queue.list(state, None, *limit)? {
                 redact(&redactor, &mut a);
                 if *json {
                     out += &serde_json::to_string(&a)?;

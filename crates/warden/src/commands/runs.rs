@@ -67,6 +67,7 @@ pub fn run(config: &Path, command: &RunsCommand) -> Result<ExitCode> {
                 since_ms: *since,
                 started_by: started_by.clone(),
                 limit: *limit,
+                ..RunFilter::default()
             };
             for row in store.list(&filter)? {
                 if *json {

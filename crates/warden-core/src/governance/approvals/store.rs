@@ -258,10 +258,12 @@ impl ApprovalQueue {
         load(&conn, id, self.sealer.as_ref().as_ref()).map_err(|e| self.store(e))
     }
 
-    /// Requests, newest first, optionally in one state.
+    /// Requests, newest first, optionally in one state; with `before` (a request's
+    /// `created_ms` and id), only those older than it: the next page after it.
     pub fn list(
         &self,
         state: Option<ApprovalState>,
+        before: Option<(i64, &str)>,
         limit: usize,
     ) -> Result<Vec<Approval>, ApprovalError> {
         let conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
@@ -269,13 +271,20 @@ impl ApprovalQueue {
             let mut stmt = conn
                 .prepare_cached(
                     "SELECT id FROM approvals WHERE (?1 IS NULL OR state = ?1)
+                     AND (?3 IS NULL OR created_ms < ?3 OR (created_ms = ?3 AND id < ?4))
                      ORDER BY created_ms DESC, id DESC LIMIT ?2",
                 )
                 .map_err(|e| self.store(e))?;
             let limit = i64::try_from(limit.max(1)).unwrap_or(i64::MAX);
-            stmt.query_map(params![state.map(ApprovalState::as_str), limit], |r| {
-                r.get(0)
-            })
+            stmt.query_map(
+                params![
+                    state.map(ApprovalState::as_str),
+                    limit,
+                    before.map(|b| b.0),
+                    before.map(|b| b.1)
+                ],
+                |r| r.get(0),
+            )
             .and_then(|rows| rows.collect())
             .map_err(|e| self.store(e))?
         };
@@ -288,6 +297,18 @@ impl ApprovalQueue {
             }
         }
         Ok(out)
+    }
+
+    /// How many requests are pending and when the newest of them was made: what a
+    /// watcher compares to see the inbox changed (in this process or another).
+    pub fn pending_mark(&self) -> Result<(u64, i64), ApprovalError> {
+        let conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+        conn.query_row(
+            "SELECT count(*), coalesce(max(created_ms), 0) FROM approvals WHERE state = 'pending'",
+            [],
+            |r| Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)?)),
+        )
+        .map_err(|e| self.store(e))
     }
 
     /// How many requests are pending.

@@ -126,3 +126,36 @@ async fn a_soft_request_runs_when_its_window_passes_and_a_hard_one_expires() {
     assert_eq!(state(&hard.id), Some(ApprovalState::Expired));
     assert_eq!(queue.pending().unwrap(), 0);
 }
+
+#[tokio::test]
+async fn requests_are_paged_newest_first_by_cursor_even_when_made_in_the_same_millisecond() {
+    let dir = tempfile::tempdir().unwrap();
+    let queue = ApprovalQueue::open(&dir.path().join("runs.db"), None).unwrap();
+    for i in 0..7 {
+        // Every request is made at 1000 ms: only the id breaks the tie.
+        queue
+            .insert(&held(&format!("run-{i}"), Tier::Hard), None)
+            .await
+            .unwrap();
+    }
+    let mut seen: Vec<String> = Vec::new();
+    let mut cursor: Option<(i64, String)> = None;
+    loop {
+        let page = queue
+            .list(
+                Some(ApprovalState::Pending),
+                cursor.as_ref().map(|(ms, id)| (*ms, id.as_str())),
+                3,
+            )
+            .unwrap();
+        if page.is_empty() {
+            break;
+        }
+        assert!(page.len() <= 3);
+        let last = page.last().unwrap();
+        cursor = Some((last.created_ms, last.id.clone()));
+        seen.extend(page.into_iter().map(|a| a.id));
+    }
+    let expected: Vec<String> = (0..7).rev().map(|i| format!("apr-{i}")).collect();
+    assert_eq!(seen, expected, "each once, newest (then highest id) first");
+}
