@@ -585,9 +585,29 @@ fn every_operator_view_renders_for_an_operator() {
     b.goto(&served.url("/console/audit"));
     b.click(&b.find("form[action='/console/audit/verify'] button"));
     b.wait_text("Intact");
+    // A reload that adds a token and drops a policy shows what it changed.
+    let config = std::fs::read_to_string(env.config()).unwrap();
+    let without_policy = &config[..config.find("[[policy]]").unwrap()];
+    let hash = crate::support::sha256_hex("token-dave");
+    std::fs::write(
+        env.config(),
+        format!(
+            "{without_policy}\n[[token]]\nname = \"dave\"\nprincipal = \"dave\"\nroles = [\"approver\"]\nsha256 = \"{hash}\"\n"
+        ),
+    )
+    .unwrap();
+    let (status, body) = crate::support::http(
+        "POST",
+        &served.url("/api/reload"),
+        &[("authorization", "Bearer token-ops")],
+        None,
+    );
+    assert_eq!(status, 200, "{body}");
     b.goto(&served.url("/console/fleet"));
+    b.wait_text("token dave (dave) added");
     let page = b.source();
-    assert!(page.contains("token") || page.contains("alice"), "{page}");
+    assert!(page.contains("policy tiers removed"), "{page}");
+    assert!(page.contains("alice"), "every token's principal: {page}");
     for hash_of in ["token-alice", "token-ops"] {
         let hash = crate::support::sha256_hex(hash_of);
         assert!(!page.contains(&hash), "a token's hash is never shown");
