@@ -272,6 +272,28 @@ fn hard_timeout_denies_and_the_call_never_runs() {
 }
 
 #[test]
+fn an_idle_server_settles_a_request_when_its_time_runs_out_not_on_a_poll() {
+    // The server sleeps until the earliest expiry (its idle look is every 30 s): the
+    // request ends at its time with nothing else happening.
+    let env = queue_env(
+        "tools = { notes_write = \"hard\" }\ntimeout_secs = 3",
+        ONCALL,
+    );
+    let (_, id) = held_write(&env, "timed", &[]);
+    let served = env.serve();
+    let started = Instant::now();
+    wait_until("the request to expire", || {
+        approval(&env, &id)["state"] == "expired"
+    });
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "expired at its time, not at the next look"
+    );
+    drop(served);
+    assert!(!note_exists(&env, "timed"));
+}
+
+#[test]
 fn rejected_call_never_runs_and_its_run_says_who_rejected_it() {
     let env = hard_env();
     let (run_id, id) = held_write(&env, "no", &[]);

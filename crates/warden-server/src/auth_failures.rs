@@ -113,6 +113,16 @@ impl Ledger {
             .collect()
     }
 
+    /// When the earliest window with failures no record reported ends.
+    pub fn next_end_ms(&self) -> Option<u64> {
+        let sources = self.sources.lock().unwrap_or_else(|p| p.into_inner());
+        sources
+            .values()
+            .filter(|w| w.failures > w.reported)
+            .map(|w| w.start_ms + WINDOW_MS)
+            .min()
+    }
+
     /// Everything not yet reported (at shutdown).
     pub fn drain(&self) -> Vec<Unreported> {
         let mut sources = self.sources.lock().unwrap_or_else(|p| p.into_inner());

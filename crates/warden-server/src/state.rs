@@ -26,8 +26,19 @@ use warden_core::store::automation::AutomationStore;
 /// this long; results leave within milliseconds.
 pub(crate) const RESULTS_LEAVE_WITHIN: Duration = Duration::from_secs(2);
 
-/// How often the driver looks at the approval queue when nothing wakes it.
-const DRIVE_EVERY: Duration = Duration::from_millis(250);
+/// How long the driver and the notice sender sleep at most with nothing due: what no
+/// event announces (a decision written by another process, the claim of a process that
+/// died) is seen within this. Expiries, notice retries and the end of an
+/// authentication-failure window wake them at their time; a change to the queue at once.
+const LOOK_EVERY: Duration = Duration::from_secs(30);
+
+/// How long from now until `at_ms` (none: `LOOK_EVERY`), at most `LOOK_EVERY`.
+fn until(at_ms: Option<i64>) -> Duration {
+    let now = warden_core::now_ms() as i64;
+    at_ms.map_or(LOOK_EVERY, |at| {
+        Duration::from_millis(u64::try_from(at.saturating_sub(now)).unwrap_or(0)).min(LOOK_EVERY)
+    })
+}
 
 /// The server's state, shared by every connection and task.
 pub struct Server {
@@ -310,6 +321,10 @@ impl Server {
                 tracing::error!("approval notices: {e}");
             }
             let changed = rt.approvals.as_ref().map(|q| q.changed.clone());
+            let due = rt
+                .approvals
+                .as_ref()
+                .and_then(|q| q.next_notice_ms().ok().flatten());
             drop(rt);
             let woken = async {
                 match changed {
@@ -319,7 +334,7 @@ impl Server {
             };
             tokio::select! {
                 _ = stop.cancelled() => break,
-                _ = tokio::time::sleep(DRIVE_EVERY * 4) => {}
+                _ = tokio::time::sleep(until(due)) => {}
                 _ = woken => {}
             }
         }
@@ -355,6 +370,15 @@ impl Server {
             }
             self.report_auth_failures(false).await;
             let changed = rt.approvals.as_ref().map(|q| q.changed.clone());
+            let expiry = rt
+                .approvals
+                .as_ref()
+                .and_then(|q| q.next_expiry_ms().ok().flatten());
+            let window = self.auth_failures.next_end_ms().map(|ms| ms as i64);
+            let due = match (expiry, window) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
             drop(rt);
             let woken = async {
                 match changed {
@@ -364,7 +388,7 @@ impl Server {
             };
             tokio::select! {
                 _ = stop.cancelled() => break,
-                _ = tokio::time::sleep(DRIVE_EVERY) => {}
+                _ = tokio::time::sleep(until(due)) => {}
                 _ = woken => {}
             }
         }

@@ -299,6 +299,29 @@ impl ApprovalQueue {
         Ok(out)
     }
 
+    /// When the clock alone next changes something: the earliest expiry (or soft
+    /// window's end) of a pending request. A driver sleeps until then, not on a poll.
+    pub fn next_expiry_ms(&self) -> Result<Option<i64>, ApprovalError> {
+        let conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+        conn.query_row(
+            "SELECT min(expires_ms) FROM approvals WHERE state = 'pending'",
+            [],
+            |r| r.get(0),
+        )
+        .map_err(|e| self.store(e))
+    }
+
+    /// When the next notice is due to be sent or retried.
+    pub fn next_notice_ms(&self) -> Result<Option<i64>, ApprovalError> {
+        let conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+        conn.query_row(
+            "SELECT min(next_ms) FROM approval_notices WHERE delivered_ms IS NULL AND gave_up = 0",
+            [],
+            |r| r.get(0),
+        )
+        .map_err(|e| self.store(e))
+    }
+
     /// How many requests are pending and when the newest of them was made: what a
     /// watcher compares to see the inbox changed (in this process or another).
     pub fn pending_mark(&self) -> Result<(u64, i64), ApprovalError> {

@@ -39,10 +39,10 @@ const LOCK_PATIENCE: Duration = Duration::from_secs(5);
 /// How often the writer brings `HEAD` up to date and looks for a checkpoint that is
 /// due by time. `HEAD` lags the log by at most this after a crash.
 const TICK: Duration = Duration::from_millis(100);
-/// How long the writer sleeps when `HEAD` is up to date and no checkpoint waits for its
-/// time: an idle log does not wake ten times a second. (What may change meanwhile is
-/// only `HEAD`'s oldest open run, which a stale `HEAD` states conservatively.)
-const QUIET_TICK: Duration = Duration::from_secs(1);
+/// How long the writer sleeps at most when `HEAD` is up to date: an idle log does not
+/// wake at all in between. (What may change meanwhile is only `HEAD`'s oldest open run,
+/// which a stale `HEAD` states conservatively; a commit wakes the writer anyway.)
+const QUIET_TICK: Duration = Duration::from_secs(60);
 
 /// How the log is opened.
 #[derive(Debug, Clone)]

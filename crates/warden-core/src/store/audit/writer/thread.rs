@@ -20,7 +20,7 @@ pub(super) fn run_writer(
     let mut concurrent = false;
     let mut ticked = Instant::now();
     loop {
-        let wait = if core.quiet() { QUIET_TICK } else { TICK };
+        let wait = core.until_due();
         let message = match rx.recv_timeout(wait) {
             Ok(m) => Some(m),
             Err(mpsc::RecvTimeoutError::Timeout) => None,
@@ -153,10 +153,22 @@ impl Core {
     /// What is due by time: a checkpoint, and `HEAD`.
     /// Nothing to do until a record comes: `HEAD` says what is durable and no record
     /// waits for a checkpoint by time.
-    fn quiet(&self) -> bool {
+    /// How long the thread may sleep before it has work of its own: a `TICK` while
+    /// `HEAD` is behind what is durable, until the checkpoint by time is due while
+    /// records wait for one, else `QUIET_TICK`. An idle log does not wake ten times a
+    /// second, nor while a checkpoint is merely pending.
+    fn until_due(&self) -> Duration {
         let w = &self.writer;
-        let unsigned = w.checkpoints.as_ref().is_some_and(|c| c.unsigned > 0);
-        !unsigned && self.head_written.is_some_and(|(seq, _)| seq == w.durable.0)
+        if self.head_written.is_none_or(|(seq, _)| seq != w.durable.0) {
+            return TICK;
+        }
+        match w.checkpoints.as_ref() {
+            Some(c) if c.unsigned > 0 => c
+                .interval
+                .saturating_sub(c.last_at.elapsed())
+                .clamp(TICK, QUIET_TICK),
+            _ => QUIET_TICK,
+        }
     }
 
     fn tick(&mut self, failed: &AtomicBool, runs: &Runs) {
