@@ -245,14 +245,15 @@ async fn script() -> Response {
 }
 
 /// A browser reporting a Content-Security-Policy violation: counted (a console page
-/// that triggers one is a defect) and logged, bounded; never trusted.
+/// that triggers one is a defect) and logged, bounded and quoted (anyone may post
+/// here: it is a signal, never trusted).
 async fn csp_report(
     axum::extract::State(server): axum::extract::State<Arc<Server>>,
     body: axum::body::Bytes,
 ) -> StatusCode {
     server.metrics.csp_report();
     let text = String::from_utf8_lossy(&body[..body.len().min(2048)]).into_owned();
-    tracing::warn!(report = %text, "console: Content-Security-Policy violation reported");
+    tracing::warn!(report = ?text, "console: Content-Security-Policy violation reported");
     StatusCode::NO_CONTENT
 }
 
