@@ -52,7 +52,8 @@ impl Judges {
                     &format!("{key}.input"),
                     format!(
                         "does not match the input schema of `{}` at `{}`: {e}",
-                        s.tool, e.instance_path
+                        s.tool,
+                        e.instance_path()
                     ),
                 ));
             }
@@ -95,7 +96,7 @@ impl Judges {
         if let Some(schema) = &c.schema {
             for e in schema.iter_errors(output).take(5) {
                 reasons.push(crate::util::bounded_to(
-                    &format!("output at `{}`: {e}", e.instance_path),
+                    &format!("output at `{}`: {e}", e.instance_path()),
                     512,
                 ));
             }

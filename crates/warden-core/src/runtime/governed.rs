@@ -64,11 +64,11 @@ impl Runtime {
                 more += 1;
                 continue;
             }
-            let at = crate::util::bounded_to(&e.instance_path.to_string(), 256);
+            let at = crate::util::bounded_to(&e.instance_path().to_string(), 256);
             // Schema errors quote the offending value, which may be a secret and may be
             // megabytes long: the quote is scrubbed and cut, the rest of the message kept.
             let message = e.to_string();
-            let quoted = e.instance.to_string();
+            let quoted = e.instance().to_string();
             let e = match message.find(&quoted) {
                 Some(i) if quoted.len() > MAX_QUOTED => format!(
                     "{}{}{}",

@@ -231,7 +231,7 @@ impl Plugin {
         let error = validator.iter_errors(&value).next().map(|e| {
             format!(
                 "output does not match the tool's output schema at `{}`: {e}",
-                e.instance_path
+                e.instance_path()
             )
         });
         match error {
