@@ -13,7 +13,7 @@ use axum::http::StatusCode;
 use axum::response::Response;
 use maud::{Markup, html};
 
-use super::{Nav, Viewer, blocking, micros, refusal, render};
+use super::{Nav, Viewer, blocking, micros, render};
 use crate::state::Server;
 
 const HOURS: usize = 24;
@@ -80,7 +80,7 @@ pub(crate) async fn page(State(server): State<Arc<Server>>, viewer: Viewer) -> R
     let now = warden_core::now_ms() as i64;
     let first = (now - now.rem_euclid(HOUR_MS)) - (HOURS as i64 - 1) * HOUR_MS;
     let runs = rt.runs.clone();
-    let counted = blocking(move || {
+    let counted = blocking(&viewer, move || {
         let mut hours: Vec<Tally> = (0..HOURS).map(|_| Tally::default()).collect();
         let mut tools: BTreeMap<String, Tally> = BTreeMap::new();
         let mut calls = 0usize;
@@ -102,15 +102,8 @@ pub(crate) async fn page(State(server): State<Arc<Server>>, viewer: Viewer) -> R
     })
     .await;
     let (mut hours, mut tools, calls) = match counted {
-        Ok(Ok(counted)) => counted,
-        Ok(Err(e)) => {
-            return refusal(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                Some(&viewer),
-                &e.to_string(),
-            );
-        }
-        Err(e) => return refusal(StatusCode::INTERNAL_SERVER_ERROR, Some(&viewer), &e),
+        Ok(counted) => counted,
+        Err(page) => return *page,
     };
     let usage = rt.budgets.snapshot(now);
     let body = html! {

@@ -14,7 +14,7 @@ use axum::response::{IntoResponse, Redirect, Response};
 use maud::html;
 use serde::Deserialize;
 
-use super::{Nav, Viewer, blocking, given, refusal, render, when};
+use super::{Nav, Viewer, blocking, given, render, when};
 use crate::state::Server;
 use warden_core::store::audit::{self, Search, Signer, Verified, VerifyOptions};
 
@@ -71,17 +71,10 @@ pub(crate) async fn page(
     let rt = server.runtime();
     let dir = rt.config.audit.dir.clone();
     let search = q.search();
-    let found = blocking(move || audit::last_matching(&dir, &search, SHOWN)).await;
+    let found = blocking(&viewer, move || audit::last_matching(&dir, &search, SHOWN)).await;
     let mut records = match found {
-        Ok(Ok(records)) => records,
-        Ok(Err(e)) => {
-            return refusal(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                Some(&viewer),
-                &e.to_string(),
-            );
-        }
-        Err(e) => return refusal(StatusCode::INTERNAL_SERVER_ERROR, Some(&viewer), &e),
+        Ok(records) => records,
+        Err(page) => return *page,
     };
     records.reverse();
     let last = server
@@ -167,17 +160,13 @@ pub(crate) async fn export(
     }
     let dir = server.runtime().config.audit.dir.clone();
     let search = q.search();
-    let found = blocking(move || audit::last_matching(&dir, &search, EXPORTED)).await;
+    let found = blocking(&viewer, move || {
+        audit::last_matching(&dir, &search, EXPORTED)
+    })
+    .await;
     let records = match found {
-        Ok(Ok(records)) => records,
-        Ok(Err(e)) => {
-            return refusal(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                Some(&viewer),
-                &e.to_string(),
-            );
-        }
-        Err(e) => return refusal(StatusCode::INTERNAL_SERVER_ERROR, Some(&viewer), &e),
+        Ok(records) => records,
+        Err(page) => return *page,
     };
     let mut body = String::new();
     for r in &records {
@@ -214,7 +203,8 @@ pub(crate) async fn verify(
         return refused;
     }
     let config = server.runtime().config.audit.clone();
-    let found = blocking(move || {
+    // A verification that could not run is kept as its result, not shown as a 500.
+    let found = tokio::task::spawn_blocking(move || {
         let mut options = VerifyOptions {
             witness: config.witness.dir.clone(),
             ..VerifyOptions::default()
@@ -227,7 +217,7 @@ pub(crate) async fn verify(
         audit::verify(&config.dir, &options).map_err(|e| e.to_string())
     })
     .await;
-    let result = found.and_then(|r| r);
+    let result = found.map_err(|e| e.to_string()).and_then(|r| r);
     if let Ok(mut last) = server.last_verify.lock() {
         *last = Some((warden_core::now_ms() as i64, result));
     }

@@ -18,8 +18,18 @@ use tokio_util::sync::CancellationToken;
 
 use super::{Viewer, refusal};
 use crate::state::Server;
+use warden_core::governance::approvals::ApprovalQueue;
 
 const LOOK_EVERY: Duration = Duration::from_secs(2);
+
+/// The queue's (pending count, newest) read off the async runtime (SQLite).
+async fn look(queue: &Arc<ApprovalQueue>) -> Option<(u64, i64)> {
+    let queue = queue.clone();
+    tokio::task::spawn_blocking(move || queue.pending_mark().ok())
+        .await
+        .ok()
+        .flatten()
+}
 
 pub(crate) async fn stream(
     State(server): State<Arc<Server>>,
@@ -35,7 +45,7 @@ pub(crate) async fn stream(
         );
     };
     drop(rt);
-    let mark = queue.pending_mark().ok();
+    let mark = look(&queue).await;
     let events = futures_util::stream::unfold((queue, mark), move |(queue, mut mark)| {
         let stop = stop.clone();
         async move {
@@ -45,7 +55,7 @@ pub(crate) async fn stream(
                     _ = queue.changed.notified() => {}
                     _ = tokio::time::sleep(LOOK_EVERY) => {}
                 }
-                let now = queue.pending_mark().ok();
+                let now = look(&queue).await;
                 if now != mark {
                     mark = now;
                     let count = now.map(|(n, _)| n).unwrap_or_default();

@@ -56,30 +56,25 @@ pub(crate) fn changes(old: &Runtime, new: &Runtime) -> Vec<String> {
             out.push(format!("{what} {id} removed"));
         }
     }
-    let (old_tools, new_tools) = (old.tool_names(), new.tool_names());
-    for t in &new_tools {
-        if !old_tools.contains(t) {
-            out.push(format!("tool {t} added"));
-        }
-    }
-    for t in &old_tools {
-        if !new_tools.contains(t) {
-            out.push(format!("tool {t} removed"));
-        }
-    }
-    let names = |rt: &Runtime| -> Vec<String> {
+    let tools =
+        |rt: &Runtime| -> Vec<String> { rt.tool_names().iter().map(|t| t.to_string()).collect() };
+    let tokens = |rt: &Runtime| -> Vec<String> {
         rt.config
             .tokens
             .iter()
             .map(|t| format!("{} ({})", t.name, t.principal))
             .collect()
     };
-    let (old_tokens, new_tokens) = (names(old), names(new));
-    for t in new_tokens.iter().filter(|t| !old_tokens.contains(t)) {
-        out.push(format!("token {t} added"));
-    }
-    for t in old_tokens.iter().filter(|t| !new_tokens.contains(t)) {
-        out.push(format!("token {t} removed"));
+    for (what, before, after) in [
+        ("tool", tools(old), tools(new)),
+        ("token", tokens(old), tokens(new)),
+    ] {
+        for name in after.iter().filter(|n| !before.contains(n)) {
+            out.push(format!("{what} {name} added"));
+        }
+        for name in before.iter().filter(|n| !after.contains(n)) {
+            out.push(format!("{what} {name} removed"));
+        }
     }
     out
 }

@@ -50,12 +50,9 @@ pub(crate) async fn page(
             "the approval queue is disabled ([approvals] enabled = false)",
         );
     };
-    let before = super::given(&q.before).and_then(|b| {
-        let (ms, id) = b.split_once(':')?;
-        Some((ms.parse::<i64>().ok()?, id.to_string()))
-    });
+    let before = super::cursor(&q.before);
     let first_page = before.is_none();
-    let read = blocking(move || {
+    let read = blocking(viewer, move || {
         let cursor = before.as_ref().map(|(ms, id)| (*ms, id.as_str()));
         let pending = queue.list(Some(ApprovalState::Pending), cursor, PAGE + 1)?;
         let (waiting, _) = queue.pending_mark()?;
@@ -68,15 +65,8 @@ pub(crate) async fn page(
     })
     .await;
     let (mut pending, waiting, recent) = match read {
-        Ok(Ok(lists)) => lists,
-        Ok(Err(e)) => {
-            return refusal(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                Some(viewer),
-                &e.to_string(),
-            );
-        }
-        Err(e) => return refusal(StatusCode::INTERNAL_SERVER_ERROR, Some(viewer), &e),
+        Ok(lists) => lists,
+        Err(page) => return *page,
     };
     let more = pending.len() > PAGE;
     pending.truncate(PAGE);

@@ -214,13 +214,33 @@ pub(crate) fn given(value: &Option<String>) -> Option<String> {
         .map(str::to_string)
 }
 
-/// Run `read` (SQLite, files: blocking) off the async runtime.
-pub(crate) async fn blocking<T: Send + 'static>(
-    read: impl FnOnce() -> T + Send + 'static,
-) -> Result<T, String> {
-    tokio::task::spawn_blocking(read)
-        .await
-        .map_err(|e| e.to_string())
+/// A page cursor `MS:ID` (a row's time and id) from the query, if one was given.
+pub(crate) fn cursor(value: &Option<String>) -> Option<(i64, String)> {
+    let given = given(value)?;
+    let (ms, id) = given.split_once(':')?;
+    Some((ms.parse().ok()?, id.to_string()))
+}
+
+/// Run `read` (SQLite, files: blocking) off the async runtime: what it found, or the
+/// 500 page saying why not.
+pub(crate) async fn blocking<T, E>(
+    viewer: &Viewer,
+    read: impl FnOnce() -> Result<T, E> + Send + 'static,
+) -> Result<T, Box<Response>>
+where
+    T: Send + 'static,
+    E: std::fmt::Display + Send + 'static,
+{
+    let why = match tokio::task::spawn_blocking(read).await {
+        Ok(Ok(found)) => return Ok(found),
+        Ok(Err(e)) => e.to_string(),
+        Err(e) => e.to_string(),
+    };
+    Err(Box::new(refusal(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        Some(viewer),
+        &why,
+    )))
 }
 
 fn asset(kind: &'static str, body: &'static str) -> Response {

@@ -62,10 +62,7 @@ pub(crate) async fn list(
         return refused;
     }
     let hours = given(&q.hours).and_then(|h| h.parse::<i64>().ok());
-    let before = given(&q.before).and_then(|b| {
-        let (ms, id) = b.split_once(':')?;
-        Some((ms.parse::<i64>().ok()?, id.to_string()))
-    });
+    let before = super::cursor(&q.before);
     let filter = RunFilter {
         tool: given(&q.tool),
         status: given(&q.status),
@@ -77,16 +74,9 @@ pub(crate) async fn list(
     };
     let rt = server.runtime();
     let runs = rt.runs.clone();
-    let rows = match blocking(move || runs.list(&filter)).await {
-        Ok(Ok(rows)) => rows,
-        Ok(Err(e)) => {
-            return refusal(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                Some(&viewer),
-                &e.to_string(),
-            );
-        }
-        Err(e) => return refusal(StatusCode::INTERNAL_SERVER_ERROR, Some(&viewer), &e),
+    let rows = match blocking(&viewer, move || runs.list(&filter)).await {
+        Ok(rows) => rows,
+        Err(page) => return *page,
     };
     let more = rows.len() > PAGE;
     let shown = &rows[..rows.len().min(PAGE)];
@@ -167,7 +157,7 @@ pub(crate) async fn page(
     let rt = server.runtime();
     let reader = rt.clone();
     let wanted = id.clone();
-    let read = blocking(move || {
+    let read = blocking(&viewer, move || {
         let row = reader.runs.get(&wanted).map_err(|e| e.to_string())?;
         let approval = match (
             row.as_ref().and_then(|r| r.approval.clone()),
@@ -193,10 +183,8 @@ pub(crate) async fn page(
     })
     .await;
     let (row, approval, calls) = match read {
-        Ok(Ok(found)) => found,
-        Ok(Err(e)) | Err(e) => {
-            return refusal(StatusCode::INTERNAL_SERVER_ERROR, Some(&viewer), &e);
-        }
+        Ok(found) => found,
+        Err(page) => return *page,
     };
     let Some(r) = row else {
         return refusal(
