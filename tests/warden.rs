@@ -16,6 +16,8 @@ mod console;
 mod files;
 #[path = "warden/isolation.rs"]
 mod isolation;
+#[path = "warden/languages.rs"]
+mod languages;
 #[path = "warden/limits.rs"]
 mod limits;
 #[path = "warden/mcp.rs"]
@@ -26,6 +28,8 @@ mod network;
 mod policies;
 #[path = "warden/recording.rs"]
 mod recording;
+#[path = "warden/scaffold.rs"]
+mod scaffold;
 #[path = "warden/schedules.rs"]
 mod schedules;
 #[path = "warden/secrets.rs"]

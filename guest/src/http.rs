@@ -5,7 +5,7 @@
 //! Redirects are never followed implicitly: a caller that wants to follow one makes
 //! a new request, which the host checks again.
 use alloc::format;
-use alloc::string::{String, ToString};
+use alloc::string::String;
 use alloc::vec::Vec;
 
 use wasip2::http::outgoing_handler;
@@ -61,7 +61,7 @@ pub fn request(
     let fields = Fields::new();
     for (name, value) in headers {
         fields
-            .append(&name.to_string(), &value.as_bytes().to_vec())
+            .append(name, value.as_bytes())
             .map_err(|e| format!("header {name}: {e:?}"))?;
     }
     let request = OutgoingRequest::new(fields);

@@ -1,6 +1,8 @@
 //! Guest-side bindings for warden components written in Rust.
 //!
-//! A tool implements [`tool::Guest`] and calls [`export_tool!`]; a policy implements
+//! A tool is a set of typed functions marked `#[warden_guest::tool]` and exported with
+//! `export_tools!` (feature `sdk`, see [`sdk`]), or, by hand, implements
+//! [`tool::Guest`] and calls [`export_tool!`]; a policy implements
 //! [`policy::Guest`] and calls [`export_policy!`]. Both worlds come from `wit/v0.1.0/plugin.wit`
 //! (`warden:plugin@0.1.0`). This crate only binds the contract: it never adds
 //! capabilities, which come solely from the operator's grants in warden.toml.
@@ -76,5 +78,21 @@ impl tool::ToolError {
 
 #[cfg(feature = "http")]
 pub mod http;
+
+// The typed-tool SDK needs std (serde_json, schemars); lean policies never turn it on.
+#[cfg(feature = "sdk")]
+extern crate std;
+
+#[cfg(feature = "sdk")]
+pub mod sdk;
+
+/// Marks a function as a tool: its doc comment is the description, its argument's and
+/// result's types give the input and output schemas. See [`sdk`].
+#[cfg(feature = "sdk")]
+pub use warden_guest_macros::tool;
+
+/// Exports the listed `#[tool]` functions as the component's tools. See [`sdk`].
+#[cfg(feature = "sdk")]
+pub use warden_guest_macros::export_tools;
 
 pub mod lean;

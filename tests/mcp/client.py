@@ -60,6 +60,12 @@ async def scenario(client, name, args):
             "invalid": result_json(invalid),
             "unknown": unknown,
         }
+    if name == "tools":
+        tools = (await client.list_tools()).tools
+        return {
+            t.name: {"input_schema": t.input_schema, "output_schema": t.output_schema, "description": t.description}
+            for t in tools
+        }
     if name == "call":
         progress = []
 

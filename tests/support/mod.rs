@@ -39,6 +39,43 @@ pub fn guests() -> &'static Path {
     })
 }
 
+/// The Python and JavaScript components (examples, fixtures), built once per test
+/// process by `cargo xtask langs` with toolchains it installs under `target/`.
+pub fn lang_guests() -> &'static Path {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    BUILT.get_or_init(|| {
+        let root = repo_root();
+        let dir = guests().to_path_buf();
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let status = Command::new(&cargo)
+            .current_dir(root)
+            .args(["xtask", "langs"])
+            .env_remove("RUSTFLAGS")
+            .status()
+            .expect("run cargo xtask langs");
+        assert!(
+            status.success(),
+            "building the Python and JavaScript components failed"
+        );
+        dir
+    })
+}
+
+/// Components in other languages: `{name}` in a config builds them first.
+pub const LANG_GUESTS: [&str; 5] = [
+    "report-py",
+    "hostile-py",
+    "spend-limit-py",
+    "outline-js",
+    "hostile-js",
+];
+
+/// The directory of the pinned Python and Node toolchains `lang_guests` installed.
+pub fn toolchains() -> PathBuf {
+    lang_guests();
+    repo_root().join("target/guest-toolchains")
+}
+
 /// Path of a built guest component, e.g. `wasm("hostile")`.
 pub fn wasm(name: &str) -> PathBuf {
     guests().join(format!("{}.wasm", name.replace('-', "_")))
@@ -150,6 +187,13 @@ pub fn expand(body: &str) -> String {
         "wstd-fetch",
     ] {
         out = out.replace(&format!("{{{name}}}"), &wasm(name).display().to_string());
+    }
+    for name in LANG_GUESTS {
+        let placeholder = format!("{{{name}}}");
+        if out.contains(&placeholder) {
+            lang_guests();
+            out = out.replace(&placeholder, &wasm(name).display().to_string());
+        }
     }
     out
 }

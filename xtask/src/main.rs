@@ -3,10 +3,14 @@
 //! - `cargo guests`: build every component under `plugins/` and `policies/` (examples
 //!   and test fixtures) for `wasm32-wasip2` into `target/guests/wasm32-wasip2/guest/`.
 //!
+//! - `cargo xtask langs`: build the Python and JavaScript components (see `langs.rs`).
+//!
 //! It adds the `wasm32-wasip2` target when the toolchain lacks it (rustup installs the
 //! targets `rust-toolchain.toml` lists only with the toolchain itself), and builds the
 //! `no_std` ("lean") components in a cargo run of their own: built with the others,
 //! cargo would switch on `std` in the dependencies they share.
+
+mod langs;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
@@ -17,7 +21,8 @@ fn main() -> ExitCode {
     let task = std::env::args().nth(1).unwrap_or_default();
     let result = match task.as_str() {
         "guests" => guests(),
-        _ => Err("usage: cargo xtask guests (or the alias: cargo guests)".into()),
+        "langs" => langs::langs(),
+        _ => Err("usage: cargo xtask guests (alias: cargo guests) | cargo xtask langs".into()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -17,6 +17,7 @@ mod bench;
 mod bench_automation;
 mod bench_budgets;
 mod bench_console;
+mod bench_languages;
 mod bench_mcp;
 
 #[derive(Parser)]
@@ -49,6 +50,9 @@ enum Command {
     /// The operator console's server time: the inbox with many pending requests, the
     /// runs list over a large history; the size of its embedded assets.
     Console(bench_console::BenchConsoleArgs),
+    /// Tools in Rust, Python and JavaScript side by side: size, compile and load time,
+    /// a fresh-instance call, memory; a Rust and a Python policy's decision.
+    Languages(bench_languages::BenchLanguagesArgs),
 }
 
 // The same allocator as `warden`, so that figures are the shipped binary's.
@@ -92,6 +96,9 @@ fn run() -> Result<ExitCode> {
             Command::Console(ref args) => bench_console::run(&cli.config, args)
                 .await
                 .context("console"),
+            Command::Languages(ref args) => bench_languages::run(&cli.config, args)
+                .await
+                .context("languages"),
             Command::Automation(ref args) => bench_automation::run(&cli.config, args)
                 .await
                 .context("automation"),

@@ -17,7 +17,7 @@ mod exit;
 mod output;
 
 use commands::{
-    approvals, audit, budgets, call, check, inspect, policy, runs, schedules, secrets, serve,
+    approvals, audit, budgets, call, check, inspect, new, policy, runs, schedules, secrets, serve,
     tokens, tools,
 };
 
@@ -54,6 +54,22 @@ enum Command {
         /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
+    },
+    /// Start a tool or policy project (Rust, Python or JavaScript) that builds with one
+    /// command and passes `warden check` as written.
+    New {
+        kind: new::Kind,
+        /// The project's name: lowercase letters, digits and '-'.
+        name: String,
+        #[arg(long, value_enum, default_value = "rust")]
+        lang: new::Lang,
+        /// Where to write it (default: ./NAME). Must not exist or be empty.
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// warden's `guest/` crate, for a Rust project (default: the source tree this
+        /// binary was built from).
+        #[arg(long)]
+        sdk: Option<PathBuf>,
     },
     /// Show what a component file is: its world, imports, exports and declared tools.
     Inspect {
@@ -207,6 +223,13 @@ fn run() -> Result<ExitCode> {
         match cli.command {
             Command::Check => check::run(config).await.context("check"),
             Command::Tools { json } => tools::run(config, json).await.context("tools"),
+            Command::New {
+                kind,
+                ref name,
+                lang,
+                ref dir,
+                ref sdk,
+            } => new::run(kind, name, lang, dir.as_deref(), sdk.as_deref()).context("new"),
             Command::Inspect { ref file, json } => {
                 inspect::run(file, json).await.context("inspect")
             }

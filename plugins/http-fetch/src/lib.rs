@@ -1,69 +1,64 @@
 //! `http_get`: fetch a URL from the hosts the operator granted and return its status,
 //! content type and (bounded) body. Every request, including each redirect it follows,
 //! is checked by the host against the grant.
-use serde_json::{Value, json};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
 use warden_guest::http;
-use warden_guest::tool::{Annotations, Guest, ToolError, ToolSpec};
+use warden_guest::tool::ToolError;
 
 const MAX_BODY: usize = 128 * 1024;
 const MAX_REDIRECTS: u32 = 5;
 
-struct HttpFetch;
+#[derive(Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+struct Input {
+    #[schemars(regex(pattern = "^https?://"), length(max = 2048))]
+    url: String,
+    /// Follow up to 5 redirects (each checked against the grant again).
+    #[serde(default = "yes")]
+    follow_redirects: bool,
+}
 
-impl Guest for HttpFetch {
-    fn describe() -> Vec<ToolSpec> {
-        vec![ToolSpec {
-            name: "http_get".into(),
-            description: "GET a URL on a granted host; returns status, content type and body text (first 128 KiB).".into(),
-            title: Some("Fetch a URL".into()),
-            output_schema: None,
-            input_schema: json!({
-                "type": "object",
-                "properties": {
-                    "url": { "type": "string", "pattern": "^https?://", "maxLength": 2048 },
-                    "follow_redirects": { "type": "boolean", "default": true }
-                },
-                "required": ["url"],
-                "additionalProperties": false
-            })
-            .to_string(),
-            annotations: Annotations { read_only: true, destructive: false, idempotent: true, open_world: true },
-        }]
-    }
+fn yes() -> bool {
+    true
+}
 
-    fn invoke(tool: String, input: String) -> Result<String, ToolError> {
-        if tool != "http_get" {
-            return Err(ToolError::new(
-                "unknown-tool",
-                format!("no tool named {tool}"),
-            ));
+#[derive(Serialize, JsonSchema)]
+struct Fetched {
+    /// The URL finally fetched (after redirects).
+    url: String,
+    status: u16,
+    content_type: Option<String>,
+    body: String,
+    /// The body was longer than 128 KiB and was cut there.
+    truncated: bool,
+}
+
+/// GET a URL on a granted host; returns status, content type and body text (first 128 KiB).
+#[warden_guest::tool(title = "Fetch a URL", read_only, idempotent, open_world)]
+fn http_get(input: Input) -> Result<Fetched, ToolError> {
+    let mut url = input.url;
+    let mut hops = 0;
+    loop {
+        let response = http::get(&url, &[("accept", "*/*")], MAX_BODY)
+            .map_err(|e| ToolError::upstream(format!("GET {url}: {e}")))?;
+        let location = response.header("location").map(str::to_string);
+        if input.follow_redirects
+            && (300..400).contains(&response.status)
+            && hops < MAX_REDIRECTS
+            && let Some(next) = location
+        {
+            url = resolve(&url, &next);
+            hops += 1;
+            continue;
         }
-        let input: Value = serde_json::from_str(&input)
-            .map_err(|e| ToolError::new("invalid-input", e.to_string()))?;
-        let mut url = input["url"].as_str().unwrap_or_default().to_string();
-        let follow = input["follow_redirects"].as_bool().unwrap_or(true);
-
-        let mut hops = 0;
-        loop {
-            let response = http::get(&url, &[("accept", "*/*")], MAX_BODY)
-                .map_err(|e| ToolError::new("upstream", format!("GET {url}: {e}")))?;
-            let location = response.header("location").map(str::to_string);
-            if follow && (300..400).contains(&response.status) && hops < MAX_REDIRECTS {
-                if let Some(next) = location {
-                    url = resolve(&url, &next);
-                    hops += 1;
-                    continue;
-                }
-            }
-            return Ok(json!({
-                "url": url,
-                "status": response.status,
-                "content_type": response.header("content-type"),
-                "body": String::from_utf8_lossy(&response.body),
-                "truncated": response.truncated,
-            })
-            .to_string());
-        }
+        return Ok(Fetched {
+            content_type: response.header("content-type").map(str::to_string),
+            body: String::from_utf8_lossy(&response.body).into_owned(),
+            truncated: response.truncated,
+            status: response.status,
+            url,
+        });
     }
 }
 
@@ -80,4 +75,4 @@ fn resolve(base: &str, location: &str) -> String {
     format!("{origin}/{}", location.trim_start_matches('/'))
 }
 
-warden_guest::export_tool!(HttpFetch);
+warden_guest::export_tools!(http_get);

@@ -1,127 +1,98 @@
 //! `notes_*`: list, read and write text notes in the directory the operator grants
 //! at `/notes`. Everything it can touch is that one preopened directory.
 use std::fs;
-use std::io::ErrorKind;
 
-use serde_json::{Value, json};
-use warden_guest::tool::{Annotations, Guest, ToolError, ToolSpec};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use warden_guest::tool::ToolError;
 
 const ROOT: &str = "/notes";
-const NAME_PATTERN: &str = "^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$";
 
-struct Notes;
-
-impl Guest for Notes {
-    fn describe() -> Vec<ToolSpec> {
-        let name = json!({ "type": "string", "pattern": NAME_PATTERN });
-        vec![
-            spec(
-                "notes_list",
-                "List the notes (file names and sizes).",
-                json!({ "type": "object", "properties": {}, "additionalProperties": false }),
-                true,
-                false,
-            ),
-            spec(
-                "notes_read",
-                "Read one note by name.",
-                json!({ "type": "object", "properties": { "name": name }, "required": ["name"], "additionalProperties": false }),
-                true,
-                false,
-            ),
-            spec(
-                "notes_write",
-                "Create or replace a note.",
-                json!({
-                    "type": "object",
-                    "properties": { "name": name, "text": { "type": "string", "maxLength": 65536 } },
-                    "required": ["name", "text"],
-                    "additionalProperties": false
-                }),
-                false,
-                true,
-            ),
-        ]
-    }
-
-    fn invoke(tool: String, input: String) -> Result<String, ToolError> {
-        let input: Value = serde_json::from_str(&input)
-            .map_err(|e| ToolError::new("invalid-input", e.to_string()))?;
-        match tool.as_str() {
-            "notes_list" => {
-                let entries = fs::read_dir(ROOT).map_err(io_error)?;
-                let mut notes = Vec::new();
-                for entry in entries {
-                    let entry = entry.map_err(io_error)?;
-                    let meta = entry.metadata().map_err(io_error)?;
-                    if meta.is_file() {
-                        notes.push(json!({ "name": entry.file_name().to_string_lossy(), "bytes": meta.len() }));
-                    }
-                }
-                notes.sort_by(|a, b| a["name"].as_str().cmp(&b["name"].as_str()));
-                Ok(json!({ "notes": notes }).to_string())
-            }
-            "notes_read" => {
-                let name = note_name(&input)?;
-                let text = fs::read_to_string(format!("{ROOT}/{name}")).map_err(io_error)?;
-                Ok(json!({ "name": name, "text": text }).to_string())
-            }
-            "notes_write" => {
-                let name = note_name(&input)?;
-                let text = input["text"].as_str().unwrap_or_default();
-                fs::write(format!("{ROOT}/{name}"), text).map_err(io_error)?;
-                warden_guest::log(warden_guest::Level::Info, &format!("wrote note {name}"));
-                Ok(json!({ "name": name, "bytes": text.len() }).to_string())
-            }
-            other => Err(ToolError::new(
-                "unknown-tool",
-                format!("no tool named {other}"),
-            )),
-        }
-    }
+#[derive(Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+struct Named {
+    /// The note's file name.
+    #[schemars(regex(pattern = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"))]
+    name: String,
 }
 
-fn note_name(input: &Value) -> Result<&str, ToolError> {
-    // The schema already restricts names; this keeps the plugin safe on its own.
-    let name = input["name"].as_str().unwrap_or_default();
+#[derive(Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+struct NewNote {
+    /// The note's file name.
+    #[schemars(regex(pattern = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"))]
+    name: String,
+    #[schemars(length(max = 65536))]
+    text: String,
+}
+
+#[derive(Serialize, JsonSchema)]
+struct Listing {
+    notes: Vec<Entry>,
+}
+
+#[derive(Serialize, JsonSchema)]
+struct Entry {
+    name: String,
+    bytes: u64,
+}
+
+#[derive(Serialize, JsonSchema)]
+struct Note {
+    name: String,
+    text: String,
+}
+
+#[derive(Serialize, JsonSchema)]
+struct Written {
+    name: String,
+    bytes: usize,
+}
+
+/// List the notes (file names and sizes).
+#[warden_guest::tool(read_only, idempotent)]
+fn notes_list() -> Result<Listing, ToolError> {
+    let mut notes = Vec::new();
+    for entry in fs::read_dir(ROOT)? {
+        let entry = entry?;
+        let meta = entry.metadata()?;
+        if meta.is_file() {
+            notes.push(Entry {
+                name: entry.file_name().to_string_lossy().into_owned(),
+                bytes: meta.len(),
+            });
+        }
+    }
+    notes.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(Listing { notes })
+}
+
+/// Read one note by name.
+#[warden_guest::tool(read_only, idempotent)]
+fn notes_read(input: Named) -> Result<Note, ToolError> {
+    let name = checked(input.name)?;
+    let text = fs::read_to_string(format!("{ROOT}/{name}"))?;
+    Ok(Note { name, text })
+}
+
+/// Create or replace a note.
+#[warden_guest::tool(destructive, idempotent)]
+fn notes_write(input: NewNote) -> Result<Written, ToolError> {
+    let name = checked(input.name)?;
+    fs::write(format!("{ROOT}/{name}"), &input.text)?;
+    warden_guest::log(warden_guest::Level::Info, &format!("wrote note {name}"));
+    Ok(Written {
+        name,
+        bytes: input.text.len(),
+    })
+}
+
+/// The schema already restricts names; this keeps the plugin safe on its own.
+fn checked(name: String) -> Result<String, ToolError> {
     if name.is_empty() || name.starts_with('.') || name.contains('/') {
-        return Err(ToolError::new(
-            "invalid-input",
-            format!("bad note name {name:?}"),
-        ));
+        return Err(ToolError::invalid_input(format!("bad note name {name:?}")));
     }
     Ok(name)
 }
 
-fn spec(
-    name: &str,
-    description: &str,
-    schema: Value,
-    read_only: bool,
-    destructive: bool,
-) -> ToolSpec {
-    ToolSpec {
-        name: name.into(),
-        description: description.into(),
-        title: None,
-        input_schema: schema.to_string(),
-        output_schema: None,
-        annotations: Annotations {
-            read_only,
-            destructive,
-            idempotent: true,
-            open_world: false,
-        },
-    }
-}
-
-fn io_error(e: std::io::Error) -> ToolError {
-    let code = match e.kind() {
-        ErrorKind::NotFound => "not-found",
-        ErrorKind::PermissionDenied | ErrorKind::ReadOnlyFilesystem => "permission-denied",
-        _ => "io",
-    };
-    ToolError::new(code, e.to_string())
-}
-
-warden_guest::export_tool!(Notes);
+warden_guest::export_tools!(notes_list, notes_read, notes_write);

@@ -1,93 +1,71 @@
-//! `text_stats`: pure computation over a text (no capabilities needed).
+//! `text_stats`: pure computation over a text (no capabilities needed). Written with the
+//! typed SDK: the schemas agents see are derived from `Input` and `Stats`.
 use std::collections::HashMap;
 
-use serde_json::{Value, json};
-use warden_guest::tool::{Annotations, Guest, ToolError, ToolSpec};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use warden_guest::tool::ToolError;
 
-struct TextStats;
-
-impl Guest for TextStats {
-    fn describe() -> Vec<ToolSpec> {
-        vec![ToolSpec {
-            name: "text_stats".into(),
-            description:
-                "Count characters, words and lines of a text and list its most frequent words."
-                    .into(),
-            title: Some("Text statistics".into()),
-            output_schema: Some(
-                json!({
-                    "type": "object",
-                    "properties": {
-                        "chars": { "type": "integer" },
-                        "bytes": { "type": "integer" },
-                        "words": { "type": "integer" },
-                        "lines": { "type": "integer" },
-                        "top_words": {
-                            "type": "array",
-                            "items": {
-                                "type": "object",
-                                "properties": { "word": { "type": "string" }, "count": { "type": "integer" } },
-                                "required": ["word", "count"]
-                            }
-                        }
-                    },
-                    "required": ["chars", "bytes", "words", "lines", "top_words"]
-                })
-                .to_string(),
-            ),
-            input_schema: json!({
-                "type": "object",
-                "properties": {
-                    "text": { "type": "string", "maxLength": 1048576 },
-                    "top": { "type": "integer", "minimum": 0, "maximum": 100, "default": 5 }
-                },
-                "required": ["text"],
-                "additionalProperties": false
-            })
-            .to_string(),
-            annotations: Annotations {
-                read_only: true,
-                destructive: false,
-                idempotent: true,
-                open_world: false,
-            },
-        }]
-    }
-
-    fn invoke(tool: String, input: String) -> Result<String, ToolError> {
-        if tool != "text_stats" {
-            return Err(ToolError::new(
-                "unknown-tool",
-                format!("no tool named {tool}"),
-            ));
-        }
-        let input: Value = serde_json::from_str(&input)
-            .map_err(|e| ToolError::new("invalid-input", e.to_string()))?;
-        let text = input["text"].as_str().unwrap_or_default();
-        let top = input["top"].as_u64().unwrap_or(5) as usize;
-
-        let mut counts: HashMap<String, u64> = HashMap::new();
-        let mut words = 0u64;
-        for word in text.split(|c: char| !c.is_alphanumeric() && c != '\'') {
-            if word.is_empty() {
-                continue;
-            }
-            words += 1;
-            *counts.entry(word.to_lowercase()).or_default() += 1;
-        }
-        let mut ranked: Vec<(String, u64)> = counts.into_iter().collect();
-        ranked.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
-        ranked.truncate(top);
-
-        Ok(json!({
-            "chars": text.chars().count(),
-            "bytes": text.len(),
-            "words": words,
-            "lines": text.lines().count(),
-            "top_words": ranked.into_iter().map(|(w, n)| json!({"word": w, "count": n})).collect::<Vec<_>>(),
-        })
-        .to_string())
-    }
+#[derive(Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+struct Input {
+    /// The text to measure.
+    #[schemars(length(max = 1048576))]
+    text: String,
+    /// How many of the most frequent words to list.
+    #[serde(default = "five")]
+    #[schemars(range(max = 100))]
+    top: u8,
 }
 
-warden_guest::export_tool!(TextStats);
+fn five() -> u8 {
+    5
+}
+
+#[derive(Serialize, JsonSchema)]
+struct Stats {
+    /// Unicode scalar values.
+    chars: usize,
+    bytes: usize,
+    words: u64,
+    lines: usize,
+    /// The most frequent words, most frequent first.
+    top_words: Vec<WordCount>,
+}
+
+#[derive(Serialize, JsonSchema)]
+struct WordCount {
+    word: String,
+    count: u64,
+}
+
+/// Count characters, words and lines of a text and list its most frequent words.
+#[warden_guest::tool(title = "Text statistics", read_only, idempotent)]
+fn text_stats(input: Input) -> Result<Stats, ToolError> {
+    let text = &input.text;
+    let mut counts: HashMap<String, u64> = HashMap::new();
+    let mut words = 0u64;
+    for word in text.split(|c: char| !c.is_alphanumeric() && c != '\'') {
+        if word.is_empty() {
+            continue;
+        }
+        words += 1;
+        *counts.entry(word.to_lowercase()).or_default() += 1;
+    }
+    let mut ranked: Vec<(String, u64)> = counts.into_iter().collect();
+    ranked.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+    ranked.truncate(usize::from(input.top));
+
+    Ok(Stats {
+        chars: text.chars().count(),
+        bytes: text.len(),
+        words,
+        lines: text.lines().count(),
+        top_words: ranked
+            .into_iter()
+            .map(|(word, count)| WordCount { word, count })
+            .collect(),
+    })
+}
+
+warden_guest::export_tools!(text_stats);

@@ -66,11 +66,9 @@ impl World {
 
 #[derive(Debug, Error)]
 pub enum ComponentError {
-    #[error("{path}: cannot read: {source}")]
-    Read {
-        path: String,
-        source: std::io::Error,
-    },
+    // Not `source`: the message says it already, and a source would print it twice.
+    #[error("{path}: cannot read: {error}")]
+    Read { path: String, error: std::io::Error },
     #[error("{path}: not a WebAssembly file (no `\\0asm` header)")]
     NotWasm { path: String },
     #[error(
@@ -101,7 +99,11 @@ pub struct Loaded {
     /// `sha256:<hex>` of the file's bytes.
     pub digest: String,
     pub imports: Vec<String>,
+    /// Exported functions: what the world is judged by.
     pub exports: Vec<String>,
+    /// Exported interfaces, modules and types. The host never calls them; toolchains add
+    /// their own (componentize-py exports an `exports` interface it uses at build time).
+    pub other_exports: Vec<String>,
 }
 
 impl Loaded {
@@ -158,9 +160,9 @@ pub fn load(
     pin: Option<&str>,
 ) -> Result<Loaded, ComponentError> {
     let shown = path.display().to_string();
-    let bytes = std::fs::read(path).map_err(|source| ComponentError::Read {
+    let bytes = std::fs::read(path).map_err(|error| ComponentError::Read {
         path: shown.clone(),
-        source,
+        error,
     })?;
     if bytes.len() < 8 || &bytes[..4] != b"\0asm" {
         return Err(ComponentError::NotWasm { path: shown });
@@ -192,17 +194,18 @@ pub fn load(
         .imports(engine)
         .map(|(name, _)| name.to_string())
         .collect();
-    let exports = ty
-        .exports(engine)
-        .map(|(name, item)| match item.ty {
-            ComponentItem::ComponentFunc(_) => name.to_string(),
-            _ => format!("{name} (not a function)"),
-        })
-        .collect();
+    let (mut exports, mut other_exports) = (Vec::new(), Vec::new());
+    for (name, item) in ty.exports(engine) {
+        match item.ty {
+            ComponentItem::ComponentFunc(_) => exports.push(name.to_string()),
+            _ => other_exports.push(name.to_string()),
+        }
+    }
     Ok(Loaded {
         component,
         digest: format!("sha256:{digest}"),
         imports,
         exports,
+        other_exports,
     })
 }

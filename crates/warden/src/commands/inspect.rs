@@ -15,7 +15,7 @@ use crate::exit;
 use crate::output::print;
 
 pub async fn run(file: &Path, json: bool) -> Result<ExitCode> {
-    let shared = Shared::new(EngineOptions::default(), None)?;
+    let shared = Shared::new(EngineOptions::default(), super::user_cache_dir().as_deref())?;
     let loaded = component::load(&shared.engine, &shared.cache, file, None)?;
     let world = loaded.world();
     let problems = match world {
@@ -44,9 +44,7 @@ pub async fn run(file: &Path, json: bool) -> Result<ExitCode> {
         )
         .await?;
         for t in &plugin.tools {
-            tools.push(
-                json!({ "name": t.name, "description": t.description, "inputSchema": t.schema }),
-            );
+            tools.push(super::tools::tool_json(t));
         }
     }
     let report = json!({
@@ -56,6 +54,7 @@ pub async fn run(file: &Path, json: bool) -> Result<ExitCode> {
         "problems": problems,
         "imports": loaded.imports,
         "exports": loaded.exports,
+        "otherExports": loaded.other_exports,
         "tools": tools,
     });
     if json {
@@ -73,12 +72,18 @@ pub async fn run(file: &Path, json: bool) -> Result<ExitCode> {
         }
         out += &format!("  imports: {}\n", loaded.imports.join("\n           "));
         out += &format!("  exports: {}\n", loaded.exports.join(", "));
+        if !loaded.other_exports.is_empty() {
+            out += &format!(
+                "           (and, never called by warden: {})\n",
+                loaded.other_exports.join(", ")
+            );
+        }
         for t in &tools {
             out += &format!(
-                "  tool:    {}: {}\n",
-                t["name"].as_str().unwrap_or_default(),
-                t["description"].as_str().unwrap_or_default()
+                "  tool:    {}",
+                super::tools::tool_text(t).replace('\n', "\n           ")
             );
+            out = out.trim_end().to_string() + "\n";
         }
         print(&out)?;
     }

@@ -115,7 +115,7 @@ pub async fn run(command: &PolicyCommand) -> Result<ExitCode> {
     if file.cases.is_empty() {
         bail!("{}: no [[case]] tables", cases.display());
     }
-    let shared = Shared::new(EngineOptions::default(), None)?;
+    let shared = Shared::new(EngineOptions::default(), super::user_cache_dir().as_deref())?;
     let load = |config: &toml::Table| -> Result<Policy> {
         Policy::load(
             &shared,
