@@ -218,7 +218,7 @@ fn python_and_js_tools_answer_over_the_cli_and_mcp_with_typed_results() {
 }
 
 #[test]
-fn a_python_tool_is_held_and_runs_once_approved() {
+fn python_and_js_tools_are_held_and_run_once_approved() {
     let granted = Listener::http();
     let env = languages_env(
         &granted,
@@ -227,29 +227,34 @@ fn a_python_tool_is_held_and_runs_once_approved() {
 id = "tiers"
 component = "{tiered-approval}"
 [policy.config]
-tools = { csv_to_json = "hard", md_outline = "deny" }
+tools = { csv_to_json = "hard", md_outline = "hard", fetch_text = "deny" }
 "#,
     );
-    let run = env.warden(&[
-        "call",
-        "csv_to_json",
-        "--input",
-        r#"{"text":"a\n1\n"}"#,
-        "--as",
-        "agent",
-    ]);
-    assert_eq!(run.code, HELD, "{run:?}");
-    let held: Value = serde_json::from_str(&run.stdout).unwrap();
-    let id = held["approval_id"].as_str().unwrap();
-    let yes = env.warden(&["approvals", "approve", id, "--token", "token-alice"]);
-    assert_eq!(yes.code, OK, "{yes:?}");
-    assert!(yes.stdout.contains("\"row_count\": 1"), "{yes:?}");
-    let again = env.warden(&["approvals", "approve", id, "--token", "token-bob"]);
-    assert_eq!(again.code, USAGE, "runs once: {again:?}");
-
-    let (run, report) = env.call("md_outline", r##"{"markdown":"# x"}"##);
+    for (tool, input, output) in [
+        ("csv_to_json", r#"{"text":"a\n1\n"}"#, "\"row_count\": 1"),
+        (
+            "md_outline",
+            r##"{"markdown":"# Held"}"##,
+            "\"title\": \"Held\"",
+        ),
+    ] {
+        let run = env.warden(&["call", tool, "--input", input, "--as", "agent"]);
+        assert_eq!(run.code, HELD, "{tool}: {run:?}");
+        let held: Value = serde_json::from_str(&run.stdout).unwrap();
+        let id = held["approval_id"].as_str().unwrap();
+        let yes = env.warden(&["approvals", "approve", id, "--token", "token-alice"]);
+        assert_eq!(yes.code, OK, "{tool}: {yes:?}");
+        assert!(yes.stdout.contains(output), "{tool}: {yes:?}");
+        let again = env.warden(&["approvals", "approve", id, "--token", "token-bob"]);
+        assert_eq!(again.code, USAGE, "{tool} runs once: {again:?}");
+    }
+    let (run, report) = env.call(
+        "fetch_text",
+        &serde_json::json!({ "url": granted.url("/x") }).to_string(),
+    );
     assert_eq!(run.code, DENIED, "{run:?}");
     assert_eq!(status(&report), "denied");
+    assert_eq!(granted.count(), 0);
 }
 
 #[test]

@@ -63,7 +63,7 @@ fn input_schema(dir: &Path, component: &str) -> Value {
 }
 
 #[test]
-fn a_rust_tool_scaffold_builds_passes_check_and_its_schema_follows_its_types() {
+fn rust_scaffolds_build_pass_check_and_a_tool_schema_follows_its_types() {
     let top = tempfile::tempdir().unwrap();
     let run = warden_in(top.path(), &["new", "tool", "greet-rs"]);
     assert_eq!(run.code, OK, "{run:?}");
@@ -101,6 +101,23 @@ fn a_rust_tool_scaffold_builds_passes_check_and_its_schema_follows_its_types() {
     let after = input_schema(&dir, component);
     assert_eq!(after["properties"]["loud"]["type"], "boolean", "{after}");
     assert_eq!(after["properties"]["loud"]["description"], "Shout it.");
+
+    // A Rust policy scaffold passes its own cases.
+    let run = warden_in(top.path(), &["new", "policy", "guard-rs"]);
+    assert_eq!(run.code, OK, "{run:?}");
+    let policy = top.path().join("guard-rs");
+    cargo_build(&policy, "guard_rs");
+    let cases = warden_in(
+        &policy,
+        &[
+            "policy",
+            "test",
+            "target/wasm32-wasip2/release/guard_rs.wasm",
+            "cases.toml",
+        ],
+    );
+    assert_eq!(cases.code, OK, "{cases:?}");
+    assert!(cases.stdout.contains("2 passed, 0 failed"), "{cases:?}");
 }
 
 #[test]
