@@ -37,6 +37,8 @@ mod secrets;
 mod support;
 #[path = "warden/triggers.rs"]
 mod triggers;
+#[path = "warden/upstreams.rs"]
+mod upstreams;
 
 pub(crate) use limits::assert_failed;
 pub(crate) use network::assert_http_denied;

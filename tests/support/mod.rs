@@ -382,6 +382,63 @@ pub fn mcp_python() -> &'static Path {
     })
 }
 
+/// Third-party MCP servers for the upstream tests, installed once under
+/// `target/upstream-servers/` at the versions `tests/upstreams/` pins: `mcp-server-time`
+/// (PyPI) and `@modelcontextprotocol/server-everything` (npm). Returns (time, everything)
+/// commands.
+pub fn upstream_servers() -> &'static (PathBuf, PathBuf) {
+    static SERVERS: OnceLock<(PathBuf, PathBuf)> = OnceLock::new();
+    SERVERS.get_or_init(|| {
+        let root = repo_root();
+        let pins = root.join("tests/upstreams");
+        let dir = root.join("target/upstream-servers");
+        let venv = dir.join("python");
+        let wanted = std::fs::read_to_string(pins.join("requirements.txt")).expect("read pins");
+        let marker = venv.join("installed-requirements.txt");
+        if std::fs::read_to_string(&marker).ok().as_deref() != Some(wanted.as_str()) {
+            let made = Command::new("python3")
+                .args(["-m", "venv", "--clear"])
+                .arg(&venv)
+                .status()
+                .expect("python3 -m venv");
+            assert!(made.success(), "python3 -m venv failed");
+            let pip = Command::new(venv.join("bin/pip"))
+                .args(["install", "--disable-pip-version-check", "-q", "-r"])
+                .arg(pins.join("requirements.txt"))
+                .status()
+                .expect("pip install");
+            assert!(
+                pip.success(),
+                "pip install -r tests/upstreams/requirements.txt failed"
+            );
+            std::fs::write(&marker, wanted).expect("write marker");
+        }
+        let node = dir.join("node");
+        std::fs::create_dir_all(&node).expect("mkdir");
+        let lock = std::fs::read_to_string(pins.join("package-lock.json")).expect("read lock");
+        let marker = node.join("installed-lock.json");
+        if std::fs::read_to_string(&marker).ok().as_deref() != Some(lock.as_str()) {
+            for file in ["package.json", "package-lock.json"] {
+                std::fs::copy(pins.join(file), node.join(file)).expect("copy pins");
+            }
+            let ci = Command::new("npm")
+                .args(["ci", "--silent", "--no-audit", "--no-fund"])
+                .current_dir(&node)
+                .status()
+                .expect("npm ci (Node.js with npm is needed for the upstream tests)");
+            assert!(
+                ci.success(),
+                "npm ci in target/upstream-servers/node failed"
+            );
+            std::fs::write(&marker, lock).expect("write marker");
+        }
+        (
+            venv.join("bin/mcp-server-time"),
+            node.join("node_modules/.bin/mcp-server-everything"),
+        )
+    })
+}
+
 /// Run the MCP client script (`tests/mcp/client.py`) with `args`.
 pub fn mcp_client(args: &[&str]) -> Run {
     let python = mcp_python();

@@ -6,8 +6,10 @@
 //! - `config`: `warden.toml`, parsed strictly, every error located;
 //! - `grants`: what a plugin may reach (HTTP and its secrets, files, env), one module per
 //!   capability with its parsing and its enforcement;
+//! - `upstream`: MCP servers an operator already runs, their tools' definitions and
+//!   digests, one call through them;
 //! - `sandbox`: the engine, components and their cache, the per-call store state, limits,
-//!   host-call recording, plugins and policies;
+//!   host-call recording, plugins (components or upstreams) and policies;
 //! - `governance`: approvals, their notices and signed links;
 //! - `store`: the audit log, run history, the embedded database's migrations;
 //! - `runtime`: a loaded config and the governed call itself (policies, approval, the
@@ -17,7 +19,7 @@
 //! - `util` and `bindings`: the clock, digests and bounded text; the WIT's generated types.
 //!
 //! The modules form layers (`util`, `bindings`, `call`, `cron`, `store`, `vault`,
-//! `tokens`, `grants`, `config`, `sandbox`, `governance`, `runtime`, `automation`,
+//! `tokens`, `grants`, `config`, `upstream`, `sandbox`, `governance`, `runtime`, `automation`,
 //! bottom to top), each using only those below it; a test below keeps it so.
 
 pub mod automation;
@@ -31,6 +33,7 @@ pub mod runtime;
 pub mod sandbox;
 pub mod store;
 pub mod tokens;
+pub mod upstream;
 pub mod util;
 pub mod vault;
 
@@ -57,6 +60,7 @@ mod layers {
         "tokens",
         "grants",
         "config",
+        "upstream",
         "sandbox",
         "governance",
         "runtime",

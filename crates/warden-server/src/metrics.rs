@@ -69,6 +69,11 @@ struct PluginLabel {
     plugin: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct UpstreamLabel {
+    upstream: String,
+}
+
 /// Most usage series exposed (limits counted per principal, plugin or tool have a
 /// series per key; keys come from the config or authenticated callers).
 const MAX_LIMIT_SERIES: usize = 1000;
@@ -99,6 +104,9 @@ pub struct Metrics {
     limit_max: Family<LimitLabels, FloatGauge>,
     refusals: Family<LimitLabel, Counter>,
     breaker_open: Family<PluginLabel, Gauge>,
+    /// Per upstream MCP server (configured ids only): up, restarts, calls, failures
+    /// since the config was loaded.
+    upstream: [Family<UpstreamLabel, Gauge>; 4],
     /// Serializes encoding with the gauges set just before it.
     render: Mutex<()>,
 }
@@ -114,6 +122,7 @@ pub struct Gauges {
     pub refusals: Vec<(String, u64)>,
     pub plugins: Vec<String>,
     pub open_breakers: Vec<String>,
+    pub upstreams: Vec<warden_core::upstream::Status>,
 }
 
 impl Default for Metrics {
@@ -234,11 +243,35 @@ impl Default for Metrics {
             "1 while a plugin's circuit breaker is open",
             breaker_open.clone(),
         );
+        let upstream = [
+            (
+                "warden_upstream_up",
+                "1 while an upstream MCP server is running",
+            ),
+            (
+                "warden_upstream_restarts",
+                "Restarts of an upstream since the config was loaded",
+            ),
+            (
+                "warden_upstream_calls",
+                "Calls sent to an upstream since the config was loaded",
+            ),
+            (
+                "warden_upstream_failures",
+                "Calls an upstream failed (errors, timeouts, deaths) since the config was loaded",
+            ),
+        ]
+        .map(|(name, help)| {
+            let family = Family::<UpstreamLabel, Gauge>::default();
+            registry.register(name, help, family.clone());
+            family
+        });
         Metrics {
             limit_used,
             limit_max,
             refusals,
             breaker_open,
+            upstream,
             registry,
             calls,
             decisions,
@@ -343,6 +376,18 @@ impl Metrics {
                     plugin: plugin.clone(),
                 })
                 .set(i64::from(open));
+        }
+        for family in &self.upstream {
+            family.clear();
+        }
+        for u in &g.upstreams {
+            let label = UpstreamLabel {
+                upstream: u.id.clone(),
+            };
+            let values = [u64::from(u.running), u.restarts, u.calls, u.failures];
+            for (family, value) in self.upstream.iter().zip(values) {
+                family.get_or_create(&label).set(gauge(value));
+            }
         }
         let mut out = String::new();
         if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {

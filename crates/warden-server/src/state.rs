@@ -293,6 +293,7 @@ impl Server {
                 .budgets
                 .runaway
                 .open_breakers(warden_core::now_ms() as i64),
+            upstreams: rt.upstreams.iter().map(|u| u.status()).collect(),
         };
         self.metrics.render(&gauges)
     }

@@ -18,7 +18,7 @@ mod output;
 
 use commands::{
     approvals, audit, budgets, call, check, inspect, new, policy, runs, schedules, secrets, serve,
-    tokens, tools,
+    tokens, tools, upstreams,
 };
 
 /// warden runs AI agents' tools as sandboxed WebAssembly components, behind approval
@@ -113,6 +113,9 @@ enum Command {
     /// Schedules: next fire times, last runs and success rates; run, pause, resume.
     #[command(subcommand)]
     Schedules(schedules::SchedulesCommand),
+    /// Upstream MCP servers: their state and tools; accept a changed tool definition.
+    #[command(subcommand)]
+    Upstreams(upstreams::UpstreamsCommand),
     /// Webhook triggers (`/hooks/NAME` on `warden serve`).
     #[command(subcommand)]
     Triggers(schedules::TriggersCommand),
@@ -268,6 +271,9 @@ fn run() -> Result<ExitCode> {
             Command::Runs(ref command) => runs::run(config, command).context("runs"),
             Command::Schedules(ref command) => {
                 schedules::run(config, command).await.context("schedules")
+            }
+            Command::Upstreams(ref command) => {
+                upstreams::run(config, command).await.context("upstreams")
             }
             Command::Triggers(ref command) => {
                 schedules::triggers(config, command).context("triggers")

@@ -27,6 +27,7 @@ mod budgets;
 mod components;
 mod limits;
 mod server;
+mod upstreams;
 
 pub use approvals::{ApprovalsConfig, Webhook};
 pub use audit::AuditConfig;
@@ -37,6 +38,7 @@ pub use budgets::{Each, LimitConfig, LimitKind, Measure, OnExceed, Per, RunawayC
 pub use components::{PluginConfig, PolicyConfig};
 pub use limits::{DEFAULT_PLUGIN_LIMITS, DEFAULT_POLICY_LIMITS, Limits};
 pub use server::{ServerConfig, valid_principal};
+pub use upstreams::{OnChange, UpstreamConfig};
 
 use crate::grants::Grants;
 use approvals::{RawApprovals, check_approvals};
@@ -46,6 +48,7 @@ use budgets::{RawLimit, RawRunaway, check_limits_list, check_runaway};
 use components::{RawPlugin, RawPolicy, check_component, check_costs, check_id, check_sha256};
 use limits::check_limits;
 use server::{RawServer, RawToken, check_server, check_tokens};
+use upstreams::{RawUpstream, check_upstreams};
 
 /// A config error, located in its file.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -97,6 +100,8 @@ pub struct Config {
     pub tokens: Vec<TokenEntry>,
     pub plugins: Vec<PluginConfig>,
     pub policies: Vec<PolicyConfig>,
+    /// `[[upstream]]`: MCP servers whose tools warden governs.
+    pub upstreams: Vec<UpstreamConfig>,
     /// `[[schedule]]`: tool calls warden starts on a clock.
     pub schedules: Vec<ScheduleConfig>,
     /// `[[trigger]]`: tool calls started by signed webhooks at `/hooks/NAME`.
@@ -127,6 +132,8 @@ struct RawConfig {
     plugins: Vec<RawPlugin>,
     #[serde(default, rename = "policy")]
     policies: Vec<RawPolicy>,
+    #[serde(default, rename = "upstream")]
+    upstreams: Vec<RawUpstream>,
     #[serde(default, rename = "schedule")]
     schedules: Vec<RawSchedule>,
     #[serde(default, rename = "trigger")]
@@ -285,6 +292,8 @@ impl Config {
             });
         }
 
+        let upstreams = check_upstreams(&locate, base, &raw.upstreams, &mut ids)?;
+
         let mut policies = Vec::new();
         for (i, raw) in raw.policies.iter().enumerate() {
             let key = format!("policy[{i}]");
@@ -390,6 +399,7 @@ impl Config {
             tokens,
             plugins,
             policies,
+            upstreams,
             schedules,
             triggers,
             limits,

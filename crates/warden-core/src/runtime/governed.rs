@@ -162,6 +162,9 @@ impl Runtime {
             } else {
                 evaluate.await
             };
+            report
+                .decisions
+                .extend(super::upstreams::decision(plugin, tool));
         }
         report.timings.policy_us = micros(started.elapsed());
 

@@ -13,6 +13,7 @@ pub(crate) mod governed;
 pub use budgets::{SuspendError, UsageReport};
 pub mod record;
 pub(crate) mod recovery;
+pub(crate) mod upstreams;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -32,6 +33,7 @@ pub use crate::sandbox::shared::Shared;
 use crate::store::audit::{AuditLog, AuditOptions, Signer};
 use crate::store::runs::RunStore;
 use crate::store::suspensions::SuspensionStore;
+use crate::store::upstream_pins::PinStore;
 use crate::vault::{MasterKey, Vault, VaultError};
 
 /// Why a config could not be loaded into a runtime.
@@ -87,6 +89,10 @@ pub struct Runtime {
     pub(crate) trigger_keys: TriggerKeys,
     /// The bound on the guest memory of calls in flight.
     pub(crate) capacity: Arc<crate::sandbox::limits::Capacity>,
+    /// The upstream MCP servers, running or not (`[[upstream]]`).
+    pub upstreams: Vec<Arc<crate::upstream::Upstream>>,
+    /// Accepted upstream tool definitions; `None` in a read-only load.
+    pub pins: Option<Arc<PinStore>>,
 }
 
 impl Runtime {
@@ -149,7 +155,12 @@ impl Runtime {
         let shared = Shared::new(options, Some(&config.cache_dir))
             .map_err(|e| config.error_at(0, "", format!("cannot start the wasm engine: {e:#}")))?;
 
-        let (secrets, trigger_keys, redactor) = load_secrets(&config)?;
+        let Secrets {
+            plugins: secrets,
+            trigger_keys,
+            redactor,
+            upstreams: upstream_envs,
+        } = load_secrets(&config)?;
         let redactor = Arc::new(redactor);
         let mut plugins = Vec::new();
         let mut tools: HashMap<String, usize> = HashMap::new();
@@ -170,6 +181,34 @@ impl Runtime {
                             format!(
                                 "plugin {:?} exports tool `{}`, which plugin {:?} already exports",
                                 pc.id, tool.name, other.id
+                            ),
+                        )
+                        .into());
+                }
+                tools.insert(tool.name.clone(), plugins.len());
+            }
+            plugins.push(plugin);
+        }
+
+        let pins = match mode {
+            Stores::Open => Some(Arc::new(
+                PinStore::open(&config.runs_db).map_err(|e| LoadError::Store(e.to_string()))?,
+            )),
+            Stores::ReadOnly => None,
+        };
+        let from_upstreams =
+            upstreams::load(&config, upstream_envs, &redactor, pins.as_deref()).await?;
+        for plugin in from_upstreams.plugins {
+            let span = plugin.upstream().map_or(0, |u| u.upstream.config.span);
+            for tool in &plugin.tools {
+                if let Some(&other) = tools.get(&tool.name) {
+                    return Err(config
+                        .error_at(
+                            span,
+                            "upstream",
+                            format!(
+                                "upstream {:?} offers tool `{}`, which {:?} already exports (set a `prefix`, or leave it out with `deny_tools`)",
+                                plugin.id, tool.name, plugins[other].id
                             ),
                         )
                         .into());
@@ -274,9 +313,18 @@ impl Runtime {
                 &config.digest(),
                 components.into(),
             );
-            log.append(vec![record::redact(&redactor, record)])
-                .await
-                .map_err(|e| store(&e))?;
+            let mut records = vec![record::redact(&redactor, record)];
+            for seen in &from_upstreams.first_seen {
+                let pin = record::upstream_pin(
+                    &seen.upstream,
+                    &seen.tool,
+                    &seen.digest,
+                    None,
+                    "first-sight",
+                );
+                records.push(record::redact(&redactor, pin));
+            }
+            log.append(records).await.map_err(|e| store(&e))?;
             Some(log)
         } else {
             None
@@ -305,6 +353,8 @@ impl Runtime {
             judges,
             trigger_keys,
             capacity,
+            upstreams: from_upstreams.upstreams,
+            pins,
         };
         if fresh && let Some(log) = &rt.audit {
             crate::runtime::recovery::recover(&rt, log).await?;
@@ -358,8 +408,19 @@ impl Runtime {
 /// The redactor for every secret `config` grants, for commands that print stored
 /// records without loading the components.
 pub fn redactor_for(config: &Config) -> Result<Redactor, ConfigError> {
-    load_secrets(config).map(|(_, _, redactor)| redactor)
+    load_secrets(config).map(|s| s.redactor)
 }
+
+/// The secrets a config's components, triggers and upstreams use, decrypted.
+struct Secrets {
+    plugins: Vec<Arc<PluginSecrets>>,
+    trigger_keys: TriggerKeys,
+    redactor: Redactor,
+    upstreams: UpstreamEnvs,
+}
+
+/// Each upstream's secret environment variables and headers: (name, value).
+pub(crate) type UpstreamEnvs = Vec<crate::upstream::Secrets>;
 
 /// The secrets triggers verify signatures with, by trigger name.
 pub(crate) type TriggerKeys = HashMap<String, zeroize::Zeroizing<String>>;
@@ -367,16 +428,23 @@ pub(crate) type TriggerKeys = HashMap<String, zeroize::Zeroizing<String>>;
 /// Decrypt the secrets the plugins are granted and the triggers sign with. The vault is
 /// opened only when some plugin has a secret grant or some trigger exists; a secret the
 /// vault lacks, or a vault that cannot be decrypted, fails the load.
-fn load_secrets(
-    config: &Config,
-) -> Result<(Vec<Arc<PluginSecrets>>, TriggerKeys, Redactor), ConfigError> {
-    let granted = config.plugins.iter().any(|p| !p.grants.secrets.is_empty());
+fn load_secrets(config: &Config) -> Result<Secrets, ConfigError> {
+    let granted = config.plugins.iter().any(|p| !p.grants.secrets.is_empty())
+        || config
+            .upstreams
+            .iter()
+            .any(|u| !u.secret_env.is_empty() || !u.secret_headers.is_empty());
     if !granted && config.triggers.is_empty() {
-        return Ok((
-            config.plugins.iter().map(|_| Arc::default()).collect(),
-            HashMap::new(),
-            Redactor::default(),
-        ));
+        return Ok(Secrets {
+            plugins: config.plugins.iter().map(|_| Arc::default()).collect(),
+            trigger_keys: HashMap::new(),
+            redactor: Redactor::default(),
+            upstreams: config
+                .upstreams
+                .iter()
+                .map(|_| Default::default())
+                .collect(),
+        });
     }
     let vault_error = |e: VaultError| {
         config.error_at(
@@ -441,8 +509,55 @@ fn load_secrets(
         all.push((value.clone(), Vec::new()));
         keys.insert(t.name.clone(), value);
     }
+    let mut envs = UpstreamEnvs::new();
+    for (i, u) in config.upstreams.iter().enumerate() {
+        let mut secrets = crate::upstream::Secrets::default();
+        let wanted = u
+            .secret_env
+            .iter()
+            .map(|(var, secret)| (format!("secret_env.{var}"), var, secret, "{}"))
+            .chain(u.secret_headers.iter().enumerate().map(|(j, h)| {
+                (
+                    format!("secret_headers[{j}]"),
+                    &h.header,
+                    &h.secret,
+                    h.format.as_str(),
+                )
+            }));
+        for (at, name, secret, format) in wanted {
+            let key = format!("upstream[{i}].{at}");
+            let value = match vault.get(secret) {
+                Ok(value) => value,
+                Err(VaultError::NotFound(_)) => {
+                    return Err(config.error_at(
+                        u.span,
+                        &key,
+                        format!(
+                            "secret {secret:?} is not in the vault {}",
+                            config.vault_path.display()
+                        ),
+                    ));
+                }
+                Err(e) => return Err(config.error_at(u.span, &key, e)),
+            };
+            // The upstream sees it; its results, logs and records never show it.
+            all.push((value.clone(), vec![format.to_string()]));
+            let formatted = zeroize::Zeroizing::new(format.replace("{}", &value));
+            if at.starts_with("secret_env") {
+                secrets.env.push((name.clone(), formatted));
+            } else {
+                secrets.headers.push((name.clone(), formatted));
+            }
+        }
+        envs.push(secrets);
+    }
     let redactor = Redactor::new(all.iter().map(|(v, f)| (v.as_str(), f.clone())));
-    Ok((out, keys, redactor))
+    Ok(Secrets {
+        plugins: out,
+        trigger_keys: keys,
+        redactor,
+        upstreams: envs,
+    })
 }
 
 /// Open the audit log (off the async runtime: it may wait for another process) with

@@ -106,6 +106,26 @@ pub fn config_load(file: &str, digest: &str, components: Value) -> Map<String, V
     )
 }
 
+/// An upstream tool's definition accepted: at first sight (`by` = `first-sight`) or by
+/// an operator over a changed one (`previous` is the digest it replaces).
+pub fn upstream_pin(
+    upstream: &str,
+    tool: &str,
+    digest: &str,
+    previous: Option<&str>,
+    by: &str,
+) -> Map<String, Value> {
+    object(json!({
+        "kind": "upstream-pin",
+        "ts_ms": crate::now_ms(),
+        "upstream": upstream,
+        "tool": tool,
+        "digest": digest,
+        "previous": previous,
+        "by": by,
+    }))
+}
+
 /// The records written before the tool may run: the run's start and every decision.
 pub fn before_execution(report: &CallReport, input: &str, redactor: &Redactor) -> Vec<Entry> {
     let mut out = Vec::with_capacity(1 + report.decisions.len());

@@ -1,7 +1,9 @@
-//! A loaded tool plugin: its compiled component, the tools it declares (with their
-//! compiled input schemas) and its sandbox. Owns running one tool call in a fresh
-//! instance. It must never reuse a store or instance between calls.
+//! A loaded tool plugin: its compiled component (or the upstream MCP server it stands
+//! for), the tools it declares (with their compiled input schemas) and its sandbox.
+//! Owns running one tool call in a fresh instance. It must never reuse a store or
+//! instance between calls.
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -42,8 +44,27 @@ pub struct Plugin {
     pub path: PathBuf,
     pub sandbox: ToolSandbox,
     pub tools: Vec<Tool>,
-    pre: ToolPre<ToolState>,
-    fuel: bool,
+    backend: Backend,
+}
+
+/// What runs a plugin's tools.
+enum Backend {
+    /// A component, instantiated afresh for every call.
+    Component {
+        pre: ToolPre<ToolState>,
+        fuel: bool,
+    },
+    Upstream(UpstreamTools),
+}
+
+/// An upstream MCP server's tools, as a plugin.
+pub struct UpstreamTools {
+    pub upstream: Arc<crate::upstream::Upstream>,
+    /// warden's name for a tool -> the upstream's.
+    names: HashMap<String, String>,
+    /// Tools whose definition differs from the accepted one: warden's name -> (accepted
+    /// digest, current digest).
+    pub changed: HashMap<String, (String, String)>,
 }
 
 /// Longest tool error message kept (before redaction, plus the longest secret form so
@@ -87,8 +108,10 @@ impl Plugin {
             path: config.component.clone(),
             sandbox: ToolSandbox::new(config.grants.clone(), secrets, config.limits, redactor),
             tools: Vec::new(),
-            pre,
-            fuel: shared.fuel,
+            backend: Backend::Component {
+                pre,
+                fuel: shared.fuel,
+            },
         };
         let specs = plugin.describe().await?;
         if specs.is_empty() {
@@ -113,18 +136,120 @@ impl Plugin {
     }
 
     async fn describe(&self) -> anyhow::Result<Vec<ToolSpec>> {
+        let Backend::Component { pre, fuel } = &self.backend else {
+            anyhow::bail!("an upstream has no describe export");
+        };
         let sandbox = ToolSandbox::deny_all(self.sandbox.limits);
         let _running = crate::sandbox::engine::Running::start();
-        let mut store = Store::new(self.pre.engine(), sandbox.state(Arc::default())?);
-        limits::apply(&mut store, &sandbox.limits, self.fuel)?;
+        let mut store = Store::new(pre.engine(), sandbox.state(Arc::default())?);
+        limits::apply(&mut store, &sandbox.limits, *fuel)?;
         let run = async {
-            let instance = self.pre.instantiate_async(&mut store).await?;
+            let instance = pre.instantiate_async(&mut store).await?;
             instance.call_describe(&mut store).await
         };
         match tokio::time::timeout(limits::call_budget(&sandbox.limits), run).await {
             Ok(Ok(specs)) => Ok(specs),
             Ok(Err(e)) => Err(anyhow::Error::from(e).context("describe failed")),
             Err(_) => anyhow::bail!("describe timed out after {} ms", sandbox.limits.timeout_ms),
+        }
+    }
+
+    /// A plugin standing for `upstream`, offering `definitions` (each with the digest
+    /// accepted for it: a different one marks the tool as changed).
+    pub fn from_upstream(
+        upstream: Arc<crate::upstream::Upstream>,
+        definitions: Vec<(crate::upstream::Definition, String)>,
+        redactor: Arc<Redactor>,
+    ) -> anyhow::Result<Plugin> {
+        let config = &upstream.config;
+        let limits = crate::config::Limits {
+            memory_mb: 0,
+            timeout_ms: config.timeout_ms,
+            max_output_kb: config.max_output_kb,
+            max_log_kb: 64,
+            fuel: None,
+        };
+        let mut tools = Vec::new();
+        let mut names = HashMap::new();
+        let mut changed = HashMap::new();
+        let mut digests = Vec::new();
+        for (definition, accepted) in definitions {
+            let json = &definition.json;
+            let name = format!("{}{}", config.prefix, definition.name);
+            let valid = (1..=64).contains(&name.len())
+                && name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
+            if !valid {
+                anyhow::bail!(
+                    "upstream tool name {name:?} is unusable: 1-64 of A-Z, a-z, 0-9, '_', '-' and '.' (rename it with `prefix`, or leave it out with `deny_tools`)"
+                );
+            }
+            let (schema, validator) =
+                object_schema(&name, "input", &json["inputSchema"].to_string())?;
+            let (output_schema, output_validator) = match &json["outputSchema"] {
+                Value::Null => (None, None),
+                schema => {
+                    let (schema, validator) = object_schema(&name, "output", &schema.to_string())?;
+                    (Some(schema), Some(validator))
+                }
+            };
+            let hint = |key: &str| json["annotations"][key].as_bool().unwrap_or(false);
+            let description = json["description"]
+                .as_str()
+                .filter(|d| !d.trim().is_empty())
+                .unwrap_or(&definition.name)
+                .to_string();
+            tools.push(Tool {
+                name: name.clone(),
+                title: json["title"].as_str().map(str::to_string),
+                description,
+                schema,
+                output_schema,
+                // What the server declares, nothing assumed: MCP reads a missing
+                // destructiveHint as true, which would hold every unannotated tool.
+                annotations: Annotations {
+                    read_only: hint("readOnlyHint"),
+                    destructive: hint("destructiveHint") && !hint("readOnlyHint"),
+                    idempotent: hint("idempotentHint"),
+                    open_world: hint("openWorldHint"),
+                },
+                validator,
+                cost: 0.0,
+                output_validator,
+            });
+            digests.push(definition.digest.clone());
+            if accepted != definition.digest {
+                changed.insert(name.clone(), (accepted, definition.digest.clone()));
+            }
+            names.insert(name, definition.name);
+        }
+        digests.sort();
+        Ok(Plugin {
+            id: config.id.clone(),
+            digest: format!(
+                "sha256:{}",
+                crate::util::sha256_hex(digests.join(",").as_bytes())
+            ),
+            path: match &config.url {
+                Some(url) => PathBuf::from(url),
+                None => PathBuf::from(&config.command[0]),
+            },
+            sandbox: ToolSandbox::new(Default::default(), Arc::default(), limits, redactor),
+            tools,
+            backend: Backend::Upstream(UpstreamTools {
+                upstream,
+                names,
+                changed,
+            }),
+        })
+    }
+
+    /// The upstream this plugin stands for, if it is one.
+    pub fn upstream(&self) -> Option<&UpstreamTools> {
+        match &self.backend {
+            Backend::Upstream(u) => Some(u),
+            Backend::Component { .. } => None,
         }
     }
 
@@ -154,6 +279,22 @@ impl Plugin {
             instantiate: Duration::ZERO,
             execute: Duration::ZERO,
         };
+        let (pre, fuel) = match &self.backend {
+            Backend::Component { pre, fuel } => (pre, *fuel),
+            Backend::Upstream(upstream) => {
+                let started = Instant::now();
+                invocation.result = match upstream.names.get(tool) {
+                    None => Err(Failure::Host(format!("no upstream tool for `{tool}`"))),
+                    Some(name) => match serde_json::from_str::<Value>(input) {
+                        Err(e) => Err(Failure::Host(format!("input is not JSON: {e}"))),
+                        Ok(input) => upstream.upstream.call(name, &input).await,
+                    },
+                }
+                .and_then(|value| self.check_output_schema(tool, value));
+                invocation.execute = started.elapsed();
+                return invocation;
+            }
+        };
         let meter = Arc::new(EgressMeter::new(budget));
         let state = match self.sandbox.state(meter.clone()) {
             Ok(state) => state,
@@ -164,8 +305,8 @@ impl Plugin {
         };
         let denied = state.egress.denied.clone();
         let _running = crate::sandbox::engine::Running::start();
-        let mut store = Store::new(self.pre.engine(), state);
-        if let Err(e) = limits::apply(&mut store, &limits, self.fuel) {
+        let mut store = Store::new(pre.engine(), state);
+        if let Err(e) = limits::apply(&mut store, &limits, fuel) {
             invocation.result = Err(Failure::Host(format!("{e:#}")));
             return invocation;
         }
@@ -174,7 +315,7 @@ impl Plugin {
         let mut instantiated = started;
         let (tool, input) = (tool.to_string(), input.to_string());
         let run = async {
-            let instance = self.pre.instantiate_async(&mut store).await?;
+            let instance = pre.instantiate_async(&mut store).await?;
             instantiated = Instant::now();
             instance.call_invoke(&mut store, &tool, &input).await
         };
@@ -203,7 +344,7 @@ impl Plugin {
             Ok(Ok(Ok(output))) => check_output(&output, limits.max_output_kb)
                 .and_then(|value| self.check_output_schema(&tool, value)),
         };
-        if self.fuel {
+        if fuel {
             let budget = limits.fuel.unwrap_or(u64::MAX);
             invocation.fuel_used = store
                 .get_fuel()

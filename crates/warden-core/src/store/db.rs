@@ -165,6 +165,19 @@ const MIGRATIONS: &[&str] = &[
     "
     CREATE INDEX approvals_by_time ON approvals(created_ms, id);
     ",
+    // 7: the accepted definition of each upstream MCP server's tools (first sight, or an
+    // operator's `warden upstreams accept`).
+    "
+    CREATE TABLE upstream_pins (
+        upstream       TEXT NOT NULL,
+        tool           TEXT NOT NULL,
+        digest         TEXT NOT NULL,
+        definition     TEXT NOT NULL,
+        accepted_by    TEXT NOT NULL,
+        accepted_ms    INTEGER NOT NULL,
+        PRIMARY KEY (upstream, tool)
+    );
+    ",
 ];
 
 /// Why the store's schema cannot be used.

@@ -6,3 +6,4 @@ pub mod automation;
 pub(crate) mod db;
 pub mod runs;
 pub mod suspensions;
+pub mod upstream_pins;

@@ -35,6 +35,38 @@ pub async fn run(config: &Path) -> Result<ExitCode> {
         let g = &p.sandbox.grants;
         let l = &p.sandbox.limits;
         out += &format!("  {}  {}  {}\n", p.id, p.digest, p.path.display());
+        if let Some(u) = p.upstream() {
+            let c = &u.upstream.config;
+            let tools: Vec<String> = p.tools.iter().map(|t| t.name.clone()).collect();
+            out += &format!(
+                "    upstream MCP server: {}\n",
+                match &c.url {
+                    Some(url) => url.clone(),
+                    None => c.command.join(" "),
+                }
+            );
+            out += &format!("    tools:  {}\n", list_or_none(tools));
+            out += &format!(
+                "    trusted code outside the sandbox: it sees its environment ({}) and secrets ({})\n",
+                list_or_none(c.env.keys().cloned().collect()),
+                list_or_none(
+                    c.secret_env
+                        .keys()
+                        .cloned()
+                        .chain(
+                            c.secret_headers
+                                .iter()
+                                .map(|h| format!("header {}", h.header))
+                        )
+                        .collect()
+                )
+            );
+            out += &format!(
+                "    limits: {} ms per call, {} KiB of output\n",
+                c.timeout_ms, c.max_output_kb
+            );
+            continue;
+        }
         let tools = p.tools.iter().map(|t| t.name.clone()).collect();
         let http = g.http.iter().map(ToString::to_string).collect();
         let files = g
@@ -77,6 +109,16 @@ pub async fn run(config: &Path) -> Result<ExitCode> {
         out += &format!("    secrets: {}\n", list_or_none(secrets));
         out += "    sockets, DNS, host env/args/cwd/stdio: denied\n";
         out += &format!("    limits: {}\n", limits_text(l));
+    }
+    for u in &rt.upstreams {
+        if !rt.plugins.iter().any(|p| p.id == u.config.id) {
+            let status = u.status();
+            out += &format!(
+                "  {}  DOWN, its tools are not offered: {}\n",
+                status.id,
+                status.last_error.unwrap_or_default()
+            );
+        }
     }
     if c.audit.enabled {
         out += &format!(

@@ -27,6 +27,7 @@ pub mod secrets;
 pub mod serve;
 pub mod tokens;
 pub mod tools;
+pub mod upstreams;
 
 /// Load the config and everything it names, holding the audit log: for commands that
 /// record.
