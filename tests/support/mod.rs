@@ -342,43 +342,48 @@ fn serve(mut stream: TcpStream, seen: &Mutex<Vec<String>>) {
     let _ = stream.write_all(response.as_bytes());
 }
 
+/// A virtualenv at `venv` holding what `requirements` pins, made (or remade when the
+/// pins change) with `python3 -m venv` and pip.
+fn venv_with(requirements: &Path, venv: &Path) {
+    let wanted = std::fs::read_to_string(requirements).expect("read requirements");
+    let marker = venv.join("installed-requirements.txt");
+    if std::fs::read_to_string(&marker).ok().as_deref() == Some(wanted.as_str()) {
+        return;
+    }
+    let made = Command::new("python3")
+        .args(["-m", "venv", "--clear"])
+        .arg(venv)
+        .status()
+        .expect("python3 -m venv (CPython 3.10+ with venv is needed)");
+    assert!(made.success(), "python3 -m venv failed");
+    let pip = Command::new(venv.join("bin/python"))
+        .args([
+            "-m",
+            "pip",
+            "install",
+            "--disable-pip-version-check",
+            "-q",
+            "-r",
+        ])
+        .arg(requirements)
+        .status()
+        .expect("pip install");
+    assert!(
+        pip.success(),
+        "pip install -r {} failed",
+        requirements.display()
+    );
+    std::fs::write(&marker, wanted).expect("write venv marker");
+}
+
 /// The Python of a virtualenv holding the official MCP SDK (`tests/mcp/requirements.txt`),
 /// made once under `target/` by the project's own setup: `python3 -m venv` and pip.
 pub fn mcp_python() -> &'static Path {
     static PYTHON: OnceLock<PathBuf> = OnceLock::new();
     PYTHON.get_or_init(|| {
-        let root = repo_root();
-        let requirements = root.join("tests/mcp/requirements.txt");
-        let wanted = std::fs::read_to_string(&requirements).expect("read requirements");
-        let venv = root.join("target/mcp-venv");
-        let python = venv.join("bin/python");
-        let marker = venv.join("installed-requirements.txt");
-        if std::fs::read_to_string(&marker).ok().as_deref() != Some(wanted.as_str()) {
-            let made = Command::new("python3")
-                .args(["-m", "venv", "--clear"])
-                .arg(&venv)
-                .status()
-                .expect("python3 -m venv (CPython 3.10+ is needed for the MCP tests)");
-            assert!(made.success(), "python3 -m venv failed");
-            let pip = Command::new(&python)
-                .args([
-                    "-m",
-                    "pip",
-                    "install",
-                    "--disable-pip-version-check",
-                    "-q",
-                    "-r",
-                ])
-                .arg(&requirements)
-                .status()
-                .expect("pip install");
-            assert!(
-                pip.success(),
-                "pip install -r tests/mcp/requirements.txt failed"
-            );
-            std::fs::write(&marker, wanted).expect("write venv marker");
-        }
-        python
+        let venv = repo_root().join("target/mcp-venv");
+        venv_with(&repo_root().join("tests/mcp/requirements.txt"), &venv);
+        venv.join("bin/python")
     })
 }
 
@@ -393,26 +398,7 @@ pub fn upstream_servers() -> &'static (PathBuf, PathBuf) {
         let pins = root.join("tests/upstreams");
         let dir = root.join("target/upstream-servers");
         let venv = dir.join("python");
-        let wanted = std::fs::read_to_string(pins.join("requirements.txt")).expect("read pins");
-        let marker = venv.join("installed-requirements.txt");
-        if std::fs::read_to_string(&marker).ok().as_deref() != Some(wanted.as_str()) {
-            let made = Command::new("python3")
-                .args(["-m", "venv", "--clear"])
-                .arg(&venv)
-                .status()
-                .expect("python3 -m venv");
-            assert!(made.success(), "python3 -m venv failed");
-            let pip = Command::new(venv.join("bin/pip"))
-                .args(["install", "--disable-pip-version-check", "-q", "-r"])
-                .arg(pins.join("requirements.txt"))
-                .status()
-                .expect("pip install");
-            assert!(
-                pip.success(),
-                "pip install -r tests/upstreams/requirements.txt failed"
-            );
-            std::fs::write(&marker, wanted).expect("write marker");
-        }
+        venv_with(&pins.join("requirements.txt"), &venv);
         let node = dir.join("node");
         std::fs::create_dir_all(&node).expect("mkdir");
         let lock = std::fs::read_to_string(pins.join("package-lock.json")).expect("read lock");
