@@ -28,6 +28,10 @@ pub struct BenchMcpArgs {
     /// The `warden` binary to start (default: the one beside warden-bench).
     #[arg(long)]
     warden: Option<PathBuf>,
+    /// Measure another MCP server over stdio instead of warden, with the same client:
+    /// its command line, words split on spaces (start-up and the stdio scenarios only).
+    #[arg(long)]
+    server: Option<String>,
     #[command(flatten)]
     call: crate::bench::BenchCall,
 }
@@ -108,10 +112,17 @@ struct Stdio_ {
 
 impl Stdio_ {
     async fn start(warden: &Path, config: &Path) -> Result<Stdio_> {
-        let mut child = tokio::process::Command::new(warden)
+        let mut command = tokio::process::Command::new(warden);
+        command
             .args(["-c"])
             .arg(config)
-            .args(["serve", "--stdio", "--as", "bench"])
+            .args(["serve", "--stdio", "--as", "bench"]);
+        Stdio_::spawn(command)
+    }
+
+    /// Any stdio MCP server (`--server`).
+    fn spawn(mut command: tokio::process::Command) -> Result<Stdio_> {
+        let mut child = command
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
@@ -281,12 +292,27 @@ pub async fn run(config: &Path, args: &BenchMcpArgs) -> Result<ExitCode> {
     let (config, token) = bench_config(config)?;
     let input: Value = serde_json::from_str(&args.call.input).context("--input")?;
     let warmup = (args.calls / 10).max(200);
+    let other: Option<Vec<&str>> = args
+        .server
+        .as_deref()
+        .map(|line| line.split_whitespace().collect())
+        .filter(|argv: &Vec<&str>| !argv.is_empty());
+    let start = || async {
+        match &other {
+            Some(argv) => {
+                let mut command = tokio::process::Command::new(argv[0]);
+                command.args(&argv[1..]);
+                Stdio_::spawn(command)
+            }
+            None => Stdio_::start(&warden, &config).await,
+        }
+    };
 
     // Start-up: spawn to the answer of tools/list, warm compile cache (best of 5).
     let mut startups = Vec::new();
     for _ in 0..5 {
         let started = Instant::now();
-        let mut s = Stdio_::start(&warden, &config).await?;
+        let mut s = start().await?;
         s.initialize().await?;
         let tools = s.request("tools/list", json!({})).await?;
         startups.push(started.elapsed());
@@ -311,7 +337,7 @@ pub async fn run(config: &Path, args: &BenchMcpArgs) -> Result<ExitCode> {
     );
 
     // stdio: round trip and server CPU per call, one call at a time.
-    let mut s = Stdio_::start(&warden, &config).await?;
+    let mut s = start().await?;
     s.initialize().await?;
     let params = json!({"name": args.call.tool, "arguments": input});
     for _ in 0..warmup {
@@ -361,6 +387,9 @@ pub async fn run(config: &Path, args: &BenchMcpArgs) -> Result<ExitCode> {
         cpu_ns(pid)?.saturating_sub(cpu0) as f64 / args.calls.max(1) as f64 / 1e3,
     );
     s.stop().await?;
+    if other.is_some() {
+        return Ok(ExitCode::SUCCESS);
+    }
 
     // HTTP: start a server on a free port.
     let probe = std::net::TcpListener::bind("127.0.0.1:0")?;

@@ -127,7 +127,18 @@ pub(super) fn check_upstreams(
                 ));
             }
             (Some(c), None) if !c.get_ref().is_empty() && !c.get_ref()[0].trim().is_empty() => {
-                c.get_ref().clone()
+                let mut argv = c.get_ref().clone();
+                // A program named by a relative path is relative to the config file, like
+                // every path in it; a bare name is looked up on PATH.
+                if argv[0].contains('/') && Path::new(&argv[0]).is_relative() {
+                    let program = base.join(&argv[0]);
+                    // Absolute: the process starts in `cwd`, not where warden was started.
+                    argv[0] = std::path::absolute(&program)
+                        .unwrap_or(program)
+                        .display()
+                        .to_string();
+                }
+                argv
             }
             (Some(c), None) => {
                 return Err(locate.error(
