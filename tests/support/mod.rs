@@ -389,10 +389,10 @@ pub fn mcp_python() -> &'static Path {
 
 /// Third-party MCP servers for the upstream tests, installed once under
 /// `target/upstream-servers/` at the versions `tests/upstreams/` pins: `mcp-server-time`
-/// (PyPI) and `@modelcontextprotocol/server-everything` (npm). Returns (time, everything)
-/// commands.
-pub fn upstream_servers() -> &'static (PathBuf, PathBuf) {
-    static SERVERS: OnceLock<(PathBuf, PathBuf)> = OnceLock::new();
+/// (PyPI), `@modelcontextprotocol/server-everything` and `server-filesystem` (npm).
+/// Returns the (time, everything, filesystem) commands.
+pub fn upstream_servers() -> &'static (PathBuf, PathBuf, PathBuf) {
+    static SERVERS: OnceLock<(PathBuf, PathBuf, PathBuf)> = OnceLock::new();
     SERVERS.get_or_init(|| {
         let root = repo_root();
         let pins = root.join("tests/upstreams");
@@ -421,6 +421,7 @@ pub fn upstream_servers() -> &'static (PathBuf, PathBuf) {
         (
             venv.join("bin/mcp-server-time"),
             node.join("node_modules/.bin/mcp-server-everything"),
+            node.join("node_modules/.bin/mcp-server-filesystem"),
         )
     })
 }

@@ -13,7 +13,7 @@ use crate::support::{mcp_client, mcp_client_spawn, upstream_servers};
 /// `time` (prefix `time_`) and `everything` (prefix `ev_`, a few tools offered), an
 /// approver and an operator token; `extra` appended.
 fn upstream_env(extra: &str) -> Env {
-    let (time, everything) = upstream_servers();
+    let (time, everything, _) = upstream_servers();
     let env = Env::new("");
     env.write_config(&format!(
         r#"
@@ -404,7 +404,7 @@ fn an_upstream_secret_reaches_its_environment_and_never_a_result_or_record() {
 
 #[test]
 fn two_upstreams_offering_one_name_is_a_config_error() {
-    let (_, everything) = upstream_servers();
+    let (_, everything, _) = upstream_servers();
     let env = Env::new("");
     env.write_config(&format!(
         "[[upstream]]\nid = \"a\"\ncommand = [\"{e}\"]\ntools = [\"echo\"]\n\n[[upstream]]\nid = \"b\"\ncommand = [\"{e}\"]\ntools = [\"echo\"]\n",
@@ -484,4 +484,62 @@ prefix = "anon_"
         }
     }
     assert!(!run.stdout.contains(&token) && !run.stderr.contains(&token));
+}
+
+#[test]
+fn a_tool_its_server_calls_destructive_is_held_and_runs_once_approved() {
+    let (_, _, filesystem) = upstream_servers();
+    let env = Env::new("");
+    let files = env.path().join("files");
+    std::fs::create_dir_all(&files).unwrap();
+    std::fs::write(files.join("kept.txt"), "as it was").unwrap();
+    env.write_config(&format!(
+        r#"
+{tokens}
+[approvals]
+approvers = ["alice"]
+
+[[upstream]]
+id = "fs"
+command = ["{fs}", "{dir}"]
+prefix = "fs_"
+tools = ["write_file", "read_text_file"]
+"#,
+        tokens = test_tokens(),
+        fs = filesystem.display(),
+        dir = files.display(),
+    ));
+    let target = files.join("kept.txt").display().to_string();
+    let (run, report) = env.call(
+        "fs_read_text_file",
+        &serde_json::json!({ "path": target }).to_string(),
+    );
+    assert_eq!(run.code, OK, "a read-only tool runs: {run:?}");
+    assert!(report.to_string().contains("as it was"), "{report}");
+
+    let input = serde_json::json!({ "path": target, "content": "overwritten" }).to_string();
+    let run = env.warden(&["call", "fs_write_file", "--input", &input, "--as", "agent"]);
+    assert_eq!(run.code, HELD, "the server marks it destructive: {run:?}");
+    let held: Value = serde_json::from_str(&run.stdout).unwrap();
+    assert_eq!(
+        std::fs::read_to_string(files.join("kept.txt")).unwrap(),
+        "as it was",
+        "nothing ran"
+    );
+    let id = held["approval_id"].as_str().unwrap();
+    let request = env.warden(&["approvals", "show", id, "--json"]);
+    assert!(
+        request
+            .stdout
+            .contains("upstream fs marks `fs_write_file` destructive"),
+        "{request:?}"
+    );
+    let yes = env.warden(&["approvals", "approve", id, "--token", "token-alice"]);
+    assert_eq!(yes.code, OK, "{yes:?}");
+    assert_eq!(
+        std::fs::read_to_string(files.join("kept.txt")).unwrap(),
+        "overwritten"
+    );
+    let again = env.warden(&["approvals", "approve", id, "--token", "token-bob"]);
+    assert_eq!(again.code, USAGE, "runs once: {again:?}");
 }
