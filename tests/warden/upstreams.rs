@@ -543,3 +543,50 @@ tools = ["write_file", "read_text_file"]
     let again = env.warden(&["approvals", "approve", id, "--token", "token-bob"]);
     assert_eq!(again.code, USAGE, "runs once: {again:?}");
 }
+
+#[test]
+fn an_upstream_tool_list_change_reaches_warden_clients() {
+    use std::io::BufRead;
+    let env = Env::new("");
+    let python = crate::support::mcp_python();
+    let server = support::repo_root().join("tests/upstreams/growing_server.py");
+    env.write_config(&format!(
+        "{tokens}\n[[upstream]]\nid = \"growing\"\ncommand = [\"{python}\", \"{server}\"]\n",
+        tokens = test_tokens(),
+        python = python.display(),
+        server = server.display(),
+    ));
+    let run = env.warden(&["tokens", "create", "agent-1", "--role", "agent", "--write"]);
+    assert_eq!(run.code, OK, "{run:?}");
+    let token = run.stdout.trim().to_string();
+    let served = env.serve();
+    let url = served.url("/mcp");
+    let mut listener = mcp_client_spawn(&["--http", &url, "--token", &token, "listen"]);
+    let mut lines = std::io::BufReader::new(listener.stdout.take().unwrap()).lines();
+    let first = lines.next().and_then(Result::ok).unwrap_or_default();
+    assert!(first.contains("listening"), "{first}");
+
+    let grow = mcp_client(&["--http", &url, "--token", &token, "call", "grow", "{}"]);
+    assert_eq!(grow.code, 0, "{grow:?}");
+    let heard = lines.next().and_then(Result::ok).unwrap_or_default();
+    let heard: Value = serde_json::from_str(&heard).unwrap_or(Value::Null);
+    assert_eq!(heard["changed"], true, "{heard}");
+    assert!(
+        heard["tools"]
+            .as_array()
+            .is_some_and(|t| t.contains(&Value::from("grown"))),
+        "the new tool is offered: {heard}"
+    );
+    let _ = listener.wait();
+    // The same upstream process answered (it kept its state across the reload).
+    let call = mcp_client(&["--http", &url, "--token", &token, "call", "grown", "{}"]);
+    let out: Value = serde_json::from_str(call.stdout.lines().last().unwrap_or("null")).unwrap();
+    assert_eq!(out["is_error"], false, "{out}");
+    assert!(
+        out["text"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("here now"),
+        "{out}"
+    );
+}

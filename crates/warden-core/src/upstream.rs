@@ -101,8 +101,24 @@ pub struct Status {
     pub last_error: Option<String>,
 }
 
+/// The client side of a session: it hears the upstream say its tool list changed.
+#[derive(Clone)]
+struct Listener {
+    changed: Arc<tokio::sync::Notify>,
+}
+
+impl rmcp::ClientHandler for Listener {
+    fn on_tool_list_changed(
+        &self,
+        _context: rmcp::service::NotificationContext<RoleClient>,
+    ) -> impl Future<Output = ()> + Send + '_ {
+        self.changed.notify_one();
+        std::future::ready(())
+    }
+}
+
 struct Connection {
-    service: Option<RunningService<RoleClient, ()>>,
+    service: Option<RunningService<RoleClient, Listener>>,
     /// When the next start may be tried (after a failure, with backoff).
     next_try: Option<Instant>,
     backoff: Duration,
@@ -120,6 +136,15 @@ pub struct Upstream {
     calls: AtomicU64,
     failures: AtomicU64,
     last_error: std::sync::Mutex<Option<String>>,
+    /// Signalled when the upstream says its tools changed (and when it is dropped, so
+    /// that a watcher can let go).
+    changed: Arc<tokio::sync::Notify>,
+}
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        self.changed.notify_one();
+    }
 }
 
 impl Upstream {
@@ -138,6 +163,18 @@ impl Upstream {
             calls: AtomicU64::new(0),
             failures: AtomicU64::new(0),
             last_error: std::sync::Mutex::new(None),
+            changed: Arc::new(tokio::sync::Notify::new()),
+        }
+    }
+
+    /// Signalled when the upstream's tool list changed, or it was dropped.
+    pub fn list_changed(&self) -> Arc<tokio::sync::Notify> {
+        self.changed.clone()
+    }
+
+    fn listener(&self) -> Listener {
+        Listener {
+            changed: self.changed.clone(),
         }
     }
 
@@ -149,7 +186,7 @@ impl Upstream {
         error
     }
 
-    async fn spawn(&self) -> Result<RunningService<RoleClient, ()>, String> {
+    async fn spawn(&self) -> Result<RunningService<RoleClient, Listener>, String> {
         if let Some(url) = &self.config.url {
             return self.connect(url).await;
         }
@@ -178,7 +215,7 @@ impl Upstream {
                 }
             });
         }
-        match tokio::time::timeout(START_TIMEOUT, ().serve(transport)).await {
+        match tokio::time::timeout(START_TIMEOUT, self.listener().serve(transport)).await {
             Ok(Ok(service)) => Ok(service),
             Ok(Err(e)) => Err(format!("initialize failed: {e}")),
             Err(_) => Err(format!(
@@ -190,7 +227,7 @@ impl Upstream {
 
     /// A session with the streamable HTTP endpoint `url` (TLS verified against the
     /// system's roots), its headers and secret headers on every request.
-    async fn connect(&self, url: &str) -> Result<RunningService<RoleClient, ()>, String> {
+    async fn connect(&self, url: &str) -> Result<RunningService<RoleClient, Listener>, String> {
         use rmcp::transport::StreamableHttpClientTransport;
         use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
         // rmcp's reqwest client needs a process-wide TLS provider; the first call wins.
@@ -228,7 +265,7 @@ impl Upstream {
             config = config.auth_header(token);
         }
         let transport = StreamableHttpClientTransport::from_config(config);
-        match tokio::time::timeout(START_TIMEOUT, ().serve(transport)).await {
+        match tokio::time::timeout(START_TIMEOUT, self.listener().serve(transport)).await {
             Ok(Ok(service)) => Ok(service),
             Ok(Err(e)) => Err(format!("initialize at {url} failed: {e}")),
             Err(_) => Err(format!(

@@ -55,6 +55,7 @@ pub async fn serve_http(
     // Cancelled only once the calls in flight are done: it closes MCP sessions.
     let sessions = CancellationToken::new();
     let app = router(server.clone(), &sessions);
+    server.watch_upstreams();
     let driver = tokio::spawn(server.clone().drive(sessions.clone()));
     let notices = tokio::spawn(server.clone().notices(sessions.clone()));
     let schedules = tokio::spawn(server.clone().schedule(stop.clone()));
@@ -128,6 +129,7 @@ pub async fn serve_http(
 /// running while the calls in flight finish, so their results still reach the client.
 pub async fn serve_stdio(server: Arc<Server>, principal: String) -> anyhow::Result<()> {
     let stop = CancellationToken::new();
+    server.watch_upstreams();
     let driver = tokio::spawn(server.clone().drive(stop.clone()));
     let notices = tokio::spawn(server.clone().notices(stop.clone()));
     let schedules = tokio::spawn(server.clone().schedule(stop.clone()));

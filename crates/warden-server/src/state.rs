@@ -227,6 +227,7 @@ impl Server {
         *self.runtime.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(next);
         self.metrics.reload(true);
         self.scheduler.wake();
+        self.watch_upstreams();
         let server = self.clone();
         tokio::spawn(async move { server.tools_changed().await });
         Ok(tools)
@@ -249,6 +250,41 @@ impl Server {
             .clone()
             .run(move || server.runtime(), stop.cancelled_owned())
             .await;
+    }
+
+    /// Reload when an upstream of the current runtime says its tool list changed: the
+    /// new list is read (definitions checked against the accepted ones), the upstreams
+    /// whose config is unchanged keep running, and clients are told. Watchers of a
+    /// runtime that was replaced, or of an upstream dropped, let go.
+    pub fn watch_upstreams(self: &Arc<Self>) {
+        let rt = self.runtime();
+        for upstream in &rt.upstreams {
+            let changed = upstream.list_changed();
+            let id = upstream.config.id.clone();
+            let (server, rt, upstream) = (
+                Arc::downgrade(self),
+                Arc::downgrade(&rt),
+                Arc::downgrade(upstream),
+            );
+            tokio::spawn(async move {
+                changed.notified().await;
+                let (Some(server), Some(rt), Some(_)) =
+                    (server.upgrade(), rt.upgrade(), upstream.upgrade())
+                else {
+                    return;
+                };
+                if !Arc::ptr_eq(&server.runtime(), &rt) {
+                    // A newer runtime kept this upstream: its watcher takes the news.
+                    changed.notify_one();
+                    return;
+                }
+                tracing::info!(upstream = %id, "its tool list changed; reloading");
+                drop(rt);
+                if let Err(e) = server.reload().await {
+                    tracing::warn!(upstream = %id, "reload after a tool list change: {e}");
+                }
+            });
+        }
     }
 
     /// Tell every connected client the tool list changed.

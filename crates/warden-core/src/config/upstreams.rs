@@ -26,7 +26,7 @@ pub enum OnChange {
     Hold,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct UpstreamConfig {
     pub id: String,
     /// argv: the program and its arguments (empty for an HTTP upstream).
@@ -61,7 +61,7 @@ pub struct UpstreamConfig {
 
 /// A header an HTTP upstream gets with a vault secret in it: `format` with `{}` for the
 /// value (default `{}`).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SecretHeader {
     pub header: String,

@@ -133,6 +133,7 @@ impl Runtime {
             capacity: self.capacity.clone(),
             budgets: self.budgets.clone(),
             suspensions: self.suspensions.clone(),
+            upstreams: self.upstreams.clone(),
         };
         Runtime::load_with(config, Some(stores), Stores::Open).await
     }
@@ -196,8 +197,9 @@ impl Runtime {
             )),
             Stores::ReadOnly => None,
         };
+        let running = stores.as_ref().map_or(&[][..], |s| &s.upstreams[..]);
         let from_upstreams =
-            upstreams::load(&config, upstream_envs, &redactor, pins.as_deref()).await?;
+            upstreams::load(&config, upstream_envs, &redactor, pins.as_deref(), running).await?;
         for plugin in from_upstreams.plugins {
             let span = plugin.upstream().map_or(0, |u| u.upstream.config.span);
             for tool in &plugin.tools {
@@ -599,6 +601,8 @@ struct OpenStores {
     capacity: Arc<crate::sandbox::limits::Capacity>,
     budgets: Arc<Budgets>,
     suspensions: Arc<SuspensionStore>,
+    /// Upstreams whose config did not change keep running (and their sessions).
+    upstreams: Vec<Arc<crate::upstream::Upstream>>,
 }
 
 /// At start: the kill switch from the store, and every quota's count from the runs in

@@ -32,13 +32,15 @@ pub(crate) struct Loaded {
     pub upstreams: Vec<Arc<Upstream>>,
 }
 
-/// Start the upstreams of `config`. With `pins` absent (a read-only load), nothing is
+/// Start the upstreams of `config` (an upstream in `running` with the same config is
+/// kept, process and session). With `pins` absent (a read-only load), nothing is
 /// recorded: a definition never seen counts as accepted.
 pub(crate) async fn load(
     config: &Config,
     envs: UpstreamEnvs,
     redactor: &Arc<Redactor>,
     pins: Option<&PinStore>,
+    running: &[Arc<Upstream>],
 ) -> Result<Loaded, LoadError> {
     let mut out = Loaded {
         plugins: Vec::new(),
@@ -47,7 +49,10 @@ pub(crate) async fn load(
     };
     for (i, (uc, secrets)) in config.upstreams.iter().zip(envs).enumerate() {
         let key = format!("upstream[{i}]");
-        let upstream = Arc::new(Upstream::new(uc.clone(), secrets, redactor.clone()));
+        let upstream = match running.iter().find(|u| u.config == *uc) {
+            Some(same) => same.clone(),
+            None => Arc::new(Upstream::new(uc.clone(), secrets, redactor.clone())),
+        };
         out.upstreams.push(upstream.clone());
         let tools = match upstream.list_tools().await {
             Ok(tools) => tools,
