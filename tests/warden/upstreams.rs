@@ -590,3 +590,23 @@ fn an_upstream_tool_list_change_reaches_warden_clients() {
         "{out}"
     );
 }
+
+#[test]
+fn a_lazy_upstream_offers_its_accepted_tools_and_starts_on_its_first_call() {
+    let env = upstream_env("start = \"lazy\"");
+    // Never seen before: started once to learn its tools (recorded as accepted).
+    let (run, _) = env.call("ev_get-sum", r#"{"a":1,"b":2}"#);
+    assert_eq!(run.code, OK, "{run:?}");
+    // Known now: loaded without starting it, its tools from the accepted definitions.
+    let listed = env.warden(&["upstreams", "list", "--json"]);
+    let listed: Vec<Value> = serde_json::from_str(&listed.stdout).unwrap();
+    let everything = listed.iter().find(|u| u["id"] == "everything").unwrap();
+    assert_eq!(everything["running"], false, "{everything}");
+    assert!(
+        everything["tools"].as_array().unwrap().len() >= 4,
+        "{everything}"
+    );
+    let (run, report) = env.call("ev_get-sum", r#"{"a":40,"b":2}"#);
+    assert_eq!(run.code, OK, "started by the call: {run:?}");
+    assert!(report["output"]["text"].as_str().unwrap().contains("42"));
+}

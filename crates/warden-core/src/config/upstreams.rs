@@ -56,6 +56,9 @@ pub struct UpstreamConfig {
     pub on_change: OnChange,
     /// A destructive tool needs at least this tier (`None`: no floor).
     pub destructive_tier: Option<crate::call::Tier>,
+    /// Started on its first call, its tools offered from the definitions accepted
+    /// before (`start = "lazy"`); started with warden otherwise.
+    pub lazy: bool,
     pub span: usize,
 }
 
@@ -100,6 +103,7 @@ pub(super) struct RawUpstream {
     pins: BTreeMap<String, String>,
     on_change: Option<Spanned<String>>,
     destructive_tier: Option<Spanned<String>>,
+    start: Option<Spanned<String>>,
 }
 
 fn tool_chars_ok(s: &str) -> bool {
@@ -269,8 +273,20 @@ pub(super) fn check_upstreams(
                 ));
             }
         };
+        let lazy = match raw.start.as_ref().map(|s| s.get_ref().as_str()) {
+            None | Some("eager") => false,
+            Some("lazy") => true,
+            Some(other) => {
+                return Err(locate.error(
+                    raw.start.as_ref().map_or(at, |s| s.span().start),
+                    &format!("{key}.start"),
+                    &format!("{other:?}: use \"eager\" or \"lazy\""),
+                ));
+            }
+        };
         out.push(UpstreamConfig {
             id,
+            lazy,
             command,
             url,
             headers: raw.headers.clone(),

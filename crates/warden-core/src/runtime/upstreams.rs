@@ -54,6 +54,33 @@ pub(crate) async fn load(
             None => Arc::new(Upstream::new(uc.clone(), secrets, redactor.clone())),
         };
         out.upstreams.push(upstream.clone());
+        // Lazy, and known from before: its tools are the accepted definitions, and the
+        // process starts with the first call (a reload, or its list_changed, checks them).
+        if uc.lazy
+            && let Some(store) = pins
+        {
+            let known = store
+                .all(&uc.id)
+                .map_err(|e| LoadError::Store(e.to_string()))?;
+            let definitions: Vec<_> = known
+                .iter()
+                .filter(|p| uc.offers(&p.tool))
+                .filter_map(|p| {
+                    let json: serde_json::Value = serde_json::from_str(&p.definition).ok()?;
+                    let def = definition(&json)?;
+                    let accepted = uc.pins.get(&def.name).cloned().unwrap_or(p.digest.clone());
+                    Some((def, accepted))
+                })
+                .collect();
+            if !definitions.is_empty() {
+                let plugin = Plugin::from_upstream(upstream, definitions, redactor.clone())
+                    .map_err(|e| {
+                        config.error_at(uc.span, &key, format!("upstream {:?}: {e:#}", uc.id))
+                    })?;
+                out.plugins.push(plugin);
+                continue;
+            }
+        }
         let tools = match upstream.list_tools().await {
             Ok(tools) => tools,
             Err(e) => {

@@ -74,6 +74,30 @@ impl PinStore {
             .map_err(|e| self.err(e))
     }
 
+    /// Every accepted definition of `upstream`'s tools.
+    pub fn all(&self, upstream: &str) -> Result<Vec<Pin>, PinsError> {
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare_cached(
+                "SELECT upstream, tool, digest, definition, accepted_by, accepted_ms
+                 FROM upstream_pins WHERE upstream = ?1 ORDER BY tool",
+            )
+            .map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map(params![upstream], |r| {
+                Ok(Pin {
+                    upstream: r.get(0)?,
+                    tool: r.get(1)?,
+                    digest: r.get(2)?,
+                    definition: r.get(3)?,
+                    accepted_by: r.get(4)?,
+                    accepted_ms: r.get(5)?,
+                })
+            })
+            .map_err(|e| self.err(e))?;
+        rows.collect::<Result<_, _>>().map_err(|e| self.err(e))
+    }
+
     /// Record `pin` as the accepted definition, replacing any other.
     pub fn put(&self, pin: &Pin) -> Result<(), PinsError> {
         self.conn()
