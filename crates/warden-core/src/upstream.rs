@@ -29,6 +29,9 @@ use crate::util::sha256_hex;
 /// Longest definition text kept from an upstream (a description, say): a server cannot
 /// flood an agent's context or the audit log through warden.
 pub const MAX_DESCRIPTION: usize = 4096;
+/// Most tools one upstream may offer: a server cannot flood warden's memory or an
+/// agent's tool list.
+const MAX_TOOLS: usize = 1024;
 /// Longest stderr line an upstream may put in warden's log.
 const MAX_STDERR_LINE: usize = 1024;
 /// How long an upstream has to start and answer `initialize` and `tools/list`.
@@ -328,6 +331,13 @@ impl Upstream {
             .map_err(|e| {
                 self.note_error(&format!("upstream {}: tools/list: {e}", self.config.id))
             })?;
+        if tools.len() > MAX_TOOLS {
+            return Err(self.note_error(&format!(
+                "upstream {} lists {} tools, more than {MAX_TOOLS}",
+                self.config.id,
+                tools.len()
+            )));
+        }
         tools
             .iter()
             .map(|t| serde_json::to_value(t).map_err(|e| e.to_string()))
