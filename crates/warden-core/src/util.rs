@@ -11,6 +11,32 @@ pub fn now_ms() -> u64 {
 }
 
 /// `sha256` of `bytes`, as lower-case hex.
+/// Create the key file `path` (mode 0600) holding `bytes`, whole or not at all: written
+/// and synced under a name of its own, then linked into place. `Ok(false)`: another
+/// process made it first (use theirs); a process that finds the file finds all of it.
+pub fn create_key_file(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<bool> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut suffix = [0u8; 8];
+    getrandom::fill(&mut suffix).map_err(|e| std::io::Error::other(e.to_string()))?;
+    let temp = path.with_extension(format!("tmp-{}", hex::encode(suffix)));
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&temp)?;
+    let linked = file
+        .write_all(bytes)
+        .and_then(|()| file.sync_all())
+        .and_then(|()| std::fs::hard_link(&temp, path));
+    let _ = std::fs::remove_file(&temp);
+    match linked {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
 pub fn sha256_hex(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
 }

@@ -6,8 +6,7 @@
 //! accept a token whose signature, request or expiry does not check out, and a link
 //! alone never decides anything: the page it opens must be submitted (POST).
 
-use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
 use base64::Engine as _;
@@ -56,22 +55,11 @@ impl LinkSigner {
                 if let Some(dir) = path.parent() {
                     std::fs::create_dir_all(dir)?;
                 }
-                let created = std::fs::OpenOptions::new()
-                    .write(true)
-                    .create_new(true)
-                    .mode(0o600)
-                    .open(path);
-                match created {
-                    Ok(mut f) => {
-                        f.write_all(&key)?;
-                        f.sync_all()?;
-                        Ok(LinkSigner { key })
-                    }
-                    // Another process created it first: use theirs.
-                    Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-                        LinkSigner::open(path)
-                    }
-                    Err(e) => Err(e),
+                // Another process may create it first: then use theirs.
+                if crate::util::create_key_file(path, &key)? {
+                    Ok(LinkSigner { key })
+                } else {
+                    LinkSigner::open(path)
                 }
             }
             Err(e) => Err(e),

@@ -13,7 +13,7 @@
 //! on the witness, nor sign anything but a chain position.
 
 use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::time::Duration;
@@ -103,20 +103,11 @@ impl Signer {
         }
         let mut seed = Zeroizing::new([0u8; 32]);
         getrandom::fill(seed.as_mut_slice()).map_err(|e| e.to_string())?;
-        let created = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(path);
-        let mut file = match created {
-            Ok(file) => file,
-            // Another process made it first: use theirs.
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => return Signer::open(path),
-            Err(e) => return Err(shown(e)),
-        };
         let text = Zeroizing::new(format!("{}\n", hex::encode(seed.as_slice())));
-        file.write_all(text.as_bytes()).map_err(shown)?;
-        file.sync_all().map_err(shown)?;
+        // Two processes starting at once race here: the loser uses the winner's key.
+        if !crate::util::create_key_file(path, text.as_bytes()).map_err(shown)? {
+            return Signer::open(path);
+        }
         let signer = Signer::from_seed(&seed, path);
         let _ = std::fs::write(public_path(path), format!("{}\n", signer.public));
         Ok(signer)
