@@ -192,6 +192,19 @@ fn a_changed_definition_is_withheld_until_an_operator_accepts_it() {
         "{reason}"
     );
     assert_eq!(report["decisions"][0]["policy"], "upstream:everything");
+    // Agents are not shown the changed definition either: a stub says it is withheld.
+    let echo = tool_list(&env)
+        .into_iter()
+        .find(|t| t["name"] == "ev_echo")
+        .unwrap();
+    assert!(
+        echo["description"]
+            .as_str()
+            .unwrap()
+            .starts_with("Withheld by warden"),
+        "{echo}"
+    );
+    assert_eq!(echo["inputSchema"], serde_json::json!({ "type": "object" }));
     // The others are unaffected.
     let (run, _) = env.call("ev_get-sum", r#"{"a":1,"b":1}"#);
     assert_eq!(run.code, OK, "{run:?}");
@@ -236,6 +249,11 @@ fn a_changed_definition_is_withheld_until_an_operator_accepts_it() {
     let (run, report) = env.call("ev_echo", r#"{"message":"third"}"#);
     assert_eq!(run.code, OK, "{run:?}");
     assert_eq!(report["output"]["text"], "Echo: third");
+    let echo = tool_list(&env)
+        .into_iter()
+        .find(|t| t["name"] == "ev_echo")
+        .unwrap();
+    assert_eq!(echo["description"], "Echoes back the input string");
     let accepted: Vec<Value> = warden_core::store::audit::read_all(&env.path().join("data/audit"))
         .unwrap()
         .into_iter()

@@ -91,8 +91,8 @@ pub struct Runtime {
     pub(crate) capacity: Arc<crate::sandbox::limits::Capacity>,
     /// The upstream MCP servers, running or not (`[[upstream]]`).
     pub upstreams: Vec<Arc<crate::upstream::Upstream>>,
-    /// Accepted upstream tool definitions; `None` in a read-only load.
-    pub pins: Option<Arc<PinStore>>,
+    /// Accepted upstream tool definitions.
+    pub pins: Arc<PinStore>,
 }
 
 impl Runtime {
@@ -191,15 +191,20 @@ impl Runtime {
             plugins.push(plugin);
         }
 
-        let pins = match mode {
-            Stores::Open => Some(Arc::new(
-                PinStore::open(&config.runs_db).map_err(|e| LoadError::Store(e.to_string()))?,
-            )),
-            Stores::ReadOnly => None,
-        };
+        // Read in every mode (what `warden tools` shows must be what is served); written
+        // (definitions seen for the first time) only when the stores are open.
+        let pins =
+            Arc::new(PinStore::open(&config.runs_db).map_err(|e| LoadError::Store(e.to_string()))?);
         let running = stores.as_ref().map_or(&[][..], |s| &s.upstreams[..]);
-        let from_upstreams =
-            upstreams::load(&config, upstream_envs, &redactor, pins.as_deref(), running).await?;
+        let from_upstreams = upstreams::load(
+            &config,
+            upstream_envs,
+            &redactor,
+            &pins,
+            mode == Stores::Open,
+            running,
+        )
+        .await?;
         for plugin in from_upstreams.plugins {
             let span = plugin.upstream().map_or(0, |u| u.upstream.config.span);
             for tool in &plugin.tools {

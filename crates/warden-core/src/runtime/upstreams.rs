@@ -33,13 +33,14 @@ pub(crate) struct Loaded {
 }
 
 /// Start the upstreams of `config` (an upstream in `running` with the same config is
-/// kept, process and session). With `pins` absent (a read-only load), nothing is
-/// recorded: a definition never seen counts as accepted.
+/// kept, process and session). Unless `record` (a read-only load), nothing is written:
+/// a definition never seen counts as accepted.
 pub(crate) async fn load(
     config: &Config,
     envs: UpstreamEnvs,
     redactor: &Arc<Redactor>,
-    pins: Option<&PinStore>,
+    pins: &PinStore,
+    record: bool,
     running: &[Arc<Upstream>],
 ) -> Result<Loaded, LoadError> {
     let mut out = Loaded {
@@ -56,10 +57,8 @@ pub(crate) async fn load(
         out.upstreams.push(upstream.clone());
         // Lazy, and known from before: its tools are the accepted definitions, and the
         // process starts with the first call (a reload, or its list_changed, checks them).
-        if uc.lazy
-            && let Some(store) = pins
-        {
-            let known = store
+        if uc.lazy {
+            let known = pins
                 .all(&uc.id)
                 .map_err(|e| LoadError::Store(e.to_string()))?;
             let definitions: Vec<_> = known
@@ -96,27 +95,23 @@ pub(crate) async fn load(
             if !uc.offers(&def.name) {
                 continue;
             }
-            let stored = match pins {
-                Some(store) => store
-                    .get(&uc.id, &def.name)
-                    .map_err(|e| LoadError::Store(e.to_string()))?,
-                None => None,
-            };
+            let stored = pins
+                .get(&uc.id, &def.name)
+                .map_err(|e| LoadError::Store(e.to_string()))?;
             let accepted = match (uc.pins.get(&def.name), stored) {
                 (Some(pinned), _) => pinned.clone(),
                 (None, Some(pin)) => pin.digest,
                 (None, None) => {
-                    if let Some(store) = pins {
-                        store
-                            .put(&Pin {
-                                upstream: uc.id.clone(),
-                                tool: def.name.clone(),
-                                digest: def.digest.clone(),
-                                definition: def.json.to_string(),
-                                accepted_by: "first-sight".into(),
-                                accepted_ms: crate::now_ms() as i64,
-                            })
-                            .map_err(|e| LoadError::Store(e.to_string()))?;
+                    if record {
+                        pins.put(&Pin {
+                            upstream: uc.id.clone(),
+                            tool: def.name.clone(),
+                            digest: def.digest.clone(),
+                            definition: def.json.to_string(),
+                            accepted_by: "first-sight".into(),
+                            accepted_ms: crate::now_ms() as i64,
+                        })
+                        .map_err(|e| LoadError::Store(e.to_string()))?;
                         out.first_seen.push(FirstSight {
                             upstream: uc.id.clone(),
                             tool: def.name.clone(),
@@ -202,20 +197,26 @@ impl super::Runtime {
         by: &str,
     ) -> Result<Vec<Accepted>, crate::CallError> {
         let fail = |m: String| crate::CallError::NotRecorded(m);
-        let pins = self
-            .pins
-            .as_ref()
-            .ok_or_else(|| fail("this runtime was loaded read-only".into()))?;
+        if self.read_only {
+            return Err(fail("this runtime was loaded read-only".into()));
+        }
+        let pins = &self.pins;
         let upstream = self
             .upstreams
             .iter()
             .find(|u| u.config.id == id)
             .ok_or_else(|| fail(format!("no upstream {id:?} in the config")))?;
-        let tools = upstream.list_tools().await.map_err(fail)?;
+        let definitions: Vec<_> = upstream
+            .list_tools()
+            .await
+            .map_err(fail)?
+            .iter()
+            .filter_map(definition)
+            .collect();
         let mut accepted = Vec::new();
         let mut records = Vec::new();
         let mut changes = Vec::new();
-        for def in tools.iter().filter_map(definition) {
+        for def in definitions.iter().cloned() {
             if tool.is_some_and(|t| t != def.name) || !upstream.config.offers(&def.name) {
                 continue;
             }
@@ -255,7 +256,7 @@ impl super::Runtime {
         }
         if let Some(name) = tool
             && accepted.is_empty()
-            && !tools.iter().filter_map(definition).any(|d| d.name == name)
+            && !definitions.iter().any(|d| d.name == name)
         {
             return Err(fail(format!("upstream {id:?} offers no tool `{name}`")));
         }

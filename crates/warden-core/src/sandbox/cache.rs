@@ -35,7 +35,7 @@ pub struct CompileCache {
 }
 
 impl CompileCache {
-    /// A cache under `dir`; `None` compiles every time (e.g. `warden inspect`).
+    /// A cache under `dir`; `None` compiles every time (no cache dir could be found).
     pub fn new(engine: &Engine, dir: Option<&Path>) -> CompileCache {
         let mut hasher = ShaHasher(Sha256::new());
         engine.precompile_compatibility_hash().hash(&mut hasher);

@@ -174,7 +174,24 @@ impl Plugin {
         let mut changed = HashMap::new();
         let mut digests = Vec::new();
         for (definition, accepted) in definitions {
-            let json = &definition.json;
+            // A changed definition is withheld from agents, not only its calls: its new
+            // description and schema are what a poisoned tool would use to reach the
+            // model. It is offered as a stub that says so (its calls are refused or held
+            // by the upstream's decision) until an operator accepts it.
+            let withheld;
+            let json = if accepted == definition.digest {
+                &definition.json
+            } else {
+                withheld = serde_json::json!({
+                    "description": format!(
+                        "Withheld by warden: this tool's definition changed since an operator accepted it (warden upstreams accept {} {}).",
+                        config.id, definition.name
+                    ),
+                    "inputSchema": { "type": "object" },
+                    "annotations": definition.json["annotations"],
+                });
+                &withheld
+            };
             let name = format!("{}{}", config.prefix, definition.name);
             let valid = (1..=64).contains(&name.len())
                 && name

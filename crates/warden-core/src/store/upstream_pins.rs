@@ -25,6 +25,18 @@ pub struct Pin {
     pub accepted_ms: i64,
 }
 
+/// A row of `SELECT upstream, tool, digest, definition, accepted_by, accepted_ms`.
+fn pin(r: &rusqlite::Row<'_>) -> rusqlite::Result<Pin> {
+    Ok(Pin {
+        upstream: r.get(0)?,
+        tool: r.get(1)?,
+        digest: r.get(2)?,
+        definition: r.get(3)?,
+        accepted_by: r.get(4)?,
+        accepted_ms: r.get(5)?,
+    })
+}
+
 pub struct PinStore {
     conn: Mutex<Connection>,
     path: String,
@@ -59,16 +71,7 @@ impl PinStore {
                 "SELECT upstream, tool, digest, definition, accepted_by, accepted_ms
                  FROM upstream_pins WHERE upstream = ?1 AND tool = ?2",
                 params![upstream, tool],
-                |r| {
-                    Ok(Pin {
-                        upstream: r.get(0)?,
-                        tool: r.get(1)?,
-                        digest: r.get(2)?,
-                        definition: r.get(3)?,
-                        accepted_by: r.get(4)?,
-                        accepted_ms: r.get(5)?,
-                    })
-                },
+                pin,
             )
             .optional()
             .map_err(|e| self.err(e))
@@ -84,16 +87,7 @@ impl PinStore {
             )
             .map_err(|e| self.err(e))?;
         let rows = stmt
-            .query_map(params![upstream], |r| {
-                Ok(Pin {
-                    upstream: r.get(0)?,
-                    tool: r.get(1)?,
-                    digest: r.get(2)?,
-                    definition: r.get(3)?,
-                    accepted_by: r.get(4)?,
-                    accepted_ms: r.get(5)?,
-                })
-            })
+            .query_map(params![upstream], pin)
             .map_err(|e| self.err(e))?;
         rows.collect::<Result<_, _>>().map_err(|e| self.err(e))
     }
