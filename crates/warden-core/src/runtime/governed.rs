@@ -533,7 +533,7 @@ impl Runtime {
         input: &str,
         started: Instant,
         mut last: Vec<Entry>,
-        caller: Option<crate::store::audit::Caller>,
+        mut caller: Option<crate::store::audit::Caller>,
     ) -> Result<CallReport, CallError> {
         if self.redactor.is_active() {
             scrub_report(&self.redactor, &mut report);
@@ -548,6 +548,9 @@ impl Runtime {
         report.timings.total_us = micros(started.elapsed());
         last.extend(record::after_execution(&report, &self.redactor));
         self.audit(last, true).await?;
+        if let Some(c) = &mut caller {
+            c.finished();
+        }
         let row = record::run_row(&report, &self.redactor.scrub(input));
         let keep = caller.map(|c| Box::new(c) as Box<dyn Send>);
         self.runs

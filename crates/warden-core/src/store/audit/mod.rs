@@ -257,6 +257,46 @@ mod tests {
         );
     }
 
+    /// The live segment ends in zeros laid ahead of its records; a crash leaves them,
+    /// and the log reopens after its last record, not after the zeros.
+    #[tokio::test]
+    async fn a_crash_leaves_a_zero_tail_that_readers_and_the_writer_skip() {
+        let dir = tempfile::tempdir().unwrap();
+        let segment = dir.path().join(segments::segment_name(1));
+        let log = AuditLog::open(dir.path(), AuditOptions::new(64 << 20)).unwrap();
+        let _in_flight = log.caller();
+        log.append(vec![record("a"), record("b")]).await.unwrap();
+        // The image a crash leaves: the segment and HEAD as they are on disk now.
+        let crashed = std::fs::read(&segment).unwrap();
+        let head = std::fs::read(dir.path().join("HEAD")).unwrap();
+        let end = crashed.iter().rposition(|&b| b != 0).unwrap() + 1;
+        assert!(crashed.len() > end, "a zero tail ahead of the records");
+        assert!(crashed[end..].iter().all(|&b| b == 0));
+        assert_eq!(crashed[end - 1], b'\n');
+        let live = verify(dir.path(), &VerifyOptions::default()).unwrap();
+        assert_eq!((live.problem, live.records), (None, 2));
+        log.close();
+        let closed = std::fs::read(&segment).unwrap();
+        assert_eq!(closed.len(), end, "a clean close cuts the tail");
+
+        std::fs::write(&segment, &crashed).unwrap();
+        std::fs::write(dir.path().join("HEAD"), &head).unwrap();
+        let log = AuditLog::open(dir.path(), AuditOptions::new(64 << 20)).unwrap();
+        assert!(log.recovery().is_some(), "not a clean stop");
+        log.recovered();
+        log.append(vec![record("c")]).await.unwrap();
+        log.close();
+        let v = verify(dir.path(), &VerifyOptions::default()).unwrap();
+        assert_eq!((v.problem, v.records), (None, 3));
+        let kinds: Vec<_> = read_all(dir.path())
+            .unwrap()
+            .iter()
+            .map(|r| r["kind"].as_str().unwrap_or_default().to_string())
+            .collect();
+        assert_eq!(kinds, ["a", "b", "c"]);
+        assert!(!std::fs::read(&segment).unwrap().contains(&0));
+    }
+
     #[tokio::test]
     async fn a_crash_leaves_where_to_recover_from() {
         let dir = tempfile::tempdir().unwrap();

@@ -2,7 +2,6 @@
 //! It never holds more than N records (or one line) in memory, and stops at a line
 //! that is not a record (`verify` names any damage).
 
-use std::fs::File;
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 
@@ -81,7 +80,7 @@ pub fn each_from(
     let mut start = 0;
     for (i, &index) in indexes.iter().enumerate() {
         let path = dir.join(segment_name(index));
-        let file = File::open(&path).map_err(|e| read_error(&path, e))?;
+        let file = super::segments::reader(&path).map_err(|e| read_error(&path, e))?;
         let mut first = Vec::new();
         BufReader::new(file)
             .read_until(b'\n', &mut first)
@@ -143,7 +142,7 @@ fn scan_segment(
     mut each: impl FnMut(Value) -> bool,
 ) -> Result<bool, AuditError> {
     let path = dir.join(segment_name(index));
-    let reader = BufReader::new(File::open(&path).map_err(|e| read_error(&path, e))?);
+    let reader = BufReader::new(super::segments::reader(&path).map_err(|e| read_error(&path, e))?);
     for line in reader.lines() {
         let line = line.map_err(|e| read_error(&path, e))?;
         let Ok(record) = serde_json::from_str::<Value>(&line) else {

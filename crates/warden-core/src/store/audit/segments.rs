@@ -1,5 +1,12 @@
 //! The files of a log (`segment-NNNNNNNN.jsonl`, `LOCK`) and the shape of one line.
 //!
+//! The segment being written ends in a zero tail: the writer lays down zeros ahead of
+//! its records so that a durable commit only overwrites blocks the file already has
+//! (no size change for `fdatasync` to journal). The tail is cut when the segment is
+//! left or the log closed cleanly; after a crash it stays. Every reader goes through
+//! [`open_data`], which ends a segment at its last non-zero byte (a record never
+//! contains a zero byte: JSON escapes control characters).
+//!
 //! A line is `{"seq":N,"prev":"<hash of N-1>",...fields...,"hash":"<sha256>"}`, where the
 //! hash covers the exact bytes of the line up to `,"hash"` plus the closing `}`. Lines
 //! are read here without a JSON parser: verifying a large log is mostly this.
@@ -15,6 +22,36 @@ pub const ZERO_HASH: &str = "000000000000000000000000000000000000000000000000000
 const HASH_SUFFIX: &[u8] = b",\"hash\":\"";
 /// `,"hash":"` + 64 hex digits + `"}`.
 const HASH_SUFFIX_LEN: usize = HASH_SUFFIX.len() + 64 + 2;
+
+/// Where the records of `file` end: after its last non-zero byte.
+pub fn data_len(file: &File) -> std::io::Result<u64> {
+    use std::os::unix::fs::FileExt;
+    let mut end = file.metadata()?.len();
+    let mut chunk = vec![0u8; 64 << 10];
+    while end > 0 {
+        let start = end.saturating_sub(chunk.len() as u64);
+        let part = &mut chunk[..(end - start) as usize];
+        file.read_exact_at(part, start)?;
+        if let Some(i) = part.iter().rposition(|&b| b != 0) {
+            return Ok(start + i as u64 + 1);
+        }
+        end = start;
+    }
+    Ok(0)
+}
+
+/// A segment opened for reading, and where its records end (see [`data_len`]).
+pub fn open_data(path: &Path) -> std::io::Result<(File, u64)> {
+    let file = File::open(path)?;
+    let len = data_len(&file)?;
+    Ok((file, len))
+}
+
+/// A segment's records, from its start, without its zero tail.
+pub fn reader(path: &Path) -> std::io::Result<std::io::Take<File>> {
+    let (file, len) = open_data(path)?;
+    Ok(file.take(len))
+}
 
 pub fn segment_name(index: u64) -> String {
     format!("segment-{index:08}.jsonl")
@@ -103,8 +140,7 @@ pub enum Tail {
 
 /// How the segment at `path` ends.
 pub fn tail(path: &Path) -> std::io::Result<Tail> {
-    let mut file = File::open(path)?;
-    let len = file.metadata()?.len();
+    let (mut file, len) = open_data(path)?;
     if len == 0 {
         return Ok(Tail::Empty);
     }
@@ -229,8 +265,7 @@ pub enum LastError {
 /// looked up is almost always near the end). `None` when the log has no such record.
 pub fn hash_of(dir: &Path, indexes: &[u64], seq: u64) -> std::io::Result<Option<String>> {
     for &index in indexes.iter().rev() {
-        let mut file = File::open(dir.join(segment_name(index)))?;
-        let len = file.metadata()?.len();
+        let (mut file, len) = open_data(&dir.join(segment_name(index)))?;
         let mut lines = Backwards::new(&mut file, len)?;
         while let Some((_, line)) = lines.next_line()? {
             let Some(parsed) = parse_line(&line) else {
@@ -256,8 +291,7 @@ pub fn last_line_where(
     wanted: impl Fn(&Line<'_>) -> bool,
 ) -> std::io::Result<Option<Vec<u8>>> {
     for &index in indexes.iter().rev().take(segments) {
-        let mut file = File::open(dir.join(segment_name(index)))?;
-        let len = file.metadata()?.len();
+        let (mut file, len) = open_data(&dir.join(segment_name(index)))?;
         let mut lines = Backwards::new(&mut file, len)?;
         while let Some((_, line)) = lines.next_line()? {
             if parse_line(&line).is_some_and(|l| wanted(&l)) {

@@ -8,7 +8,6 @@
 //! checkpoint it checked, and it names where trust ends when it finds a break.
 
 use std::collections::BTreeMap;
-use std::fs::File;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 
@@ -253,7 +252,7 @@ fn read_witness(path: &Path, genesis: Option<&str>) -> Result<BTreeMap<u64, Chec
 }
 
 fn first_line_hash(path: &Path) -> Result<Option<String>, AuditError> {
-    let file = File::open(path).map_err(|e| AuditError::io(path, e))?;
+    let file = segments::reader(path).map_err(|e| AuditError::io(path, e))?;
     let mut line = Vec::new();
     BufReader::new(file)
         .read_until(b'\n', &mut line)
@@ -302,7 +301,7 @@ impl Scan<'_> {
     /// Check one segment; `true` when a problem ends the scan.
     fn segment(&mut self, dir: &Path, index: u64, last: bool) -> Result<bool, AuditError> {
         let path = dir.join(segment_name(index));
-        let file = File::open(&path).map_err(|e| AuditError::io(&path, e))?;
+        let file = segments::reader(&path).map_err(|e| AuditError::io(&path, e))?;
         let mut reader = BufReader::with_capacity(1 << 20, file);
         let mut line = Vec::with_capacity(1024);
         let mut number = 0u64;

@@ -156,10 +156,14 @@ pub(super) fn prepare(
     let path = dir.join(segment_name(index));
     let file = OpenOptions::new()
         .create(true)
-        .append(true)
+        .truncate(false)
+        .read(true)
+        .write(true)
         .open(&path)
         .map_err(|e| AuditError::io(&path, e))?;
-    let size = file.metadata().map_err(|e| AuditError::io(&path, e))?.len();
+    // After a crash the segment may end in zeros laid ahead of its records.
+    let size = segments::data_len(&file).map_err(|e| AuditError::io(&path, e))?;
+    let zeroed = file.metadata().map_err(|e| AuditError::io(&path, e))?.len();
     let checkpoints = options.signer.as_ref().map(|signer| Checkpointing {
         signer: signer.clone(),
         every: options.checkpoint_every.max(1),
@@ -183,9 +187,10 @@ pub(super) fn prepare(
     }
     let writer = Writer {
         dir: dir.to_path_buf(),
-        file,
+        file: Arc::new(file),
         index,
         size,
+        zeroed,
         max_segment_bytes: options.max_segment_bytes,
         seq: last_seq,
         hash: last_hash.clone(),
@@ -221,7 +226,10 @@ fn cut_torn_tail(path: &Path, whole: u64, len: u64) -> Result<(String, String), 
         .map_err(io)?;
     file.seek(SeekFrom::Start(whole)).map_err(io)?;
     let mut torn = Vec::with_capacity((len - whole) as usize);
-    file.read_to_end(&mut torn).map_err(io)?;
+    (&mut file)
+        .take(len - whole)
+        .read_to_end(&mut torn)
+        .map_err(io)?;
     let sha = hex::encode(Sha256::digest(&torn));
     let start = String::from_utf8_lossy(&torn[..torn.len().min(200)]).into_owned();
     file.set_len(whole).map_err(io)?;
@@ -232,7 +240,7 @@ fn cut_torn_tail(path: &Path, whole: u64, len: u64) -> Result<(String, String), 
 /// The hash of the first record in the segment at `path`.
 fn first_hash(path: &Path) -> Result<Option<String>, AuditError> {
     use std::io::BufRead;
-    let file = File::open(path).map_err(|e| AuditError::io(path, e))?;
+    let file = segments::reader(path).map_err(|e| AuditError::io(path, e))?;
     let mut line = Vec::new();
     std::io::BufReader::new(file)
         .read_until(b'\n', &mut line)

@@ -1,112 +1,267 @@
-//! The writer thread: group commit, control messages (checkpoints, key rotation), the
-//! periodic `HEAD` update and checkpoint by time, and the clean close.
+//! The commit path and the maintenance thread.
+//!
+//! A commit is written by its caller, under the log's lock, on the caller's own thread:
+//! chaining and a `pwrite` into the page cache. A durable commit then needs an `fsync`
+//! that covers it, done outside the lock so others keep writing meanwhile; callers that
+//! need one while it runs wait for it, and the next `fsync` covers all of them (group
+//! commit). Who does it depends on company:
+//!
+//! - a lone commit (no other durable commit waiting, and the last `fsync` covered one
+//!   commit) does its `fsync` itself: the whole call stays on one thread, with no
+//!   hand-off to a writer thread and back, which on a VM costs more CPU than the
+//!   `fsync`;
+//! - under concurrent load the `fsync` is handed to the log's thread, so the async
+//!   runtime's workers keep running calls while the disk works.
+//!
+//! The log's thread also does what is due by time: bringing `HEAD` up to date (at most
+//! `TICK` behind what is durable), the checkpoint by time, and the clean close. It
+//! sleeps while the log is idle; the first durable commit after a quiet spell wakes it.
 
 use super::*;
 
-/// What the writer thread owns: the open segment, the chain head and the witness.
+/// What the log's lock guards: the open segment, the chain head and the witness.
 pub(super) struct Core {
     pub(super) writer: Writer,
     pub(super) witness: Option<Witness>,
     /// What `HEAD` says now: (seq, open_from).
     pub(super) head_written: Option<(u64, u64)>,
+    /// An `fsync` outside the lock is running (a caller's or the thread's).
+    pub(super) syncing: bool,
+    /// The log's thread was asked for an `fsync` and has not started it yet.
+    pub(super) sync_wanted: bool,
+    /// Durable commits written since the last `fsync` started.
+    pub(super) pending: u64,
+    /// The last `fsync` covered more than one durable commit: company.
+    pub(super) last_shared: bool,
+    /// The log was closed: appends fail.
+    pub(super) closed: bool,
 }
 
-pub(super) fn run_writer(
-    mut core: Core,
-    rx: &mpsc::Receiver<Message>,
-    runs: &Runs,
-    failed: &AtomicBool,
-) {
-    let mut concurrent = false;
+/// What wakes the maintenance thread.
+pub(super) enum Control {
+    /// Records became durable after a quiet spell: `HEAD` is behind.
+    Wake,
+    /// Durable commits wait under concurrent load: `fsync` them.
+    Sync,
+    /// Sign what is unsigned, write `HEAD` (clean) and stop.
+    Close,
+}
+
+/// Everything a handle and the maintenance thread share.
+pub(super) struct Shared {
+    pub(super) core: Mutex<Core>,
+    /// Wakes the callers waiting for an `fsync` a leader is doing.
+    pub(super) synced: tokio::sync::Notify,
+    pub(super) runs: Arc<Runs>,
+    /// Set while appends fail (a write failed and nothing has been written since).
+    pub(super) failed: AtomicBool,
+    /// The maintenance thread sleeps long (nothing was due): the next `fsync` wakes it.
+    pub(super) quiet: AtomicBool,
+    pub(super) control: Mutex<mpsc::Sender<Control>>,
+}
+
+impl Shared {
+    /// The lock; a poisoned one (a panic while writing) refuses: the segment's state
+    /// is unknown.
+    pub(super) fn lock(&self) -> Result<std::sync::MutexGuard<'_, Core>, AuditError> {
+        self.core.lock().map_err(|_| AuditError::Failed)
+    }
+
+    /// Write `records` on this thread; the number of the last one.
+    pub(super) fn write(&self, records: &[Entry], durable: bool) -> Result<u64, AuditError> {
+        let mut core = self.lock()?;
+        if core.closed {
+            return Err(AuditError::Failed);
+        }
+        let written = core.writer.write(records.iter());
+        if durable && written.is_ok() {
+            core.pending += 1;
+        }
+        self.failed
+            .store(written.is_err() || core.writer.broken, Ordering::Relaxed);
+        self.runs
+            .next_seq
+            .store(core.writer.seq + 1, Ordering::Release);
+        written.map(|()| core.writer.seq)
+    }
+
+    /// Wait until record `seq` is durable, leading an `fsync` when none is running.
+    pub(super) async fn durable(&self, seq: u64) -> Result<(), AuditError> {
+        loop {
+            let notified = self.synced.notified();
+            let mut notified = std::pin::pin!(notified);
+            // Registered before looking, so a leader finishing in between still wakes us.
+            notified.as_mut().enable();
+            let lead = {
+                let mut core = self.lock()?;
+                if core.writer.broken {
+                    return Err(AuditError::Failed);
+                }
+                if core.writer.durable.0 >= seq {
+                    return Ok(());
+                }
+                if core.syncing || core.sync_wanted {
+                    None
+                } else if core.pending <= 1
+                    && !core.last_shared
+                    && self.runs.active.load(Ordering::Relaxed) <= 1
+                {
+                    Some(core.start_sync())
+                } else {
+                    core.sync_wanted = true;
+                    if let Ok(control) = self.control.lock() {
+                        let _ = control.send(Control::Sync);
+                    }
+                    None
+                }
+            };
+            match lead {
+                None => notified.await,
+                // Synchronous from here to the end: a leader is never cancelled halfway.
+                Some((file, upto, hash)) => self.lead(&file, upto, hash)?,
+            }
+        }
+    }
+
+    /// The log's thread was asked for an `fsync`: everything written so far, after a
+    /// short wait for more company when the last one was shared (on these disks an
+    /// `fsync` costs CPU as well as time).
+    fn sync_for_others(&self) {
+        if self.lock().is_ok_and(|core| core.last_shared) {
+            std::thread::sleep(GROUP_COMMIT_WAIT);
+        }
+        let lead = match self.lock() {
+            Ok(mut core) => {
+                core.sync_wanted = false;
+                let behind = core.writer.durable.0 < core.writer.seq;
+                (behind && !core.syncing && !core.writer.broken).then(|| core.start_sync())
+            }
+            Err(_) => None,
+        };
+        match lead {
+            Some((file, upto, hash)) => {
+                let _ = self.lead(&file, upto, hash);
+            }
+            // An `fsync` running elsewhere covers the askers, or they are covered
+            // already: wake them to look.
+            None => self.synced.notify_waiters(),
+        }
+    }
+
+    /// `fsync` everything written up to `upto` (this thread blocks for it: a lone call
+    /// pays no hand-off), then release the callers waiting for it.
+    fn lead(&self, file: &File, upto: u64, hash: String) -> Result<(), AuditError> {
+        let synced = file.sync_data();
+        let result = match self.lock() {
+            Ok(mut core) => {
+                let result = core.synced(upto, hash, synced);
+                if result.is_err() {
+                    self.failed.store(true, Ordering::Relaxed);
+                }
+                result
+            }
+            Err(e) => Err(e),
+        };
+        self.synced.notify_waiters();
+        if self.quiet.swap(false, Ordering::AcqRel)
+            && let Ok(control) = self.control.lock()
+        {
+            let _ = control.send(Control::Wake);
+        }
+        result
+    }
+
+    /// Run `f` on the core (a checkpoint, a key rotation: they write and sync under the
+    /// lock), then release any caller its `fsync` covered.
+    pub(super) fn with_core(
+        &self,
+        f: impl FnOnce(&mut Core, &AtomicBool, &Runs) -> Result<(), AuditError>,
+    ) -> Result<(), AuditError> {
+        let result = {
+            let mut core = self.lock()?;
+            if core.closed {
+                return Err(AuditError::Failed);
+            }
+            f(&mut core, &self.failed, &self.runs)
+        };
+        self.synced.notify_waiters();
+        result
+    }
+}
+
+/// The maintenance thread: `HEAD` and the checkpoint by time, then the clean close.
+pub(super) fn run_maintenance(shared: &Shared, rx: &mpsc::Receiver<Control>) {
     let mut ticked = Instant::now();
     loop {
-        let wait = core.until_due();
-        let message = match rx.recv_timeout(wait) {
-            Ok(m) => Some(m),
-            Err(mpsc::RecvTimeoutError::Timeout) => None,
-            Err(mpsc::RecvTimeoutError::Disconnected) => break,
-        };
-        match message {
-            Some(Message::Commit(first)) => {
-                // Under concurrent load, linger briefly so one fsync covers more
-                // callers: on this kind of disk an fsync costs CPU as well as time.
-                if concurrent {
-                    std::thread::sleep(GROUP_COMMIT_WAIT);
-                }
-                let mut batch = vec![first];
-                let mut after = Vec::new();
-                while batch.len() < MAX_BATCH {
-                    match rx.try_recv() {
-                        Ok(Message::Commit(more)) => batch.push(more),
-                        Ok(other) => {
-                            after.push(other);
-                            break;
-                        }
-                        Err(_) => break,
-                    }
-                }
-                concurrent = batch.len() > 1;
-                core.commit(batch, failed, runs);
-                let mut closing = false;
-                for m in after {
-                    match m {
-                        Message::Close => closing = true,
-                        other => core.control(other, failed, runs),
-                    }
-                }
-                if closing {
-                    break;
-                }
+        let wait = match shared.lock() {
+            Ok(core) => {
+                let wait = core.until_due();
+                // Set under the lock: a leader that makes records durable after this
+                // sees it and wakes the thread; one before it left `HEAD` behind,
+                // which `until_due` has seen.
+                shared.quiet.store(wait > TICK, Ordering::Release);
+                wait
             }
-            Some(Message::Close) => break,
-            Some(other) => core.control(other, failed, runs),
-            None => {}
+            Err(_) => break,
+        };
+        match rx.recv_timeout(wait) {
+            Ok(Control::Close) | Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            Ok(Control::Sync) => shared.sync_for_others(),
+            Ok(Control::Wake) | Err(mpsc::RecvTimeoutError::Timeout) => {}
         }
         if ticked.elapsed() >= TICK {
             ticked = Instant::now();
-            core.tick(failed, runs);
+            let _ = shared.with_core(|core, failed, runs| {
+                core.tick(failed, runs);
+                Ok(())
+            });
         }
     }
-    core.close(runs);
+    if let Ok(mut core) = shared.lock() {
+        core.close(&shared.runs);
+        core.closed = true;
+    }
+    shared.synced.notify_waiters();
 }
 
 impl Core {
-    fn commit(&mut self, batch: Vec<Commit>, failed: &AtomicBool, runs: &Runs) {
-        let written = self
-            .writer
-            .write(batch.iter().flat_map(|c| c.records.iter()));
-        let (durable, written_only): (Vec<Commit>, Vec<Commit>) =
-            batch.into_iter().partition(|c| c.durable);
-        let synced = if durable.is_empty() {
-            written.clone()
-        } else {
-            written.clone().and_then(|()| self.sync())
-        };
-        failed.store(synced.is_err() || written.is_err(), Ordering::Relaxed);
-        runs.next_seq.store(self.writer.seq + 1, Ordering::Release);
-        for commit in written_only {
-            let _ = commit.done.send(written.clone());
-        }
-        for commit in durable {
-            let _ = commit.done.send(synced.clone());
-        }
+    /// Start an `fsync` outside the lock of everything written so far: the file and
+    /// the chain position it makes durable.
+    fn start_sync(&mut self) -> (Arc<File>, u64, String) {
+        self.syncing = true;
+        self.sync_wanted = false;
+        self.last_shared = self.pending > 1;
+        self.pending = 0;
+        let w = &self.writer;
+        (w.file.clone(), w.seq, w.hash.clone())
     }
 
-    /// A checkpoint or a key rotation asked for.
-    fn control(&mut self, message: Message, failed: &AtomicBool, runs: &Runs) {
-        match message {
-            Message::Checkpoint(done) => {
-                let _ = done.send(self.checkpoint_now(failed, runs));
-            }
-            Message::Rotate(next, done) => {
-                let _ = done.send(self.rotate_key(next, failed, runs));
-            }
-            Message::Commit(c) => self.commit(vec![c], failed, runs),
-            Message::Close => {}
+    /// An `fsync` of everything up to `upto` returned `synced`.
+    fn synced(
+        &mut self,
+        upto: u64,
+        hash: String,
+        synced: std::io::Result<()>,
+    ) -> Result<(), AuditError> {
+        self.syncing = false;
+        if let Err(e) = synced {
+            // After a failed fsync the page cache cannot be trusted: refuse for good.
+            self.writer.broken = true;
+            return Err(self.writer.error(e));
         }
+        if upto > self.writer.durable.0 {
+            self.writer.durable = (upto, hash);
+        }
+        let ready = self.writer.durable_checkpoints(upto);
+        if let Some(witness) = &self.witness {
+            for c in ready {
+                witness.send(c);
+            }
+        }
+        Ok(())
     }
 
-    fn rotate_key(
+    pub(super) fn rotate_key(
         &mut self,
         next: Arc<Signer>,
         failed: &AtomicBool,
@@ -132,6 +287,7 @@ impl Core {
         self.checkpoint_now(failed, runs)
     }
 
+    /// `fsync` under the lock (checkpoints, the close).
     fn sync(&mut self) -> Result<(), AuditError> {
         let ready = self.writer.sync()?;
         if let Some(witness) = &self.witness {
@@ -143,16 +299,17 @@ impl Core {
     }
 
     /// A checkpoint now, made durable (nothing when the chain's end is signed already).
-    fn checkpoint_now(&mut self, failed: &AtomicBool, runs: &Runs) -> Result<(), AuditError> {
+    pub(super) fn checkpoint_now(
+        &mut self,
+        failed: &AtomicBool,
+        runs: &Runs,
+    ) -> Result<(), AuditError> {
         let result = self.writer.write_checkpoint().and_then(|()| self.sync());
         failed.store(result.is_err(), Ordering::Relaxed);
         runs.next_seq.store(self.writer.seq + 1, Ordering::Release);
         result
     }
 
-    /// What is due by time: a checkpoint, and `HEAD`.
-    /// Nothing to do until a record comes: `HEAD` says what is durable and no record
-    /// waits for a checkpoint by time.
     /// How long the thread may sleep before it has work of its own: a `TICK` while
     /// `HEAD` is behind what is durable, until the checkpoint by time is due while
     /// records wait for one, else `QUIET_TICK`. An idle log does not wake ten times a
@@ -171,6 +328,7 @@ impl Core {
         }
     }
 
+    /// What is due by time: a checkpoint, and `HEAD`.
     fn tick(&mut self, failed: &AtomicBool, runs: &Runs) {
         let due = self
             .writer
@@ -211,9 +369,12 @@ impl Core {
         let failed = AtomicBool::new(false);
         let signed = self.checkpoint_now(&failed, runs);
         let synced = self.sync();
+        // A closed segment has no zero tail: readers see the records and nothing else.
+        let trimmed = self.writer.trim();
         // Clean only when nothing was lost and nothing is in flight.
         let clean = signed.is_ok()
             && synced.is_ok()
+            && trimmed.is_ok()
             && self.writer.pending_failure.is_none()
             && runs.oldest().is_none();
         self.write_head(runs, clean);
