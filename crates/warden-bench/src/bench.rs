@@ -342,29 +342,44 @@ fn thread_cpu() -> Duration {
     Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
 }
 
-/// What durability costs on this disk, whatever warden does: append one audit-sized
-/// record and `fdatasync`, over and over, in wall time and in this thread's CPU. A
-/// call that must be durable before it returns, one at a time, costs at least this.
+/// What durability costs on this disk, whatever warden does: write one audit-sized
+/// record and `fdatasync`, over and over, in wall time and in this thread's CPU, both
+/// appending (the file grows: the size change is journaled too) and over blocks zeroed
+/// beforehand (what the audit log's live segment does). A call that must be durable
+/// before it returns, one at a time, costs at least the second.
 fn disk_floor(dir: &Path) -> Result<()> {
+    use std::os::unix::fs::FileExt;
     std::fs::create_dir_all(dir)?;
     let path = dir.join("bench-fsync-probe");
-    let mut file = std::fs::File::create(&path)?;
     let record = [b'x'; 2048];
-    let (mut wall, mut cpu) = (Vec::new(), Vec::new());
-    for _ in 0..2000 {
-        let (t, c) = (Instant::now(), thread_cpu());
-        std::io::Write::write_all(&mut file, &record)?;
-        file.sync_data()?;
-        wall.push(t.elapsed().as_secs_f64() * 1e6);
-        cpu.push((thread_cpu() - c).as_secs_f64() * 1e6);
+    for zeroed in [false, true] {
+        let file = std::fs::File::create(&path)?;
+        if zeroed {
+            file.write_all_at(&vec![0u8; 2048 * 2000], 0)?;
+            file.sync_all()?;
+        }
+        let (mut wall, mut cpu) = (Vec::new(), Vec::new());
+        for i in 0..2000u64 {
+            let (t, c) = (Instant::now(), thread_cpu());
+            file.write_all_at(&record, i * 2048)?;
+            file.sync_data()?;
+            wall.push(t.elapsed().as_secs_f64() * 1e6);
+            cpu.push((thread_cpu() - c).as_secs_f64() * 1e6);
+        }
+        drop(file);
+        std::fs::remove_file(&path)?;
+        println!(
+            "disk: {} 2 KiB + fdatasync p50 {:.0} µs wall, {:.0} µs CPU (median of 2000{})",
+            if zeroed { "overwrite zeroed" } else { "append" },
+            median(wall),
+            median(cpu),
+            if zeroed {
+                "; the floor of one durable call at a time"
+            } else {
+                ""
+            }
+        );
     }
-    drop(file);
-    std::fs::remove_file(&path)?;
-    println!(
-        "disk: append 2 KiB + fdatasync p50 {:.0} µs wall, {:.0} µs CPU (median of 2000; the floor of one durable call at a time)",
-        median(wall),
-        median(cpu)
-    );
     Ok(())
 }
 

@@ -191,6 +191,11 @@ impl Shared {
 
 /// The maintenance thread: `HEAD` and the checkpoint by time, then the clean close.
 pub(super) fn run_maintenance(shared: &Shared, rx: &mpsc::Receiver<Control>) {
+    // Zeros ahead of the first records now, not in the first call's commit.
+    let _ = shared.with_core(|core, _, _| {
+        core.keep_room();
+        Ok(())
+    });
     let mut ticked = Instant::now();
     loop {
         let wait = match shared.lock() {
@@ -338,7 +343,21 @@ impl Core {
         if due {
             let _ = self.checkpoint_now(failed, runs);
         }
+        self.keep_room();
         self.write_head(runs, false);
+    }
+
+    /// Lay zeros ahead of the records (and make them durable) when less than half of
+    /// `ZERO_AHEAD` is left, so that callers' commits rarely do it themselves.
+    fn keep_room(&mut self) {
+        let w = &mut self.writer;
+        let want = ZERO_AHEAD.min(w.max_segment_bytes.saturating_sub(w.size));
+        if w.broken || w.zeroed.saturating_sub(w.size) >= want / 2 {
+            return;
+        }
+        if w.make_room(want).is_ok() {
+            let _ = self.sync();
+        }
     }
 
     /// Bring `HEAD` up to date with what is durable, if it changed.
