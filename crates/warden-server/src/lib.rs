@@ -14,11 +14,13 @@
 //! - `pages`: the one-click approval pages webhook notices link to;
 //! - `metrics`: Prometheus metrics with bounded labels;
 //! - `auth_failures`: failed authentications counted per source, and throttled;
-//! - `stdio`: stdin and stdout as nonblocking async streams for `serve --stdio`.
+//! - `stdio`: stdin and stdout as nonblocking async streams for `serve --stdio`;
+//! - `workers`: the threads that serve HTTP, one single-threaded runtime per core.
 //!
 //! It never decides what a call may do: that is warden-core's governed path, the same
 //! one `warden call` takes. Arrows point one way: the route modules (`api`, `pages`,
-//! `mcp`) and `auth` use `state`; `router` uses them; `lifecycle` uses `router`.
+//! `mcp`) and `auth` use `state`; `router` uses them; `lifecycle` uses `router` and
+//! `workers`.
 
 mod api;
 mod auth;
@@ -33,6 +35,7 @@ mod pages;
 mod router;
 mod state;
 mod stdio;
+mod workers;
 
 pub use console::embedded_asset_bytes;
 pub use lifecycle::{PidFile, check_listen, running, serve_http, serve_stdio};

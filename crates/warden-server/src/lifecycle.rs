@@ -8,7 +8,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use axum::serve::ListenerExt;
 use rmcp::ServiceExt;
 use tokio_util::sync::CancellationToken;
 
@@ -60,18 +59,12 @@ pub async fn serve_http(
     let notices = tokio::spawn(server.clone().notices(sessions.clone()));
     let schedules = tokio::spawn(server.clone().schedule(stop.clone()));
     let sig = tokio::spawn(signals(server.clone(), stop.clone()));
-    // Small JSON-RPC messages: without TCP_NODELAY a response can wait 40 ms for an ACK.
-    let listener = listener.tap_io(|tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
-    let mut served = tokio::spawn(
-        axum::serve(
-            listener,
-            app.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .with_graceful_shutdown(stop.clone().cancelled_owned())
-        .into_future(),
-    );
+    let mut served = tokio::spawn(crate::workers::serve(
+        listener,
+        app,
+        crate::workers::count(),
+        &stop,
+    )?);
     // A signal stops the server gracefully; with no connection open, `served` is done
     // at the same moment, and the shutdown must still drain: only an end of `served`
     // with no signal is the listener failing.
