@@ -80,6 +80,22 @@ impl Policy {
         self.tools.iter().any(|p| pattern_matches(p, tool))
     }
 
+    /// Instantiate once and drop the instance, so the first decision does not pay for
+    /// its pool slot's first use (making the memory accessible, mapping the initial
+    /// image): the slot is kept for this component. Nothing of the guest runs; an error
+    /// is left for the first decision to report.
+    pub async fn warm(&self) {
+        let _running = crate::sandbox::engine::Running::start();
+        let mut store = Store::new(
+            self.pre.engine(),
+            PolicyState::new(&self.limits, 0, [0; 32]),
+        );
+        if limits::apply(&mut store, &self.limits, self.fuel).is_ok() {
+            let instantiate = self.pre.instantiate_async(&mut store);
+            let _ = tokio::time::timeout(limits::call_budget(&self.limits), instantiate).await;
+        }
+    }
+
     /// Decide on `action` in a fresh instance. Never fails: failure is a deny.
     pub async fn evaluate(&self, action: &Action) -> PolicyDecision {
         let started = Instant::now();
