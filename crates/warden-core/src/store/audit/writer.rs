@@ -40,6 +40,8 @@ use thread::{Control, Core, Shared, run_maintenance};
 const GROUP_COMMIT_WAIT: Duration = Duration::from_micros(250);
 /// How far ahead of its records the live segment is zero-filled, at most.
 const ZERO_AHEAD: u64 = 1 << 20;
+/// The zeros laid when the log opens.
+const FIRST_ROOM: u64 = 64 << 10;
 /// How long opening the log waits for another process to let go of it.
 const LOCK_PATIENCE: Duration = Duration::from_secs(5);
 /// How often the writer brings `HEAD` up to date and looks for a checkpoint that is
@@ -252,6 +254,9 @@ impl AuditLog {
         let mut repaired = Repaired::default();
         let mut first = Vec::new();
         let (mut writer, recovery) = prepare(dir, &options, repair, &mut repaired, &mut first)?;
+        // A little room for the first records, written with the first commit's fsync;
+        // the log's thread lays the rest later, off the start-up path.
+        writer.make_room(FIRST_ROOM.min(options.max_segment_bytes), 0)?;
         if !first.is_empty() {
             writer.write(first.iter())?;
             writer.sync()?;
@@ -542,7 +547,7 @@ impl Writer {
         if self.size > 0 && self.size + self.buf.len() as u64 > self.max_segment_bytes {
             self.rotate()?;
         }
-        self.make_room(self.buf.len() as u64)?;
+        self.make_room(self.buf.len() as u64, ZERO_AHEAD)?;
         self.file
             .write_all_at(&self.buf, self.size)
             .map_err(|e| self.error(e))?;
@@ -625,15 +630,15 @@ impl Writer {
         ready
     }
 
-    /// Zeros ahead of the records for the next `len` bytes and more (see the module
-    /// header); they reach the disk with the next fsync.
-    fn make_room(&mut self, len: u64) -> Result<(), AuditError> {
+    /// Zeros ahead of the records for the next `len` bytes, and up to `ahead` more
+    /// (see the module header); they reach the disk with the next fsync.
+    fn make_room(&mut self, len: u64, ahead: u64) -> Result<(), AuditError> {
         static ZEROS: [u8; 64 << 10] = [0; 64 << 10];
         let end = self.size + len;
         if end <= self.zeroed {
             return Ok(());
         }
-        let target = end.max((self.zeroed + ZERO_AHEAD).min(self.max_segment_bytes));
+        let target = end.max((self.zeroed + ahead).min(self.max_segment_bytes));
         let mut at = self.zeroed.max(self.size);
         while at < target {
             let n = (target - at).min(ZEROS.len() as u64);

@@ -191,11 +191,6 @@ impl Shared {
 
 /// The maintenance thread: `HEAD` and the checkpoint by time, then the clean close.
 pub(super) fn run_maintenance(shared: &Shared, rx: &mpsc::Receiver<Control>) {
-    // Zeros ahead of the first records now, not in the first call's commit.
-    let _ = shared.with_core(|core, _, _| {
-        core.keep_room();
-        Ok(())
-    });
     let mut ticked = Instant::now();
     loop {
         let wait = match shared.lock() {
@@ -355,7 +350,7 @@ impl Core {
         if w.broken || w.zeroed.saturating_sub(w.size) >= want / 2 {
             return;
         }
-        if w.make_room(want).is_ok() {
+        if w.make_room(want, ZERO_AHEAD).is_ok() {
             let _ = self.sync();
         }
     }
