@@ -6,10 +6,10 @@
 //! need one while it runs wait for it, and the next `fsync` covers all of them (group
 //! commit). Who does it depends on company:
 //!
-//! - a lone commit (no other durable commit waiting, and the last `fsync` covered one
-//!   commit) does its `fsync` itself: the whole call stays on one thread, with no
-//!   hand-off to a writer thread and back, which on a VM costs more CPU than the
-//!   `fsync`;
+//! - a lone commit (its run the only one in flight, no other durable commit waiting,
+//!   and the last `fsync` covered one commit) does its `fsync` itself: the whole call
+//!   stays on one thread, with no hand-off to a writer thread and back, which on a VM
+//!   costs more CPU than the `fsync`;
 //! - under concurrent load the `fsync` is handed to the log's thread, so the async
 //!   runtime's workers keep running calls while the disk works.
 //!
@@ -107,12 +107,16 @@ impl Shared {
                     && self.runs.active.load(Ordering::Relaxed) <= 1
                 {
                     Some(core.start_sync())
-                } else {
+                } else if self
+                    .control
+                    .lock()
+                    .is_ok_and(|control| control.send(Control::Sync).is_ok())
+                {
                     core.sync_wanted = true;
-                    if let Ok(control) = self.control.lock() {
-                        let _ = control.send(Control::Sync);
-                    }
                     None
+                } else {
+                    // The log's thread is gone: nobody else will fsync.
+                    Some(core.start_sync())
                 }
             };
             match lead {
