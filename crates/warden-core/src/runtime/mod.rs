@@ -231,7 +231,10 @@ impl Runtime {
             let policy = Policy::load(&shared, pc).map_err(|e| {
                 config.error_at(pc.span, &key, format!("policy {:?}: {e:#}", pc.id))
             })?;
-            policy.warm().await;
+            // Only where calls will follow: a look (`tools`, `check`) needs no slot.
+            if mode == Stores::Open {
+                policy.warm().await;
+            }
             // A scope that matches nothing is almost always a typo that would silently
             // switch the policy off.
             for pattern in &policy.tools {

@@ -153,9 +153,7 @@ struct Closer {
 
 impl Closer {
     fn close(&self) {
-        if let Ok(control) = self.shared.control.lock() {
-            let _ = control.send(Control::Close);
-        }
+        let _ = self.shared.control.send(Control::Close);
         if let Some(thread) = self.thread.lock().ok().and_then(|mut t| t.take()) {
             let _ = thread.join();
         }
@@ -288,7 +286,7 @@ impl AuditLog {
             runs,
             failed: AtomicBool::new(false),
             quiet: AtomicBool::new(false),
-            control: Mutex::new(control),
+            control,
         });
         let thread = {
             let shared = shared.clone();
@@ -651,41 +649,27 @@ impl Writer {
         Ok(())
     }
 
-    /// Cut the zero tail, durably (a segment being left, a clean close).
+    /// Cut the zero tail (a segment being left, a clean close); the next fsync makes
+    /// the cut durable.
     fn trim(&mut self) -> Result<(), AuditError> {
         if self.broken || self.zeroed <= self.size {
             return Ok(());
         }
-        let cut = self
-            .file
-            .set_len(self.size)
-            .and_then(|()| self.file.sync_data());
-        if let Err(e) = cut {
-            self.broken = true;
-            return Err(self.error(e));
-        }
+        self.file.set_len(self.size).map_err(|e| self.error(e))?;
         self.zeroed = self.size;
         Ok(())
     }
 
     fn rotate(&mut self) -> Result<(), AuditError> {
-        // The segment being left must be durable, and end at its last record, before
+        // The segment being left must end at its last record, and be durable, before
         // records go to the next one.
+        self.trim()?;
         if let Err(e) = self.file.sync_data() {
             self.broken = true;
             return Err(self.error(e));
         }
-        self.trim()?;
         let path = self.dir.join(segment_name(self.index + 1));
-        let file = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .read(true)
-            .write(true)
-            .open(&path)
-            .map_err(|e| AuditError::io(&path, e))?;
-        let size = segments::data_len(&file).map_err(|e| AuditError::io(&path, e))?;
-        let zeroed = file.metadata().map_err(|e| AuditError::io(&path, e))?.len();
+        let (file, size, zeroed) = open_segment(&path)?;
         self.file = Arc::new(file);
         self.index += 1;
         self.size = size;
@@ -696,4 +680,20 @@ impl Writer {
         }
         Ok(())
     }
+}
+
+/// A segment opened for writing at its records' end: the file, where its records end,
+/// and its length (zeros in between, after a crash).
+fn open_segment(path: &Path) -> Result<(File, u64, u64), AuditError> {
+    let io = |e| AuditError::io(path, e);
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .read(true)
+        .write(true)
+        .open(path)
+        .map_err(io)?;
+    let size = segments::data_len(&file).map_err(io)?;
+    let zeroed = file.metadata().map_err(io)?.len();
+    Ok((file, size, zeroed))
 }

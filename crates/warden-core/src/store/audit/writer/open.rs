@@ -154,16 +154,8 @@ pub(super) fn prepare(
     };
     let index = indexes.last().copied().unwrap_or(1);
     let path = dir.join(segment_name(index));
-    let file = OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .read(true)
-        .write(true)
-        .open(&path)
-        .map_err(|e| AuditError::io(&path, e))?;
     // After a crash the segment may end in zeros laid ahead of its records.
-    let size = segments::data_len(&file).map_err(|e| AuditError::io(&path, e))?;
-    let zeroed = file.metadata().map_err(|e| AuditError::io(&path, e))?.len();
+    let (file, size, zeroed) = super::open_segment(&path)?;
     let checkpoints = options.signer.as_ref().map(|signer| Checkpointing {
         signer: signer.clone(),
         every: options.checkpoint_every.max(1),

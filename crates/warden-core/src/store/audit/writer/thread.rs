@@ -57,7 +57,7 @@ pub(super) struct Shared {
     pub(super) failed: AtomicBool,
     /// The maintenance thread sleeps long (nothing was due): the next `fsync` wakes it.
     pub(super) quiet: AtomicBool,
-    pub(super) control: Mutex<mpsc::Sender<Control>>,
+    pub(super) control: mpsc::Sender<Control>,
 }
 
 impl Shared {
@@ -107,11 +107,7 @@ impl Shared {
                     && self.runs.active.load(Ordering::Relaxed) <= 1
                 {
                     Some(core.start_sync())
-                } else if self
-                    .control
-                    .lock()
-                    .is_ok_and(|control| control.send(Control::Sync).is_ok())
-                {
+                } else if self.control.send(Control::Sync).is_ok() {
                     core.sync_wanted = true;
                     None
                 } else {
@@ -167,10 +163,8 @@ impl Shared {
             Err(e) => Err(e),
         };
         self.synced.notify_waiters();
-        if self.quiet.swap(false, Ordering::AcqRel)
-            && let Ok(control) = self.control.lock()
-        {
-            let _ = control.send(Control::Wake);
+        if self.quiet.swap(false, Ordering::AcqRel) {
+            let _ = self.control.send(Control::Wake);
         }
         result
     }
@@ -386,9 +380,9 @@ impl Core {
     fn close(&mut self, runs: &Runs) {
         let failed = AtomicBool::new(false);
         let signed = self.checkpoint_now(&failed, runs);
-        let synced = self.sync();
         // A closed segment has no zero tail: readers see the records and nothing else.
         let trimmed = self.writer.trim();
+        let synced = self.sync();
         // Clean only when nothing was lost and nothing is in flight.
         let clean = signed.is_ok()
             && synced.is_ok()
