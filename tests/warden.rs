@@ -34,6 +34,8 @@ mod scaffold;
 mod schedules;
 #[path = "warden/secrets.rs"]
 mod secrets;
+#[path = "warden/shared_store.rs"]
+mod shared_store;
 mod support;
 #[path = "warden/triggers.rs"]
 mod triggers;

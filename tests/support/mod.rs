@@ -12,6 +12,7 @@ use std::time::Duration;
 use serde_json::Value;
 
 pub mod browser;
+pub mod postgres;
 
 pub fn repo_root() -> &'static Path {
     // The test binary belongs to crates/warden; the repository is two levels up.

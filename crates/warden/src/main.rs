@@ -18,7 +18,7 @@ mod output;
 
 use commands::{
     approvals, audit, budgets, call, check, inspect, new, policy, runs, schedules, secrets, serve,
-    tokens, tools, upstreams,
+    store, tokens, tools, upstreams,
 };
 
 /// warden runs AI agents' tools as sandboxed WebAssembly components, behind approval
@@ -116,6 +116,9 @@ enum Command {
     /// Upstream MCP servers: their state and tools; accept a changed tool definition.
     #[command(subcommand)]
     Upstreams(upstreams::UpstreamsCommand),
+    /// The store: migrate the shared PostgreSQL's schema, check it answers.
+    #[command(subcommand)]
+    Store(store::StoreCommand),
     /// Webhook triggers (`/hooks/NAME` on `warden serve`).
     #[command(subcommand)]
     Triggers(schedules::TriggersCommand),
@@ -283,6 +286,7 @@ fn run() -> Result<ExitCode> {
             Command::Upstreams(ref command) => {
                 upstreams::run(config, command).await.context("upstreams")
             }
+            Command::Store(ref command) => store::run(config, command.clone()).context("store"),
             Command::Triggers(ref command) => {
                 schedules::triggers(config, command).context("triggers")
             }

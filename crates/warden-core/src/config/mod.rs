@@ -22,6 +22,7 @@ use crate::tokens::TokenEntry;
 
 mod approvals;
 mod audit;
+mod store;
 mod automation;
 mod budgets;
 mod components;
@@ -31,6 +32,7 @@ mod upstreams;
 
 pub use approvals::{ApprovalsConfig, Webhook};
 pub use audit::AuditConfig;
+pub use store::StoreConfig;
 pub use automation::{
     CatchUp, Criteria, DeliveryId, Overlap, ScheduleConfig, SignatureKind, TriggerConfig,
 };
@@ -43,6 +45,7 @@ pub use upstreams::{OnChange, UpstreamConfig};
 use crate::grants::Grants;
 use approvals::{RawApprovals, check_approvals};
 use audit::{RawAudit, check_audit};
+use store::{RawStore, check_store};
 use automation::{RawSchedule, RawTrigger, check_schedules, check_triggers};
 use budgets::{RawLimit, RawRunaway, check_limits_list, check_runaway};
 use components::{RawPlugin, RawPolicy, check_component, check_costs, check_id, check_sha256};
@@ -95,6 +98,8 @@ pub struct Config {
     /// Run history and the approval queue: `<data_dir>/runs.db`.
     pub runs_db: PathBuf,
     pub approvals: ApprovalsConfig,
+    /// `[store]`: the approval queue on a PostgreSQL shared by several hosts.
+    pub store: StoreConfig,
     pub server: ServerConfig,
     /// `[[token]]`: bearer tokens (as hashes) and the principals they speak for.
     pub tokens: Vec<TokenEntry>,
@@ -124,6 +129,8 @@ struct RawConfig {
     vault: RawVault,
     #[serde(default)]
     audit: RawAudit,
+    #[serde(default)]
+    store: RawStore,
     approvals: Option<RawApprovals>,
     server: Option<RawServer>,
     #[serde(default, rename = "token")]
@@ -228,6 +235,7 @@ impl Config {
         }
         let runs_db = data_dir.join("runs.db");
         let audit = check_audit(&locate, base, &data_dir, key_dir.as_deref(), &raw.audit)?;
+        let store = check_store(&locate, &raw.store)?;
         let legacy = data_dir.join("master.key");
         let key_file = match &raw.vault.key_file {
             Some(p) => Some(base.join(p)),
@@ -393,6 +401,7 @@ impl Config {
             key_file,
             key_dir,
             audit,
+            store,
             runs_db,
             approvals,
             server,

@@ -115,13 +115,14 @@ impl Runtime {
         let same = config.data_dir == self.config.data_dir
             && config.runs_db == self.config.runs_db
             && config.audit == self.config.audit
+            && config.store == self.config.store
             && config.approvals.enabled == self.config.approvals.enabled;
         if !same {
             return Err(config
                 .error_at(
                     0,
                     "data_dir",
-                    "the data dir, [audit] and [approvals] enabled cannot change on reload; restart warden",
+                    "the data dir, [audit], [store] and [approvals] enabled cannot change on reload; restart warden",
                 )
                 .into());
         }
@@ -279,8 +280,7 @@ impl Runtime {
                 let runs = RunStore::open(&config.runs_db).map_err(|e| store(&e))?;
                 let approvals = if config.approvals.enabled {
                     Some(Arc::new(
-                        ApprovalQueue::open(&config.runs_db, sealer(&config))
-                            .map_err(|e| store(&e))?,
+                        open_queue(&config).map_err(|e| store(&e))?,
                     ))
                 } else {
                     None
@@ -599,6 +599,17 @@ pub fn sealer(config: &Config) -> Option<crate::governance::approvals::Sealer> {
     MasterKey::resolve(config.key_file.as_deref())
         .ok()
         .map(|key| crate::governance::approvals::Sealer::new(key.bytes()))
+}
+
+/// The approval queue `config` names: on the shared PostgreSQL when `[store]` sets
+/// one, else in the embedded store.
+pub fn open_queue(
+    config: &Config,
+) -> Result<ApprovalQueue, crate::governance::approvals::ApprovalError> {
+    match &config.store.shared {
+        Some(target) => ApprovalQueue::open_shared(target, config.store.lease, sealer(config)),
+        None => ApprovalQueue::open(&config.runs_db, sealer(config)),
+    }
 }
 
 /// What a reloaded runtime shares with the one it replaces.

@@ -86,7 +86,7 @@ pub async fn run(config_path: &Path, command: &ApprovalsCommand) -> Result<ExitC
             config.file.display()
         );
     }
-    let queue = ApprovalQueue::open(&config.runs_db, warden_core::runtime::sealer(&config))?;
+    let queue = warden_core::runtime::open_queue(&config)?;
     let now = warden_core::now_ms() as i64;
     match command {
         ApprovalsCommand::List { state, limit, json } => {

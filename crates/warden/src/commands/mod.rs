@@ -26,6 +26,7 @@ pub mod schedules;
 pub mod secrets;
 pub mod serve;
 pub mod tokens;
+pub mod store;
 pub mod tools;
 pub mod upstreams;
 

@@ -1,23 +1,29 @@
-//! The queue in the embedded database: one writer thread committing batches of
-//! changes in `BEGIN IMMEDIATE` transactions (each change in its own savepoint), reads on
-//! their own connections, per-request locks, and every state change of a request.
+//! The queue in a store: the embedded SQLite file, or the PostgreSQL several hosts
+//! share (`[store] url`). One writer thread commits batches of changes (each change in
+//! its own savepoint), reads run on their own connection, per-request locks keep this
+//! process's tasks apart, and every state change of a request is here, written once
+//! for both backends (`crate::store::sql`).
 //!
 //! It must never acknowledge a change before its commit is durable, nor let two
-//! processes claim one request.
+//! processes (or hosts) claim one request.
 
 use std::collections::HashMap;
 use std::path::Path;
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
-use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use serde_json::Value;
 
 use crate::call::{ApprovalState, Tier, Vote};
 use crate::config::ApprovalsConfig;
+use crate::store::postgres::{PgDb, Target};
+use crate::store::sql::{LiteDb, Sql, SqlError, vals};
 
 use super::owner::Owner;
 
 mod rows;
+mod threads;
 
 use super::rules::already;
 use super::{
@@ -25,49 +31,60 @@ use super::{
     tier_name,
 };
 use rows::{Cast, add_vote, load, set_state, settle_expired};
+use threads::{Heartbeat, Job, Reads, Reply, RunJob};
 
-/// The queue over one store file.
+/// The queue over one store.
 pub struct ApprovalQueue {
     /// For reads; every change goes through the writer thread.
-    conn: Mutex<Connection>,
+    reads: Reads,
     jobs: Mutex<Option<std::sync::mpsc::Sender<Job>>>,
     writer: Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// The store, as errors name it (a file, or the server without its password).
     path: String,
-    /// Woken on every change this process makes, so local waiters need not poll.
+    /// Woken on every change this process makes (and, on the shared store, every
+    /// change another host makes), so local waiters need not poll.
     pub changed: Arc<tokio::sync::Notify>,
     /// One lock per request, held while its votes go to the audit log and while it is
     /// claimed, so two tasks of this process never audit a vote twice; requests never
     /// wait for each other.
     locks: Mutex<HashMap<String, std::sync::Weak<tokio::sync::Mutex<()>>>>,
     sealer: Arc<Option<Sealer>>,
-    owner: Owner,
+    holder: Holder,
+    /// The shared store's listener thread, and what stops it.
+    listener: Option<(Arc<AtomicBool>, std::thread::JoinHandle<()>)>,
 }
 
-/// One change: run in its own savepoint; says whether it succeeded and what to tell
-/// its caller once the commit is known.
-pub(super) struct Job {
-    run: RunJob,
-    /// The caller must not be answered before the commit is fsynced.
-    durable: bool,
+/// Who a claim names, and how a claim whose holder died is told from a live one.
+enum Holder {
+    /// This process, by a lock file the kernel releases when it dies (one data dir).
+    Process(Owner),
+    /// This host, by its heartbeat in the shared store: a claim whose host has not
+    /// been seen for `lease` is orphaned.
+    Host { token: String, lease: Duration },
 }
-type Reply = Box<dyn FnOnce(Result<(), String>) + Send>;
-type RunJob = Box<dyn FnOnce(&Connection) -> (bool, Reply) + Send>;
 
-/// Most changes committed together.
-pub(super) const MAX_BATCH: usize = 256;
+impl Holder {
+    fn token(&self) -> &str {
+        match self {
+            Holder::Process(o) => &o.token,
+            Holder::Host { token, .. } => token,
+        }
+    }
+}
 
-impl From<rusqlite::Error> for ApprovalError {
-    fn from(e: rusqlite::Error) -> ApprovalError {
-        // The path is filled in by `ApprovalQueue::write`.
+impl From<SqlError> for ApprovalError {
+    fn from(e: SqlError) -> ApprovalError {
+        // The path is filled in by `ApprovalQueue::write` and `read`.
         ApprovalError::Store {
             path: String::new(),
-            message: e.to_string(),
+            message: e.0,
         }
     }
 }
 
 impl ApprovalQueue {
-    /// The queue in the store at `path`, sealing held inputs with `sealer` when given.
+    /// The queue in the embedded store at `path`, sealing held inputs with `sealer`
+    /// when given.
     pub fn open(path: &Path, sealer: Option<Sealer>) -> Result<ApprovalQueue, ApprovalError> {
         let shown = path.display().to_string();
         let owners = path.parent().unwrap_or(Path::new(".")).join("owners");
@@ -79,39 +96,100 @@ impl ApprovalQueue {
             path: shown.clone(),
             message: e.to_string(),
         };
-        let conn = crate::store::db::open(path, true).map_err(store)?;
-        let mut writer_conn = crate::store::db::open(path, true).map_err(store)?;
+        let reads = Reads::Local(Mutex::new(LiteDb(
+            crate::store::db::open(path, true).map_err(store)?,
+        )));
+        let writer = LiteDb(crate::store::db::open(path, true).map_err(store)?);
+        Self::start(
+            shown,
+            reads,
+            Box::new(writer),
+            Holder::Process(owner),
+            sealer,
+            None,
+        )
+    }
+
+    /// The queue in the PostgreSQL at `target`, shared with other hosts: a claim holds
+    /// for `lease` past this host's last heartbeat (sent every third of it).
+    pub fn open_shared(
+        target: &Target,
+        lease: Duration,
+        sealer: Option<Sealer>,
+    ) -> Result<ApprovalQueue, ApprovalError> {
+        let shown = target.shown.clone();
+        let store = |message: String| ApprovalError::Store {
+            path: shown.clone(),
+            message,
+        };
+        let mut raw = [0u8; 16];
+        getrandom::fill(&mut raw).map_err(|e| store(e.to_string()))?;
+        let token = hex::encode(raw);
+        // The driver's blocking calls must not run on an async runtime's thread (it
+        // refuses to nest runtimes): connections are made on a thread of their own.
+        let (first, them) = (token.clone(), target.clone());
+        let (writer, reader) = std::thread::spawn(move || -> Result<(PgDb, PgDb), SqlError> {
+            let mut writer = PgDb::open(&them)?;
+            // Seen before its first claim, so no other host takes that claim for orphaned.
+            crate::store::sql::Db::transaction(&mut writer, true, &mut |sql| {
+                threads::beat(sql, &first)
+            })?;
+            Ok((writer, PgDb::open(&them)?))
+        })
+        .join()
+        .map_err(|_| store("connecting panicked".into()))?
+        .map_err(|e| store(e.0))?;
+        let reads = threads::reader(Box::new(reader))
+            .map_err(|e| store(format!("cannot start the reader: {e}")))?;
+        let mut queue = Self::start(
+            shown.clone(),
+            reads,
+            Box::new(writer),
+            Holder::Host {
+                token: token.clone(),
+                lease,
+            },
+            sealer,
+            Some(Heartbeat {
+                token,
+                every: lease / 3,
+            }),
+        )?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let listener = threads::listen(target.clone(), queue.changed.clone(), stop.clone())
+            .map_err(|e| store(format!("cannot start the listener: {e}")))?;
+        queue.listener = Some((stop, listener));
+        Ok(queue)
+    }
+
+    fn start(
+        shown: String,
+        reads: Reads,
+        mut writer_db: Box<dyn crate::store::sql::Db>,
+        holder: Holder,
+        sealer: Option<Sealer>,
+        heartbeat: Option<Heartbeat>,
+    ) -> Result<ApprovalQueue, ApprovalError> {
         let changed = Arc::new(tokio::sync::Notify::new());
         let (tx, rx) = std::sync::mpsc::channel::<Job>();
         let notify = changed.clone();
         let writer = std::thread::Builder::new()
             .name("warden-approvals".into())
-            .spawn(move || {
-                while let Ok(first) = rx.recv() {
-                    let mut batch = vec![first];
-                    while batch.len() < MAX_BATCH {
-                        match rx.try_recv() {
-                            Ok(job) => batch.push(job),
-                            Err(_) => break,
-                        }
-                    }
-                    commit_batch(&mut writer_conn, batch);
-                    notify.notify_waiters();
-                }
-            })
+            .spawn(move || threads::write_loop(&mut *writer_db, rx, notify, heartbeat))
             .map_err(|e| ApprovalError::Store {
                 path: shown.clone(),
                 message: format!("cannot start the writer: {e}"),
             })?;
         Ok(ApprovalQueue {
-            conn: Mutex::new(conn),
+            reads,
             jobs: Mutex::new(Some(tx)),
             writer: Mutex::new(Some(writer)),
             path: shown,
             changed,
             locks: Mutex::default(),
             sealer: Arc::new(sealer),
-            owner,
+            holder,
+            listener: None,
         })
     }
 
@@ -132,18 +210,30 @@ impl ApprovalQueue {
         lock.lock_owned().await
     }
 
-    fn store(&self, e: rusqlite::Error) -> ApprovalError {
-        ApprovalError::Store {
-            path: self.path.clone(),
-            message: e.to_string(),
+    /// An error of this store, naming it.
+    fn named(&self, e: ApprovalError) -> ApprovalError {
+        match e {
+            ApprovalError::Store { path, message } if path.is_empty() => ApprovalError::Store {
+                path: self.path.clone(),
+                message,
+            },
+            other => other,
         }
+    }
+
+    /// Run `f`'s reads on the queue's read connection.
+    fn read<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut dyn Sql) -> Result<T, SqlError> + Send + 'static,
+    ) -> Result<T, ApprovalError> {
+        self.reads.run(f).map_err(|e| self.named(e.into()))
     }
 
     /// Run `f` in the writer's next transaction; its changes are durable when this
     /// returns `Ok`, and undone when `f` fails.
     async fn write<T: Send + 'static>(
         &self,
-        f: impl FnOnce(&Connection) -> Result<T, ApprovalError> + Send + 'static,
+        f: impl FnOnce(&mut dyn Sql) -> Result<T, ApprovalError> + Send + 'static,
     ) -> Result<T, ApprovalError> {
         self.write_with(true, f).await
     }
@@ -155,11 +245,11 @@ impl ApprovalQueue {
     async fn write_with<T: Send + 'static>(
         &self,
         durable: bool,
-        f: impl FnOnce(&Connection) -> Result<T, ApprovalError> + Send + 'static,
+        f: impl FnOnce(&mut dyn Sql) -> Result<T, ApprovalError> + Send + 'static,
     ) -> Result<T, ApprovalError> {
         let (tx, rx) = tokio::sync::oneshot::channel();
-        let run: RunJob = Box::new(move |conn: &Connection| {
-            let out = f(conn);
+        let run: RunJob = Box::new(move |sql: &mut dyn Sql| {
+            let out = f(sql);
             let ok = out.is_ok();
             let reply: Reply = Box::new(move |committed| {
                 let result = match committed {
@@ -188,13 +278,7 @@ impl ApprovalQueue {
             return Err(stopped());
         }
         match rx.await {
-            Ok(Err(ApprovalError::Store { path, message })) if path.is_empty() => {
-                Err(ApprovalError::Store {
-                    path: self.path.clone(),
-                    message,
-                })
-            }
-            Ok(result) => result,
+            Ok(result) => result.map_err(|e| self.named(e)),
             Err(_) => Err(stopped()),
         }
     }
@@ -218,16 +302,19 @@ impl ApprovalQueue {
         let holds = serde_json::to_string(&a.holds).unwrap_or_default();
         self.write(move |tx| {
             tx.execute(
-                "INSERT INTO approvals VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, NULL, NULL, ?18, NULL, ?19, ?20)",
-                params![
-                    a.id,
-                    a.run_id,
-                    a.principal,
-                    a.tool,
-                    a.plugin,
-                    a.plugin_digest,
+                "INSERT INTO approvals (id, run_id, principal, tool, plugin, plugin_digest, input,
+                     input_sha256, decisions, tier, reasons, approvers, required, created_ms,
+                     expires_ms, state, state_ms, holds, sealed, started_by)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20)",
+                vals![
+                    &a.id,
+                    &a.run_id,
+                    &a.principal,
+                    &a.tool,
+                    &a.plugin,
+                    &a.plugin_digest,
                     input,
-                    a.input_sha256,
+                    &a.input_sha256,
                     a.decisions.to_string(),
                     tier_name(a.tier),
                     Value::from(a.reasons.clone()).to_string(),
@@ -239,13 +326,13 @@ impl ApprovalQueue {
                     a.state_ms,
                     holds,
                     sealed,
-                    a.started_by,
+                    a.started_by.clone(),
                 ],
             )?;
             if let Some(payload) = notice {
                 tx.execute(
                     "INSERT INTO approval_notices (approval_id, payload, next_ms) VALUES (?1, ?2, ?3)",
-                    params![a.id, payload, a.created_ms],
+                    vals![&a.id, payload, a.created_ms],
                 )?;
             }
             Ok(())
@@ -254,8 +341,8 @@ impl ApprovalQueue {
     }
 
     pub fn get(&self, id: &str) -> Result<Option<Approval>, ApprovalError> {
-        let conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
-        load(&conn, id, self.sealer.as_ref().as_ref()).map_err(|e| self.store(e))
+        let (id, sealer) = (id.to_string(), self.sealer.clone());
+        self.read(move |sql| load(sql, &id, sealer.as_ref().as_ref(), false))
     }
 
     /// Requests, newest first, optionally in one state; with `before` (a request's
@@ -266,84 +353,66 @@ impl ApprovalQueue {
         before: Option<(i64, &str)>,
         limit: usize,
     ) -> Result<Vec<Approval>, ApprovalError> {
-        let conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
-        let ids: Vec<String> = {
-            let mut stmt = conn
-                .prepare_cached(
-                    "SELECT id FROM approvals WHERE (?1 IS NULL OR state = ?1)
-                     AND (?3 IS NULL OR created_ms < ?3 OR (created_ms = ?3 AND id < ?4))
-                     ORDER BY created_ms DESC, id DESC LIMIT ?2",
-                )
-                .map_err(|e| self.store(e))?;
-            let limit = i64::try_from(limit.max(1)).unwrap_or(i64::MAX);
-            stmt.query_map(
-                params![
+        let limit = i64::try_from(limit.max(1)).unwrap_or(i64::MAX);
+        let before = before.map(|(ms, id)| (ms, id.to_string()));
+        let sealer = self.sealer.clone();
+        self.read(move |sql| {
+            let ids = sql.query(
+                "SELECT id FROM approvals WHERE (CAST(?1 AS TEXT) IS NULL OR state = ?1)
+                 AND (CAST(?3 AS BIGINT) IS NULL OR created_ms < ?3 OR (created_ms = ?3 AND id < ?4))
+                 ORDER BY created_ms DESC, id DESC LIMIT ?2",
+                vals![
                     state.map(ApprovalState::as_str),
                     limit,
-                    before.map(|b| b.0),
-                    before.map(|b| b.1)
+                    before.as_ref().map(|b| b.0),
+                    before.as_ref().map(|b| b.1.clone())
                 ],
-                |r| r.get(0),
-            )
-            .and_then(|rows| rows.collect())
-            .map_err(|e| self.store(e))?
-        };
-        let mut out = Vec::new();
-        for id in ids {
-            if let Some(a) =
-                load(&conn, &id, self.sealer.as_ref().as_ref()).map_err(|e| self.store(e))?
-            {
-                out.push(a);
+            )?;
+            let mut out = Vec::new();
+            for row in ids {
+                if let Some(a) = load(sql, &row.text(0)?, sealer.as_ref().as_ref(), false)? {
+                    out.push(a);
+                }
             }
-        }
-        Ok(out)
+            Ok(out)
+        })
+    }
+
+    /// One integer (or none) a query returns.
+    fn scalar(&self, query: &'static str) -> Result<Option<i64>, ApprovalError> {
+        self.read(move |sql| sql.query_one(query, &[])?.opt_int(0))
     }
 
     /// When the clock alone next changes something: the earliest expiry (or soft
     /// window's end) of a pending request. A driver sleeps until then, not on a poll.
     pub fn next_expiry_ms(&self) -> Result<Option<i64>, ApprovalError> {
-        let conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
-        conn.query_row(
-            "SELECT min(expires_ms) FROM approvals WHERE state = 'pending'",
-            [],
-            |r| r.get(0),
-        )
-        .map_err(|e| self.store(e))
+        self.scalar("SELECT min(expires_ms) FROM approvals WHERE state = 'pending'")
     }
 
     /// When the next notice is due to be sent or retried.
     pub fn next_notice_ms(&self) -> Result<Option<i64>, ApprovalError> {
-        let conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
-        conn.query_row(
+        self.scalar(
             "SELECT min(next_ms) FROM approval_notices WHERE delivered_ms IS NULL AND gave_up = 0",
-            [],
-            |r| r.get(0),
         )
-        .map_err(|e| self.store(e))
     }
 
     /// How many requests are pending and when the newest of them was made: what a
     /// watcher compares to see the inbox changed (in this process or another).
     pub fn pending_mark(&self) -> Result<(u64, i64), ApprovalError> {
-        let conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
-        conn.query_row(
-            "SELECT count(*), coalesce(max(created_ms), 0) FROM approvals WHERE state = 'pending'",
-            [],
-            |r| Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)?)),
-        )
-        .map_err(|e| self.store(e))
+        self.read(|sql| {
+            let r = sql.query_one(
+                "SELECT count(*), coalesce(max(created_ms), 0) FROM approvals WHERE state = 'pending'",
+                &[],
+            )?;
+            Ok((r.int(0)? as u64, r.int(1)?))
+        })
     }
 
     /// How many requests are pending.
     pub fn pending(&self) -> Result<u64, ApprovalError> {
-        let conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
-        conn.query_row(
-            "SELECT count(*) FROM approvals WHERE state = 'pending'",
-            [],
-            |r| r.get::<_, i64>(0),
-        )
-        .map(|n| n as u64)
-        .map_err(|e| self.store(e))
+        Ok(self
+            .scalar("SELECT count(*) FROM approvals WHERE state = 'pending'")?
+            .unwrap_or(0) as u64)
     }
 
     /// Record `principal`'s vote. The first decision stands: a request that is no
@@ -369,7 +438,7 @@ impl ApprovalQueue {
         let (choice, now_ms) = (ballot.choice, ballot.now_ms);
         let sealer = self.sealer.clone();
         self.write(move |tx| {
-            let mut a = load(tx, &id, sealer.as_ref().as_ref())?
+            let mut a = load(tx, &id, sealer.as_ref().as_ref(), true)?
                 .ok_or_else(|| ApprovalError::NotFound(id.clone()))?;
             if a.state == ApprovalState::Pending && now_ms >= a.expires_ms {
                 // Settled now, in this commit, and then refused below.
@@ -435,17 +504,15 @@ impl ApprovalQueue {
     /// Settle every pending request whose time has run out: a soft one is approved by
     /// its window, a hard one expires (denied). Returns the ones settled.
     pub async fn expire_due(&self, now_ms: i64) -> Result<Vec<Approval>, ApprovalError> {
-        let due: Vec<String> = {
-            let conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
-            let mut stmt = conn
-                .prepare_cached(
-                    "SELECT id FROM approvals WHERE state = 'pending' AND expires_ms <= ?1",
-                )
-                .map_err(|e| self.store(e))?;
-            stmt.query_map([now_ms], |r| r.get(0))
-                .and_then(|rows| rows.collect())
-                .map_err(|e| self.store(e))?
-        };
+        let due: Vec<String> = self.read(move |sql| {
+            sql.query(
+                "SELECT id FROM approvals WHERE state = 'pending' AND expires_ms <= ?1",
+                vals![now_ms],
+            )?
+            .iter()
+            .map(|r| r.text(0))
+            .collect()
+        })?;
         let mut out = Vec::new();
         for id in due {
             out.extend(self.expire_if_due(&id, now_ms).await?);
@@ -469,7 +536,7 @@ impl ApprovalQueue {
         let id = id.to_string();
         let sealer = self.sealer.clone();
         self.write(move |tx| {
-            let Some(mut a) = load(tx, &id, sealer.as_ref().as_ref())? else {
+            let Some(mut a) = load(tx, &id, sealer.as_ref().as_ref(), true)? else {
                 return Ok(None);
             };
             if a.state == ApprovalState::Pending && now_ms >= a.expires_ms {
@@ -483,13 +550,12 @@ impl ApprovalQueue {
 
     /// Approved requests waiting to run.
     pub fn approved(&self) -> Result<Vec<String>, ApprovalError> {
-        let conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
-        let mut stmt = conn
-            .prepare_cached("SELECT id FROM approvals WHERE state = 'approved' ORDER BY state_ms")
-            .map_err(|e| self.store(e))?;
-        stmt.query_map([], |r| r.get(0))
-            .and_then(|rows| rows.collect())
-            .map_err(|e| self.store(e))
+        self.ids("SELECT id FROM approvals WHERE state = 'approved' ORDER BY state_ms")
+    }
+
+    /// The first column of a query's rows.
+    fn ids(&self, query: &'static str) -> Result<Vec<String>, ApprovalError> {
+        self.read(move |sql| sql.query(query, &[])?.iter().map(|r| r.text(0)).collect())
     }
 
     /// Take the right to execute `id`: `approved -> executing`, recording this
@@ -498,22 +564,22 @@ impl ApprovalQueue {
     /// claimed it first, or it was never approved).
     pub async fn claim(&self, id: &str, now_ms: i64) -> Result<Option<Approval>, ApprovalError> {
         let id = id.to_string();
-        let owner = self.owner.token.clone();
+        let owner = self.holder.token().to_string();
         let sealer = self.sealer.clone();
         self.write(move |tx| {
             let changed = tx.execute(
                 "UPDATE approvals SET state = 'executing', state_ms = ?2, owner = ?3
                  WHERE id = ?1 AND state = 'approved'",
-                params![id, now_ms, owner],
+                vals![&id, now_ms, owner],
             )?;
             if changed == 0 {
                 return Ok(None);
             }
             tx.execute(
                 "UPDATE approval_votes SET audited = 1 WHERE approval_id = ?1",
-                [&id],
+                vals![&id],
             )?;
-            Ok(load(tx, &id, sealer.as_ref().as_ref())?)
+            Ok(load(tx, &id, sealer.as_ref().as_ref(), false)?)
         })
         .await
     }
@@ -532,41 +598,63 @@ impl ApprovalQueue {
             tx.execute(
                 "UPDATE approvals SET state = ?2, state_ms = ?3, result = ?4, input = ?5, sealed = 0
                  WHERE id = ?1 AND state = 'executing'",
-                params![id, state.as_str(), now_ms, result, REMOVED],
+                vals![id, state.as_str(), now_ms, result, REMOVED],
             )?;
             Ok(())
         })
         .await
     }
 
-    /// Requests left `executing` by a process that is gone (its owner lock is free)
-    /// end `failed`: the tool may have run, so running it again could do its effect
-    /// twice. Returns them.
+    /// Requests left `executing` by a process that is gone (its owner lock is free) or,
+    /// on the shared store, by a host not seen for its lease, end `failed`: the tool
+    /// may have run, so running it again could do its effect twice. Returns them.
     pub async fn recover(&self, now_ms: i64) -> Result<Vec<Approval>, ApprovalError> {
-        let stuck: Vec<(String, String)> = {
-            let conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
-            let mut stmt = conn
-                .prepare_cached(
-                    "SELECT id, coalesce(owner, '') FROM approvals WHERE state = 'executing'",
-                )
-                .map_err(|e| self.store(e))?;
-            stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
-                .and_then(|rows| rows.collect())
-                .map_err(|e| self.store(e))?
+        const WHY: &str = "interrupted: warden stopped while the tool ran; not run again (it may have had its effect)";
+        let owner = match &self.holder {
+            Holder::Process(owner) => owner,
+            Holder::Host { token, lease } => {
+                let (token, lease) = (token.clone(), lease.as_millis() as i64);
+                let ids: Vec<String> = self
+                    .write(move |tx| {
+                        let rows = tx.query(
+                            "UPDATE approvals SET state = 'failed', state_ms = ?1, result = ?2, input = ?3, sealed = 0
+                             WHERE state = 'executing' AND coalesce(owner, '') <> ?4
+                               AND coalesce(owner, '') NOT IN (SELECT token FROM hosts
+                                   WHERE seen_ms >= (extract(epoch from clock_timestamp()) * 1000)::bigint - ?5)
+                             RETURNING id",
+                            vals![now_ms, WHY, REMOVED, token, lease],
+                        )?;
+                        Ok(rows.iter().map(|r| r.text(0)).collect::<Result<_, _>>()?)
+                    })
+                    .await?;
+                let mut out = Vec::new();
+                for id in ids {
+                    out.extend(self.get(&id)?);
+                }
+                return Ok(out);
+            }
         };
+        let stuck: Vec<(String, String)> = self.read(|sql| {
+            sql.query(
+                "SELECT id, coalesce(owner, '') FROM approvals WHERE state = 'executing'",
+                &[],
+            )?
+            .iter()
+            .map(|r| Ok((r.text(0)?, r.text(1)?)))
+            .collect()
+        })?;
         let mut out = Vec::new();
-        for (id, owner) in stuck {
-            if !self.owner.is_gone(&owner) {
+        for (id, holder) in stuck {
+            if !owner.is_gone(&holder) {
                 continue;
             }
-            let why = "interrupted: warden stopped while the tool ran; not run again (it may have had its effect)";
             let key = id.clone();
             let found = self
                 .write(move |tx| {
                     let changed = tx.execute(
                         "UPDATE approvals SET state = 'failed', state_ms = ?2, result = ?3, input = ?4, sealed = 0
                          WHERE id = ?1 AND state = 'executing' AND coalesce(owner, '') = ?5",
-                        params![key, now_ms, why, REMOVED, owner],
+                        vals![key, now_ms, WHY, REMOVED, holder],
                     )?;
                     Ok(changed > 0)
                 })
@@ -580,16 +668,10 @@ impl ApprovalQueue {
 
     /// Requests with votes not yet in the audit log, oldest vote first.
     pub fn with_unaudited_votes(&self) -> Result<Vec<String>, ApprovalError> {
-        let conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
-        let mut stmt = conn
-            .prepare_cached(
-                "SELECT approval_id FROM approval_votes WHERE audited = 0
-                 GROUP BY approval_id ORDER BY min(at_ms)",
-            )
-            .map_err(|e| self.store(e))?;
-        stmt.query_map([], |r| r.get(0))
-            .and_then(|rows| rows.collect())
-            .map_err(|e| self.store(e))
+        self.ids(
+            "SELECT approval_id FROM approval_votes WHERE audited = 0
+             GROUP BY approval_id ORDER BY min(at_ms)",
+        )
     }
 
     pub async fn mark_audited(&self, votes: Vec<(String, i64)>) -> Result<(), ApprovalError> {
@@ -600,7 +682,7 @@ impl ApprovalQueue {
             for (id, seq) in &votes {
                 tx.execute(
                     "UPDATE approval_votes SET audited = 1 WHERE approval_id = ?1 AND seq = ?2",
-                    params![id, seq],
+                    vals![id, *seq],
                 )?;
             }
             Ok(())
@@ -610,16 +692,16 @@ impl ApprovalQueue {
 
     /// Webhook notices due for a delivery attempt: (approval id, payload, attempts so far).
     pub fn due_notices(&self, now_ms: i64) -> Result<Vec<(String, String, u32)>, ApprovalError> {
-        let conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
-        let mut stmt = conn
-            .prepare_cached(
+        self.read(move |sql| {
+            sql.query(
                 "SELECT approval_id, payload, attempts FROM approval_notices
                  WHERE delivered_ms IS NULL AND gave_up = 0 AND next_ms <= ?1 ORDER BY next_ms",
-            )
-            .map_err(|e| self.store(e))?;
-        stmt.query_map([now_ms], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
-            .and_then(|rows| rows.collect())
-            .map_err(|e| self.store(e))
+                vals![now_ms],
+            )?
+            .iter()
+            .map(|r| Ok((r.text(0)?, r.text(1)?, r.u32(2)?)))
+            .collect()
+        })
     }
 
     /// Record one delivery attempt: delivered, or failed with the next attempt at
@@ -637,12 +719,13 @@ impl ApprovalQueue {
                 Ok(()) => tx.execute(
                     "UPDATE approval_notices SET attempts = attempts + 1, delivered_ms = ?2, last_error = NULL
                      WHERE approval_id = ?1",
-                    params![id, now_ms],
+                    vals![&id, now_ms],
                 ),
                 Err(e) => tx.execute(
                     "UPDATE approval_notices SET attempts = attempts + 1, last_error = ?2,
-                     next_ms = coalesce(?3, next_ms), gave_up = (?3 IS NULL) WHERE approval_id = ?1",
-                    params![id, e, retry_at],
+                     next_ms = coalesce(?3, next_ms),
+                     gave_up = CASE WHEN CAST(?3 AS BIGINT) IS NULL THEN 1 ELSE 0 END WHERE approval_id = ?1",
+                    vals![&id, e, retry_at],
                 ),
             };
             r?;
@@ -652,47 +735,23 @@ impl ApprovalQueue {
     }
 
     pub fn notice(&self, id: &str) -> Result<Option<Notice>, ApprovalError> {
-        let conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
-        conn.query_row(
-            "SELECT attempts, delivered_ms IS NOT NULL, gave_up, last_error FROM approval_notices WHERE approval_id = ?1",
-            [id],
-            |r| {
-                Ok(Notice {
-                    attempts: r.get(0)?,
-                    delivered: r.get(1)?,
-                    gave_up: r.get(2)?,
-                    last_error: r.get(3)?,
-                })
-            },
-        )
-        .optional()
-        .map_err(|e| self.store(e))
-    }
-}
-
-/// Run `batch` in one transaction, each job in its own savepoint, then tell every
-/// job's caller how the commit went.
-pub(super) fn commit_batch(conn: &mut Connection, batch: Vec<Job>) {
-    let mut replies = Vec::with_capacity(batch.len());
-    let durable = batch.iter().any(|j| j.durable);
-    let committed = (|| -> rusqlite::Result<()> {
-        conn.pragma_update(None, "synchronous", if durable { "FULL" } else { "NORMAL" })?;
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let mut jobs = batch.into_iter();
-        for job in jobs.by_ref() {
-            tx.execute_batch("SAVEPOINT job")?;
-            let (ok, reply) = (job.run)(&tx);
-            replies.push(reply);
-            if !ok {
-                tx.execute_batch("ROLLBACK TO job")?;
-            }
-            tx.execute_batch("RELEASE job")?;
-        }
-        tx.commit()
-    })();
-    let committed = committed.map_err(|e| e.to_string());
-    for reply in replies {
-        reply(committed.clone());
+        let id = id.to_string();
+        self.read(move |sql| {
+            let Some(r) = sql.query_opt(
+                "SELECT attempts, CASE WHEN delivered_ms IS NULL THEN 0 ELSE 1 END, gave_up, last_error
+                 FROM approval_notices WHERE approval_id = ?1",
+                vals![id],
+            )?
+            else {
+                return Ok(None);
+            };
+            Ok(Some(Notice {
+                attempts: r.u32(0)?,
+                delivered: r.bool(1)?,
+                gave_up: r.bool(2)?,
+                last_error: r.opt_text(3)?,
+            }))
+        })
     }
 }
 
@@ -703,6 +762,10 @@ impl Drop for ApprovalQueue {
         }
         if let Some(writer) = self.writer.lock().ok().and_then(|mut w| w.take()) {
             let _ = writer.join();
+        }
+        if let Some((stop, listener)) = self.listener.take() {
+            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+            let _ = listener.join();
         }
     }
 }

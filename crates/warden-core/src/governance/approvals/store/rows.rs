@@ -3,12 +3,21 @@
 
 use super::*;
 
+macro_rules! load_sql {
+    () => {
+        "SELECT id, run_id, principal, tool, plugin, plugin_digest, input, input_sha256,
+                decisions, tier, reasons, approvers, required, created_ms, expires_ms,
+                state, state_ms, result, holds, sealed, started_by
+         FROM approvals WHERE id = ?1"
+    };
+}
+
 /// A pending request whose time ran out: soft runs (nobody rejected it), hard expires.
 pub(super) fn settle_expired(
-    tx: &Connection,
+    tx: &mut dyn Sql,
     a: &mut Approval,
     now_ms: i64,
-) -> rusqlite::Result<()> {
+) -> Result<(), SqlError> {
     match a.tier {
         Tier::Soft => {
             let sha = a.input_sha256.clone();
@@ -62,16 +71,16 @@ pub(super) struct Cast<'a> {
 }
 
 pub(super) fn add_vote(
-    tx: &Connection,
+    tx: &mut dyn Sql,
     a: &mut Approval,
     cast: Cast<'_>,
     now_ms: i64,
-) -> rusqlite::Result<()> {
+) -> Result<(), SqlError> {
     let seq = a.votes.len() as i64 + 1;
     tx.execute(
         "INSERT INTO approval_votes (approval_id, seq, principal, vote, reason, input_sha256, at_ms, via)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-        params![a.id, seq, cast.principal, cast.vote, cast.reason, cast.input_sha256, now_ms, cast.via],
+        vals![&a.id, seq, cast.principal, cast.vote, cast.reason, cast.input_sha256, now_ms, cast.via],
     )?;
     a.votes.push(Vote {
         seq,
@@ -87,21 +96,21 @@ pub(super) fn add_vote(
 }
 
 pub(super) fn set_state(
-    tx: &Connection,
+    tx: &mut dyn Sql,
     a: &mut Approval,
     state: ApprovalState,
     result: Option<String>,
     now_ms: i64,
-) -> rusqlite::Result<()> {
+) -> Result<(), SqlError> {
     tx.execute(
         "UPDATE approvals SET state = ?2, state_ms = ?3, result = coalesce(?4, result) WHERE id = ?1",
-        params![a.id, state.as_str(), now_ms, result],
+        vals![&a.id, state.as_str(), now_ms, result.clone()],
     )?;
     if state.is_final() {
         // It will never run: its input (which may hold a secret) has no reason to stay.
         tx.execute(
             "UPDATE approvals SET input = ?2, sealed = 0 WHERE id = ?1",
-            params![a.id, REMOVED],
+            vals![&a.id, REMOVED],
         )?;
     }
     a.state = state;
@@ -112,106 +121,103 @@ pub(super) fn set_state(
     Ok(())
 }
 
+/// Request `id` with its votes. `lock`: on the shared store, hold the request's row
+/// until the transaction ends, so deciders on other hosts wait and then see this one's
+/// decision (SQLite's writes are serialized already).
 pub(super) fn load(
-    conn: &Connection,
+    sql: &mut dyn Sql,
     id: &str,
     sealer: Option<&Sealer>,
-) -> rusqlite::Result<Option<Approval>> {
+    lock: bool,
+) -> Result<Option<Approval>, SqlError> {
     let json_list =
         |text: String| -> Vec<String> { serde_json::from_str(&text).unwrap_or_default() };
-    let a = conn
-        .prepare_cached(
-            "SELECT id, run_id, principal, tool, plugin, plugin_digest, input, input_sha256,
-                    decisions, tier, reasons, approvers, required, created_ms, expires_ms,
-                    state, state_ms, result, holds, sealed, started_by
-             FROM approvals WHERE id = ?1",
-        )?
-        .query_row([id], |r| {
-            let stored_tier: String = r.get(9)?;
-            let state: String = r.get(15)?;
-            let id: String = r.get(0)?;
-            let stored: String = r.get(6)?;
-            let sealed: bool = r.get(19)?;
-            let input = if sealed {
-                sealer
-                    .and_then(|s| s.open(&id, &stored))
-                    .unwrap_or_else(|| SEALED.to_string())
-            } else {
-                stored
-            };
-            let approvers = json_list(r.get(11)?);
-            let required: u32 = r.get(12)?;
-            // An unknown tier or state (a hand-edited row) fails closed: never run.
-            let (tier, known_tier) = match stored_tier.as_str() {
-                "soft" => (Tier::Soft, true),
-                "hard" => (Tier::Hard, true),
-                _ => (Tier::Hard, false),
-            };
-            let mut state = ApprovalState::parse(&state).unwrap_or(ApprovalState::Failed);
-            let mut result: Option<String> = r.get(17)?;
-            if !known_tier && !state.is_final() {
-                state = ApprovalState::Failed;
-                result = Some(format!(
-                    "the stored tier {stored_tier:?} is not one warden knows: not run (fail closed)"
-                ));
-            }
-            // Requests from before per-policy holds: one hold with every approver.
-            let holds = r
-                .get::<_, Option<String>>(18)?
-                .and_then(|h| serde_json::from_str(&h).ok())
-                .unwrap_or_else(|| {
-                    vec![HoldSet {
-                        policy: "*".into(),
-                        tier,
-                        approvers: approvers.clone(),
-                        required,
-                    }]
-                });
-            Ok(Approval {
-                id,
-                run_id: r.get(1)?,
-                principal: r.get(2)?,
-                tool: r.get(3)?,
-                plugin: r.get(4)?,
-                plugin_digest: r.get(5)?,
-                input,
-                input_sha256: r.get(7)?,
-                decisions: serde_json::from_str(&r.get::<_, String>(8)?).unwrap_or(Value::Null),
-                tier,
-                reasons: json_list(r.get(10)?),
-                approvers,
-                required,
-                holds,
-                created_ms: r.get(13)?,
-                expires_ms: r.get(14)?,
-                state,
-                state_ms: r.get(16)?,
-                result,
-                votes: Vec::new(),
-                started_by: r.get(20)?,
-            })
-        })
-        .optional()?;
-    let Some(mut a) = a else {
+    let query = if lock && sql.postgres() {
+        concat!(load_sql!(), " FOR UPDATE")
+    } else {
+        load_sql!()
+    };
+    let Some(r) = sql.query_opt(query, vals![id])? else {
         return Ok(None);
     };
-    let mut stmt = conn.prepare_cached(
+    let stored_tier = r.text(9)?;
+    let state = r.text(15)?;
+    let id = r.text(0)?;
+    let stored = r.text(6)?;
+    let input = if r.bool(19)? {
+        sealer
+            .and_then(|s| s.open(&id, &stored))
+            .unwrap_or_else(|| SEALED.to_string())
+    } else {
+        stored
+    };
+    let approvers = json_list(r.text(11)?);
+    let required = r.u32(12)?;
+    // An unknown tier or state (a hand-edited row) fails closed: never run.
+    let (tier, known_tier) = match stored_tier.as_str() {
+        "soft" => (Tier::Soft, true),
+        "hard" => (Tier::Hard, true),
+        _ => (Tier::Hard, false),
+    };
+    let mut state = ApprovalState::parse(&state).unwrap_or(ApprovalState::Failed);
+    let mut result = r.opt_text(17)?;
+    if !known_tier && !state.is_final() {
+        state = ApprovalState::Failed;
+        result = Some(format!(
+            "the stored tier {stored_tier:?} is not one warden knows: not run (fail closed)"
+        ));
+    }
+    // Requests from before per-policy holds: one hold with every approver.
+    let holds = r
+        .opt_text(18)?
+        .and_then(|h| serde_json::from_str(&h).ok())
+        .unwrap_or_else(|| {
+            vec![HoldSet {
+                policy: "*".into(),
+                tier,
+                approvers: approvers.clone(),
+                required,
+            }]
+        });
+    let mut a = Approval {
+        id,
+        run_id: r.text(1)?,
+        principal: r.text(2)?,
+        tool: r.text(3)?,
+        plugin: r.text(4)?,
+        plugin_digest: r.text(5)?,
+        input,
+        input_sha256: r.text(7)?,
+        decisions: serde_json::from_str(&r.text(8)?).unwrap_or(Value::Null),
+        tier,
+        reasons: json_list(r.text(10)?),
+        approvers,
+        required,
+        holds,
+        created_ms: r.int(13)?,
+        expires_ms: r.int(14)?,
+        state,
+        state_ms: r.int(16)?,
+        result,
+        votes: Vec::new(),
+        started_by: r.opt_text(20)?,
+    };
+    let votes = sql.query(
         "SELECT seq, principal, vote, reason, input_sha256, at_ms, via, audited FROM approval_votes
          WHERE approval_id = ?1 ORDER BY seq",
+        vals![&a.id],
     )?;
-    a.votes = stmt
-        .query_map([id], |r| {
-            Ok(Vote {
-                seq: r.get(0)?,
-                principal: r.get(1)?,
-                vote: r.get(2)?,
-                reason: r.get(3)?,
-                input_sha256: r.get(4)?,
-                at_ms: r.get(5)?,
-                via: r.get(6)?,
-                audited: r.get(7)?,
-            })
-        })?
-        .collect::<rusqlite::Result<_>>()?;
+    for r in votes {
+        a.votes.push(Vote {
+            seq: r.int(0)?,
+            principal: r.text(1)?,
+            vote: r.text(2)?,
+            reason: r.opt_text(3)?,
+            input_sha256: r.text(4)?,
+            at_ms: r.int(5)?,
+            via: r.text(6)?,
+            audited: r.bool(7)?,
+        });
+    }
     Ok(Some(a))
 }

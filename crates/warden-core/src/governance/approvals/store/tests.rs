@@ -1,4 +1,5 @@
 use super::*;
+use rusqlite::Connection;
 use crate::call::PolicyHold;
 use crate::governance::approvals::{NewRequest, prepare};
 

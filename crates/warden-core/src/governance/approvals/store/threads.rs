@@ -1,0 +1,233 @@
+//! The queue's connections and the threads that own them: the writer (batches of
+//! changes, each in its own savepoint of one transaction; on the shared store also the
+//! host's heartbeat), the reader (on the shared store: its driver must not run inside
+//! the async runtime, so reads are handed to a thread), and the listener that wakes
+//! this host when another changed the queue.
+//!
+//! It must never tell a caller its change is done before the commit is.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use postgres::fallible_iterator::FallibleIterator;
+
+use crate::store::postgres::{CHANGES, Target};
+use crate::store::sql::{Db, LiteDb, Sql, SqlError, vals};
+
+/// One change: run in its own savepoint; says whether it succeeded and what to tell
+/// its caller once the commit is known.
+pub(in crate::governance::approvals) struct Job {
+    pub(super) run: RunJob,
+    /// The caller must not be answered before the commit is durable.
+    pub(super) durable: bool,
+}
+pub(super) type Reply = Box<dyn FnOnce(Result<(), String>) + Send>;
+pub(super) type RunJob = Box<dyn FnOnce(&mut dyn Sql) -> (bool, Reply) + Send>;
+type ReadJob = Box<dyn FnOnce(&mut dyn Db) + Send>;
+
+/// Most changes committed together.
+pub(super) const MAX_BATCH: usize = 256;
+
+/// Where reads run: on the caller's thread (SQLite) or on the reader thread.
+pub(super) enum Reads {
+    Local(Mutex<LiteDb>),
+    Thread(Mutex<Sender<ReadJob>>),
+}
+
+impl Reads {
+    /// Run `f` on a connection, outside any write transaction.
+    pub(super) fn run<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut dyn Sql) -> Result<T, SqlError> + Send + 'static,
+    ) -> Result<T, SqlError> {
+        match self {
+            Reads::Local(db) => {
+                let mut db = db.lock().unwrap_or_else(|p| p.into_inner());
+                once(&mut *db, f)
+            }
+            Reads::Thread(jobs) => {
+                let (tx, rx) = std::sync::mpsc::channel();
+                let job: ReadJob = Box::new(move |db: &mut dyn Db| {
+                    let _ = tx.send(once(db, f));
+                });
+                let sent = jobs
+                    .lock()
+                    .map(|j| j.send(job).is_ok())
+                    .unwrap_or(false);
+                if !sent {
+                    return Err(SqlError("the queue's reader has stopped".into()));
+                }
+                rx.recv()
+                    .map_err(|_| SqlError("the queue's reader has stopped".into()))?
+            }
+        }
+    }
+}
+
+/// Run `f` once as `db`'s read.
+fn once<T>(
+    db: &mut dyn Db,
+    f: impl FnOnce(&mut dyn Sql) -> Result<T, SqlError>,
+) -> Result<T, SqlError> {
+    let mut out = None;
+    let mut f = Some(f);
+    db.read(&mut |sql| {
+        if let Some(f) = f.take() {
+            out = Some(f(sql)?);
+        }
+        Ok(())
+    })?;
+    out.ok_or_else(|| SqlError("the read did not run".into()))
+}
+
+/// Start the reader thread over `db`.
+pub(super) fn reader(mut db: Box<dyn Db>) -> std::io::Result<Reads> {
+    let (tx, rx) = std::sync::mpsc::channel::<ReadJob>();
+    std::thread::Builder::new()
+        .name("warden-approvals-read".into())
+        .spawn(move || {
+            while let Ok(job) = rx.recv() {
+                job(&mut *db);
+            }
+        })?;
+    Ok(Reads::Thread(Mutex::new(tx)))
+}
+
+/// This host in the shared store's `hosts` table, refreshed while it lives.
+pub(super) struct Heartbeat {
+    pub(super) token: String,
+    pub(super) every: Duration,
+}
+
+/// Record `token` alive now, by the database's clock (hosts' clocks may disagree).
+pub(super) fn beat(sql: &mut dyn Sql, token: &str) -> Result<(), SqlError> {
+    let host = std::env::var("HOSTNAME").unwrap_or_default();
+    sql.execute(
+        "INSERT INTO hosts (token, host, started_ms, seen_ms)
+         VALUES (?1, ?2, (extract(epoch from clock_timestamp()) * 1000)::bigint,
+                 (extract(epoch from clock_timestamp()) * 1000)::bigint)
+         ON CONFLICT (token) DO UPDATE SET seen_ms = excluded.seen_ms",
+        vals![token, host],
+    )?;
+    Ok(())
+}
+
+/// The writer thread's loop: batches until every sender is gone.
+pub(super) fn write_loop(
+    db: &mut dyn Db,
+    rx: Receiver<Job>,
+    notify: Arc<tokio::sync::Notify>,
+    heartbeat: Option<Heartbeat>,
+) {
+    let mut beaten = Instant::now();
+    loop {
+        let first = match &heartbeat {
+            None => match rx.recv() {
+                Ok(job) => Some(job),
+                Err(_) => return,
+            },
+            Some(h) => match rx.recv_timeout(h.every.saturating_sub(beaten.elapsed())) {
+                Ok(job) => Some(job),
+                Err(RecvTimeoutError::Timeout) => None,
+                Err(RecvTimeoutError::Disconnected) => return,
+            },
+        };
+        if let Some(h) = &heartbeat
+            && beaten.elapsed() >= h.every
+        {
+            let token = h.token.clone();
+            let beat = db.transaction(false, &mut |sql| beat(sql, &token));
+            if let Err(e) = beat {
+                tracing::warn!("approval queue: heartbeat: {e}");
+            }
+            beaten = Instant::now();
+        }
+        let Some(first) = first else {
+            continue;
+        };
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        commit_batch(db, batch);
+        notify.notify_waiters();
+    }
+}
+
+/// Run `batch` in one transaction, each job in its own savepoint, then tell every
+/// job's caller how the commit went. On the shared store the commit announces itself
+/// to the other hosts (`NOTIFY`, delivered with the commit).
+pub(super) fn commit_batch(db: &mut dyn Db, batch: Vec<Job>) {
+    let mut replies = Vec::with_capacity(batch.len());
+    let durable = batch.iter().any(|j| j.durable);
+    let mut jobs = Some(batch);
+    let committed = db.transaction(durable, &mut |tx| {
+        let mut changed = false;
+        for job in jobs.take().into_iter().flatten() {
+            tx.execute("SAVEPOINT job", &[])?;
+            let (ok, reply) = (job.run)(tx);
+            replies.push(reply);
+            if ok {
+                changed = true;
+            } else {
+                tx.execute("ROLLBACK TO SAVEPOINT job", &[])?;
+            }
+            tx.execute("RELEASE SAVEPOINT job", &[])?;
+        }
+        if changed && tx.postgres() {
+            tx.execute(&format!("NOTIFY {CHANGES}"), &[])?;
+        }
+        Ok(())
+    });
+    let committed = committed.map_err(|e| e.0);
+    for reply in replies {
+        reply(committed.clone());
+    }
+}
+
+/// Wake `notify` whenever another host changes the shared queue; also after a lost
+/// connection comes back (changes may have been missed meanwhile). Stops when `stop`
+/// is set (within a second).
+pub(super) fn listen(
+    target: Target,
+    notify: Arc<tokio::sync::Notify>,
+    stop: Arc<AtomicBool>,
+) -> std::io::Result<std::thread::JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name("warden-approvals-listen".into())
+        .spawn(move || {
+            let mut client: Option<postgres::Client> = None;
+            while !stop.load(Ordering::Relaxed) {
+                let Some(c) = client.as_mut().filter(|c| !c.is_closed()) else {
+                    client = target.connect().ok().and_then(|mut c| {
+                        c.batch_execute(&format!("LISTEN {CHANGES}")).ok()?;
+                        Some(c)
+                    });
+                    if client.is_some() {
+                        notify.notify_waiters();
+                    } else {
+                        std::thread::sleep(Duration::from_secs(1));
+                    }
+                    continue;
+                };
+                let got = c
+                    .notifications()
+                    .timeout_iter(Duration::from_secs(1))
+                    .next();
+                match got {
+                    Ok(Some(_)) => {
+                        // A burst of changes: one wake-up.
+                        while let Ok(Some(_)) = c.notifications().iter().next() {}
+                        notify.notify_waiters();
+                    }
+                    Ok(None) => {}
+                    Err(_) => client = None,
+                }
+            }
+        })
+}

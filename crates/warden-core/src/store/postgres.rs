@@ -1,0 +1,418 @@
+//! The shared store on PostgreSQL (`[store] url`): connecting (the URL's password never
+//! leaves this module: errors and logs name the server as `shown`), reconnecting after
+//! the server went away, prepared statements kept per connection, the versioned
+//! migrations of its schema, and `Sql` over a connection or a transaction.
+//!
+//! It must never run against a schema newer than it knows, nor migrate while another
+//! host does (migrations take an advisory lock in their transaction).
+
+use std::collections::HashMap;
+use std::error::Error as StdError;
+use std::time::Duration;
+
+use postgres::types::{IsNull, ToSql, Type, to_sql_checked};
+use postgres::{GenericClient, NoTls};
+
+use super::sql::{Db, Row, Sql, SqlError, Val, dollar_placeholders};
+
+/// Migrations of the shared schema, in order; `warden_schema.version` records how many
+/// have run. The tables mirror the embedded store's (the same queries run on both),
+/// with integers as BIGINT; `hosts` is what a lease is: each host's last heartbeat.
+const MIGRATIONS: &[&str] = &[
+    // 1: the approval queue, its votes and webhook notices; hosts' heartbeats.
+    "
+    CREATE TABLE approvals (
+        id             TEXT PRIMARY KEY,
+        run_id         TEXT NOT NULL UNIQUE,
+        principal      TEXT NOT NULL,
+        tool           TEXT NOT NULL,
+        plugin         TEXT NOT NULL,
+        plugin_digest  TEXT NOT NULL,
+        input          TEXT NOT NULL,
+        input_sha256   TEXT NOT NULL,
+        decisions      TEXT NOT NULL,
+        tier           TEXT NOT NULL,
+        reasons        TEXT NOT NULL,
+        approvers      TEXT NOT NULL,
+        required       BIGINT NOT NULL,
+        created_ms     BIGINT NOT NULL,
+        expires_ms     BIGINT NOT NULL,
+        state          TEXT NOT NULL,
+        state_ms       BIGINT NOT NULL,
+        claimed_by     BIGINT,
+        result         TEXT,
+        holds          TEXT,
+        owner          TEXT,
+        sealed         BIGINT NOT NULL DEFAULT 0,
+        started_by     TEXT
+    );
+    CREATE INDEX approvals_by_state ON approvals(state, expires_ms);
+    CREATE INDEX approvals_by_time ON approvals(created_ms, id);
+    CREATE TABLE approval_votes (
+        approval_id    TEXT NOT NULL REFERENCES approvals(id),
+        seq            BIGINT NOT NULL,
+        principal      TEXT NOT NULL,
+        vote           TEXT NOT NULL,
+        reason         TEXT,
+        input_sha256   TEXT NOT NULL,
+        at_ms          BIGINT NOT NULL,
+        via            TEXT NOT NULL,
+        audited        BIGINT NOT NULL DEFAULT 0,
+        PRIMARY KEY (approval_id, seq)
+    );
+    CREATE INDEX votes_unaudited ON approval_votes(audited) WHERE audited = 0;
+    CREATE TABLE approval_notices (
+        approval_id    TEXT PRIMARY KEY REFERENCES approvals(id),
+        payload        TEXT NOT NULL,
+        attempts       BIGINT NOT NULL DEFAULT 0,
+        next_ms        BIGINT NOT NULL,
+        delivered_ms   BIGINT,
+        gave_up        BIGINT NOT NULL DEFAULT 0,
+        last_error     TEXT
+    );
+    CREATE INDEX notices_due ON approval_notices(next_ms) WHERE delivered_ms IS NULL AND gave_up = 0;
+    CREATE TABLE hosts (
+        token          TEXT PRIMARY KEY,
+        host           TEXT NOT NULL,
+        started_ms     BIGINT NOT NULL,
+        seen_ms        BIGINT NOT NULL
+    );
+    ",
+];
+
+/// The schema version this warden writes to PostgreSQL.
+pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
+
+/// The channel every change to the queue is announced on (`LISTEN`), so hosts wake
+/// on each other's changes instead of polling.
+pub const CHANGES: &str = "warden_changes";
+
+/// An arbitrary constant: the advisory lock migrations hold.
+const MIGRATION_LOCK: i64 = 0x7761_7264_656e;
+
+/// Where the shared store is, with the URL kept out of every message.
+#[derive(Clone)]
+pub struct Target {
+    config: postgres::Config,
+    /// `postgres://user@host:port/db`: what errors and `store check` show.
+    pub shown: String,
+}
+
+impl std::fmt::Debug for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.shown)
+    }
+}
+
+impl Target {
+    /// Parse `url` (a `postgres://` URL or `key=value` pairs). The error never
+    /// repeats the URL (it may hold a password).
+    pub fn parse(url: &str) -> Result<Target, String> {
+        let mut config: postgres::Config = url
+            .parse()
+            .map_err(|e| format!("not a PostgreSQL connection URL: {e}"))?;
+        if config.get_connect_timeout().is_none() {
+            config.connect_timeout(Duration::from_secs(5));
+        }
+        config.application_name("warden");
+        let hosts: Vec<String> = config
+            .get_hosts()
+            .iter()
+            .map(|h| match h {
+                postgres::config::Host::Tcp(name) => name.clone(),
+                postgres::config::Host::Unix(path) => path.display().to_string(),
+            })
+            .collect();
+        let port = config.get_ports().first().copied().unwrap_or(5432);
+        let shown = format!(
+            "postgres://{}@{}:{port}/{}",
+            config.get_user().unwrap_or(""),
+            hosts.join(","),
+            config.get_dbname().unwrap_or("")
+        );
+        Ok(Target { config, shown })
+    }
+
+    /// A new connection (TLS is not offered: a URL with `sslmode=require` fails here,
+    /// closed, rather than talk in the clear).
+    pub fn connect(&self) -> Result<postgres::Client, SqlError> {
+        self.config
+            .connect(NoTls)
+            .map_err(|e| SqlError(format!("{}: cannot connect: {}", self.shown, cause(&e))))
+    }
+}
+
+/// A driver error with its cause (the server's message), never a parameter's value.
+fn cause(e: &postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => format!("{}: {}", db.code().code(), db.message()),
+        None => match e.source() {
+            Some(s) => format!("{e}: {s}"),
+            None => e.to_string(),
+        },
+    }
+}
+
+/// Create or migrate the schema at `target`; the version it is at. Refuses a schema
+/// a newer warden wrote.
+pub fn migrate(client: &mut postgres::Client) -> Result<i64, SqlError> {
+    let err = |e: postgres::Error| SqlError(cause(&e));
+    let mut tx = client.transaction().map_err(err)?;
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
+        .map_err(err)?;
+    tx.batch_execute("CREATE TABLE IF NOT EXISTS warden_schema (version BIGINT NOT NULL)")
+        .map_err(err)?;
+    let found: i64 = tx
+        .query_one("SELECT coalesce(max(version), 0) FROM warden_schema", &[])
+        .map_err(err)?
+        .get(0);
+    if found > SCHEMA_VERSION {
+        return Err(SqlError(format!(
+            "schema version {found} was written by a newer warden (this one knows {SCHEMA_VERSION})"
+        )));
+    }
+    let start = usize::try_from(found).unwrap_or(0);
+    for migration in &MIGRATIONS[start..] {
+        tx.batch_execute(migration).map_err(err)?;
+    }
+    tx.execute("DELETE FROM warden_schema", &[]).map_err(err)?;
+    tx.execute(
+        "INSERT INTO warden_schema (version) VALUES ($1)",
+        &[&SCHEMA_VERSION],
+    )
+    .map_err(err)?;
+    tx.commit().map_err(err)?;
+    Ok(SCHEMA_VERSION)
+}
+
+/// The version the schema at `client` is at, without changing it (0: none yet).
+pub fn version(client: &mut postgres::Client) -> Result<i64, SqlError> {
+    let err = |e: postgres::Error| SqlError(cause(&e));
+    let exists: bool = client
+        .query_one("SELECT to_regclass('warden_schema') IS NOT NULL", &[])
+        .map_err(err)?
+        .get(0);
+    if !exists {
+        return Ok(0);
+    }
+    Ok(client
+        .query_one("SELECT coalesce(max(version), 0) FROM warden_schema", &[])
+        .map_err(err)?
+        .get(0))
+}
+
+/// One connection, reopened when the server went away; its statements prepared once.
+pub struct PgDb {
+    target: Target,
+    client: Option<postgres::Client>,
+    statements: HashMap<String, postgres::Statement>,
+}
+
+impl PgDb {
+    /// Connect to `target` and bring its schema up to date.
+    pub fn open(target: &Target) -> Result<PgDb, SqlError> {
+        let mut client = target.connect()?;
+        migrate(&mut client).map_err(|e| SqlError(format!("{}: {e}", target.shown)))?;
+        Ok(PgDb {
+            target: target.clone(),
+            client: Some(client),
+            statements: HashMap::new(),
+        })
+    }
+
+    fn client(&mut self) -> Result<&mut postgres::Client, SqlError> {
+        if self.client.as_ref().is_none_or(postgres::Client::is_closed) {
+            self.statements.clear();
+            self.client = Some(self.target.connect()?);
+        }
+        self.client
+            .as_mut()
+            .ok_or_else(|| SqlError(format!("{}: not connected", self.target.shown)))
+    }
+
+    /// After a failure: forget a connection that is gone, so the next use reconnects.
+    fn settle(&mut self, e: SqlError) -> SqlError {
+        if self.client.as_ref().is_none_or(postgres::Client::is_closed) {
+            self.client = None;
+            self.statements.clear();
+            return SqlError(format!(
+                "{}: the database is unreachable: {}",
+                self.target.shown, e.0
+            ));
+        }
+        e
+    }
+}
+
+impl Db for PgDb {
+    fn transaction(
+        &mut self,
+        durable: bool,
+        body: &mut dyn FnMut(&mut dyn Sql) -> Result<(), SqlError>,
+    ) -> Result<(), SqlError> {
+        let result = (|| {
+            self.client()?;
+            let PgDb {
+                client, statements, ..
+            } = self;
+            let Some(client) = client.as_mut() else {
+                return Err(SqlError("not connected".into()));
+            };
+            let err = |e: postgres::Error| SqlError(cause(&e));
+            let mut tx = client.transaction().map_err(err)?;
+            if !durable {
+                tx.batch_execute("SET LOCAL synchronous_commit = off")
+                    .map_err(err)?;
+            }
+            body(&mut PgSql {
+                client: &mut tx,
+                statements,
+            })?;
+            tx.commit().map_err(err)
+        })();
+        result.map_err(|e| self.settle(e))
+    }
+
+    fn read(
+        &mut self,
+        body: &mut dyn FnMut(&mut dyn Sql) -> Result<(), SqlError>,
+    ) -> Result<(), SqlError> {
+        let result = (|| {
+            self.client()?;
+            let PgDb {
+                client, statements, ..
+            } = self;
+            let Some(client) = client.as_mut() else {
+                return Err(SqlError("not connected".into()));
+            };
+            body(&mut PgSql { client, statements })
+        })();
+        result.map_err(|e| self.settle(e))
+    }
+}
+
+/// `Sql` over a PostgreSQL connection or transaction.
+struct PgSql<'a, C: GenericClient> {
+    client: &'a mut C,
+    statements: &'a mut HashMap<String, postgres::Statement>,
+}
+
+impl<C: GenericClient> PgSql<'_, C> {
+    fn statement(&mut self, sql: &str) -> Result<postgres::Statement, SqlError> {
+        if let Some(s) = self.statements.get(sql) {
+            return Ok(s.clone());
+        }
+        let s = self
+            .client
+            .prepare(&dollar_placeholders(sql))
+            .map_err(|e| SqlError(cause(&e)))?;
+        self.statements.insert(sql.to_string(), s.clone());
+        Ok(s)
+    }
+}
+
+/// Statements that cannot be prepared (transaction control, settings).
+fn utility(sql: &str) -> bool {
+    let head = sql.trim_start().to_ascii_uppercase();
+    ["SAVEPOINT", "RELEASE", "ROLLBACK", "SET", "NOTIFY", "LISTEN"]
+        .iter()
+        .any(|w| head.starts_with(w))
+}
+
+impl<C: GenericClient> Sql for PgSql<'_, C> {
+    fn execute(&mut self, sql: &str, params: &[Val]) -> Result<u64, SqlError> {
+        if params.is_empty() && utility(sql) {
+            self.client
+                .batch_execute(sql)
+                .map_err(|e| SqlError(cause(&e)))?;
+            return Ok(0);
+        }
+        let statement = self.statement(sql)?;
+        let refs: Vec<&(dyn ToSql + Sync)> = params.iter().map(|v| v as _).collect();
+        self.client
+            .execute(&statement, &refs)
+            .map_err(|e| SqlError(cause(&e)))
+    }
+
+    fn query(&mut self, sql: &str, params: &[Val]) -> Result<Vec<Row>, SqlError> {
+        let statement = self.statement(sql)?;
+        let refs: Vec<&(dyn ToSql + Sync)> = params.iter().map(|v| v as _).collect();
+        let rows = self
+            .client
+            .query(&statement, &refs)
+            .map_err(|e| SqlError(cause(&e)))?;
+        rows.iter().map(row).collect()
+    }
+
+    fn postgres(&self) -> bool {
+        true
+    }
+}
+
+fn row(r: &postgres::Row) -> Result<Row, SqlError> {
+    let err = |e: postgres::Error| SqlError(cause(&e));
+    let mut out = Vec::with_capacity(r.len());
+    for (i, column) in r.columns().iter().enumerate() {
+        let ty = column.type_();
+        let v = if *ty == Type::INT8 {
+            r.try_get::<_, Option<i64>>(i).map_err(err)?.map(Val::Int)
+        } else if *ty == Type::INT4 {
+            r.try_get::<_, Option<i32>>(i)
+                .map_err(err)?
+                .map(|v| Val::Int(v.into()))
+        } else if *ty == Type::INT2 {
+            r.try_get::<_, Option<i16>>(i)
+                .map_err(err)?
+                .map(|v| Val::Int(v.into()))
+        } else if *ty == Type::BOOL {
+            r.try_get::<_, Option<bool>>(i)
+                .map_err(err)?
+                .map(|v| Val::Int(v.into()))
+        } else if *ty == Type::FLOAT8 {
+            r.try_get::<_, Option<f64>>(i).map_err(err)?.map(Val::Real)
+        } else if *ty == Type::FLOAT4 {
+            r.try_get::<_, Option<f32>>(i)
+                .map_err(err)?
+                .map(|v| Val::Real(v.into()))
+        } else if [Type::TEXT, Type::VARCHAR, Type::BPCHAR, Type::NAME].contains(ty) {
+            r.try_get::<_, Option<String>>(i)
+                .map_err(err)?
+                .map(Val::Text)
+        } else {
+            return Err(SqlError(format!(
+                "column {} has type {ty}, which the shared store does not use",
+                column.name()
+            )));
+        };
+        out.push(v.unwrap_or(Val::Null));
+    }
+    Ok(Row(out))
+}
+
+impl ToSql for Val {
+    fn to_sql(
+        &self,
+        ty: &Type,
+        out: &mut bytes::BytesMut,
+    ) -> Result<IsNull, Box<dyn StdError + Sync + Send>> {
+        match self {
+            Val::Null => Ok(IsNull::Yes),
+            Val::Int(v) => match *ty {
+                Type::INT8 => v.to_sql(ty, out),
+                Type::INT4 => i32::try_from(*v)?.to_sql(ty, out),
+                Type::INT2 => i16::try_from(*v)?.to_sql(ty, out),
+                Type::BOOL => (*v != 0).to_sql(ty, out),
+                Type::FLOAT8 => (*v as f64).to_sql(ty, out),
+                _ => Err(format!("an integer given for a {ty} parameter").into()),
+            },
+            Val::Real(v) => v.to_sql(ty, out),
+            Val::Text(s) => s.as_str().to_sql(ty, out),
+        }
+    }
+
+    fn accepts(_: &Type) -> bool {
+        true
+    }
+
+    to_sql_checked!();
+}

@@ -1,0 +1,116 @@
+//! `warden store migrate` and `warden store check`: the store the config names (the
+//! embedded SQLite file, or the PostgreSQL `[store] url` shares between hosts), its
+//! schema version, and whether it answers.
+//!
+//! Neither ever prints the store's URL (it may hold a password): the server is named
+//! as `postgres://user@host:port/db`.
+
+use std::path::Path;
+use std::process::ExitCode;
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use clap::Subcommand;
+use serde_json::json;
+use warden_core::config::Config;
+use warden_core::store::postgres;
+
+use crate::exit;
+use crate::output::print;
+
+#[derive(Subcommand, Clone)]
+pub enum StoreCommand {
+    /// Create the shared store's schema or bring it up to this warden's version (hosts
+    /// also do this when they start; a schema newer than this warden is refused).
+    Migrate,
+    /// Connect, report the schema version against this warden's, and the round-trip
+    /// time. Exit 5 when the store is unreachable or its schema is not this warden's.
+    Check {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+pub fn run(config_path: &Path, command: StoreCommand) -> Result<ExitCode> {
+    let config = Config::load(config_path)?;
+    // The PostgreSQL driver blocks, and must not do so on the async runtime's thread.
+    std::thread::spawn(move || on_thread(&config, &command))
+        .join()
+        .map_err(|_| anyhow::anyhow!("the store command panicked"))?
+}
+
+fn on_thread(config: &Config, command: &StoreCommand) -> Result<ExitCode> {
+    let Some(target) = config.store.shared.clone() else {
+        return embedded(config, command);
+    };
+    match command {
+        StoreCommand::Migrate => {
+            let mut client = target.connect()?;
+            let version = postgres::migrate(&mut client)
+                .with_context(|| format!("migrating {}", target.shown))?;
+            println!("{}: schema version {version}", target.shown);
+            Ok(ExitCode::SUCCESS)
+        }
+        StoreCommand::Check { json } => {
+            let started = Instant::now();
+            let reached = target.connect().and_then(|mut client| {
+                let connect_ms = started.elapsed().as_secs_f64() * 1000.0;
+                let version = postgres::version(&mut client)?;
+                let at = Instant::now();
+                client
+                    .simple_query("SELECT 1")
+                    .map_err(|e| warden_core::store::sql::SqlError(e.to_string()))?;
+                Ok((connect_ms, version, at.elapsed().as_secs_f64() * 1000.0))
+            });
+            let known = postgres::SCHEMA_VERSION;
+            let (ok, report) = match &reached {
+                Ok((connect_ms, version, rtt_ms)) => (
+                    *version == known,
+                    json!({"store": target.shown, "reachable": true, "schema_version": version,
+                           "known_version": known, "connect_ms": connect_ms, "round_trip_ms": rtt_ms}),
+                ),
+                Err(e) => (
+                    false,
+                    json!({"store": target.shown, "reachable": false, "error": e.to_string(),
+                           "known_version": known}),
+                ),
+            };
+            if *json {
+                print(&format!("{report:#}\n"))?;
+            } else {
+                match &reached {
+                    Ok((connect_ms, version, rtt_ms)) => print(&format!(
+                        "store: {}\nreachable: yes (connect {connect_ms:.1} ms, round trip {rtt_ms:.2} ms)\nschema version: {version} (this warden: {known}){}\n",
+                        target.shown,
+                        match version.cmp(&known) {
+                            std::cmp::Ordering::Equal => "",
+                            std::cmp::Ordering::Less => " - run `warden store migrate`",
+                            std::cmp::Ordering::Greater => " - written by a newer warden",
+                        }
+                    ))?,
+                    Err(e) => print(&format!("store: {}\nreachable: no: {e}\n", target.shown))?,
+                }
+            }
+            Ok(ExitCode::from(if ok { exit::OK } else { exit::NOT_RECORDED }))
+        }
+    }
+}
+
+/// The embedded store: opening it migrates it.
+fn embedded(config: &Config, command: &StoreCommand) -> Result<ExitCode> {
+    let path = &config.runs_db;
+    let schema = warden_core::store::open_embedded(path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    match command {
+        StoreCommand::Migrate => println!("{}: schema version {schema}", path.display()),
+        StoreCommand::Check { json: true } => print(&format!(
+            "{:#}\n",
+            json!({"store": path.display().to_string(), "reachable": true, "schema_version": schema})
+        ))?,
+        StoreCommand::Check { json: false } => print(&format!(
+            "store: {} (embedded)\nschema version: {schema}\n",
+            path.display()
+        ))?,
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,232 @@
+//! A throw-away PostgreSQL for the suite: one cluster per test process, made with the
+//! distribution's `initdb` under `target/test-postgres/<pid>` and served on a loopback
+//! port; each test gets a database of its own. The server dies with the test process
+//! (its parent-death signal), and a later run removes the directories of dead ones.
+//!
+//! As root (CI), the server runs as the `postgres` user the package creates: PostgreSQL
+//! refuses to run as root.
+
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use super::repo_root;
+
+pub struct Postgres {
+    pub port: u16,
+    pub dir: PathBuf,
+    next: AtomicUsize,
+}
+
+/// The suite's PostgreSQL, started on first use.
+pub fn postgres() -> &'static Postgres {
+    static PG: OnceLock<Postgres> = OnceLock::new();
+    // Started on a thread of its own: the driver blocks, and must not do so on an
+    // async test's runtime.
+    PG.get_or_init(|| std::thread::spawn(start).join().expect("start postgres"))
+}
+
+/// Where the server's programs are: on PATH, else the Debian layout.
+fn bin_dir() -> PathBuf {
+    if let Ok(out) = Command::new("pg_config").arg("--bindir").output()
+        && out.status.success()
+    {
+        let dir = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+        if dir.join("initdb").exists() {
+            return dir;
+        }
+    }
+    let mut found: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .map(|d| d.flatten().map(|e| e.path().join("bin")).collect())
+        .unwrap_or_default();
+    found.retain(|d| d.join("initdb").exists());
+    found.sort();
+    found.pop().expect(
+        "PostgreSQL's server programs (initdb, postgres) were not found: install the \
+         distribution's `postgresql` package (.ci/run does)",
+    )
+}
+
+/// The `postgres` user's uid and gid when this process is root.
+fn server_user() -> Option<(u32, u32)> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return None;
+    }
+    let id = |flag: &str| -> u32 {
+        let out = Command::new("id")
+            .args([flag, "postgres"])
+            .output()
+            .expect("run id");
+        assert!(
+            out.status.success(),
+            "running as root needs the `postgres` user (the postgresql package creates it)"
+        );
+        String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .parse()
+            .expect("a numeric id")
+    };
+    Some((id("-u"), id("-g")))
+}
+
+/// As `user`, and dying with this process: the server must not outlive the suite.
+fn as_user(cmd: &mut Command, user: Option<(u32, u32)>) {
+    // SAFETY: only async-signal-safe calls between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            if let Some((uid, gid)) = user {
+                if libc::setgroups(0, std::ptr::null()) != 0
+                    || libc::setgid(gid) != 0
+                    || libc::setuid(uid) != 0
+                {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            // After the uid change, which clears it.
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGQUIT);
+            Ok(())
+        });
+    }
+}
+
+fn remove_dead_clusters(root: &Path) {
+    for entry in std::fs::read_dir(root).into_iter().flatten().flatten() {
+        let alive = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+            .is_some_and(|pid| Path::new(&format!("/proc/{pid}")).exists());
+        if !alive {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
+}
+
+fn start() -> Postgres {
+    let bin = bin_dir();
+    let user = server_user();
+    let root = repo_root().join("target/test-postgres");
+    remove_dead_clusters(&root);
+    let dir = root.join(std::process::id().to_string());
+    let data = dir.join("data");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("make the cluster dir");
+    if let Some((uid, gid)) = user {
+        std::os::unix::fs::chown(&dir, Some(uid), Some(gid)).expect("chown the cluster dir");
+    }
+    let mut initdb = Command::new(bin.join("initdb"));
+    initdb
+        .args(["-D"])
+        .arg(&data)
+        .args(["-U", "warden", "-A", "trust", "-E", "UTF8", "--no-sync"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    as_user(&mut initdb, user);
+    let out = initdb.output().expect("run initdb");
+    assert!(
+        out.status.success(),
+        "initdb failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let (server_bin, server_data, socket_dir) = (bin.clone(), data.clone(), dir.clone());
+    let log = std::fs::File::create(dir.join("server.log")).expect("server log");
+    if let Some((uid, gid)) = user {
+        let _ = std::os::unix::fs::chown(dir.join("server.log"), Some(uid), Some(gid));
+    }
+    // Spawned from a thread that never ends: the parent-death signal follows the
+    // spawning thread, not the process.
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut cmd = Command::new(server_bin.join("postgres"));
+        cmd.arg("-D")
+            .arg(&server_data)
+            .args(["-p", &port.to_string()])
+            .args(["-c", "listen_addresses=127.0.0.1"])
+            .arg("-c")
+            .arg(format!("unix_socket_directories={}", socket_dir.display()))
+            .args(["-c", "max_connections=300", "-c", "shared_buffers=32MB"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log);
+        as_user(&mut cmd, user);
+        let spawned = cmd.spawn().map(|c| c.id());
+        let _ = tx.send(spawned);
+        loop {
+            std::thread::park();
+        }
+    });
+    rx.recv()
+        .expect("the server thread answers")
+        .expect("start postgres");
+    let pg = Postgres {
+        port,
+        dir,
+        next: AtomicUsize::new(0),
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let admin = warden_core::store::postgres::Target::parse(&pg.url("postgres"))
+            .expect("url")
+            .connect();
+        if admin.is_ok() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "postgres did not start: {}",
+            std::fs::read_to_string(pg.dir.join("server.log")).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    pg
+}
+
+impl Postgres {
+    pub fn url(&self, db: &str) -> String {
+        format!("postgres://warden@127.0.0.1:{}/{db}", self.port)
+    }
+
+    /// A new, empty database; its URL.
+    pub fn database(&self) -> String {
+        let name = format!("t{}", self.next.fetch_add(1, Ordering::SeqCst));
+        self.sql("postgres", &format!("CREATE DATABASE {name}"));
+        self.url(&name)
+    }
+
+    /// Run `sql` in database `db` (as the superuser), on a thread of its own (the
+    /// driver must not block an async test's runtime).
+    pub fn sql(&self, db: &str, sql: &str) {
+        let (url, sql) = (self.url(db), sql.to_string());
+        std::thread::spawn(move || {
+            let mut client = warden_core::store::postgres::Target::parse(&url)
+                .expect("url")
+                .connect()
+                .expect("connect as the superuser");
+            client.batch_execute(&sql).expect("run sql");
+        })
+        .join()
+        .expect("sql thread");
+    }
+
+    /// One integer a query returns, in database `db`.
+    pub fn int(&self, db: &str, sql: &str) -> i64 {
+        let (url, sql) = (self.url(db), sql.to_string());
+        std::thread::spawn(move || {
+            let mut client = warden_core::store::postgres::Target::parse(&url)
+                .expect("url")
+                .connect()
+                .expect("connect as the superuser");
+            client.query_one(&sql, &[]).expect("query").get::<_, i64>(0)
+        })
+        .join()
+        .expect("sql thread")
+    }
+}

@@ -1,0 +1,341 @@
+//! The approval queue on a PostgreSQL several hosts share (`[store] url`), against a
+//! real server the suite starts: the queue's behaviours run against both backends,
+//! hosts race for one request, a dead host's claim is recovered after its lease, and
+//! the schema and the URL's password are handled as an operator expects.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::Value;
+use warden_core::call::{ApprovalState, PolicyHold, Tier};
+use warden_core::config::ApprovalsConfig;
+use warden_core::governance::approvals::{
+    Approval, ApprovalError, ApprovalQueue, Ballot, Choice, NewRequest, Sealer, prepare,
+};
+use warden_core::store::postgres::Target;
+
+use super::{NOT_RECORDED, OK, USAGE};
+use crate::support::Env;
+use crate::support::postgres::postgres;
+
+fn approvers(n: usize) -> ApprovalsConfig {
+    ApprovalsConfig {
+        approvers: (0..n).map(|i| format!("approver-{i}")).collect(),
+        ..ApprovalsConfig::default()
+    }
+}
+
+fn request(config: &ApprovalsConfig, run: &str, tier: Tier, timeout_secs: u32) -> Approval {
+    let holds = [PolicyHold {
+        policy: "p".into(),
+        tier,
+        approvers: vec![],
+        approvals_required: None,
+    }];
+    prepare(
+        config,
+        &NewRequest {
+            run_id: run,
+            principal: "agent",
+            tool: "t",
+            plugin: "p",
+            plugin_digest: "sha256:0",
+            input: "{\"to\":\"ops@example.com\"}",
+            decisions: Value::Null,
+            tier,
+            reasons: &[],
+            holds: &holds,
+            timeout_secs: Some(timeout_secs),
+            now_ms: 1_000,
+            started_by: None,
+        },
+    )
+}
+
+fn ballot<'a>(who: &'a str, choice: Choice, sha: &'a str, now_ms: i64) -> Ballot<'a> {
+    Ballot {
+        principal: who,
+        choice,
+        reason: Some("checked"),
+        via: "api",
+        input_sha256: sha,
+        on_behalf_of: None,
+        now_ms,
+    }
+}
+
+fn shared(url: &str, lease: Duration) -> ApprovalQueue {
+    let target = Target::parse(url).expect("a valid url");
+    ApprovalQueue::open_shared(&target, lease, Some(Sealer::new(&[7; 32])))
+        .expect("open the shared queue")
+}
+
+/// The queue's life cycle, the same on either backend: approve, claim once, finish;
+/// reject; a hard request times out; a vote on another input is refused; notices.
+async fn queue_behaviours(queue: &ApprovalQueue) {
+    let config = approvers(2);
+    let a = request(&config, "run-a", Tier::Hard, 60);
+    queue.insert(&a, Some("{\"n\":1}")).await.unwrap();
+    assert_eq!(queue.pending().unwrap(), 1);
+    let got = queue.get(&a.id).unwrap().unwrap();
+    assert_eq!(got.input, a.input, "the sealed input opens again");
+    assert_eq!(queue.next_expiry_ms().unwrap(), Some(a.expires_ms));
+
+    let wrong = queue
+        .decide(
+            &config,
+            &a.id,
+            &ballot("approver-0", Choice::Approve, "sha256:other", 2_000),
+        )
+        .await;
+    assert!(
+        matches!(wrong, Err(ApprovalError::InputChanged { .. })),
+        "{wrong:?}"
+    );
+    let stranger = queue
+        .decide(
+            &config,
+            &a.id,
+            &ballot("mallory", Choice::Approve, &a.input_sha256, 2_000),
+        )
+        .await;
+    assert!(
+        matches!(stranger, Err(ApprovalError::NotAllowed { .. })),
+        "{stranger:?}"
+    );
+    let decided = queue
+        .decide(
+            &config,
+            &a.id,
+            &ballot("approver-0", Choice::Approve, &a.input_sha256, 2_000),
+        )
+        .await
+        .unwrap();
+    assert_eq!(decided.state, ApprovalState::Approved);
+    assert_eq!(queue.approved().unwrap(), vec![a.id.clone()]);
+    assert_eq!(queue.with_unaudited_votes().unwrap(), vec![a.id.clone()]);
+    let claimed = queue.claim(&a.id, 3_000).await.unwrap().unwrap();
+    assert_eq!(claimed.state, ApprovalState::Executing);
+    assert!(claimed.votes.iter().all(|v| v.audited));
+    assert!(queue.claim(&a.id, 3_000).await.unwrap().is_none());
+    queue
+        .finish(&a.id, ApprovalState::Executed, "ok", 4_000)
+        .await
+        .unwrap();
+    let done = queue.get(&a.id).unwrap().unwrap();
+    assert_eq!(done.state, ApprovalState::Executed);
+    assert_eq!(done.input, warden_core::governance::approvals::REMOVED);
+
+    let b = request(&config, "run-b", Tier::Hard, 60);
+    queue.insert(&b, None).await.unwrap();
+    let rejected = queue
+        .decide(
+            &config,
+            &b.id,
+            &ballot("approver-1", Choice::Reject, &b.input_sha256, 2_000),
+        )
+        .await
+        .unwrap();
+    assert_eq!(rejected.state, ApprovalState::Rejected);
+    let late = queue
+        .decide(
+            &config,
+            &b.id,
+            &ballot("approver-0", Choice::Approve, &b.input_sha256, 2_500),
+        )
+        .await;
+    assert!(
+        matches!(late, Err(ApprovalError::AlreadyDecided { .. })),
+        "{late:?}"
+    );
+
+    let c = request(&config, "run-c", Tier::Hard, 1);
+    queue.insert(&c, None).await.unwrap();
+    let settled = queue.expire_due(c.expires_ms).await.unwrap();
+    assert_eq!(settled.len(), 1);
+    assert_eq!(settled[0].state, ApprovalState::Expired);
+
+    let listed = queue.list(None, None, 10).unwrap();
+    let ids: Vec<&str> = listed.iter().map(|a| a.id.as_str()).collect();
+    assert_eq!(ids.len(), 3, "{ids:?}");
+    let page = queue
+        .list(None, Some((listed[0].created_ms, &listed[0].id)), 10)
+        .unwrap();
+    assert_eq!(page.len(), 2, "the page after the newest");
+    assert_eq!(
+        queue
+            .list(Some(ApprovalState::Rejected), None, 10)
+            .unwrap()
+            .len(),
+        1
+    );
+
+    assert_eq!(queue.due_notices(5_000).unwrap().len(), 1);
+    queue
+        .notice_attempted(&a.id, Err("503".into()), None, 5_000)
+        .await
+        .unwrap();
+    let notice = queue.notice(&a.id).unwrap().unwrap();
+    assert_eq!((notice.attempts, notice.delivered, notice.gave_up), (1, false, true));
+    assert!(queue.due_notices(9_000).unwrap().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_approval_queue_behaves_the_same_on_postgresql_and_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    let lite = ApprovalQueue::open(&dir.path().join("runs.db"), Some(Sealer::new(&[7; 32])))
+        .expect("open the embedded queue");
+    queue_behaviours(&lite).await;
+    let pg = shared(&postgres().database(), Duration::from_secs(15));
+    queue_behaviours(&pg).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sixty_four_approvals_through_two_hosts_decide_once_and_one_host_runs_it() {
+    let url = postgres().database();
+    let hosts = [
+        Arc::new(shared(&url, Duration::from_secs(15))),
+        Arc::new(shared(&url, Duration::from_secs(15))),
+    ];
+    let config = Arc::new(approvers(64));
+    let a = request(&config, "run-race", Tier::Hard, 600);
+    hosts[0].insert(&a, None).await.unwrap();
+    let mut votes = Vec::new();
+    for i in 0..64 {
+        let (host, config, a) = (hosts[i % 2].clone(), config.clone(), a.clone());
+        votes.push(tokio::spawn(async move {
+            let who = format!("approver-{i}");
+            host.decide(
+                &config,
+                &a.id,
+                &ballot(&who, Choice::Approve, &a.input_sha256, 2_000),
+            )
+            .await
+        }));
+    }
+    let mut won = 0;
+    for v in votes {
+        match v.await.unwrap() {
+            Ok(decided) => {
+                assert_eq!(decided.state, ApprovalState::Approved);
+                won += 1;
+            }
+            Err(ApprovalError::AlreadyDecided { .. }) => {}
+            Err(e) => panic!("a vote failed otherwise: {e}"),
+        }
+    }
+    assert_eq!(won, 1, "the first decision stands, across hosts");
+    let stored = hosts[1].get(&a.id).unwrap().unwrap();
+    assert_eq!(stored.votes.len(), 1, "{:?}", stored.votes);
+
+    let mut claims = Vec::new();
+    for i in 0..64 {
+        let (host, id) = (hosts[i % 2].clone(), a.id.clone());
+        claims.push(tokio::spawn(
+            async move { host.claim(&id, 3_000).await.unwrap() },
+        ));
+    }
+    let mut runs = 0;
+    for c in claims {
+        runs += usize::from(c.await.unwrap().is_some());
+    }
+    assert_eq!(runs, 1, "exactly one claim across both hosts");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_hosts_claim_ends_failed_on_another_host_after_its_lease_never_run_again() {
+    let url = postgres().database();
+    let lease = Duration::from_secs(3);
+    let config = approvers(1);
+    let a = request(&config, "run-dead", Tier::Hard, 600);
+    let survivor = shared(&url, lease);
+    {
+        let doomed = shared(&url, lease);
+        doomed.insert(&a, None).await.unwrap();
+        doomed
+            .decide(
+                &config,
+                &a.id,
+                &ballot("approver-0", Choice::Approve, &a.input_sha256, 2_000),
+            )
+            .await
+            .unwrap();
+        assert!(doomed.claim(&a.id, 3_000).await.unwrap().is_some());
+        // The host stops here: no finish, no more heartbeats.
+    }
+    assert!(
+        survivor.recover(4_000).await.unwrap().is_empty(),
+        "a claim within its lease is left alone"
+    );
+    assert!(survivor.claim(&a.id, 4_000).await.unwrap().is_none());
+    tokio::time::sleep(lease + Duration::from_millis(500)).await;
+    let recovered = survivor.recover(9_000).await.unwrap();
+    assert_eq!(recovered.len(), 1, "{recovered:?}");
+    assert_eq!(recovered[0].state, ApprovalState::Failed);
+    assert!(
+        recovered[0]
+            .result
+            .as_deref()
+            .is_some_and(|r| r.contains("not run again")),
+        "{:?}",
+        recovered[0].result
+    );
+    assert!(survivor.claim(&a.id, 9_500).await.unwrap().is_none());
+    assert!(survivor.recover(10_000).await.unwrap().is_empty());
+}
+
+#[test]
+fn store_check_and_migrate_name_the_server_never_its_password_and_refuse_a_newer_schema() {
+    let pg = postgres();
+    let url = pg.database();
+    let db = url.rsplit('/').next().unwrap().to_string();
+    let with_password = url.replace("warden@", "warden:pg-pass-8841@");
+    let env = Env::new("");
+    env.write_config(&format!(
+        "[store]\nurl_env = \"WARDEN_TEST_STORE\"\nlease_secs = 5\n"
+    ));
+    let envs = [("WARDEN_TEST_STORE", with_password.as_str())];
+    let check = env.warden_with_env(&["store", "check"], &envs);
+    assert_eq!(check.code, NOT_RECORDED, "not migrated yet: {check:?}");
+    assert!(
+        check.stdout.contains("schema version: 0") && check.stdout.contains("warden store migrate"),
+        "{check:?}"
+    );
+    let migrate = env.warden_with_env(&["store", "migrate"], &envs);
+    assert_eq!(migrate.code, OK, "{migrate:?}");
+    let check = env.warden_with_env(&["store", "check", "--json"], &envs);
+    assert_eq!(check.code, OK, "{check:?}");
+    let report: Value = serde_json::from_str(&check.stdout).unwrap();
+    assert_eq!(report["schema_version"], report["known_version"]);
+    for run in [&check, &migrate] {
+        assert!(!run.stdout.contains("pg-pass-8841") && !run.stderr.contains("pg-pass-8841"));
+    }
+
+    pg.sql(&db, "UPDATE warden_schema SET version = 99");
+    let newer = env.warden_with_env(&["store", "check"], &envs);
+    assert_eq!(newer.code, NOT_RECORDED, "{newer:?}");
+    assert!(newer.stdout.contains("newer warden"), "{newer:?}");
+    let refused = env.warden_with_env(&["approvals", "list"], &envs);
+    assert_ne!(refused.code, OK, "{refused:?}");
+    assert!(
+        refused.stderr.contains("newer warden") && !refused.stderr.contains("pg-pass-8841"),
+        "{refused:?}"
+    );
+
+    let gone = with_password.replace(&format!(":{}/", pg.port), ":1/");
+    let unreachable = env.warden_with_env(&["store", "check"], &[("WARDEN_TEST_STORE", &gone)]);
+    assert_eq!(unreachable.code, NOT_RECORDED, "{unreachable:?}");
+    assert!(
+        unreachable.stdout.contains("reachable: no")
+            && !unreachable.stdout.contains("pg-pass-8841"),
+        "{unreachable:?}"
+    );
+
+    env.write_config("[store]\nurl = \"mysql://x\"\n");
+    let bad = env.warden(&["store", "check"]);
+    assert_eq!(bad.code, USAGE, "{bad:?}");
+    assert!(
+        bad.stderr.contains("store.url") && bad.stderr.contains(":5:"),
+        "{bad:?}"
+    );
+}
