@@ -339,3 +339,49 @@ fn store_check_and_migrate_name_the_server_never_its_password_and_refuse_a_newer
         "{bad:?}"
     );
 }
+
+/// Three hosts (data dirs, audit logs, run histories of their own) on one PostgreSQL:
+/// a call held on the first, approved through the second's API, runs on exactly one
+/// of the two servers, and every host sees the request's end.
+#[test]
+fn a_call_held_on_one_host_and_approved_through_another_runs_once_in_the_cluster() {
+    use super::approvals::{note_exists, queue_env};
+    let url = postgres().database();
+    let hosts: Vec<Env> = (0..3)
+        .map(|_| {
+            let env = queue_env(
+                "tools = { notes_write = \"hard\" }",
+                super::approvals::ONCALL,
+            );
+            env.append_config(&format!("\n[store]\nurl = \"{url}\"\nlease_secs = 5\n"));
+            env
+        })
+        .collect();
+    let input = r#"{"name":"cluster","text":"written once"}"#;
+    let held = hosts[0].warden(&["call", "notes_write", "--input", input, "--as", "agent"]);
+    assert_eq!(held.code, super::HELD, "{held:?}");
+    let id = serde_json::from_str::<Value>(&held.stdout).unwrap()["approval_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let mut servers = [hosts[1].serve(), hosts[2].serve()];
+    let listed = hosts[2].warden(&["approvals", "list", "--json"]);
+    assert!(listed.stdout.contains(&id), "every host sees the request: {listed:?}");
+    let approve = hosts[1].warden(&["approvals", "approve", &id, "--token", "token-alice"]);
+    assert_eq!(approve.code, OK, "{approve:?}");
+    assert!(approve.stderr.contains("through the server"), "{approve:?}");
+    super::approvals::wait_until("a host to run it", || {
+        hosts.iter().any(|h| note_exists(h, "cluster"))
+    });
+    // Give the other host every chance to run it a second time.
+    std::thread::sleep(Duration::from_millis(1500));
+    let ran: Vec<usize> = (0..3).filter(|&i| note_exists(&hosts[i], "cluster")).collect();
+    assert_eq!(ran.len(), 1, "ran on hosts {ran:?}");
+    assert_ne!(ran, [0], "the holding host is not serving");
+    super::approvals::wait_until("the request to say executed", || {
+        super::approvals::approval(&hosts[0], &id)["state"] == "executed"
+    });
+    for s in &mut servers {
+        assert!(s.stop().success());
+    }
+}
