@@ -10,7 +10,7 @@ use serde_json::Value;
 use warden_core::call::{ApprovalState, PolicyHold, Tier};
 use warden_core::config::ApprovalsConfig;
 use warden_core::governance::approvals::{
-    Approval, ApprovalError, ApprovalQueue, Ballot, Choice, NewRequest, Sealer, prepare,
+    Approval, ApprovalError, ApprovalQueue, Ballot, Choice, NewRequest, Ran, Sealer, prepare,
 };
 use warden_core::store::postgres::Target;
 
@@ -118,10 +118,17 @@ async fn queue_behaviours(queue: &ApprovalQueue) {
     assert_eq!(claimed.state, ApprovalState::Executing);
     assert!(claimed.votes.iter().all(|v| v.audited));
     assert!(queue.claim(&a.id, 3_000).await.unwrap().is_none());
+    let ran = Ran {
+        status: "ok".into(),
+        output: Some("{\"sent\":true}".into()),
+        error: None,
+        backtrace: None,
+    };
     queue
-        .finish(&a.id, ApprovalState::Executed, "ok", 4_000)
+        .finish(&a.id, ApprovalState::Executed, "ran: ok", Some(&ran), 4_000)
         .await
         .unwrap();
+    assert_eq!(queue.ran(&a.id).unwrap(), Some(ran), "the result travels with the request");
     let done = queue.get(&a.id).unwrap().unwrap();
     assert_eq!(done.state, ApprovalState::Executed);
     assert_eq!(done.input, warden_core::governance::approvals::REMOVED);
@@ -341,11 +348,12 @@ fn store_check_and_migrate_name_the_server_never_its_password_and_refuse_a_newer
 }
 
 /// Three hosts (data dirs, audit logs, run histories of their own) on one PostgreSQL:
-/// a call held on the first, approved through the second's API, runs on exactly one
-/// of the two servers, and every host sees the request's end.
+/// a call held on the first, whose caller waits there, is approved through the
+/// second's API; it runs on exactly one host, and the waiting caller gets its result
+/// whichever host ran it.
 #[test]
 fn a_call_held_on_one_host_and_approved_through_another_runs_once_in_the_cluster() {
-    use super::approvals::{note_exists, queue_env};
+    use super::approvals::{note_exists, queue_env, wait_until};
     let url = postgres().database();
     let hosts: Vec<Env> = (0..3)
         .map(|_| {
@@ -357,30 +365,42 @@ fn a_call_held_on_one_host_and_approved_through_another_runs_once_in_the_cluster
             env
         })
         .collect();
-    let input = r#"{"name":"cluster","text":"written once"}"#;
-    let held = hosts[0].warden(&["call", "notes_write", "--input", input, "--as", "agent"]);
-    assert_eq!(held.code, super::HELD, "{held:?}");
-    let id = serde_json::from_str::<Value>(&held.stdout).unwrap()["approval_id"]
-        .as_str()
-        .unwrap()
-        .to_string();
     let mut servers = [hosts[1].serve(), hosts[2].serve()];
-    let listed = hosts[2].warden(&["approvals", "list", "--json"]);
-    assert!(listed.stdout.contains(&id), "every host sees the request: {listed:?}");
+    let input = r#"{"name":"cluster","text":"written once"}"#;
+    let waiter = std::process::Command::new(env!("CARGO_BIN_EXE_warden"))
+        .arg("-c")
+        .arg(hosts[0].config())
+        .args(["call", "notes_write", "--input", input, "--as", "agent", "--wait", "60"])
+        .current_dir(hosts[0].path())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut id = String::new();
+    wait_until("the held request to reach every host", || {
+        let listed = hosts[2].warden(&["approvals", "list", "--json"]);
+        // One JSON object per line.
+        let first = listed.stdout.lines().next().unwrap_or_default();
+        match serde_json::from_str::<Value>(first).ok() {
+            Some(a) => {
+                id = a["id"].as_str().unwrap_or_default().to_string();
+                true
+            }
+            None => false,
+        }
+    });
     let approve = hosts[1].warden(&["approvals", "approve", &id, "--token", "token-alice"]);
     assert_eq!(approve.code, OK, "{approve:?}");
     assert!(approve.stderr.contains("through the server"), "{approve:?}");
-    super::approvals::wait_until("a host to run it", || {
-        hosts.iter().any(|h| note_exists(h, "cluster"))
-    });
-    // Give the other host every chance to run it a second time.
+    let waited = crate::support::Run::from(waiter.wait_with_output().unwrap());
+    assert_eq!(waited.code, OK, "the waiting caller gets the result: {waited:?}");
+    let report: Value = serde_json::from_str(&waited.stdout).unwrap();
+    assert_eq!(report["name"], "cluster", "the tool's output: {waited:?}");
+    // Give every host its chance to run it a second time.
     std::thread::sleep(Duration::from_millis(1500));
     let ran: Vec<usize> = (0..3).filter(|&i| note_exists(&hosts[i], "cluster")).collect();
     assert_eq!(ran.len(), 1, "ran on hosts {ran:?}");
-    assert_ne!(ran, [0], "the holding host is not serving");
-    super::approvals::wait_until("the request to say executed", || {
-        super::approvals::approval(&hosts[0], &id)["state"] == "executed"
-    });
+    assert_eq!(super::approvals::approval(&hosts[2], &id)["state"], "executed");
     for s in &mut servers {
         assert!(s.stop().success());
     }

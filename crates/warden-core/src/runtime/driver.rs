@@ -147,8 +147,9 @@ impl Runtime {
         }
     }
 
-    /// The result of the run an executed request made: this process's report, or the
-    /// run-history row another process wrote.
+    /// The result of the run an executed request made: this process's report, the
+    /// run-history row another process sharing the data dir wrote, or what the host
+    /// that ran it kept with the request (the shared store).
     fn result_of(&self, a: &Approval) -> Result<Option<CallReport>, CallError> {
         if let Some(report) = self.finished.get(&a.id) {
             return Ok(Some((*report).clone()));
@@ -157,9 +158,18 @@ impl Runtime {
             .runs
             .get(&a.run_id)
             .map_err(|e| CallError::NotRecorded(e.to_string()))?;
-        Ok(row
-            .filter(|r| r.status != "held")
-            .map(|row| self.report_of_row(a, &row)))
+        match row {
+            Some(row) if row.status != "held" => Ok(Some(self.report_of_row(a, &row))),
+            Some(mut held) => {
+                let Some(ran) = self.queue()?.ran(&a.id).map_err(Self::queue_error)? else {
+                    return Ok(None);
+                };
+                (held.status, held.output, held.error, held.backtrace) =
+                    (ran.status, ran.output, ran.error, ran.backtrace);
+                Ok(Some(self.report_of_row(a, &held)))
+            }
+            None => Ok(None),
+        }
     }
 
     /// A report of a run from its run-history row (output as stored: bounded).
@@ -396,7 +406,7 @@ impl Runtime {
         if let Some(why) = self.refusal(&a) {
             let why = format!("refused after approval: {why}");
             queue
-                .finish(&a.id, ApprovalState::Failed, &why, now())
+                .finish(&a.id, ApprovalState::Failed, &why, None, now())
                 .await
                 .map_err(Self::queue_error)?;
             a.state = ApprovalState::Failed;
@@ -457,8 +467,17 @@ impl Runtime {
             }
             self.finished.publish(&a.id, published);
         }
+        let ran = concluded.as_ref().ok().map(|report| {
+            let row = record::run_row(report, "");
+            crate::governance::approvals::Ran {
+                status: row.status,
+                output: row.output,
+                error: row.error,
+                backtrace: row.backtrace,
+            }
+        });
         queue
-            .finish(&a.id, ApprovalState::Executed, &result, now())
+            .finish(&a.id, ApprovalState::Executed, &result, ran.as_ref(), now())
             .await
             .map_err(Self::queue_error)?;
         let mut report = concluded?;

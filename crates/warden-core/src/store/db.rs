@@ -178,6 +178,10 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (upstream, tool)
     );
     ",
+    // 8: what an executed request's run returned (for a caller waiting elsewhere).
+    "
+    ALTER TABLE approvals ADD COLUMN outcome TEXT;
+    ",
 ];
 
 /// Why the store's schema cannot be used.

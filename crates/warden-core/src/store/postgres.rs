@@ -44,7 +44,8 @@ const MIGRATIONS: &[&str] = &[
         holds          TEXT,
         owner          TEXT,
         sealed         BIGINT NOT NULL DEFAULT 0,
-        started_by     TEXT
+        started_by     TEXT,
+        outcome        TEXT
     );
     CREATE INDEX approvals_by_state ON approvals(state, expires_ms);
     CREATE INDEX approvals_by_time ON approvals(created_ms, id);

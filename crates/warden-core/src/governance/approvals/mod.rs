@@ -40,7 +40,7 @@ mod store;
 
 use thiserror::Error;
 
-pub use model::{Approval, Ballot, Choice, HoldSet, NewRequest, Notice};
+pub use model::{Approval, Ballot, Choice, HoldSet, NewRequest, Notice, Ran};
 pub use rules::{expand, input_hash, may_decide, prepare, tier_name};
 pub use seal::{REMOVED, SEALED, Sealer};
 pub use store::ApprovalQueue;

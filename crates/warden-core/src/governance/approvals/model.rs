@@ -120,3 +120,14 @@ pub struct Notice {
     pub gave_up: bool,
     pub last_error: Option<String>,
 }
+
+/// What an executed request's run returned, kept with the request so a caller waiting
+/// on another host than the one that ran it gets the result (as its run history
+/// stores it: redacted, bounded).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ran {
+    pub status: String,
+    pub output: Option<String>,
+    pub error: Option<String>,
+    pub backtrace: Option<String>,
+}

@@ -27,7 +27,7 @@ mod threads;
 
 use super::rules::already;
 use super::{
-    Approval, ApprovalError, Ballot, Choice, HoldSet, Notice, REMOVED, SEALED, Sealer, may_decide,
+    Approval, ApprovalError, Ballot, Choice, HoldSet, Notice, REMOVED, Ran, SEALED, Sealer, may_decide,
     tier_name,
 };
 use rows::{Cast, add_vote, load, set_state, settle_expired};
@@ -584,25 +584,38 @@ impl ApprovalQueue {
         .await
     }
 
-    /// End a claimed request: `executed` (the tool ran, whatever it returned) or
-    /// `failed` (refused or interrupted before or while running).
+    /// End a claimed request: `executed` (the tool ran, whatever it returned, `ran`
+    /// says what) or `failed` (refused or interrupted before or while running).
     pub async fn finish(
         &self,
         id: &str,
         state: ApprovalState,
         result: &str,
+        ran: Option<&Ran>,
         now_ms: i64,
     ) -> Result<(), ApprovalError> {
         let (id, result) = (id.to_string(), result.to_string());
+        let ran = ran.and_then(|r| serde_json::to_string(r).ok());
         self.write_with(false, move |tx| {
             tx.execute(
-                "UPDATE approvals SET state = ?2, state_ms = ?3, result = ?4, input = ?5, sealed = 0
+                "UPDATE approvals SET state = ?2, state_ms = ?3, result = ?4, input = ?5, sealed = 0,
+                     outcome = ?6
                  WHERE id = ?1 AND state = 'executing'",
-                vals![id, state.as_str(), now_ms, result, REMOVED],
+                vals![id, state.as_str(), now_ms, result, REMOVED, ran],
             )?;
             Ok(())
         })
         .await
+    }
+
+    /// What the run of executed request `id` returned, wherever it ran.
+    pub fn ran(&self, id: &str) -> Result<Option<Ran>, ApprovalError> {
+        let id = id.to_string();
+        let text = self.read(move |sql| {
+            sql.query_opt("SELECT outcome FROM approvals WHERE id = ?1", vals![id])?
+                .map_or(Ok(None), |r| r.opt_text(0))
+        })?;
+        Ok(text.and_then(|t| serde_json::from_str(&t).ok()))
     }
 
     /// Requests left `executing` by a process that is gone (its owner lock is free) or,

@@ -86,7 +86,7 @@ async fn a_request_is_approved_claimed_once_and_its_input_sealed_then_removed() 
     assert!(queue.claim(&a.id, 3_000).await.unwrap().is_some());
     assert!(queue.claim(&a.id, 3_001).await.unwrap().is_none(), "twice");
     queue
-        .finish(&a.id, ApprovalState::Executed, "ok", 4_000)
+        .finish(&a.id, ApprovalState::Executed, "ok", None, 4_000)
         .await
         .unwrap();
     let done = queue.get(&a.id).unwrap().unwrap();
