@@ -215,18 +215,4 @@ impl Postgres {
         .join()
         .expect("sql thread");
     }
-
-    /// One integer a query returns, in database `db`.
-    pub fn int(&self, db: &str, sql: &str) -> i64 {
-        let (url, sql) = (self.url(db), sql.to_string());
-        std::thread::spawn(move || {
-            let mut client = warden_core::store::postgres::Target::parse(&url)
-                .expect("url")
-                .connect()
-                .expect("connect as the superuser");
-            client.query_one(&sql, &[]).expect("query").get::<_, i64>(0)
-        })
-        .join()
-        .expect("sql thread")
-    }
 }

@@ -405,3 +405,52 @@ fn a_call_held_on_one_host_and_approved_through_another_runs_once_in_the_cluster
         assert!(s.stop().success());
     }
 }
+
+/// Hosts racing for the same fire times and the same trigger deliveries: each is
+/// claimed exactly once in the cluster.
+#[test]
+fn each_fire_time_and_each_trigger_delivery_is_claimed_once_across_hosts() {
+    use warden_core::store::automation::{AutomationStore, Fire};
+    let target = Target::parse(&postgres().database()).unwrap();
+    let hosts: Vec<Arc<AutomationStore>> = (0..3)
+        .map(|_| Arc::new(AutomationStore::open_shared(&target).unwrap()))
+        .collect();
+    let racers: Vec<_> = (0..6)
+        .map(|i| {
+            let host = hosts[i % 3].clone();
+            std::thread::spawn(move || {
+                let mut won = Vec::new();
+                for t in 0..40i64 {
+                    let fire = Fire {
+                        name: "nightly",
+                        fire_ms: t * 60_000,
+                        kind: "scheduled",
+                    };
+                    if host.claim(&[fire], &format!("host-{i}"), t).unwrap()[0] {
+                        won.push(format!("fire-{t}"));
+                    }
+                    if host.claim_delivery("github", &format!("d-{t}"), t).unwrap() {
+                        won.push(format!("delivery-{t}"));
+                    }
+                }
+                won
+            })
+        })
+        .collect();
+    let mut all: Vec<String> = racers
+        .into_iter()
+        .flat_map(|r| r.join().unwrap())
+        .collect();
+    let claims = all.len();
+    all.sort();
+    all.dedup();
+    assert_eq!((claims, all.len()), (80, 80), "each claimed once, none lost");
+    let state = hosts[2].state("nightly").unwrap();
+    assert!(state.is_none(), "claims do not register a schedule");
+    assert!(hosts[0].set_paused("nightly", true, "ops", Some("freeze"), 1).unwrap());
+    assert!(hosts[1].paused().unwrap().contains("nightly"), "a pause is seen by every host");
+    assert_eq!(
+        hosts[2].state("nightly").unwrap().unwrap().last_fire_ms,
+        Some(39 * 60_000)
+    );
+}

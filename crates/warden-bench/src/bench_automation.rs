@@ -182,7 +182,7 @@ async fn lag(base: &Path, args: &BenchAutomationArgs, dir: &Path) -> Result<()> 
         });
     }
     let rt = Arc::new(Runtime::load(config).await?);
-    let store = Arc::new(AutomationStore::open(&rt.config.runs_db)?);
+    let store = Arc::new(AutomationStore::for_config(&rt.config)?);
     let events = Arc::new(Recorded::default());
     let scheduler = Scheduler::new(store, events.clone());
     let cpu0 = cpu_ns(std::process::id())?;

@@ -144,7 +144,7 @@ impl Events for SchedulerEvents {
 impl Server {
     pub fn new(rt: Runtime, config_path: &Path) -> anyhow::Result<Arc<Server>> {
         let signer = LinkSigner::open(&rt.config.links_key())?;
-        let automation = Arc::new(AutomationStore::open(&rt.config.runs_db)?);
+        let automation = Arc::new(AutomationStore::for_config(&rt.config)?);
         let metrics = Arc::new(Metrics::default());
         let calls = Tally::default();
         let scheduler = Scheduler::new(

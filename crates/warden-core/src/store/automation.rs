@@ -1,4 +1,5 @@
-//! What schedules and triggers keep between runs, in the embedded store: each
+//! What schedules and triggers keep between runs, in the embedded store (or the
+//! shared PostgreSQL, so hosts fire each time once in the cluster): each
 //! schedule's pause (it survives restarts), the fire times claimed (a lease per fire
 //! time, so processes sharing a data dir fire each time once, and a restart never fires
 //! a time that already ran), and trigger deliveries seen (a redelivery runs once).
@@ -8,9 +9,10 @@
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::Mutex;
 
-use rusqlite::{Connection, OptionalExtension, params};
+use super::conn::Conn;
+use super::postgres::{PgDb, Target};
+use super::sql::{LiteDb, Row, Sql, SqlError, vals};
 
 /// Fire times and deliveries older than this are forgotten (the run history keeps the
 /// runs); a redelivery older than this would run again.
@@ -46,31 +48,55 @@ pub struct Fire<'a> {
 }
 
 pub struct AutomationStore {
-    conn: Mutex<Connection>,
+    conn: Conn,
     path: String,
 }
 
 impl AutomationStore {
+    /// The store in the embedded database at `path`.
     pub fn open(path: &Path) -> Result<AutomationStore, AutomationError> {
+        let shown = path.display().to_string();
         let conn = crate::store::db::open(path, false).map_err(|e| AutomationError {
-            path: path.display().to_string(),
+            path: shown.clone(),
             message: e.to_string(),
         })?;
         Ok(AutomationStore {
-            conn: Mutex::new(conn),
-            path: path.display().to_string(),
+            conn: Conn::local(LiteDb(conn)),
+            path: shown,
         })
     }
 
-    fn err(&self, e: rusqlite::Error) -> AutomationError {
-        AutomationError {
-            path: self.path.clone(),
-            message: e.to_string(),
+    /// The store in the PostgreSQL at `target`, shared with other hosts: each fire time
+    /// and each delivery is claimed once in the cluster.
+    pub fn open_shared(target: &Target) -> Result<AutomationStore, AutomationError> {
+        let err = |message: String| AutomationError {
+            path: target.shown.clone(),
+            message,
+        };
+        let them = target.clone();
+        let db = std::thread::spawn(move || PgDb::open(&them))
+            .join()
+            .map_err(|_| err("connecting panicked".into()))?
+            .map_err(|e| err(e.0))?;
+        Ok(AutomationStore {
+            conn: Conn::thread(db, "warden-automation-db").map_err(|e| err(e.to_string()))?,
+            path: target.shown.clone(),
+        })
+    }
+
+    /// The store `config` names: the shared one when `[store]` sets it.
+    pub fn for_config(config: &crate::Config) -> Result<AutomationStore, AutomationError> {
+        match &config.store.shared {
+            Some(target) => AutomationStore::open_shared(target),
+            None => AutomationStore::open(&config.runs_db),
         }
     }
 
-    fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
-        self.conn.lock().unwrap_or_else(|p| p.into_inner())
+    fn err(&self, e: SqlError) -> AutomationError {
+        AutomationError {
+            path: self.path.clone(),
+            message: e.0,
+        }
     }
 
     /// Record `names` as seen at `now_ms` (those seen before keep their first sight) and
@@ -80,44 +106,43 @@ impl AutomationStore {
         names: &[&str],
         now_ms: i64,
     ) -> Result<HashMap<String, ScheduleState>, AutomationError> {
-        let mut conn = self.conn();
-        let tx = conn.transaction().map_err(|e| self.err(e))?;
-        {
-            let mut insert = tx
-                .prepare_cached("INSERT OR IGNORE INTO schedules (name, seen_ms) VALUES (?1, ?2)")
-                .map_err(|e| self.err(e))?;
-            for name in names {
-                insert
-                    .execute(params![name, now_ms])
-                    .map_err(|e| self.err(e))?;
-            }
-        }
-        let mut out = HashMap::new();
-        for name in names {
-            if let Some(state) = read_state(&tx, name).map_err(|e| self.err(e))? {
-                out.insert(name.to_string(), state);
-            }
-        }
-        tx.commit().map_err(|e| self.err(e))?;
-        Ok(out)
+        let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+        self.conn
+            .write(false, move |tx| {
+                for name in &names {
+                    tx.execute(
+                        "INSERT INTO schedules (name, seen_ms) VALUES (?1, ?2) ON CONFLICT DO NOTHING",
+                        vals![name, now_ms],
+                    )?;
+                }
+                let mut out = HashMap::new();
+                for name in names {
+                    if let Some(state) = read_state(tx, &name)? {
+                        out.insert(name, state);
+                    }
+                }
+                Ok(out)
+            })
+            .map_err(|e| self.err(e))
     }
 
     pub fn state(&self, name: &str) -> Result<Option<ScheduleState>, AutomationError> {
-        read_state(&self.conn(), name).map_err(|e| self.err(e))
+        let name = name.to_string();
+        self.conn
+            .read(move |sql| read_state(sql, &name))
+            .map_err(|e| self.err(e))
     }
 
     /// The paused schedules.
     pub fn paused(&self) -> Result<std::collections::HashSet<String>, AutomationError> {
-        let conn = self.conn();
-        let mut stmt = conn
-            .prepare_cached("SELECT name FROM schedules WHERE paused = 1")
-            .map_err(|e| self.err(e))?;
-        let names = stmt
-            .query_map([], |r| r.get(0))
-            .map_err(|e| self.err(e))?
-            .collect::<Result<_, _>>()
-            .map_err(|e| self.err(e))?;
-        Ok(names)
+        self.conn
+            .read(|sql| {
+                sql.query("SELECT name FROM schedules WHERE paused = 1", &[])?
+                    .iter()
+                    .map(|r| r.text(0))
+                    .collect()
+            })
+            .map_err(|e| self.err(e))
     }
 
     /// Pause or resume `name`; returns whether that changed anything.
@@ -129,49 +154,51 @@ impl AutomationStore {
         reason: Option<&str>,
         now_ms: i64,
     ) -> Result<bool, AutomationError> {
-        let conn = self.conn();
-        conn.execute(
-            "INSERT OR IGNORE INTO schedules (name, seen_ms) VALUES (?1, ?2)",
-            params![name, now_ms],
-        )
-        .map_err(|e| self.err(e))?;
-        let changed = conn
-            .execute(
-                "UPDATE schedules SET paused = ?2, paused_by = ?3, paused_ms = ?4, reason = ?5
-                 WHERE name = ?1 AND paused != ?2",
-                params![name, paused, by, now_ms, reason],
-            )
-            .map_err(|e| self.err(e))?;
-        Ok(changed == 1)
+        let (name, by, reason) = (name.to_string(), by.to_string(), reason.map(str::to_string));
+        self.conn
+            .write(true, move |tx| {
+                tx.execute(
+                    "INSERT INTO schedules (name, seen_ms) VALUES (?1, ?2) ON CONFLICT DO NOTHING",
+                    vals![&name, now_ms],
+                )?;
+                let changed = tx.execute(
+                    "UPDATE schedules SET paused = ?2, paused_by = ?3, paused_ms = ?4, reason = ?5
+                     WHERE name = ?1 AND paused != ?2",
+                    vals![name, paused, by, now_ms, reason],
+                )?;
+                Ok(changed == 1)
+            })
+            .map_err(|e| self.err(e))
     }
 
     /// Claim `fires` for `owner` in one transaction: `true` for each this call claimed,
-    /// `false` for each another claim (another process, an earlier run) already holds.
+    /// `false` for each another claim (another process or host, an earlier run)
+    /// already holds.
     pub fn claim(
         &self,
         fires: &[Fire<'_>],
         owner: &str,
         now_ms: i64,
     ) -> Result<Vec<bool>, AutomationError> {
-        let mut conn = self.conn();
-        let tx = conn.transaction().map_err(|e| self.err(e))?;
-        let mut out = Vec::with_capacity(fires.len());
-        {
-            let mut insert = tx
-                .prepare_cached(
-                    "INSERT OR IGNORE INTO schedule_fires (name, fire_ms, kind, owner, claimed_ms)
-                     VALUES (?1, ?2, ?3, ?4, ?5)",
-                )
-                .map_err(|e| self.err(e))?;
-            for f in fires {
-                let n = insert
-                    .execute(params![f.name, f.fire_ms, f.kind, owner, now_ms])
-                    .map_err(|e| self.err(e))?;
-                out.push(n == 1);
-            }
-        }
-        tx.commit().map_err(|e| self.err(e))?;
-        Ok(out)
+        let fires: Vec<(String, i64, String)> = fires
+            .iter()
+            .map(|f| (f.name.to_string(), f.fire_ms, f.kind.to_string()))
+            .collect();
+        let owner = owner.to_string();
+        self.conn
+            .write(true, move |tx| {
+                let mut out = Vec::with_capacity(fires.len());
+                for (name, fire_ms, kind) in fires {
+                    let n = tx.execute(
+                        "INSERT INTO schedule_fires (name, fire_ms, kind, owner, claimed_ms)
+                         VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT DO NOTHING",
+                        vals![name, fire_ms, kind, &owner, now_ms],
+                    )?;
+                    out.push(n == 1);
+                }
+                Ok(out)
+            })
+            .map_err(|e| self.err(e))
     }
 
     /// Claim delivery `id` of trigger `name`: `false` when it was seen before.
@@ -181,61 +208,71 @@ impl AutomationStore {
         id: &str,
         now_ms: i64,
     ) -> Result<bool, AutomationError> {
-        let n = self
-            .conn()
-            .execute(
-                "INSERT OR IGNORE INTO trigger_deliveries (name, delivery, at_ms) VALUES (?1, ?2, ?3)",
-                params![name, id, now_ms],
-            )
-            .map_err(|e| self.err(e))?;
-        Ok(n == 1)
+        let (name, id) = (name.to_string(), id.to_string());
+        self.conn
+            .write(true, move |tx| {
+                Ok(tx.execute(
+                    "INSERT INTO trigger_deliveries (name, delivery, at_ms) VALUES (?1, ?2, ?3)
+                     ON CONFLICT DO NOTHING",
+                    vals![name, id, now_ms],
+                )? == 1)
+            })
+            .map_err(|e| self.err(e))
     }
 
     /// Forget delivery `id` of trigger `name` (its call ran nothing: a retry may run).
     pub fn release_delivery(&self, name: &str, id: &str) -> Result<(), AutomationError> {
-        self.conn()
-            .execute(
-                "DELETE FROM trigger_deliveries WHERE name = ?1 AND delivery = ?2",
-                params![name, id],
-            )
-            .map_err(|e| self.err(e))?;
-        Ok(())
+        let (name, id) = (name.to_string(), id.to_string());
+        self.conn
+            .write(true, move |tx| {
+                tx.execute(
+                    "DELETE FROM trigger_deliveries WHERE name = ?1 AND delivery = ?2",
+                    vals![name, id],
+                )?;
+                Ok(())
+            })
+            .map_err(|e| self.err(e))
     }
 
     /// Forget fire times and deliveries older than [`KEEP_MS`] (keeping each schedule's
     /// last fire time, which catch-up needs).
     pub fn prune(&self, now_ms: i64) -> Result<(), AutomationError> {
         let before = now_ms - KEEP_MS;
-        let conn = self.conn();
-        conn.execute(
-            "DELETE FROM schedule_fires WHERE fire_ms < ?1 AND fire_ms <
-                 (SELECT MAX(f.fire_ms) FROM schedule_fires f WHERE f.name = schedule_fires.name)",
-            [before],
-        )
-        .map_err(|e| self.err(e))?;
-        conn.execute("DELETE FROM trigger_deliveries WHERE at_ms < ?1", [before])
-            .map_err(|e| self.err(e))?;
-        Ok(())
+        self.conn
+            .write(false, move |tx| {
+                tx.execute(
+                    "DELETE FROM schedule_fires WHERE fire_ms < ?1 AND fire_ms <
+                         (SELECT MAX(f.fire_ms) FROM schedule_fires f WHERE f.name = schedule_fires.name)",
+                    vals![before],
+                )?;
+                tx.execute(
+                    "DELETE FROM trigger_deliveries WHERE at_ms < ?1",
+                    vals![before],
+                )?;
+                Ok(())
+            })
+            .map_err(|e| self.err(e))
     }
 }
 
-fn read_state(conn: &Connection, name: &str) -> rusqlite::Result<Option<ScheduleState>> {
-    conn.prepare_cached(
+fn read_state(sql: &mut dyn Sql, name: &str) -> Result<Option<ScheduleState>, SqlError> {
+    let row: Option<Row> = sql.query_opt(
         "SELECT seen_ms, paused, paused_by, paused_ms, reason,
                 (SELECT MAX(fire_ms) FROM schedule_fires WHERE name = ?1)
          FROM schedules WHERE name = ?1",
-    )?
-    .query_row([name], |r| {
+        vals![name],
+    )?;
+    row.map(|r| {
         Ok(ScheduleState {
-            seen_ms: r.get(0)?,
-            paused: r.get(1)?,
-            paused_by: r.get(2)?,
-            paused_ms: r.get(3)?,
-            reason: r.get(4)?,
-            last_fire_ms: r.get(5)?,
+            seen_ms: r.int(0)?,
+            paused: r.bool(1)?,
+            paused_by: r.opt_text(2)?,
+            paused_ms: r.opt_int(3)?,
+            reason: r.opt_text(4)?,
+            last_fire_ms: r.opt_int(5)?,
         })
     })
-    .optional()
+    .transpose()
 }
 
 #[cfg(test)]

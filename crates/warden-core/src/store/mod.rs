@@ -5,6 +5,7 @@
 
 pub mod audit;
 pub mod automation;
+pub mod conn;
 pub(crate) mod db;
 pub mod postgres;
 pub mod runs;

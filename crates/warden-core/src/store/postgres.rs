@@ -19,7 +19,8 @@ use super::sql::{Db, Row, Sql, SqlError, Val, dollar_placeholders};
 /// have run. The tables mirror the embedded store's (the same queries run on both),
 /// with integers as BIGINT; `hosts` is what a lease is: each host's last heartbeat.
 const MIGRATIONS: &[&str] = &[
-    // 1: the approval queue, its votes and webhook notices; hosts' heartbeats.
+    // 1: the approval queue, its votes and webhook notices; schedules' pauses and fire
+    // times claimed; trigger deliveries seen; hosts' heartbeats.
     "
     CREATE TABLE approvals (
         id             TEXT PRIMARY KEY,
@@ -72,6 +73,29 @@ const MIGRATIONS: &[&str] = &[
         last_error     TEXT
     );
     CREATE INDEX notices_due ON approval_notices(next_ms) WHERE delivered_ms IS NULL AND gave_up = 0;
+    CREATE TABLE schedules (
+        name           TEXT PRIMARY KEY,
+        seen_ms        BIGINT NOT NULL,
+        paused         BIGINT NOT NULL DEFAULT 0,
+        paused_by      TEXT,
+        paused_ms      BIGINT,
+        reason         TEXT
+    );
+    CREATE TABLE schedule_fires (
+        name           TEXT NOT NULL,
+        fire_ms        BIGINT NOT NULL,
+        kind           TEXT NOT NULL,
+        owner          TEXT NOT NULL,
+        claimed_ms     BIGINT NOT NULL,
+        PRIMARY KEY (name, fire_ms)
+    );
+    CREATE TABLE trigger_deliveries (
+        name           TEXT NOT NULL,
+        delivery       TEXT NOT NULL,
+        at_ms          BIGINT NOT NULL,
+        PRIMARY KEY (name, delivery)
+    );
+    CREATE INDEX deliveries_by_time ON trigger_deliveries(at_ms);
     CREATE TABLE hosts (
         token          TEXT PRIMARY KEY,
         host           TEXT NOT NULL,

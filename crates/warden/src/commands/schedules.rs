@@ -131,7 +131,7 @@ fn known(config: &Config, name: &str) -> Result<()> {
 }
 
 async fn list(config: Config, json: bool) -> Result<ExitCode> {
-    let store = AutomationStore::open(&config.runs_db)?;
+    let store = AutomationStore::for_config(&config)?;
     let rt = Runtime::load_read_only(config).await?;
     let now = warden_core::now_ms() as i64;
     let all = automation::summaries(&rt, &store, now)?;
@@ -215,7 +215,7 @@ async fn set_paused(
     reason: Option<&str>,
     p: &Principal,
 ) -> Result<ExitCode> {
-    let store = AutomationStore::open(&config.runs_db)?;
+    let store = AutomationStore::for_config(&config)?;
     let rt = Runtime::load(config).await?;
     let now = warden_core::now_ms() as i64;
     let changed = store.set_paused(name, paused, &p.name, reason, now)?;

@@ -31,12 +31,13 @@ use super::{
     tier_name,
 };
 use rows::{Cast, add_vote, load, set_state, settle_expired};
-use threads::{Heartbeat, Job, Reads, Reply, RunJob};
+use threads::{Heartbeat, Job, Reply, RunJob};
+use crate::store::conn::Conn;
 
 /// The queue over one store.
 pub struct ApprovalQueue {
     /// For reads; every change goes through the writer thread.
-    reads: Reads,
+    reads: Conn,
     jobs: Mutex<Option<std::sync::mpsc::Sender<Job>>>,
     writer: Mutex<Option<std::thread::JoinHandle<()>>>,
     /// The store, as errors name it (a file, or the server without its password).
@@ -96,9 +97,7 @@ impl ApprovalQueue {
             path: shown.clone(),
             message: e.to_string(),
         };
-        let reads = Reads::Local(Mutex::new(LiteDb(
-            crate::store::db::open(path, true).map_err(store)?,
-        )));
+        let reads = Conn::local(LiteDb(crate::store::db::open(path, true).map_err(store)?));
         let writer = LiteDb(crate::store::db::open(path, true).map_err(store)?);
         Self::start(
             shown,
@@ -139,7 +138,7 @@ impl ApprovalQueue {
         .join()
         .map_err(|_| store("connecting panicked".into()))?
         .map_err(|e| store(e.0))?;
-        let reads = threads::reader(Box::new(reader))
+        let reads = Conn::thread(reader, "warden-approvals-read")
             .map_err(|e| store(format!("cannot start the reader: {e}")))?;
         let mut queue = Self::start(
             shown.clone(),
@@ -164,7 +163,7 @@ impl ApprovalQueue {
 
     fn start(
         shown: String,
-        reads: Reads,
+        reads: Conn,
         mut writer_db: Box<dyn crate::store::sql::Db>,
         holder: Holder,
         sealer: Option<Sealer>,
@@ -226,7 +225,7 @@ impl ApprovalQueue {
         &self,
         f: impl FnOnce(&mut dyn Sql) -> Result<T, SqlError> + Send + 'static,
     ) -> Result<T, ApprovalError> {
-        self.reads.run(f).map_err(|e| self.named(e.into()))
+        self.reads.read(f).map_err(|e| self.named(e.into()))
     }
 
     /// Run `f` in the writer's next transaction; its changes are durable when this

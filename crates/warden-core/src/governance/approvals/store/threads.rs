@@ -1,20 +1,18 @@
-//! The queue's connections and the threads that own them: the writer (batches of
-//! changes, each in its own savepoint of one transaction; on the shared store also the
-//! host's heartbeat), the reader (on the shared store: its driver must not run inside
-//! the async runtime, so reads are handed to a thread), and the listener that wakes
-//! this host when another changed the queue.
+//! The queue's threads: the writer (batches of changes, each in its own savepoint of
+//! one transaction; on the shared store also the host's heartbeat) and, on the shared
+//! store, the listener that wakes this host when another changed the queue.
 //!
 //! It must never tell a caller its change is done before the commit is.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
-use std::sync::{Arc, Mutex};
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use postgres::fallible_iterator::FallibleIterator;
 
 use crate::store::postgres::{CHANGES, Target};
-use crate::store::sql::{Db, LiteDb, Sql, SqlError, vals};
+use crate::store::sql::{Db, Sql, SqlError, vals};
 
 /// One change: run in its own savepoint; says whether it succeeded and what to tell
 /// its caller once the commit is known.
@@ -25,75 +23,9 @@ pub(in crate::governance::approvals) struct Job {
 }
 pub(super) type Reply = Box<dyn FnOnce(Result<(), String>) + Send>;
 pub(super) type RunJob = Box<dyn FnOnce(&mut dyn Sql) -> (bool, Reply) + Send>;
-type ReadJob = Box<dyn FnOnce(&mut dyn Db) + Send>;
 
 /// Most changes committed together.
 pub(super) const MAX_BATCH: usize = 256;
-
-/// Where reads run: on the caller's thread (SQLite) or on the reader thread.
-pub(super) enum Reads {
-    Local(Mutex<LiteDb>),
-    Thread(Mutex<Sender<ReadJob>>),
-}
-
-impl Reads {
-    /// Run `f` on a connection, outside any write transaction.
-    pub(super) fn run<T: Send + 'static>(
-        &self,
-        f: impl FnOnce(&mut dyn Sql) -> Result<T, SqlError> + Send + 'static,
-    ) -> Result<T, SqlError> {
-        match self {
-            Reads::Local(db) => {
-                let mut db = db.lock().unwrap_or_else(|p| p.into_inner());
-                once(&mut *db, f)
-            }
-            Reads::Thread(jobs) => {
-                let (tx, rx) = std::sync::mpsc::channel();
-                let job: ReadJob = Box::new(move |db: &mut dyn Db| {
-                    let _ = tx.send(once(db, f));
-                });
-                let sent = jobs
-                    .lock()
-                    .map(|j| j.send(job).is_ok())
-                    .unwrap_or(false);
-                if !sent {
-                    return Err(SqlError("the queue's reader has stopped".into()));
-                }
-                rx.recv()
-                    .map_err(|_| SqlError("the queue's reader has stopped".into()))?
-            }
-        }
-    }
-}
-
-/// Run `f` once as `db`'s read.
-fn once<T>(
-    db: &mut dyn Db,
-    f: impl FnOnce(&mut dyn Sql) -> Result<T, SqlError>,
-) -> Result<T, SqlError> {
-    let mut out = None;
-    let mut f = Some(f);
-    db.read(&mut |sql| {
-        if let Some(f) = f.take() {
-            out = Some(f(sql)?);
-        }
-        Ok(())
-    })?;
-    out.ok_or_else(|| SqlError("the read did not run".into()))
-}
-
-/// Start the reader thread over `db`.
-pub(super) fn reader(mut db: Box<dyn Db>) -> std::io::Result<Reads> {
-    let (tx, rx) = std::sync::mpsc::channel::<ReadJob>();
-    std::thread::Builder::new()
-        .name("warden-approvals-read".into())
-        .spawn(move || {
-            while let Ok(job) = rx.recv() {
-                job(&mut *db);
-            }
-        })?;
-    Ok(Reads::Thread(Mutex::new(tx)))
-}
 
 /// This host in the shared store's `hosts` table, refreshed while it lives.
 pub(super) struct Heartbeat {

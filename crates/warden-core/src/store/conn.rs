@@ -1,0 +1,101 @@
+//! A store's connection as its callers hold it: on the caller's thread behind a lock
+//! (SQLite), or on a thread of its own that runs the caller's queries and hands back
+//! the answer (PostgreSQL: its driver blocks, and must never do so on an async
+//! runtime's thread, which it refuses).
+//!
+//! It must never leave a write half-applied: `write` runs in one transaction.
+
+use std::sync::Mutex;
+use std::sync::mpsc::Sender;
+
+use super::sql::{Db, Sql, SqlError};
+
+type Job = Box<dyn FnOnce(&mut dyn Db) + Send>;
+
+pub enum Conn {
+    Local(Mutex<Box<dyn Db>>),
+    Thread(Mutex<Sender<Job>>),
+}
+
+impl Conn {
+    /// `db` used on the caller's thread.
+    pub fn local(db: impl Db + 'static) -> Conn {
+        Conn::Local(Mutex::new(Box::new(db)))
+    }
+
+    /// `db` used on a thread of its own, named `name`; it ends when this is dropped.
+    pub fn thread(db: impl Db + 'static, name: &str) -> std::io::Result<Conn> {
+        let (tx, rx) = std::sync::mpsc::channel::<Job>();
+        let mut db: Box<dyn Db> = Box::new(db);
+        std::thread::Builder::new()
+            .name(name.into())
+            .spawn(move || {
+                while let Ok(job) = rx.recv() {
+                    job(&mut *db);
+                }
+            })?;
+        Ok(Conn::Thread(Mutex::new(tx)))
+    }
+
+    /// Run `f` on the connection, outside a transaction.
+    pub fn read<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut dyn Sql) -> Result<T, SqlError> + Send + 'static,
+    ) -> Result<T, SqlError> {
+        self.on(move |db| once(f, |body| db.read(body)))
+    }
+
+    /// Run `f` in one transaction, committed (durably, when `durable`) before this
+    /// returns `Ok`; undone when `f` fails.
+    pub fn write<T: Send + 'static>(
+        &self,
+        durable: bool,
+        f: impl FnOnce(&mut dyn Sql) -> Result<T, SqlError> + Send + 'static,
+    ) -> Result<T, SqlError> {
+        self.on(move |db| once(f, |body| db.transaction(durable, body)))
+    }
+
+    fn on<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut dyn Db) -> Result<T, SqlError> + Send + 'static,
+    ) -> Result<T, SqlError> {
+        match self {
+            Conn::Local(db) => {
+                let mut db = db.lock().unwrap_or_else(|p| p.into_inner());
+                f(&mut **db)
+            }
+            Conn::Thread(jobs) => {
+                let (tx, rx) = std::sync::mpsc::channel();
+                let job: Job = Box::new(move |db: &mut dyn Db| {
+                    let _ = tx.send(f(db));
+                });
+                let stopped = || SqlError("the store's connection thread has stopped".into());
+                let sent = jobs
+                    .lock()
+                    .map(|j| j.send(job).is_ok())
+                    .unwrap_or(false);
+                if !sent {
+                    return Err(stopped());
+                }
+                rx.recv().map_err(|_| stopped())?
+            }
+        }
+    }
+}
+
+/// Run `f` once through `run`, which takes a body it may call (a read or a
+/// transaction); `f`'s answer.
+fn once<T>(
+    f: impl FnOnce(&mut dyn Sql) -> Result<T, SqlError>,
+    run: impl FnOnce(&mut dyn FnMut(&mut dyn Sql) -> Result<(), SqlError>) -> Result<(), SqlError>,
+) -> Result<T, SqlError> {
+    let mut out = None;
+    let mut f = Some(f);
+    run(&mut |sql| {
+        if let Some(f) = f.take() {
+            out = Some(f(sql)?);
+        }
+        Ok(())
+    })?;
+    out.ok_or_else(|| SqlError("the query did not run".into()))
+}
