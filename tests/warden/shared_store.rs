@@ -454,3 +454,79 @@ fn each_fire_time_and_each_trigger_delivery_is_claimed_once_across_hosts() {
         Some(39 * 60_000)
     );
 }
+
+/// Three hosts' runtimes on one PostgreSQL, callers racing on all of them: a quota of
+/// 10 calls and a rate with a burst of 4 admit exactly 10 and 4 in the whole cluster.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_limit_of_n_admits_exactly_n_across_hosts() {
+    use warden_core::call::CallRequest;
+    use warden_core::{Config, Runtime};
+    let url = postgres().database();
+    let mut hosts = Vec::new();
+    for _ in 0..3 {
+        let env = Env::new("");
+        env.write_config(&format!(
+            r#"
+{tokens}
+[[plugin]]
+id = "text-stats"
+component = "{{text-stats}}"
+
+[[limit]]
+name = "ten"
+scope = {{ principal = "alice" }}
+kind = "quota"
+measure = "calls"
+max = 10
+per = "hour"
+
+[[limit]]
+name = "burst"
+scope = {{ principal = "bob" }}
+kind = "rate"
+rate = 1
+per = "hour"
+burst = 4
+
+[store]
+url = "{url}"
+"#,
+            tokens = super::approvals::test_tokens()
+        ));
+        let rt = Runtime::load(Config::load(&env.config()).unwrap())
+            .await
+            .unwrap();
+        hosts.push((env, Arc::new(rt)));
+    }
+    let barrier = Arc::new(tokio::sync::Barrier::new(60));
+    let mut tasks = Vec::new();
+    for i in 0..60 {
+        let rt = hosts[i % 3].1.clone();
+        let barrier = barrier.clone();
+        tasks.push(tokio::spawn(async move {
+            let who = if i < 36 { "alice" } else { "bob" };
+            let input = format!(r#"{{"text":"caller {i}"}}"#);
+            barrier.wait().await;
+            let report = rt
+                .call(CallRequest {
+                    principal: who,
+                    tool: "text_stats",
+                    input: &input,
+                    started_by: None,
+                })
+                .await
+                .unwrap();
+            (who, report.outcome.status().to_string())
+        }));
+    }
+    let mut ok = std::collections::HashMap::new();
+    for t in tasks {
+        let (who, status) = t.await.unwrap();
+        assert!(status == "ok" || status == "limited", "{who}: {status}");
+        *ok.entry(who).or_insert(0) += usize::from(status == "ok");
+    }
+    assert_eq!((ok["alice"], ok["bob"]), (10, 4), "admitted in the cluster");
+    for (_, rt) in &hosts {
+        rt.close();
+    }
+}

@@ -345,6 +345,14 @@ impl Runtime {
         let budgets = Budgets::new(&config.limits, &config.runaway, previous.as_ref());
         if fresh {
             rebuild_budgets(&budgets, &runs, &suspensions).map_err(|e| store(&e))?;
+            if let Some(target) = &config.store.shared
+                && !config.limits.is_empty()
+                && mode == Stores::Open
+            {
+                let cluster = crate::governance::budgets::cluster::Cluster::open(target)
+                    .map_err(|e| store(&format!("{}: {e}", target.shown)))?;
+                budgets.share(Arc::new(cluster));
+            }
         }
         let rt = Runtime {
             audit,

@@ -20,7 +20,7 @@ use super::sql::{Db, Row, Sql, SqlError, Val, dollar_placeholders};
 /// with integers as BIGINT; `hosts` is what a lease is: each host's last heartbeat.
 const MIGRATIONS: &[&str] = &[
     // 1: the approval queue, its votes and webhook notices; schedules' pauses and fire
-    // times claimed; trigger deliveries seen; hosts' heartbeats.
+    // times claimed; trigger deliveries seen; limits' shared counts; hosts' heartbeats.
     "
     CREATE TABLE approvals (
         id             TEXT PRIMARY KEY,
@@ -96,6 +96,68 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (name, delivery)
     );
     CREATE INDEX deliveries_by_time ON trigger_deliveries(at_ms);
+    CREATE TABLE limit_uses (
+        id             BIGSERIAL PRIMARY KEY,
+        limit_name     TEXT NOT NULL,
+        key            TEXT NOT NULL,
+        at_ms          BIGINT NOT NULL,
+        amount         DOUBLE PRECISION NOT NULL
+    );
+    CREATE INDEX limit_uses_by_key ON limit_uses(limit_name, key, at_ms);
+    CREATE TABLE limit_buckets (
+        limit_name     TEXT NOT NULL,
+        key            TEXT NOT NULL,
+        tokens         DOUBLE PRECISION NOT NULL,
+        at_ms          BIGINT NOT NULL,
+        PRIMARY KEY (limit_name, key)
+    );
+    -- One quota take: the takes of one limit and key in turn; uses before the window
+    -- are forgotten; refused (no id) when the take would pass the maximum.
+    CREATE FUNCTION warden_quota_take(p_limit TEXT, p_key TEXT, p_start BIGINT, p_now BIGINT,
+        p_amount DOUBLE PRECISION, p_max DOUBLE PRECISION, p_force BOOLEAN)
+    RETURNS TABLE (taken_id BIGINT, used_before DOUBLE PRECISION) LANGUAGE plpgsql AS $fn$
+    DECLARE v_used DOUBLE PRECISION;
+    BEGIN
+        PERFORM pg_advisory_xact_lock(hashtext(p_limit), hashtext(p_key));
+        DELETE FROM limit_uses u WHERE u.limit_name = p_limit AND u.key = p_key AND u.at_ms < p_start;
+        SELECT coalesce(sum(u.amount), 0) INTO v_used FROM limit_uses u
+            WHERE u.limit_name = p_limit AND u.key = p_key;
+        IF NOT p_force AND ((p_amount > 0 AND v_used + p_amount > p_max)
+                            OR (p_amount <= 0 AND v_used >= p_max)) THEN
+            RETURN QUERY SELECT NULL::BIGINT, v_used;
+        ELSIF p_amount > 0 THEN
+            RETURN QUERY INSERT INTO limit_uses AS u (limit_name, key, at_ms, amount)
+                VALUES (p_limit, p_key, p_now, p_amount) RETURNING u.id, v_used;
+        ELSE
+            RETURN QUERY SELECT 0::BIGINT, v_used;
+        END IF;
+    END $fn$;
+    -- One token of a rate's bucket, refilled by the time since the last take.
+    CREATE FUNCTION warden_rate_take(p_limit TEXT, p_key TEXT, p_now BIGINT,
+        p_per_ms DOUBLE PRECISION, p_burst DOUBLE PRECISION, p_force BOOLEAN)
+    RETURNS TABLE (admitted BOOLEAN, tokens_left DOUBLE PRECISION) LANGUAGE plpgsql AS $fn$
+    DECLARE v_tokens DOUBLE PRECISION; v_at BIGINT;
+    BEGIN
+        PERFORM pg_advisory_xact_lock(hashtext(p_limit), hashtext(p_key));
+        SELECT b.tokens, b.at_ms INTO v_tokens, v_at FROM limit_buckets b
+            WHERE b.limit_name = p_limit AND b.key = p_key;
+        IF NOT FOUND THEN
+            v_tokens := p_burst;
+            v_at := p_now;
+        END IF;
+        v_tokens := least(p_burst, v_tokens + greatest(0, p_now - v_at) * p_per_ms);
+        IF v_tokens >= 1 THEN
+            v_tokens := v_tokens - 1;
+            admitted := true;
+        ELSE
+            admitted := p_force;
+        END IF;
+        INSERT INTO limit_buckets AS b (limit_name, key, tokens, at_ms)
+            VALUES (p_limit, p_key, v_tokens, greatest(p_now, v_at))
+            ON CONFLICT (limit_name, key) DO UPDATE SET tokens = excluded.tokens, at_ms = excluded.at_ms;
+        tokens_left := v_tokens;
+        RETURN NEXT;
+    END $fn$;
     CREATE TABLE hosts (
         token          TEXT PRIMARY KEY,
         host           TEXT NOT NULL,

@@ -116,6 +116,14 @@ impl Row {
             _ => self.int(i).map(Some),
         }
     }
+    /// A number (integer or real; null and text as 0).
+    pub fn number(&self, i: usize) -> f64 {
+        match self.0.get(i) {
+            Some(Val::Real(v)) => *v,
+            Some(Val::Int(v)) => *v as f64,
+            _ => 0.0,
+        }
+    }
     pub fn bool(&self, i: usize) -> Result<bool, SqlError> {
         self.int(i).map(|v| v != 0)
     }

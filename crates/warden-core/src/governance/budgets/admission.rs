@@ -54,6 +54,8 @@ pub struct Admission {
     /// Alert thresholds its reservation passed.
     pub crossings: Vec<Crossing>,
     pub(super) settled: bool,
+    /// What it took from the counts shared with other hosts.
+    pub(super) shared: Vec<super::cluster::Taken>,
 }
 
 impl Admission {
@@ -148,6 +150,9 @@ impl Drop for Admission {
     fn drop(&mut self) {
         if self.settled {
             return;
+        }
+        if let Some(cluster) = self.budgets.cluster.get() {
+            cluster.give_back(std::mem::take(&mut self.shared));
         }
         for (i, key, reserved) in &self.held {
             let key = key.as_deref().unwrap_or_default();

@@ -18,6 +18,7 @@
 //! call waits for a human in the approval queue), as each limit says.
 
 mod admission;
+pub mod cluster;
 mod counts;
 pub mod runaway;
 mod suspensions;
@@ -111,10 +112,15 @@ pub struct Refusal {
     pub measure: &'static str,
     /// When the count next goes down (or a token is back).
     pub resets_ms: Option<i64>,
+    /// Why, when it is not the count (the shared count could not be reached).
+    pub note: Option<String>,
 }
 
 impl std::fmt::Display for Refusal {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if let Some(note) = &self.note {
+            return write!(f, "limit {}: {note}", self.limit);
+        }
         write!(
             f,
             "limit {}: {} {} of {}",
@@ -186,6 +192,8 @@ pub struct Budgets {
     successor: OnceLock<Arc<Budgets>>,
     pub runaway: runaway::Runaway,
     pub suspensions: Arc<Suspensions>,
+    /// The counts shared with other hosts (`[store] url`): set once, kept on reload.
+    cluster: OnceLock<Arc<cluster::Cluster>>,
     /// Calls refused, by limit (`suspended`, `loop`, `breaker` for the guards).
     refusals: Arc<Mutex<HashMap<String, u64>>>,
 }
@@ -234,7 +242,11 @@ impl Budgets {
             },
             suspensions: previous.map(|p| p.suspensions.clone()).unwrap_or_default(),
             refusals: previous.map(|p| p.refusals.clone()).unwrap_or_default(),
+            cluster: OnceLock::new(),
         };
+        if let Some(shared) = previous.and_then(|p| p.cluster.get()) {
+            let _ = budgets.cluster.set(shared.clone());
+        }
         let Some(mut previous) = previous else {
             return Arc::new(budgets);
         };
@@ -259,6 +271,11 @@ impl Budgets {
         let _ = previous.successor.set(budgets.clone());
         drop(old);
         budgets
+    }
+
+    /// Count rates and quotas of calls and cost across hosts too, in `cluster`.
+    pub fn share(&self, cluster: Arc<cluster::Cluster>) {
+        let _ = self.cluster.set(cluster);
     }
 
     fn lock(&self) -> MutexGuard<'_, Vec<Counts>> {
@@ -356,6 +373,7 @@ impl Budgets {
             held: Vec::with_capacity(self.limits.len()),
             crossings: Vec::new(),
             settled: false,
+            shared: Vec::new(),
         };
         let mut counts = self.lock();
         if let Some(next) = self.successor.get() {
@@ -459,6 +477,18 @@ impl Budgets {
         if let Some(u) = usage {
             u.push('}');
         }
+        if let Some(cluster) = self.cluster.get() {
+            for (i, key, _) in &admission.held {
+                if !self.limits[*i].counted_at_admission() {
+                    continue;
+                }
+                let key = key.as_deref().unwrap_or_default();
+                // A refusal drops the admission, which gives back what was taken.
+                if let Some(t) = cluster.take(self, *i, key, cost, force, now_ms)? {
+                    admission.shared.push(t);
+                }
+            }
+        }
         Ok(admission)
     }
 
@@ -541,6 +571,7 @@ impl Budgets {
             max,
             measure,
             resets_ms,
+            note: None,
         }
     }
 

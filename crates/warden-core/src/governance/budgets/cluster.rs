@@ -1,0 +1,161 @@
+//! Limits counted across hosts (`[store] url`): what a host admits under a rate or a
+//! quota of calls or cost is also taken from the count in the shared PostgreSQL, so a
+//! limit of N per minute admits N in the cluster, not N per host. Each take is one
+//! round trip: a function in the database that serializes the takes of one limit and
+//! key (an advisory lock for the transaction), reads the count, and records the take
+//! or refuses it.
+//!
+//! The host's own counts still run first (they are free and refuse most calls over a
+//! limit without a round trip); the shared count decides. Concurrency bounds and what
+//! is counted when a call ends (wall time, fuel, egress) stay per host. It must never
+//! admit a call it could not count: an unreachable store refuses.
+
+use super::{Budgets, Refusal, window};
+use crate::config::{LimitKind, Measure};
+use crate::store::conn::Conn;
+use crate::store::postgres::{PgDb, Target};
+use crate::store::sql::{SqlError, vals};
+
+/// The shared counts.
+pub struct Cluster {
+    conn: Conn,
+    shown: String,
+}
+
+/// One take that may have to be given back (a later limit refused, or the call never
+/// ran).
+#[derive(Debug, Clone)]
+pub(super) enum Taken {
+    /// A quota's recorded use (its row).
+    Use(i64),
+    /// A token of a rate's bucket.
+    Token {
+        limit: String,
+        key: String,
+        burst: f64,
+    },
+}
+
+impl Cluster {
+    pub fn open(target: &Target) -> Result<Cluster, String> {
+        let them = target.clone();
+        let db = std::thread::spawn(move || PgDb::open(&them))
+            .join()
+            .map_err(|_| "connecting panicked".to_string())?
+            .map_err(|e| e.0)?;
+        Ok(Cluster {
+            conn: Conn::thread(db, "warden-limits-db").map_err(|e| e.to_string())?,
+            shown: target.shown.clone(),
+        })
+    }
+
+    /// Take what limit `i` of `budgets` counts for `key` at admission: `Ok(None)` when
+    /// it counts nothing here, `Err` when the cluster's count refuses it (or cannot be
+    /// reached).
+    pub(super) fn take(
+        &self,
+        budgets: &Budgets,
+        i: usize,
+        key: &str,
+        cost: f64,
+        force: bool,
+        now_ms: i64,
+    ) -> Result<Option<Taken>, Refusal> {
+        let name = budgets.configs[i].name.clone();
+        let unreachable = |e: SqlError| {
+            let mut r = budgets.refusal(i, 0.0, 0.0, "", None);
+            r.note = Some(format!(
+                "the shared store {} cannot count it: {e}",
+                self.shown
+            ));
+            r
+        };
+        match budgets.limits[i].kind {
+            LimitKind::Rate { rate, per, burst } => {
+                let per_ms = rate / per.ms() as f64;
+                let (limit, k) = (name.clone(), key.to_string());
+                let row = self
+                    .conn
+                    .read(move |sql| {
+                        sql.query_one(
+                            "SELECT admitted, tokens_left FROM warden_rate_take(?1, ?2, ?3, ?4, ?5, ?6)",
+                            vals![limit, k, now_ms, per_ms, burst, force],
+                        )
+                    })
+                    .map_err(unreachable)?;
+                if row.bool(0).unwrap_or(false) {
+                    return Ok(Some(Taken::Token {
+                        limit: name,
+                        key: key.to_string(),
+                        burst,
+                    }));
+                }
+                let next = now_ms + ((1.0 - row.number(1)) / per_ms).ceil() as i64;
+                Err(budgets.refusal(i, 0.0, burst, "calls left of the burst", Some(next)))
+            }
+            LimitKind::Quota {
+                measure: measure @ (Measure::Calls | Measure::Cost),
+                max,
+                per,
+                rolling,
+                zone,
+            } => {
+                let amount = if measure == Measure::Calls { 1.0 } else { cost };
+                let (start, resets) = if rolling {
+                    (now_ms - per.ms(), now_ms + per.ms())
+                } else {
+                    window::calendar(per, zone, now_ms)
+                };
+                let (limit, k) = (name, key.to_string());
+                let row = self
+                    .conn
+                    .read(move |sql| {
+                        sql.query_one(
+                            "SELECT taken_id, used_before FROM warden_quota_take(?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                            vals![limit, k, start, now_ms, amount, max, force],
+                        )
+                    })
+                    .map_err(unreachable)?;
+                match row.opt_int(0).unwrap_or(None) {
+                    Some(id) if id > 0 => Ok(Some(Taken::Use(id))),
+                    Some(_) => Ok(None),
+                    None => Err(budgets.refusal(
+                        i,
+                        row.number(1),
+                        max,
+                        measure.as_str(),
+                        Some(resets),
+                    )),
+                }
+            }
+            _ => Ok(None),
+        }
+    }
+
+    /// Give back what a call took and never used.
+    pub(super) fn give_back(&self, taken: Vec<Taken>) {
+        if taken.is_empty() {
+            return;
+        }
+        let given = self.conn.write(true, move |tx| {
+            for t in taken {
+                match t {
+                    Taken::Use(id) => {
+                        tx.execute("DELETE FROM limit_uses WHERE id = ?1", vals![id])?;
+                    }
+                    Taken::Token { limit, key, burst } => {
+                        tx.execute(
+                            "UPDATE limit_buckets SET tokens = least(?3, tokens + 1)
+                             WHERE limit_name = ?1 AND key = ?2",
+                            vals![limit, key, burst],
+                        )?;
+                    }
+                }
+            }
+            Ok(())
+        });
+        if let Err(e) = given {
+            tracing::warn!("limits: giving back to the shared count: {e}");
+        }
+    }
+}
