@@ -479,7 +479,7 @@ fn claim_racer() {
     let rt = tokio::runtime::Builder::new_current_thread()
         .build()
         .unwrap();
-    let won = rt.block_on(queue.claim(&id, 0)).unwrap().is_some();
+    let won = rt.block_on(queue.claim(&id, vec![], 0)).unwrap().is_some();
     println!("racer: {}", if won { "won" } else { "lost" });
 }
 

@@ -66,7 +66,7 @@ fn ballot<'a>(who: &'a str, choice: Choice, sha: &'a str, now_ms: i64) -> Ballot
 
 fn shared(url: &str, lease: Duration) -> ApprovalQueue {
     let target = Target::parse(url).expect("a valid url");
-    ApprovalQueue::open_shared(&target, lease, Some(Sealer::new(&[7; 32])))
+    ApprovalQueue::open_shared(&target, lease, "test-host", Some(Sealer::new(&[7; 32])))
         .expect("open the shared queue")
 }
 
@@ -114,10 +114,10 @@ async fn queue_behaviours(queue: &ApprovalQueue) {
     assert_eq!(decided.state, ApprovalState::Approved);
     assert_eq!(queue.approved().unwrap(), vec![a.id.clone()]);
     assert_eq!(queue.with_unaudited_votes().unwrap(), vec![a.id.clone()]);
-    let claimed = queue.claim(&a.id, 3_000).await.unwrap().unwrap();
+    let claimed = queue.claim(&a.id, vec![1], 3_000).await.unwrap().unwrap();
     assert_eq!(claimed.state, ApprovalState::Executing);
     assert!(claimed.votes.iter().all(|v| v.audited));
-    assert!(queue.claim(&a.id, 3_000).await.unwrap().is_none());
+    assert!(queue.claim(&a.id, vec![], 3_000).await.unwrap().is_none());
     let ran = Ran {
         status: "ok".into(),
         output: Some("{\"sent\":true}".into()),
@@ -239,7 +239,7 @@ async fn sixty_four_approvals_through_two_hosts_decide_once_and_one_host_runs_it
     for i in 0..64 {
         let (host, id) = (hosts[i % 2].clone(), a.id.clone());
         claims.push(tokio::spawn(
-            async move { host.claim(&id, 3_000).await.unwrap() },
+            async move { host.claim(&id, vec![], 3_000).await.unwrap() },
         ));
     }
     let mut runs = 0;
@@ -267,14 +267,14 @@ async fn a_dead_hosts_claim_ends_failed_on_another_host_after_its_lease_never_ru
             )
             .await
             .unwrap();
-        assert!(doomed.claim(&a.id, 3_000).await.unwrap().is_some());
+        assert!(doomed.claim(&a.id, vec![], 3_000).await.unwrap().is_some());
         // The host stops here: no finish, no more heartbeats.
     }
     assert!(
         survivor.recover(4_000).await.unwrap().is_empty(),
         "a claim within its lease is left alone"
     );
-    assert!(survivor.claim(&a.id, 4_000).await.unwrap().is_none());
+    assert!(survivor.claim(&a.id, vec![], 4_000).await.unwrap().is_none());
     tokio::time::sleep(lease + Duration::from_millis(500)).await;
     let recovered = survivor.recover(9_000).await.unwrap();
     assert_eq!(recovered.len(), 1, "{recovered:?}");
@@ -287,7 +287,7 @@ async fn a_dead_hosts_claim_ends_failed_on_another_host_after_its_lease_never_ru
         "{:?}",
         recovered[0].result
     );
-    assert!(survivor.claim(&a.id, 9_500).await.unwrap().is_none());
+    assert!(survivor.claim(&a.id, vec![], 9_500).await.unwrap().is_none());
     assert!(survivor.recover(10_000).await.unwrap().is_empty());
 }
 
@@ -356,12 +356,14 @@ fn a_call_held_on_one_host_and_approved_through_another_runs_once_in_the_cluster
     use super::approvals::{note_exists, queue_env, wait_until};
     let url = postgres().database();
     let hosts: Vec<Env> = (0..3)
-        .map(|_| {
+        .map(|i| {
             let env = queue_env(
                 "tools = { notes_write = \"hard\" }",
                 super::approvals::ONCALL,
             );
-            env.append_config(&format!("\n[store]\nurl = \"{url}\"\nlease_secs = 5\n"));
+            env.append_config(&format!(
+                "\n[store]\nurl = \"{url}\"\nlease_secs = 5\nhost = \"host-{i}\"\n"
+            ));
             env
         })
         .collect();
@@ -404,6 +406,29 @@ fn a_call_held_on_one_host_and_approved_through_another_runs_once_in_the_cluster
     for s in &mut servers {
         assert!(s.stop().success());
     }
+
+    // Each host's chain, and the request's records across them.
+    let dirs: Vec<String> = hosts
+        .iter()
+        .map(|h| h.path().join("data/audit").display().to_string())
+        .collect();
+    let mut args = vec!["audit", "verify", "--cluster"];
+    args.extend(dirs.iter().map(String::as_str));
+    let verified = hosts[0].warden(&args);
+    assert_eq!(verified.code, OK, "{verified:?}");
+    assert!(
+        verified.stdout.contains("host host-1:")
+            && verified.stdout.contains("1 approval requests, every record where it belongs"),
+        "{verified:?}"
+    );
+    let without_first = hosts[0].warden(&["audit", "verify", "--cluster", &dirs[1], &dirs[2]]);
+    let decided_on = if ran == [0] { "" } else { "recorded on" };
+    assert_eq!(without_first.code, 1, "{without_first:?}");
+    assert!(
+        without_first.stdout.contains(decided_on)
+            && without_first.stdout.contains("its request is in no log"),
+        "{without_first:?}"
+    );
 }
 
 /// Hosts racing for the same fire times and the same trigger deliveries: each is

@@ -20,12 +20,16 @@ pub struct StoreConfig {
     /// outlives its last heartbeat before another host ends that call `failed`
     /// (never runs it again).
     pub lease: Duration,
+    /// `host` (default: the machine's host name): this host's name in the shared store
+    /// and in every record of its audit log. Hosts sharing a store need distinct names.
+    pub host: String,
 }
 
 impl PartialEq for StoreConfig {
     fn eq(&self, other: &StoreConfig) -> bool {
         self.shared.as_ref().map(|t| &t.shown) == other.shared.as_ref().map(|t| &t.shown)
             && self.lease == other.lease
+            && self.host == other.host
     }
 }
 
@@ -35,9 +39,42 @@ pub(super) struct RawStore {
     url: Option<Spanned<String>>,
     url_env: Option<Spanned<String>>,
     lease_secs: Option<Spanned<u64>>,
+    host: Option<Spanned<String>>,
+}
+
+/// The machine's host name (`localhost` when it has none).
+fn host_name() -> String {
+    let mut buf = [0u8; 256];
+    // SAFETY: the buffer is valid for its length; gethostname NUL-terminates within it
+    // or truncates, and the last byte stays 0.
+    let ok = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len() - 1) } == 0;
+    let end = buf.iter().position(|&b| b == 0).unwrap_or(0);
+    match std::str::from_utf8(&buf[..end]) {
+        Ok(name) if ok && !name.is_empty() => name.to_string(),
+        _ => "localhost".into(),
+    }
 }
 
 pub(super) fn check_store(locate: &Locator, raw: &RawStore) -> Result<StoreConfig, ConfigError> {
+    let host = match &raw.host {
+        Some(h) => {
+            let name = h.get_ref();
+            let fine = !name.is_empty()
+                && name.len() <= 64
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
+            if !fine {
+                return Err(locate.error(
+                    h.span().start,
+                    "store.host",
+                    "a host name is 1-64 letters, digits, '-', '_' or '.'",
+                ));
+            }
+            name.clone()
+        }
+        None => host_name(),
+    };
     let lease = match &raw.lease_secs {
         Some(s) if *s.get_ref() < 3 || *s.get_ref() > 3600 => {
             return Err(locate.error(
@@ -72,6 +109,7 @@ pub(super) fn check_store(locate: &Locator, raw: &RawStore) -> Result<StoreConfi
             return Ok(StoreConfig {
                 shared: None,
                 lease,
+                host,
             });
         }
     };
@@ -86,5 +124,6 @@ pub(super) fn check_store(locate: &Locator, raw: &RawStore) -> Result<StoreConfi
     Ok(StoreConfig {
         shared: Some(target),
         lease,
+        host,
     })
 }

@@ -253,7 +253,12 @@ impl Runtime {
         let Some(a) = queue.get(id).map_err(Self::queue_error)? else {
             return Ok(());
         };
-        let votes: Vec<_> = a.votes.iter().filter(|v| !v.audited).collect();
+        let due = queue.votes_due(id).map_err(Self::queue_error)?;
+        let votes: Vec<_> = a
+            .votes
+            .iter()
+            .filter(|v| !v.audited && due.contains(&v.seq))
+            .collect();
         if votes.is_empty() {
             return Ok(());
         }
@@ -381,16 +386,20 @@ impl Runtime {
         if a.state != ApprovalState::Approved {
             return Ok(None);
         }
-        let votes = a
+        let due = queue.votes_due(id).map_err(Self::queue_error)?;
+        let (votes, seqs): (Vec<_>, Vec<_>) = a
             .votes
             .iter()
-            .filter(|v| !v.audited)
-            .map(|v| self.entry(record::approval_vote(&a, v)))
-            .collect();
+            .filter(|v| !v.audited && due.contains(&v.seq))
+            .map(|v| (self.entry(record::approval_vote(&a, v)), v.seq))
+            .unzip();
         // Written now, durable with the run's last records.
         self.audit(votes, false).await?;
         let now = crate::now_ms() as i64;
-        let claimed = queue.claim(&a.id, now).await.map_err(Self::queue_error)?;
+        let claimed = queue
+            .claim(&a.id, seqs, now)
+            .await
+            .map_err(Self::queue_error)?;
         drop(lock);
         match claimed {
             Some(claimed) => Ok(Some(self.run_approved(claimed).await?)),

@@ -581,19 +581,30 @@ fn load_secrets(config: &Config) -> Result<Secrets, ConfigError> {
 
 /// Open the audit log (off the async runtime: it may wait for another process) with
 /// its signing key and checkpoint settings.
-async fn open_audit(config: &Config) -> Result<AuditLog, LoadError> {
+/// The options `config` opens its audit log with.
+pub fn audit_options(config: &Config) -> Result<AuditOptions, String> {
     let a = &config.audit;
     let signer = a
         .signing_key()
         .and_then(Signer::open)
-        .map_err(|e| LoadError::Store(format!("audit signing key: {e}")))?;
-    let options = AuditOptions {
+        .map_err(|e| format!("audit signing key: {e}"))?;
+    Ok(AuditOptions {
         max_segment_bytes: a.max_segment_bytes,
         signer: Some(Arc::new(signer)),
         checkpoint_every: a.checkpoint_every,
         checkpoint_interval: std::time::Duration::from_secs(a.checkpoint_secs),
         witness: a.witness.clone(),
-    };
+        host: config
+            .store
+            .shared
+            .as_ref()
+            .map(|_| config.store.host.clone()),
+    })
+}
+
+async fn open_audit(config: &Config) -> Result<AuditLog, LoadError> {
+    let options = audit_options(config).map_err(LoadError::Store)?;
+    let a = &config.audit;
     let dir = a.dir.clone();
     tokio::task::spawn_blocking(move || AuditLog::open(&dir, options))
         .await
@@ -615,7 +626,12 @@ pub fn open_queue(
     config: &Config,
 ) -> Result<ApprovalQueue, crate::governance::approvals::ApprovalError> {
     match &config.store.shared {
-        Some(target) => ApprovalQueue::open_shared(target, config.store.lease, sealer(config)),
+        Some(target) => ApprovalQueue::open_shared(
+            target,
+            config.store.lease,
+            &config.store.host,
+            sealer(config),
+        ),
         None => ApprovalQueue::open(&config.runs_db, sealer(config)),
     }
 }

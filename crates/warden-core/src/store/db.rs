@@ -178,9 +178,11 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (upstream, tool)
     );
     ",
-    // 8: what an executed request's run returned (for a caller waiting elsewhere).
+    // 8: what an executed request's run returned (for a caller waiting elsewhere);
+    // which process recorded each vote (hosts sharing a store audit their own).
     "
     ALTER TABLE approvals ADD COLUMN outcome TEXT;
+    ALTER TABLE approval_votes ADD COLUMN cast_by TEXT;
     ",
 ];
 

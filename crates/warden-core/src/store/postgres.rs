@@ -60,6 +60,7 @@ const MIGRATIONS: &[&str] = &[
         at_ms          BIGINT NOT NULL,
         via            TEXT NOT NULL,
         audited        BIGINT NOT NULL DEFAULT 0,
+        cast_by        TEXT,
         PRIMARY KEY (approval_id, seq)
     );
     CREATE INDEX votes_unaudited ON approval_votes(audited) WHERE audited = 0;

@@ -34,6 +34,11 @@ pub enum AuditCommand {
         /// Verify without HEAD (records deleted from the end then go unnoticed).
         #[arg(long)]
         no_head: bool,
+        /// Verify the logs of hosts sharing a store together (each host's audit dir,
+        /// copied here): every chain, and that what crosses hosts agrees (a request
+        /// made on one host, decided on another, run on a third; never run twice).
+        #[arg(long, value_name = "DIR", num_args = 1.., conflicts_with = "dir")]
+        cluster: Vec<PathBuf>,
         #[arg(long)]
         json: bool,
     },
@@ -90,10 +95,23 @@ pub async fn run(config: &Path, command: &AuditCommand) -> Result<ExitCode> {
         witness,
         no_head,
         json,
+        ..
     } = command
     {
         let options = verify_options(keys, None, witness.clone(), *no_head)?;
         return verify(dir, &options, *json);
+    }
+    if let AuditCommand::Verify {
+        cluster,
+        keys,
+        no_head,
+        json,
+        ..
+    } = command
+        && !cluster.is_empty()
+    {
+        let options = verify_options(keys, None, None, *no_head)?;
+        return verify_cluster(cluster, &options, *json);
     }
     let config = Config::load(config)?;
     let dir = &config.audit.dir;
@@ -220,18 +238,7 @@ pub async fn run(config: &Path, command: &AuditCommand) -> Result<ExitCode> {
 
 /// The options the log is opened with, from the config.
 fn options(config: &Config) -> Result<AuditOptions> {
-    let a = &config.audit;
-    let signer = a
-        .signing_key()
-        .and_then(Signer::open)
-        .map_err(|e| anyhow::anyhow!("audit signing key: {e}"))?;
-    Ok(AuditOptions {
-        max_segment_bytes: a.max_segment_bytes,
-        signer: Some(Arc::new(signer)),
-        checkpoint_every: a.checkpoint_every,
-        checkpoint_interval: std::time::Duration::from_secs(a.checkpoint_secs),
-        witness: a.witness.clone(),
-    })
+    warden_core::runtime::audit_options(config).map_err(anyhow::Error::msg)
 }
 
 async fn open(config: &Config) -> Result<AuditLog> {
@@ -359,6 +366,68 @@ fn verify(dir: &Path, options: &VerifyOptions, json: bool) -> Result<ExitCode> {
         return Ok(ExitCode::from(1));
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Every host's log, then what crosses hosts.
+fn verify_cluster(dirs: &[PathBuf], options: &VerifyOptions, json: bool) -> Result<ExitCode> {
+    let mut logs = Vec::new();
+    let mut reports = Vec::new();
+    let mut broken = false;
+    for dir in dirs {
+        let v = audit::verify(dir, options).with_context(|| format!("{}", dir.display()))?;
+        let records = audit::read_all(dir)?;
+        let host = records
+            .iter()
+            .find_map(|r| r["host"].as_str())
+            .map_or_else(|| dir.display().to_string(), str::to_string);
+        broken |= v.problem.is_some();
+        reports.push(json!({
+            "dir": dir.display().to_string(),
+            "host": host,
+            "intact": v.problem.is_none(),
+            "records": v.records,
+            "problem": v.problem.as_ref().map(|p| format!("record {} ({}): {}", p.seq, p.location, p.what)),
+        }));
+        logs.push((host, records));
+    }
+    let (requests, problems) = audit::cross_check(&logs);
+    if json {
+        let report = json!({"logs": reports, "requests": requests, "consistent": problems.is_empty(), "problems": problems});
+        crate::output::print(&format!("{report}\n"))?;
+    } else {
+        let mut out = String::new();
+        for r in &reports {
+            out += &match r["problem"].as_str() {
+                None => format!(
+                    "host {}: {} intact, {} records\n",
+                    r["host"].as_str().unwrap_or_default(),
+                    r["dir"].as_str().unwrap_or_default(),
+                    r["records"]
+                ),
+                Some(p) => format!(
+                    "host {}: {} is BROKEN at {p}\n",
+                    r["host"].as_str().unwrap_or_default(),
+                    r["dir"].as_str().unwrap_or_default()
+                ),
+            };
+        }
+        if problems.is_empty() {
+            out += &format!(
+                "across {} hosts: {requests} approval requests, every record where it belongs\n",
+                logs.len()
+            );
+        } else {
+            for p in &problems {
+                out += &format!("INCONSISTENT: {p}\n");
+            }
+        }
+        crate::output::print(&out)?;
+    }
+    Ok(if broken || !problems.is_empty() {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
 }
 
 fn print(out: &mut impl Write, r: &Value, json: bool) -> std::io::Result<()> {

@@ -18,7 +18,7 @@ use serde_json::Value;
 use crate::call::{ApprovalState, Tier, Vote};
 use crate::config::ApprovalsConfig;
 use crate::store::postgres::{PgDb, Target};
-use crate::store::sql::{LiteDb, Sql, SqlError, vals};
+use crate::store::sql::{LiteDb, Sql, SqlError, Val, vals};
 
 use super::owner::Owner;
 
@@ -110,10 +110,12 @@ impl ApprovalQueue {
     }
 
     /// The queue in the PostgreSQL at `target`, shared with other hosts: a claim holds
-    /// for `lease` past this host's last heartbeat (sent every third of it).
+    /// for `lease` past this host's last heartbeat (sent every third of it); `host`
+    /// names this host in the heartbeats.
     pub fn open_shared(
         target: &Target,
         lease: Duration,
+        host: &str,
         sealer: Option<Sealer>,
     ) -> Result<ApprovalQueue, ApprovalError> {
         let shown = target.shown.clone();
@@ -126,12 +128,12 @@ impl ApprovalQueue {
         let token = hex::encode(raw);
         // The driver's blocking calls must not run on an async runtime's thread (it
         // refuses to nest runtimes): connections are made on a thread of their own.
-        let (first, them) = (token.clone(), target.clone());
+        let (first, them, name) = (token.clone(), target.clone(), host.to_string());
         let (writer, reader) = std::thread::spawn(move || -> Result<(PgDb, PgDb), SqlError> {
             let mut writer = PgDb::open(&them)?;
             // Seen before its first claim, so no other host takes that claim for orphaned.
             crate::store::sql::Db::transaction(&mut writer, true, &mut |sql| {
-                threads::beat(sql, &first)
+                threads::beat(sql, &first, &name)
             })?;
             Ok((writer, PgDb::open(&them)?))
         })
@@ -151,6 +153,7 @@ impl ApprovalQueue {
             sealer,
             Some(Heartbeat {
                 token,
+                host: host.to_string(),
                 every: lease / 3,
             }),
         )?;
@@ -436,12 +439,13 @@ impl ApprovalQueue {
         let shown = ballot.input_sha256.to_string();
         let (choice, now_ms) = (ballot.choice, ballot.now_ms);
         let sealer = self.sealer.clone();
+        let by = self.holder.token().to_string();
         self.write(move |tx| {
             let mut a = load(tx, &id, sealer.as_ref().as_ref(), true)?
                 .ok_or_else(|| ApprovalError::NotFound(id.clone()))?;
             if a.state == ApprovalState::Pending && now_ms >= a.expires_ms {
                 // Settled now, in this commit, and then refused below.
-                settle_expired(tx, &mut a, now_ms)?;
+                settle_expired(tx, &mut a, &by, now_ms)?;
                 return Ok(Err(already(&a)));
             }
             if a.state != ApprovalState::Pending {
@@ -475,6 +479,7 @@ impl ApprovalQueue {
                     reason: reason.as_deref(),
                     via: &via,
                     input_sha256: &shown,
+                    by: &by,
                 },
                 now_ms,
             )?;
@@ -534,12 +539,13 @@ impl ApprovalQueue {
         }
         let id = id.to_string();
         let sealer = self.sealer.clone();
+        let by = self.holder.token().to_string();
         self.write(move |tx| {
             let Some(mut a) = load(tx, &id, sealer.as_ref().as_ref(), true)? else {
                 return Ok(None);
             };
             if a.state == ApprovalState::Pending && now_ms >= a.expires_ms {
-                settle_expired(tx, &mut a, now_ms)?;
+                settle_expired(tx, &mut a, &by, now_ms)?;
                 return Ok(Some(a));
             }
             Ok(None)
@@ -558,14 +564,26 @@ impl ApprovalQueue {
     }
 
     /// Take the right to execute `id`: `approved -> executing`, recording this
-    /// process (by its owner lock), and marking its votes audited (the caller has
-    /// written them to the audit log). `None` when it is not approved (another process
-    /// claimed it first, or it was never approved).
-    pub async fn claim(&self, id: &str, now_ms: i64) -> Result<Option<Approval>, ApprovalError> {
+    /// process (by its owner lock, or this host by its token), and marking votes
+    /// `audited` (the caller has written them to its audit log), in one commit. The
+    /// votes are marked whether or not the claim is won. `None` when it is not
+    /// approved (another process claimed it first, or it was never approved).
+    pub async fn claim(
+        &self,
+        id: &str,
+        audited: Vec<i64>,
+        now_ms: i64,
+    ) -> Result<Option<Approval>, ApprovalError> {
         let id = id.to_string();
         let owner = self.holder.token().to_string();
         let sealer = self.sealer.clone();
         self.write(move |tx| {
+            for seq in &audited {
+                tx.execute(
+                    "UPDATE approval_votes SET audited = 1 WHERE approval_id = ?1 AND seq = ?2",
+                    vals![&id, *seq],
+                )?;
+            }
             let changed = tx.execute(
                 "UPDATE approvals SET state = 'executing', state_ms = ?2, owner = ?3
                  WHERE id = ?1 AND state = 'approved'",
@@ -574,10 +592,6 @@ impl ApprovalQueue {
             if changed == 0 {
                 return Ok(None);
             }
-            tx.execute(
-                "UPDATE approval_votes SET audited = 1 WHERE approval_id = ?1",
-                vals![&id],
-            )?;
             Ok(load(tx, &id, sealer.as_ref().as_ref(), false)?)
         })
         .await
@@ -678,11 +692,60 @@ impl ApprovalQueue {
         Ok(out)
     }
 
-    /// Requests with votes not yet in the audit log, oldest vote first.
+    /// Requests with votes this process should write to its audit log, oldest vote
+    /// first: every unaudited vote in the embedded store (one audit log per data dir);
+    /// on the shared store, the votes this host cast, and those of hosts gone past
+    /// their lease (so each vote reaches one host's log, and a dead host's still do).
     pub fn with_unaudited_votes(&self) -> Result<Vec<String>, ApprovalError> {
-        self.ids(
-            "SELECT approval_id FROM approval_votes WHERE audited = 0
-             GROUP BY approval_id ORDER BY min(at_ms)",
+        let (filter, params) = self.audited_here(vec![]);
+        self.read(move |sql| {
+            sql.query(
+                &format!(
+                    "SELECT approval_id FROM approval_votes WHERE audited = 0{filter}
+                     GROUP BY approval_id ORDER BY min(at_ms)"
+                ),
+                &params,
+            )?
+            .iter()
+            .map(|r| r.text(0))
+            .collect()
+        })
+    }
+
+    /// The votes of request `id` this process should write to its audit log (see
+    /// `with_unaudited_votes`), by number.
+    pub fn votes_due(&self, id: &str) -> Result<Vec<i64>, ApprovalError> {
+        let (filter, params) = self.audited_here(vals![id].to_vec());
+        self.read(move |sql| {
+            sql.query(
+                &format!(
+                    "SELECT seq FROM approval_votes WHERE approval_id = ?1 AND audited = 0{filter}"
+                ),
+                &params,
+            )?
+            .iter()
+            .map(|r| r.int(0))
+            .collect()
+        })
+    }
+
+    /// The condition (and its parameters, after `params`) that picks the votes this
+    /// process audits: none in the embedded store; on the shared store, its own and
+    /// those of hosts not seen for their lease.
+    fn audited_here(&self, mut params: Vec<Val>) -> (String, Vec<Val>) {
+        let Holder::Host { token, lease } = &self.holder else {
+            return (String::new(), params);
+        };
+        let (me, window) = (params.len() + 1, params.len() + 2);
+        params.push(Val::from(token.as_str()));
+        params.push(Val::Int(lease.as_millis() as i64));
+        (
+            format!(
+                " AND (coalesce(cast_by, '') = ?{me} OR coalesce(cast_by, '') NOT IN
+                   (SELECT token FROM hosts WHERE seen_ms >=
+                       (extract(epoch from clock_timestamp()) * 1000)::bigint - ?{window}))"
+            ),
+            params,
         )
     }
 

@@ -16,6 +16,7 @@
 //! records could not be written (fail closed): nothing runs unaudited.
 
 mod checkpoint;
+mod cluster;
 mod entry;
 mod head;
 mod search;
@@ -27,6 +28,7 @@ use std::path::Path;
 
 use thiserror::Error;
 
+pub use cluster::cross_check;
 pub use checkpoint::{Signer, WitnessConfig, parse_public_key, public_path};
 pub use entry::Entry;
 pub use head::Head;

@@ -65,6 +65,9 @@ pub struct AuditOptions {
     /// ...or this long after the last one, whichever comes first (and at close).
     pub checkpoint_interval: Duration,
     pub witness: WitnessConfig,
+    /// The host this log belongs to, in every record (hosts sharing a store each keep
+    /// their own log; `audit verify --cluster` reads them together). Default none.
+    pub host: Option<String>,
 }
 
 impl AuditOptions {
@@ -76,6 +79,7 @@ impl AuditOptions {
             checkpoint_every: 1000,
             checkpoint_interval: Duration::from_secs(10),
             witness: WitnessConfig::default(),
+            host: None,
         }
     }
 }
@@ -435,6 +439,9 @@ struct Writer {
     checkpoints: Option<Checkpointing>,
     /// The hash of record 1: which log this is (for the witness).
     genesis: Option<String>,
+    /// `,"host":"NAME"`, ending every record of a host sharing a store (empty
+    /// otherwise).
+    host: Vec<u8>,
 }
 
 impl Writer {
@@ -576,6 +583,7 @@ impl Writer {
         let digest = Sha256::new()
             .chain_update(&head)
             .chain_update(&record.0)
+            .chain_update(&self.host)
             .chain_update(b"}")
             .finalize();
         let mut hex = [0u8; 64];
@@ -585,6 +593,7 @@ impl Writer {
         hash.push_str(&String::from_utf8_lossy(&hex));
         self.buf.extend_from_slice(&head);
         self.buf.extend_from_slice(&record.0);
+        self.buf.extend_from_slice(&self.host);
         self.buf.extend_from_slice(b",\"hash\":\"");
         self.buf.extend_from_slice(&hex);
         self.buf.extend_from_slice(b"\"}\n");

@@ -16,6 +16,7 @@ macro_rules! load_sql {
 pub(super) fn settle_expired(
     tx: &mut dyn Sql,
     a: &mut Approval,
+    by: &str,
     now_ms: i64,
 ) -> Result<(), SqlError> {
     match a.tier {
@@ -30,6 +31,7 @@ pub(super) fn settle_expired(
                     reason: Some("soft window passed with no rejection"),
                     via: "queue",
                     input_sha256: &sha,
+                    by,
                 },
                 now_ms,
             )?;
@@ -52,6 +54,7 @@ pub(super) fn settle_expired(
                     reason: Some(&why),
                     via: "queue",
                     input_sha256: &sha,
+                    by,
                 },
                 now_ms,
             )?;
@@ -68,6 +71,8 @@ pub(super) struct Cast<'a> {
     pub(super) via: &'a str,
     /// The input hash the voter was shown.
     pub(super) input_sha256: &'a str,
+    /// The process (or host) recording it: the one to write it to its audit log.
+    pub(super) by: &'a str,
 }
 
 pub(super) fn add_vote(
@@ -78,9 +83,9 @@ pub(super) fn add_vote(
 ) -> Result<(), SqlError> {
     let seq = a.votes.len() as i64 + 1;
     tx.execute(
-        "INSERT INTO approval_votes (approval_id, seq, principal, vote, reason, input_sha256, at_ms, via)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-        vals![&a.id, seq, cast.principal, cast.vote, cast.reason, cast.input_sha256, now_ms, cast.via],
+        "INSERT INTO approval_votes (approval_id, seq, principal, vote, reason, input_sha256, at_ms, via, cast_by)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+        vals![&a.id, seq, cast.principal, cast.vote, cast.reason, cast.input_sha256, now_ms, cast.via, cast.by],
     )?;
     a.votes.push(Vote {
         seq,

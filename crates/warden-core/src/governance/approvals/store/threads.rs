@@ -30,12 +30,12 @@ pub(super) const MAX_BATCH: usize = 256;
 /// This host in the shared store's `hosts` table, refreshed while it lives.
 pub(super) struct Heartbeat {
     pub(super) token: String,
+    pub(super) host: String,
     pub(super) every: Duration,
 }
 
 /// Record `token` alive now, by the database's clock (hosts' clocks may disagree).
-pub(super) fn beat(sql: &mut dyn Sql, token: &str) -> Result<(), SqlError> {
-    let host = std::env::var("HOSTNAME").unwrap_or_default();
+pub(super) fn beat(sql: &mut dyn Sql, token: &str, host: &str) -> Result<(), SqlError> {
     sql.execute(
         "INSERT INTO hosts (token, host, started_ms, seen_ms)
          VALUES (?1, ?2, (extract(epoch from clock_timestamp()) * 1000)::bigint,
@@ -69,8 +69,7 @@ pub(super) fn write_loop(
         if let Some(h) = &heartbeat
             && beaten.elapsed() >= h.every
         {
-            let token = h.token.clone();
-            let beat = db.transaction(false, &mut |sql| beat(sql, &token));
+            let beat = db.transaction(false, &mut |sql| beat(sql, &h.token, &h.host));
             if let Err(e) = beat {
                 tracing::warn!("approval queue: heartbeat: {e}");
             }

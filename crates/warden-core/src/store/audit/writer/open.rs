@@ -192,6 +192,16 @@ pub(super) fn prepare(
         buf: Vec::new(),
         checkpoints,
         genesis,
+        host: options
+            .host
+            .as_deref()
+            .map(|h| {
+                let mut field = b",\"host\":".to_vec();
+                // Writing JSON into a Vec cannot fail.
+                let _ = serde_json::to_writer(&mut field, h);
+                field
+            })
+            .unwrap_or_default(),
     };
     // The log is in use, and (after a crash) where recovery must read from, before
     // anything is appended.
