@@ -1,5 +1,5 @@
 //! A throw-away PostgreSQL for the suite: one cluster per test process, made with the
-//! distribution's `initdb` under `target/test-postgres/<pid>` and served on a loopback
+//! distribution's `initdb` under `target/test-postgres/<pid>/` and served on a loopback
 //! port; each test gets a database of its own. The server dies with the test process
 //! (its parent-death signal), and a later run removes the directories of dead ones.
 //!
@@ -19,6 +19,10 @@ pub struct Postgres {
     pub port: u16,
     pub dir: PathBuf,
     next: AtomicUsize,
+    /// The running server's pid, and the way to start it again after it stopped.
+    pid: std::sync::Mutex<u32>,
+    start_again: std::sync::Mutex<std::sync::mpsc::Sender<()>>,
+    started: std::sync::Mutex<std::sync::mpsc::Receiver<std::io::Result<u32>>>,
 }
 
 /// The suite's PostgreSQL, started on first use.
@@ -26,7 +30,16 @@ pub fn postgres() -> &'static Postgres {
     static PG: OnceLock<Postgres> = OnceLock::new();
     // Started on a thread of its own: the driver blocks, and must not do so on an
     // async test's runtime.
-    PG.get_or_init(|| std::thread::spawn(start).join().expect("start postgres"))
+    PG.get_or_init(|| private("shared"))
+}
+
+/// A PostgreSQL of its own, for a test that stops and starts it (the suite's shared
+/// one must stay up for the tests running beside it).
+pub fn private(name: &str) -> Postgres {
+    let name = name.to_string();
+    std::thread::spawn(move || start(&name))
+        .join()
+        .expect("start postgres")
 }
 
 /// Where the server's programs are: on PATH, else the Debian layout.
@@ -106,12 +119,15 @@ fn remove_dead_clusters(root: &Path) {
     }
 }
 
-fn start() -> Postgres {
+fn start(name: &str) -> Postgres {
     let bin = bin_dir();
     let user = server_user();
     let root = repo_root().join("target/test-postgres");
-    remove_dead_clusters(&root);
-    let dir = root.join(std::process::id().to_string());
+    let mine = root.join(std::process::id().to_string());
+    if !mine.exists() {
+        remove_dead_clusters(&root);
+    }
+    let dir = mine.join(name);
     let data = dir.join("data");
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("make the cluster dir");
@@ -142,54 +158,107 @@ fn start() -> Postgres {
         let _ = std::os::unix::fs::chown(dir.join("server.log"), Some(uid), Some(gid));
     }
     // Spawned from a thread that never ends: the parent-death signal follows the
-    // spawning thread, not the process.
+    // spawning thread, not the process. When the server stops (a test's restart),
+    // the thread starts it again when told to.
     let (tx, rx) = std::sync::mpsc::channel();
+    let (again_tx, again_rx) = std::sync::mpsc::channel::<()>();
     std::thread::spawn(move || {
-        let mut cmd = Command::new(server_bin.join("postgres"));
-        cmd.arg("-D")
-            .arg(&server_data)
-            .args(["-p", &port.to_string()])
-            .args(["-c", "listen_addresses=127.0.0.1"])
-            .arg("-c")
-            .arg(format!("unix_socket_directories={}", socket_dir.display()))
-            .args(["-c", "max_connections=300", "-c", "shared_buffers=32MB"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log);
-        as_user(&mut cmd, user);
-        let spawned = cmd.spawn().map(|c| c.id());
-        let _ = tx.send(spawned);
         loop {
-            std::thread::park();
+            let mut cmd = Command::new(server_bin.join("postgres"));
+            cmd.arg("-D")
+                .arg(&server_data)
+                .args(["-p", &port.to_string()])
+                .args(["-c", "listen_addresses=127.0.0.1"])
+                .arg("-c")
+                .arg(format!("unix_socket_directories={}", socket_dir.display()))
+                .args(["-c", "max_connections=300", "-c", "shared_buffers=32MB"])
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(log.try_clone().expect("log"));
+            as_user(&mut cmd, user);
+            match cmd.spawn() {
+                Ok(mut child) => {
+                    let _ = tx.send(Ok(child.id()));
+                    let _ = child.wait();
+                }
+                Err(e) => {
+                    let _ = tx.send(Err(e));
+                }
+            }
+            if again_rx.recv().is_err() {
+                loop {
+                    std::thread::park();
+                }
+            }
         }
     });
-    rx.recv()
+    let pid = rx
+        .recv()
         .expect("the server thread answers")
         .expect("start postgres");
     let pg = Postgres {
         port,
         dir,
         next: AtomicUsize::new(0),
+        pid: std::sync::Mutex::new(pid),
+        start_again: std::sync::Mutex::new(again_tx),
+        started: std::sync::Mutex::new(rx),
     };
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let admin = warden_core::store::postgres::Target::parse(&pg.url("postgres"))
-            .expect("url")
-            .connect();
-        if admin.is_ok() {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "postgres did not start: {}",
-            std::fs::read_to_string(pg.dir.join("server.log")).unwrap_or_default()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    pg.wait_until_up();
     pg
 }
 
 impl Postgres {
+    fn wait_until_up(&self) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let admin = warden_core::store::postgres::Target::parse(&self.url("postgres"))
+                .expect("url")
+                .connect();
+            if admin.is_ok() {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "postgres did not start: {}",
+                std::fs::read_to_string(self.dir.join("server.log")).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Stop the server (a fast shutdown: sessions are cut) and return once it is
+    /// down; `start` brings it back.
+    pub fn stop(&self) {
+        let pid = *self.pid.lock().unwrap();
+        // SAFETY: signalling a process has no memory-safety preconditions.
+        unsafe { libc::kill(pid as i32, libc::SIGINT) };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Path::new(&format!("/proc/{pid}")).exists() {
+            // A zombie until the server thread reaps it: gone enough.
+            let state = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            if state.split_whitespace().nth(2) == Some("Z") {
+                break;
+            }
+            assert!(Instant::now() < deadline, "postgres did not stop");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Start the server stopped by `stop`, and wait until it answers.
+    pub fn start(&self) {
+        self.start_again.lock().unwrap().send(()).expect("server thread");
+        let pid = self
+            .started
+            .lock()
+            .unwrap()
+            .recv()
+            .expect("server thread")
+            .expect("start postgres again");
+        *self.pid.lock().unwrap() = pid;
+        self.wait_until_up();
+    }
+
     pub fn url(&self, db: &str) -> String {
         format!("postgres://warden@127.0.0.1:{}/{db}", self.port)
     }
@@ -214,5 +283,14 @@ impl Postgres {
         })
         .join()
         .expect("sql thread");
+    }
+}
+
+impl Drop for Postgres {
+    fn drop(&mut self) {
+        if let Ok(pid) = self.pid.lock() {
+            // SAFETY: signalling a process has no memory-safety preconditions.
+            unsafe { libc::kill(*pid as i32, libc::SIGQUIT) };
+        }
     }
 }

@@ -555,3 +555,102 @@ url = "{url}"
         rt.close();
     }
 }
+
+/// The shared PostgreSQL stops for a while under a stream of held calls: meanwhile
+/// calls fail with a clear error and the server says it is not ready; every call that
+/// was told "held" is in the queue afterwards; when the database is back, so is warden.
+#[test]
+fn the_database_restarted_under_load_loses_no_held_call_and_says_so_meanwhile() {
+    use super::approvals::{ONCALL, queue_env};
+    use crate::support::postgres::private;
+    use warden_core::call::{CallRequest, Outcome};
+    use warden_core::{Config, Runtime};
+    let pg = private("restart");
+    let url = pg.database();
+    let with_password = url.replace("warden@", "warden:pg-pass-3317@");
+    let env_for = |host: &str| {
+        let env = queue_env("tools = { notes_write = \"hard\" }", ONCALL);
+        env.append_config(&format!(
+            "\n[store]\nurl = \"{with_password}\"\nlease_secs = 3\nhost = \"{host}\"\n"
+        ));
+        env
+    };
+    let (served_env, caller_env) = (env_for("served"), env_for("caller"));
+    let mut served = served_env.serve();
+    let ready =
+        |s: &crate::support::Served| crate::support::http("GET", &s.url("/readyz"), &[], None).0;
+    assert_eq!(ready(&served), 200);
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let rt = Arc::new(
+        runtime
+            .block_on(Runtime::load(Config::load(&caller_env.config()).unwrap()))
+            .unwrap(),
+    );
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut callers = Vec::new();
+    for c in 0..3 {
+        let (rt, stop) = (rt.clone(), stop.clone());
+        callers.push(runtime.spawn(async move {
+            let mut held = Vec::new();
+            let mut errors = Vec::new();
+            let mut i = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                i += 1;
+                let input = format!(r#"{{"name":"n-{c}-{i}","text":"x"}}"#);
+                let call = rt
+                    .call(CallRequest {
+                        principal: "agent",
+                        tool: "notes_write",
+                        input: &input,
+                        started_by: None,
+                    })
+                    .await;
+                match call {
+                    Ok(report) => match (&report.outcome, &report.approval) {
+                        (Outcome::Held { .. }, Some(a)) => held.push(a.id.clone()),
+                        _ => errors.push(format!("{:?}", report.outcome)),
+                    },
+                    Err(e) => errors.push(e.to_string()),
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            (held, errors)
+        }));
+    }
+    std::thread::sleep(Duration::from_millis(1500));
+    pg.stop();
+    super::approvals::wait_until("readyz to say not ready", || ready(&served) == 503);
+    std::thread::sleep(Duration::from_millis(1000));
+    pg.start();
+    super::approvals::wait_until("readyz to say ready again", || ready(&served) == 200);
+    std::thread::sleep(Duration::from_millis(1500));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (mut held, mut errors) = (Vec::new(), Vec::new());
+    for c in callers {
+        let (h, e) = runtime.block_on(c).unwrap();
+        held.extend(h);
+        errors.extend(e);
+    }
+    assert!(held.len() > 10, "calls were held before and after: {held:?}");
+    assert!(!errors.is_empty(), "calls failed while the database was down");
+    for e in &errors {
+        assert!(
+            e.contains("the database is unreachable"),
+            "a clear error: {e}"
+        );
+        assert!(!e.contains("pg-pass-3317"), "the password never shows: {e}");
+    }
+    let queued = caller_env.warden(&["approvals", "list", "--limit", "10000", "--json"]);
+    assert_eq!(queued.code, OK, "{queued:?}");
+    for id in &held {
+        assert!(queued.stdout.contains(id.as_str()), "held call {id} is in the queue");
+    }
+    assert!(!served.log().contains("pg-pass-3317"));
+    assert!(served.stop().success());
+    rt.close();
+}

@@ -107,6 +107,9 @@ pub struct Metrics {
     /// Per upstream MCP server (configured ids only): up, restarts, calls, failures
     /// since the config was loaded.
     upstream: [Family<UpstreamLabel, Gauge>; 4],
+    /// The shared store (`[store] url`): reached at the last attempt (1/0),
+    /// connections held, round trips and failures since start.
+    store: [Gauge; 4],
     /// Serializes encoding with the gauges set just before it.
     render: Mutex<()>,
 }
@@ -266,7 +269,27 @@ impl Default for Metrics {
             registry.register(name, help, family.clone());
             family
         });
+        let store = [
+            (
+                "warden_store_up",
+                "The shared store (PostgreSQL) answered at the last attempt (1) or not (0)",
+            ),
+            (
+                "warden_store_connections",
+                "Connections to the shared store held by this process",
+            ),
+            (
+                "warden_store_round_trips",
+                "Round trips to the shared store since start (statements, prepares, BEGIN, COMMIT)",
+            ),
+            (
+                "warden_store_errors",
+                "Failed statements and connections to the shared store since start",
+            ),
+        ]
+        .map(|(name, help)| gauge(&mut registry, name, help));
         Metrics {
+            store,
             limit_used,
             limit_max,
             refusals,
@@ -352,6 +375,14 @@ impl Metrics {
         self.lag.set(gauge(g.audit_lag_records));
         self.in_flight.set(gauge(g.in_flight));
         self.audit_enabled.set(i64::from(g.audit_enabled));
+        let stats = &warden_core::store::postgres::STATS;
+        let load = |v: &std::sync::atomic::AtomicU64| {
+            i64::try_from(v.load(std::sync::atomic::Ordering::Relaxed)).unwrap_or(i64::MAX)
+        };
+        self.store[0].set(stats.up.load(std::sync::atomic::Ordering::Relaxed));
+        self.store[1].set(stats.open.load(std::sync::atomic::Ordering::Relaxed));
+        self.store[2].set(load(&stats.round_trips));
+        self.store[3].set(load(&stats.errors));
         self.limit_used.clear();
         self.limit_max.clear();
         for row in g.limits.iter().take(MAX_LIMIT_SERIES) {

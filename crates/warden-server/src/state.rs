@@ -343,10 +343,24 @@ impl Server {
         if self.is_stopping() {
             return Err("shutting down".into());
         }
-        match &self.runtime().audit {
-            Some(a) if a.has_failed() => Err("the audit log refuses writes".into()),
-            _ => Ok(()),
+        let rt = self.runtime();
+        if let Some(a) = &rt.audit
+            && a.has_failed()
+        {
+            return Err("the audit log refuses writes".into());
         }
+        if let Some(target) = &rt.config.store.shared
+            && warden_core::store::postgres::STATS
+                .up
+                .load(std::sync::atomic::Ordering::Relaxed)
+                == 0
+        {
+            return Err(format!(
+                "the shared store {} is unreachable (held calls, shared limits and schedules wait for it)",
+                target.shown
+            ));
+        }
+        Ok(())
     }
 
     /// Deliver webhook notices until `stop` is cancelled: on their own task, so a slow

@@ -8,7 +8,8 @@
 
 use std::collections::HashMap;
 use std::error::Error as StdError;
-use std::time::Duration;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use postgres::types::{IsNull, ToSql, Type, to_sql_checked};
 use postgres::{GenericClient, NoTls};
@@ -175,6 +176,35 @@ pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
 /// on each other's changes instead of polling.
 pub const CHANGES: &str = "warden_changes";
 
+/// What this process did with the shared store, for `/metrics` and the benchmarks:
+/// round trips (every statement, prepare, BEGIN and COMMIT is one), failures,
+/// connections made and open, and whether the last attempt reached the server.
+#[derive(Default)]
+pub struct Stats {
+    pub round_trips: AtomicU64,
+    pub errors: AtomicU64,
+    pub connects: AtomicU64,
+    pub open: AtomicI64,
+    /// 1 when the last statement or connection reached the server, 0 when it did not.
+    pub up: AtomicI64,
+}
+
+pub static STATS: Stats = Stats {
+    round_trips: AtomicU64::new(0),
+    errors: AtomicU64::new(0),
+    connects: AtomicU64::new(0),
+    open: AtomicI64::new(0),
+    up: AtomicI64::new(1),
+};
+
+fn trip(n: u64) {
+    STATS.round_trips.fetch_add(n, Ordering::Relaxed);
+}
+
+/// How long a connection that failed is not tried again: meanwhile every use fails
+/// at once with the same error instead of waiting on the server again.
+const RETRY_AFTER: Duration = Duration::from_secs(1);
+
 /// An arbitrary constant: the advisory lock migrations hold.
 const MIGRATION_LOCK: i64 = 0x7761_7264_656e;
 
@@ -224,9 +254,18 @@ impl Target {
     /// A new connection (TLS is not offered: a URL with `sslmode=require` fails here,
     /// closed, rather than talk in the clear).
     pub fn connect(&self) -> Result<postgres::Client, SqlError> {
-        self.config
-            .connect(NoTls)
-            .map_err(|e| SqlError(format!("{}: cannot connect: {}", self.shown, cause(&e))))
+        STATS.connects.fetch_add(1, Ordering::Relaxed);
+        match self.config.connect(NoTls) {
+            Ok(client) => {
+                STATS.up.store(1, Ordering::Relaxed);
+                Ok(client)
+            }
+            Err(e) => {
+                STATS.errors.fetch_add(1, Ordering::Relaxed);
+                STATS.up.store(0, Ordering::Relaxed);
+                Err(SqlError(format!("cannot connect: {}", cause(&e))))
+            }
+        }
     }
 }
 
@@ -294,39 +333,63 @@ pub struct PgDb {
     target: Target,
     client: Option<postgres::Client>,
     statements: HashMap<String, postgres::Statement>,
+    /// The last failed connection: when, and why.
+    failed: Option<(Instant, SqlError)>,
 }
 
 impl PgDb {
     /// Connect to `target` and bring its schema up to date.
     pub fn open(target: &Target) -> Result<PgDb, SqlError> {
         let mut client = target.connect()?;
-        migrate(&mut client).map_err(|e| SqlError(format!("{}: {e}", target.shown)))?;
+        migrate(&mut client)?;
+        STATS.open.fetch_add(1, Ordering::Relaxed);
         Ok(PgDb {
             target: target.clone(),
             client: Some(client),
             statements: HashMap::new(),
+            failed: None,
         })
     }
 
     fn client(&mut self) -> Result<&mut postgres::Client, SqlError> {
         if self.client.as_ref().is_none_or(postgres::Client::is_closed) {
+            if let Some((at, e)) = &self.failed
+                && at.elapsed() < RETRY_AFTER
+            {
+                return Err(e.clone());
+            }
             self.statements.clear();
-            self.client = Some(self.target.connect()?);
+            match self.target.connect() {
+                Ok(client) => {
+                    self.client = Some(client);
+                    self.failed = None;
+                }
+                Err(e) => {
+                    let e = SqlError(format!("the database is unreachable ({})", e.0));
+                    self.failed = Some((Instant::now(), e.clone()));
+                    return Err(e);
+                }
+            }
         }
         self.client
             .as_mut()
-            .ok_or_else(|| SqlError(format!("{}: not connected", self.target.shown)))
+            .ok_or_else(|| SqlError("not connected".into()))
     }
 
     /// After a failure: forget a connection that is gone, so the next use reconnects.
     fn settle(&mut self, e: SqlError) -> SqlError {
-        if self.client.as_ref().is_none_or(postgres::Client::is_closed) {
+        STATS.errors.fetch_add(1, Ordering::Relaxed);
+        // SQLSTATE class 57 (the server is shutting down or restarting) and 08 (the
+        // connection failed) end the session even before the driver notices.
+        let session_over = e.0.starts_with("57P") || e.0.starts_with("08");
+        if session_over || self.client.as_ref().is_none_or(postgres::Client::is_closed) {
+            STATS.up.store(0, Ordering::Relaxed);
             self.client = None;
             self.statements.clear();
-            return SqlError(format!(
-                "{}: the database is unreachable: {}",
-                self.target.shown, e.0
-            ));
+            if e.0.starts_with("the database is unreachable") {
+                return e;
+            }
+            return SqlError(format!("the database is unreachable: {}", e.0));
         }
         e
     }
@@ -347,8 +410,10 @@ impl Db for PgDb {
                 return Err(SqlError("not connected".into()));
             };
             let err = |e: postgres::Error| SqlError(cause(&e));
+            trip(2);
             let mut tx = client.transaction().map_err(err)?;
             if !durable {
+                trip(1);
                 tx.batch_execute("SET LOCAL synchronous_commit = off")
                     .map_err(err)?;
             }
@@ -358,6 +423,9 @@ impl Db for PgDb {
             })?;
             tx.commit().map_err(err)
         })();
+        if result.is_ok() {
+            STATS.up.store(1, Ordering::Relaxed);
+        }
         result.map_err(|e| self.settle(e))
     }
 
@@ -375,6 +443,9 @@ impl Db for PgDb {
             };
             body(&mut PgSql { client, statements })
         })();
+        if result.is_ok() {
+            STATS.up.store(1, Ordering::Relaxed);
+        }
         result.map_err(|e| self.settle(e))
     }
 }
@@ -390,6 +461,7 @@ impl<C: GenericClient> PgSql<'_, C> {
         if let Some(s) = self.statements.get(sql) {
             return Ok(s.clone());
         }
+        trip(1);
         let s = self
             .client
             .prepare(&dollar_placeholders(sql))
@@ -409,6 +481,7 @@ fn utility(sql: &str) -> bool {
 
 impl<C: GenericClient> Sql for PgSql<'_, C> {
     fn execute(&mut self, sql: &str, params: &[Val]) -> Result<u64, SqlError> {
+        trip(1);
         if params.is_empty() && utility(sql) {
             self.client
                 .batch_execute(sql)
@@ -423,6 +496,7 @@ impl<C: GenericClient> Sql for PgSql<'_, C> {
     }
 
     fn query(&mut self, sql: &str, params: &[Val]) -> Result<Vec<Row>, SqlError> {
+        trip(1);
         let statement = self.statement(sql)?;
         let refs: Vec<&(dyn ToSql + Sync)> = params.iter().map(|v| v as _).collect();
         let rows = self
@@ -503,4 +577,10 @@ impl ToSql for Val {
     }
 
     to_sql_checked!();
+}
+
+impl Drop for PgDb {
+    fn drop(&mut self) {
+        STATS.open.fetch_sub(1, Ordering::Relaxed);
+    }
 }

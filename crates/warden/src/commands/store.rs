@@ -45,7 +45,9 @@ fn on_thread(config: &Config, command: &StoreCommand) -> Result<ExitCode> {
     };
     match command {
         StoreCommand::Migrate => {
-            let mut client = target.connect()?;
+            let mut client = target
+                .connect()
+                .with_context(|| target.shown.clone())?;
             let version = postgres::migrate(&mut client)
                 .with_context(|| format!("migrating {}", target.shown))?;
             println!("{}: schema version {version}", target.shown);

@@ -250,6 +250,9 @@ impl ApprovalQueue {
         f: impl FnOnce(&mut dyn Sql) -> Result<T, ApprovalError> + Send + 'static,
     ) -> Result<T, ApprovalError> {
         let (tx, rx) = tokio::sync::oneshot::channel();
+        // Whichever of `run` and `fail` the writer calls answers the caller.
+        let tx = Arc::new(Mutex::new(Some(tx)));
+        let answer = tx.clone();
         let run: RunJob = Box::new(move |sql: &mut dyn Sql| {
             let out = f(sql);
             let ok = out.is_ok();
@@ -261,11 +264,26 @@ impl ApprovalQueue {
                         message,
                     }),
                 };
-                let _ = tx.send(result);
+                if let Some(tx) = answer.lock().ok().and_then(|mut t| t.take()) {
+                    let _ = tx.send(result);
+                }
             });
             (ok, reply)
         });
-        let job = Job { run, durable };
+        let fail: Reply = Box::new(move |committed| {
+            let message = committed.err().unwrap_or_default();
+            if let Some(tx) = tx.lock().ok().and_then(|mut t| t.take()) {
+                let _ = tx.send(Err(ApprovalError::Store {
+                    path: String::new(),
+                    message,
+                }));
+            }
+        });
+        let job = Job {
+            run,
+            fail,
+            durable,
+        };
         let sent = self
             .jobs
             .lock()

@@ -18,6 +18,9 @@ use crate::store::sql::{Db, Sql, SqlError, vals};
 /// its caller once the commit is known.
 pub(in crate::governance::approvals) struct Job {
     pub(super) run: RunJob,
+    /// Tells the caller its change was not made (the transaction failed before it
+    /// ran), when `run` never runs.
+    pub(super) fail: Reply,
     /// The caller must not be answered before the commit is durable.
     pub(super) durable: bool,
 }
@@ -96,11 +99,14 @@ pub(super) fn write_loop(
 pub(super) fn commit_batch(db: &mut dyn Db, batch: Vec<Job>) {
     let mut replies = Vec::with_capacity(batch.len());
     let durable = batch.iter().any(|j| j.durable);
-    let mut jobs = Some(batch);
+    let mut waiting: std::collections::VecDeque<Job> = batch.into();
     let committed = db.transaction(durable, &mut |tx| {
         let mut changed = false;
-        for job in jobs.take().into_iter().flatten() {
-            tx.execute("SAVEPOINT job", &[])?;
+        while let Some(job) = waiting.pop_front() {
+            if let Err(e) = tx.execute("SAVEPOINT job", &[]) {
+                waiting.push_front(job);
+                return Err(e);
+            }
             let (ok, reply) = (job.run)(tx);
             replies.push(reply);
             if ok {
@@ -118,6 +124,11 @@ pub(super) fn commit_batch(db: &mut dyn Db, batch: Vec<Job>) {
     let committed = committed.map_err(|e| e.0);
     for reply in replies {
         reply(committed.clone());
+    }
+    // Never run: the transaction failed first (the connection was lost, say).
+    let why = committed.err().unwrap_or_else(|| "not run".into());
+    for job in waiting {
+        (job.fail)(Err(why.clone()));
     }
 }
 
