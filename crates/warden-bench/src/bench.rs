@@ -81,13 +81,13 @@ where
     Ok(())
 }
 
-struct Stats {
-    p50: Duration,
+pub(crate) struct Stats {
+    pub(crate) p50: Duration,
     p90: Duration,
     p99: Duration,
 }
 
-fn stats(mut samples: Vec<Duration>) -> Stats {
+pub(crate) fn stats(mut samples: Vec<Duration>) -> Stats {
     samples.sort_unstable();
     let at = |q: f64| samples[((samples.len() as f64 - 1.0) * q).round() as usize];
     Stats {
@@ -513,7 +513,11 @@ pub(crate) fn median(mut values: Vec<f64>) -> f64 {
 
 /// Run `one` `per_task` times over in each of `concurrency` tasks at once; how long
 /// they all took.
-async fn in_flight<F, Fut>(concurrency: usize, per_task: usize, one: F) -> Result<Duration>
+pub(crate) async fn in_flight<F, Fut>(
+    concurrency: usize,
+    per_task: usize,
+    one: F,
+) -> Result<Duration>
 where
     F: Fn() -> Fut + Clone + Send + 'static,
     Fut: std::future::Future<Output = Result<()>> + Send,

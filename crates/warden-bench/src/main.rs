@@ -1,7 +1,8 @@
 //! warden's benchmarks, for BENCHMARKS.md: `in-process` measures the governed path,
 //! the audit log and the approval queue inside one process; `mcp` starts `warden serve`
 //! and measures it from outside, the way agents reach it; `automation` measures
-//! schedules and triggers; `console` the operator console's pages. Figures are medians and
+//! schedules and triggers; `console` the operator console's pages; `shared-store` warden
+//! on a PostgreSQL shared by several hosts. Figures are medians and
 //! percentiles over many iterations, never single timings.
 //!
 //! A separate binary so that `warden` ships without benchmark code; it uses warden-core
@@ -16,6 +17,7 @@ use clap::{Parser, Subcommand};
 mod bench;
 mod bench_automation;
 mod bench_budgets;
+mod bench_cluster;
 mod bench_console;
 mod bench_languages;
 mod bench_mcp;
@@ -50,6 +52,10 @@ enum Command {
     /// The operator console's server time: the inbox with many pending requests, the
     /// runs list over a large history; the size of its embedded assets.
     Console(bench_console::BenchConsoleArgs),
+    /// warden on a PostgreSQL several hosts share, against the embedded SQLite: an
+    /// auto-tier call, held calls through one and three hosts, round trips per call,
+    /// lease recovery.
+    SharedStore(bench_cluster::BenchClusterArgs),
     /// Tools in Rust, Python and JavaScript side by side: size, compile and load time,
     /// a fresh-instance call, memory; a Rust and a Python policy's decision.
     Languages(bench_languages::BenchLanguagesArgs),
@@ -102,6 +108,9 @@ fn run() -> Result<ExitCode> {
             Command::Automation(ref args) => bench_automation::run(&cli.config, args)
                 .await
                 .context("automation"),
+            Command::SharedStore(ref args) => bench_cluster::run(&cli.config, args)
+                .await
+                .context("shared-store"),
         }
     })
 }

@@ -94,34 +94,43 @@ pub(super) fn write_loop(
 }
 
 /// Run `batch` in one transaction, each job in its own savepoint, then tell every
-/// job's caller how the commit went. On the shared store the commit announces itself
-/// to the other hosts (`NOTIFY`, delivered with the commit).
+/// job's caller how the commit went.
 pub(super) fn commit_batch(db: &mut dyn Db, batch: Vec<Job>) {
     let mut replies = Vec::with_capacity(batch.len());
     let durable = batch.iter().any(|j| j.durable);
     let mut waiting: std::collections::VecDeque<Job> = batch.into();
+    // One change alone needs no savepoint: the transaction is its savepoint.
+    let alone = waiting.len() == 1;
+    let mut refused = false;
     let committed = db.transaction(durable, &mut |tx| {
-        let mut changed = false;
         while let Some(job) = waiting.pop_front() {
+            if alone {
+                let (ok, reply) = (job.run)(tx);
+                replies.push(reply);
+                if !ok {
+                    // Undone with the transaction; its caller gets its own error.
+                    refused = true;
+                    return Err(SqlError("refused".into()));
+                }
+                continue;
+            }
             if let Err(e) = tx.execute("SAVEPOINT job", &[]) {
                 waiting.push_front(job);
                 return Err(e);
             }
             let (ok, reply) = (job.run)(tx);
             replies.push(reply);
-            if ok {
-                changed = true;
-            } else {
+            if !ok {
                 tx.execute("ROLLBACK TO SAVEPOINT job", &[])?;
             }
             tx.execute("RELEASE SAVEPOINT job", &[])?;
         }
-        if changed && tx.postgres() {
-            tx.execute(&format!("NOTIFY {CHANGES}"), &[])?;
-        }
         Ok(())
     });
-    let committed = committed.map_err(|e| e.0);
+    let committed = match committed {
+        Err(_) if refused => Ok(()),
+        other => other.map_err(|e| e.0),
+    };
     for reply in replies {
         reply(committed.clone());
     }
