@@ -3,12 +3,16 @@
 
 use super::*;
 
+/// A request and its votes in one round trip (a row per vote, or one with no vote).
 macro_rules! load_sql {
     () => {
-        "SELECT id, run_id, principal, tool, plugin, plugin_digest, input, input_sha256,
-                decisions, tier, reasons, approvers, required, created_ms, expires_ms,
-                state, state_ms, result, holds, sealed, started_by
-         FROM approvals WHERE id = ?1"
+        "SELECT a.id, a.run_id, a.principal, a.tool, a.plugin, a.plugin_digest, a.input,
+                a.input_sha256, a.decisions, a.tier, a.reasons, a.approvers, a.required,
+                a.created_ms, a.expires_ms, a.state, a.state_ms, a.result, a.holds, a.sealed,
+                a.started_by,
+                v.seq, v.principal, v.vote, v.reason, v.input_sha256, v.at_ms, v.via, v.audited
+         FROM approvals a LEFT JOIN approval_votes v ON v.approval_id = a.id
+         WHERE a.id = ?1 ORDER BY v.seq"
     };
 }
 
@@ -138,11 +142,12 @@ pub(super) fn load(
     let json_list =
         |text: String| -> Vec<String> { serde_json::from_str(&text).unwrap_or_default() };
     let query = if lock && sql.postgres() {
-        concat!(load_sql!(), " FOR UPDATE")
+        concat!(load_sql!(), " FOR UPDATE OF a")
     } else {
         load_sql!()
     };
-    let Some(r) = sql.query_opt(query, vals![id])? else {
+    let rows = sql.query(query, vals![id])?;
+    let Some(r) = rows.first() else {
         return Ok(None);
     };
     let stored_tier = r.text(9)?;
@@ -207,21 +212,16 @@ pub(super) fn load(
         votes: Vec::new(),
         started_by: r.opt_text(20)?,
     };
-    let votes = sql.query(
-        "SELECT seq, principal, vote, reason, input_sha256, at_ms, via, audited FROM approval_votes
-         WHERE approval_id = ?1 ORDER BY seq",
-        vals![&a.id],
-    )?;
-    for r in votes {
+    for r in rows.iter().filter(|r| r.opt_int(21).ok().flatten().is_some()) {
         a.votes.push(Vote {
-            seq: r.int(0)?,
-            principal: r.text(1)?,
-            vote: r.text(2)?,
-            reason: r.opt_text(3)?,
-            input_sha256: r.text(4)?,
-            at_ms: r.int(5)?,
-            via: r.text(6)?,
-            audited: r.bool(7)?,
+            seq: r.int(21)?,
+            principal: r.text(22)?,
+            vote: r.text(23)?,
+            reason: r.opt_text(24)?,
+            input_sha256: r.text(25)?,
+            at_ms: r.int(26)?,
+            via: r.text(27)?,
+            audited: r.bool(28)?,
         });
     }
     Ok(Some(a))
