@@ -654,3 +654,82 @@ fn the_database_restarted_under_load_loses_no_held_call_and_says_so_meanwhile() 
     assert!(served.stop().success());
     rt.close();
 }
+
+/// A host is killed (`kill -9`) while it runs an approved call it claimed: another
+/// host ends the request `failed` once the dead host's lease has run out, and never
+/// runs it again; the hosts' audit logs, read together, show it ran once.
+#[test]
+fn a_host_killed_while_it_runs_a_claimed_call_is_recovered_by_another_never_run_twice() {
+    use super::approvals::{ONCALL, approval, test_tokens, wait_until};
+    let url = postgres().database();
+    let hosts: Vec<Env> = (0..2)
+        .map(|i| {
+            let env = Env::new("");
+            env.write_config(&format!(
+                r#"
+{tokens}
+[approvals]
+{ONCALL}
+
+[[plugin]]
+id = "hostile"
+component = "{{hostile}}"
+[plugin.limits]
+timeout_ms = 20000
+
+[[policy]]
+id = "tiers"
+component = "{{tiered-approval}}"
+[policy.config]
+tools = {{ spin = "hard" }}
+
+[store]
+url = "{url}"
+lease_secs = 3
+host = "host-{i}"
+"#,
+                tokens = test_tokens(),
+            ));
+            env
+        })
+        .collect();
+    let held = hosts[1].warden(&["call", "spin", "--input", "{}", "--as", "agent"]);
+    assert_eq!(held.code, super::HELD, "{held:?}");
+    let id = serde_json::from_str::<Value>(&held.stdout).unwrap()["approval_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let mut doomed = hosts[0].serve();
+    let approve = hosts[0].warden(&["approvals", "approve", &id, "--token", "token-alice"]);
+    assert_eq!(approve.code, OK, "{approve:?}");
+    wait_until("host-0 to run it", || approval(&hosts[1], &id)["state"] == "executing");
+    doomed.child.kill().unwrap();
+    doomed.child.wait().unwrap();
+
+    let mut survivor = hosts[1].serve();
+    wait_until("host-1 to end it after the lease", || {
+        approval(&hosts[1], &id)["state"] == "failed"
+    });
+    let ended = approval(&hosts[1], &id);
+    assert!(
+        ended["result"].as_str().unwrap_or_default().contains("not run again"),
+        "{ended}"
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(survivor.stop().success());
+
+    let dirs: Vec<String> = hosts
+        .iter()
+        .map(|h| h.path().join("data/audit").display().to_string())
+        .collect();
+    let verified = hosts[1].warden(&["audit", "verify", "--cluster", &dirs[0], &dirs[1], "--json"]);
+    assert_eq!(verified.code, OK, "{verified:?}");
+    let resumed = |dir: &str| {
+        warden_core::store::audit::read_all(std::path::Path::new(dir))
+            .unwrap()
+            .iter()
+            .filter(|r| r["kind"] == "run-resume" && r["approval"] == id.as_str())
+            .count()
+    };
+    assert_eq!((resumed(&dirs[0]), resumed(&dirs[1])), (1, 0), "ran once, on host-0");
+}

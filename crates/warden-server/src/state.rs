@@ -437,9 +437,15 @@ impl Server {
                     None => std::future::pending().await,
                 }
             };
+            // Hosts sharing a store look at least twice per lease: a claim whose host
+            // died is theirs to end, and no change would wake them for it.
+            let lease = self.runtime().config.store.shared.as_ref().map(|_| {
+                self.runtime().config.store.lease / 2
+            });
+            let sleep = lease.map_or(until(due), |l| until(due).min(l));
             tokio::select! {
                 _ = stop.cancelled() => break,
-                _ = tokio::time::sleep(until(due)) => {}
+                _ = tokio::time::sleep(sleep) => {}
                 _ = woken => {}
             }
         }
