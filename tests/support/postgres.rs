@@ -91,13 +91,12 @@ fn as_user(cmd: &mut Command, user: Option<(u32, u32)>) {
     // SAFETY: only async-signal-safe calls between fork and exec.
     unsafe {
         cmd.pre_exec(move || {
-            if let Some((uid, gid)) = user {
-                if libc::setgroups(0, std::ptr::null()) != 0
+            if let Some((uid, gid)) = user
+                && (libc::setgroups(0, std::ptr::null()) != 0
                     || libc::setgid(gid) != 0
-                    || libc::setuid(uid) != 0
-                {
-                    return Err(std::io::Error::last_os_error());
-                }
+                    || libc::setuid(uid) != 0)
+            {
+                return Err(std::io::Error::last_os_error());
             }
             // After the uid change, which clears it.
             libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGQUIT);
@@ -247,7 +246,11 @@ impl Postgres {
 
     /// Start the server stopped by `stop`, and wait until it answers.
     pub fn start(&self) {
-        self.start_again.lock().unwrap().send(()).expect("server thread");
+        self.start_again
+            .lock()
+            .unwrap()
+            .send(())
+            .expect("server thread");
         let pid = self
             .started
             .lock()

@@ -128,7 +128,11 @@ async fn queue_behaviours(queue: &ApprovalQueue) {
         .finish(&a.id, ApprovalState::Executed, "ran: ok", Some(&ran), 4_000)
         .await
         .unwrap();
-    assert_eq!(queue.ran(&a.id).unwrap(), Some(ran), "the result travels with the request");
+    assert_eq!(
+        queue.ran(&a.id).unwrap(),
+        Some(ran),
+        "the result travels with the request"
+    );
     let done = queue.get(&a.id).unwrap().unwrap();
     assert_eq!(done.state, ApprovalState::Executed);
     assert_eq!(done.input, warden_core::governance::approvals::REMOVED);
@@ -183,7 +187,10 @@ async fn queue_behaviours(queue: &ApprovalQueue) {
         .await
         .unwrap();
     let notice = queue.notice(&a.id).unwrap().unwrap();
-    assert_eq!((notice.attempts, notice.delivered, notice.gave_up), (1, false, true));
+    assert_eq!(
+        (notice.attempts, notice.delivered, notice.gave_up),
+        (1, false, true)
+    );
     assert!(queue.due_notices(9_000).unwrap().is_empty());
 }
 
@@ -238,9 +245,9 @@ async fn sixty_four_approvals_through_two_hosts_decide_once_and_one_host_runs_it
     let mut claims = Vec::new();
     for i in 0..64 {
         let (host, id) = (hosts[i % 2].clone(), a.id.clone());
-        claims.push(tokio::spawn(
-            async move { host.claim(&id, vec![], 3_000).await.unwrap() },
-        ));
+        claims.push(tokio::spawn(async move {
+            host.claim(&id, vec![], 3_000).await.unwrap()
+        }));
     }
     let mut runs = 0;
     for c in claims {
@@ -274,7 +281,13 @@ async fn a_dead_hosts_claim_ends_failed_on_another_host_after_its_lease_never_ru
         survivor.recover(4_000).await.unwrap().is_empty(),
         "a claim within its lease is left alone"
     );
-    assert!(survivor.claim(&a.id, vec![], 4_000).await.unwrap().is_none());
+    assert!(
+        survivor
+            .claim(&a.id, vec![], 4_000)
+            .await
+            .unwrap()
+            .is_none()
+    );
     tokio::time::sleep(lease + Duration::from_millis(500)).await;
     let recovered = survivor.recover(9_000).await.unwrap();
     assert_eq!(recovered.len(), 1, "{recovered:?}");
@@ -287,7 +300,13 @@ async fn a_dead_hosts_claim_ends_failed_on_another_host_after_its_lease_never_ru
         "{:?}",
         recovered[0].result
     );
-    assert!(survivor.claim(&a.id, vec![], 9_500).await.unwrap().is_none());
+    assert!(
+        survivor
+            .claim(&a.id, vec![], 9_500)
+            .await
+            .unwrap()
+            .is_none()
+    );
     assert!(survivor.recover(10_000).await.unwrap().is_empty());
 }
 
@@ -298,9 +317,7 @@ fn store_check_and_migrate_name_the_server_never_its_password_and_refuse_a_newer
     let db = url.rsplit('/').next().unwrap().to_string();
     let with_password = url.replace("warden@", "warden:pg-pass-8841@");
     let env = Env::new("");
-    env.write_config(&format!(
-        "[store]\nurl_env = \"WARDEN_TEST_STORE\"\nlease_secs = 5\n"
-    ));
+    env.write_config("[store]\nurl_env = \"WARDEN_TEST_STORE\"\nlease_secs = 5\n");
     let envs = [("WARDEN_TEST_STORE", with_password.as_str())];
     let check = env.warden_with_env(&["store", "check"], &envs);
     assert_eq!(check.code, NOT_RECORDED, "not migrated yet: {check:?}");
@@ -372,7 +389,16 @@ fn a_call_held_on_one_host_and_approved_through_another_runs_once_in_the_cluster
     let waiter = std::process::Command::new(env!("CARGO_BIN_EXE_warden"))
         .arg("-c")
         .arg(hosts[0].config())
-        .args(["call", "notes_write", "--input", input, "--as", "agent", "--wait", "60"])
+        .args([
+            "call",
+            "notes_write",
+            "--input",
+            input,
+            "--as",
+            "agent",
+            "--wait",
+            "60",
+        ])
         .current_dir(hosts[0].path())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
@@ -395,14 +421,22 @@ fn a_call_held_on_one_host_and_approved_through_another_runs_once_in_the_cluster
     assert_eq!(approve.code, OK, "{approve:?}");
     assert!(approve.stderr.contains("through the server"), "{approve:?}");
     let waited = crate::support::Run::from(waiter.wait_with_output().unwrap());
-    assert_eq!(waited.code, OK, "the waiting caller gets the result: {waited:?}");
+    assert_eq!(
+        waited.code, OK,
+        "the waiting caller gets the result: {waited:?}"
+    );
     let report: Value = serde_json::from_str(&waited.stdout).unwrap();
     assert_eq!(report["name"], "cluster", "the tool's output: {waited:?}");
     // Give every host its chance to run it a second time.
     std::thread::sleep(Duration::from_millis(1500));
-    let ran: Vec<usize> = (0..3).filter(|&i| note_exists(&hosts[i], "cluster")).collect();
+    let ran: Vec<usize> = (0..3)
+        .filter(|&i| note_exists(&hosts[i], "cluster"))
+        .collect();
     assert_eq!(ran.len(), 1, "ran on hosts {ran:?}");
-    assert_eq!(super::approvals::approval(&hosts[2], &id)["state"], "executed");
+    assert_eq!(
+        super::approvals::approval(&hosts[2], &id)["state"],
+        "executed"
+    );
     for s in &mut servers {
         assert!(s.stop().success());
     }
@@ -418,7 +452,9 @@ fn a_call_held_on_one_host_and_approved_through_another_runs_once_in_the_cluster
     assert_eq!(verified.code, OK, "{verified:?}");
     assert!(
         verified.stdout.contains("host host-1:")
-            && verified.stdout.contains("1 approval requests, every record where it belongs"),
+            && verified
+                .stdout
+                .contains("1 approval requests, every record where it belongs"),
         "{verified:?}"
     );
     let without_first = hosts[0].warden(&["audit", "verify", "--cluster", &dirs[1], &dirs[2]]);
@@ -462,18 +498,26 @@ fn each_fire_time_and_each_trigger_delivery_is_claimed_once_across_hosts() {
             })
         })
         .collect();
-    let mut all: Vec<String> = racers
-        .into_iter()
-        .flat_map(|r| r.join().unwrap())
-        .collect();
+    let mut all: Vec<String> = racers.into_iter().flat_map(|r| r.join().unwrap()).collect();
     let claims = all.len();
     all.sort();
     all.dedup();
-    assert_eq!((claims, all.len()), (80, 80), "each claimed once, none lost");
+    assert_eq!(
+        (claims, all.len()),
+        (80, 80),
+        "each claimed once, none lost"
+    );
     let state = hosts[2].state("nightly").unwrap();
     assert!(state.is_none(), "claims do not register a schedule");
-    assert!(hosts[0].set_paused("nightly", true, "ops", Some("freeze"), 1).unwrap());
-    assert!(hosts[1].paused().unwrap().contains("nightly"), "a pause is seen by every host");
+    assert!(
+        hosts[0]
+            .set_paused("nightly", true, "ops", Some("freeze"), 1)
+            .unwrap()
+    );
+    assert!(
+        hosts[1].paused().unwrap().contains("nightly"),
+        "a pause is seen by every host"
+    );
     assert_eq!(
         hosts[2].state("nightly").unwrap().unwrap().last_fire_ms,
         Some(39 * 60_000)
@@ -636,8 +680,14 @@ fn the_database_restarted_under_load_loses_no_held_call_and_says_so_meanwhile() 
         held.extend(h);
         errors.extend(e);
     }
-    assert!(held.len() > 10, "calls were held before and after: {held:?}");
-    assert!(!errors.is_empty(), "calls failed while the database was down");
+    assert!(
+        held.len() > 10,
+        "calls were held before and after: {held:?}"
+    );
+    assert!(
+        !errors.is_empty(),
+        "calls failed while the database was down"
+    );
     for e in &errors {
         assert!(
             e.contains("the database is unreachable"),
@@ -648,7 +698,10 @@ fn the_database_restarted_under_load_loses_no_held_call_and_says_so_meanwhile() 
     let queued = caller_env.warden(&["approvals", "list", "--limit", "10000", "--json"]);
     assert_eq!(queued.code, OK, "{queued:?}");
     for id in &held {
-        assert!(queued.stdout.contains(id.as_str()), "held call {id} is in the queue");
+        assert!(
+            queued.stdout.contains(id.as_str()),
+            "held call {id} is in the queue"
+        );
     }
     assert!(!served.log().contains("pg-pass-3317"));
     assert!(served.stop().success());
@@ -702,7 +755,9 @@ host = "host-{i}"
     let mut doomed = hosts[0].serve();
     let approve = hosts[0].warden(&["approvals", "approve", &id, "--token", "token-alice"]);
     assert_eq!(approve.code, OK, "{approve:?}");
-    wait_until("host-0 to run it", || approval(&hosts[1], &id)["state"] == "executing");
+    wait_until("host-0 to run it", || {
+        approval(&hosts[1], &id)["state"] == "executing"
+    });
     doomed.child.kill().unwrap();
     doomed.child.wait().unwrap();
 
@@ -712,7 +767,10 @@ host = "host-{i}"
     });
     let ended = approval(&hosts[1], &id);
     assert!(
-        ended["result"].as_str().unwrap_or_default().contains("not run again"),
+        ended["result"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("not run again"),
         "{ended}"
     );
     std::thread::sleep(Duration::from_millis(500));
@@ -731,5 +789,9 @@ host = "host-{i}"
             .filter(|r| r["kind"] == "run-resume" && r["approval"] == id.as_str())
             .count()
     };
-    assert_eq!((resumed(&dirs[0]), resumed(&dirs[1])), (1, 0), "ran once, on host-0");
+    assert_eq!(
+        (resumed(&dirs[0]), resumed(&dirs[1])),
+        (1, 0),
+        "ran once, on host-0"
+    );
 }

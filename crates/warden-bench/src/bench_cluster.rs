@@ -78,7 +78,10 @@ fn host(base: &Config, url: Option<&str>, n: usize, tag: &str) -> Result<Config>
     Ok(c)
 }
 
-pub async fn run(config: &std::path::Path, args: &BenchClusterArgs) -> Result<std::process::ExitCode> {
+pub async fn run(
+    config: &std::path::Path,
+    args: &BenchClusterArgs,
+) -> Result<std::process::ExitCode> {
     let schema = format!("bench_{}", std::process::id());
     admin(&args.url, &format!("CREATE SCHEMA {schema}"))?;
     let url = in_schema(&args.url, &schema);
@@ -136,12 +139,16 @@ async fn measure(config: &std::path::Path, args: &BenchClusterArgs, url: &str) -
         "[[limit]]\nname = \"bench-quota\"\nkind = \"quota\"\nmeasure = \"calls\"\nmax = 1000000000\nper = \"day\"\n",
     )?
     .limits;
-    for (label, base) in [("auto-tier call", &base), ("auto-tier call, one quota", &with_limit)] {
+    for (label, base) in [
+        ("auto-tier call", &base),
+        ("auto-tier call, one quota", &with_limit),
+    ] {
         let lite = Runtime::load(host(base, None, 0, "lite")?).await?;
         let shared = Runtime::load(host(base, Some(url), 0, "pg")?).await?;
         let (mut lite_p50, mut pg_p50, mut trips) = (Vec::new(), Vec::new(), 0u64);
         for _ in 0..3 {
-            for (which, rt, count) in [(&mut lite_p50, &lite, false), (&mut pg_p50, &shared, true)] {
+            for (which, rt, count) in [(&mut lite_p50, &lite, false), (&mut pg_p50, &shared, true)]
+            {
                 let mut samples = Vec::with_capacity(args.iterations);
                 let before = round_trips();
                 for i in 0..args.iterations + 100 {
@@ -189,8 +196,14 @@ async fn measure(config: &std::path::Path, args: &BenchClusterArgs, url: &str) -
             }
             let mut rts = Vec::new();
             for n in 0..hosts {
-                let tag = if store.is_some() { "held-pg" } else { "held-lite" };
-                rts.push(Arc::new(Runtime::load(host(&held_base, store, n, tag)?).await?));
+                let tag = if store.is_some() {
+                    "held-pg"
+                } else {
+                    "held-lite"
+                };
+                rts.push(Arc::new(
+                    Runtime::load(host(&held_base, store, n, tag)?).await?,
+                ));
             }
             let rts = Arc::new(rts);
             let call = Arc::new((args.call.tool.clone(), args.call.input.clone()));
@@ -240,11 +253,7 @@ async fn measure(config: &std::path::Path, args: &BenchClusterArgs, url: &str) -
 
 /// Held call `i`: enqueued on one host, decided on the next, run where its caller
 /// waits. The round trips to hold it, and in all.
-async fn lifecycle(
-    rts: &[Arc<Runtime>],
-    i: usize,
-    call: &(String, String),
-) -> Result<(u64, u64)> {
+async fn lifecycle(rts: &[Arc<Runtime>], i: usize, call: &(String, String)) -> Result<(u64, u64)> {
     let (here, there) = (&rts[i % rts.len()], &rts[(i + 1) % rts.len()]);
     let t0 = round_trips();
     let report = here
@@ -307,7 +316,9 @@ async fn lease_recovery(base: &Config, url: &str) -> Result<()> {
                 on_behalf_of: None,
                 now_ms: warden_core::now_ms() as i64,
             };
-            queue.decide(&doomed.config.approvals, &held.id, &ballot).await?;
+            queue
+                .decide(&doomed.config.approvals, &held.id, &ballot)
+                .await?;
             if queue.claim(&held.id, vec![], 0).await?.is_none() {
                 bail!("the doomed host did not win its claim");
             }

@@ -439,9 +439,13 @@ impl Server {
             };
             // Hosts sharing a store look at least twice per lease: a claim whose host
             // died is theirs to end, and no change would wake them for it.
-            let lease = self.runtime().config.store.shared.as_ref().map(|_| {
-                self.runtime().config.store.lease / 2
-            });
+            let lease = self
+                .runtime()
+                .config
+                .store
+                .shared
+                .as_ref()
+                .map(|_| self.runtime().config.store.lease / 2);
             let sleep = lease.map_or(until(due), |l| until(due).min(l));
             tokio::select! {
                 _ = stop.cancelled() => break,

@@ -22,17 +22,16 @@ use crate::tokens::TokenEntry;
 
 mod approvals;
 mod audit;
-mod store;
 mod automation;
 mod budgets;
 mod components;
 mod limits;
 mod server;
+mod store;
 mod upstreams;
 
 pub use approvals::{ApprovalsConfig, Webhook};
 pub use audit::AuditConfig;
-pub use store::StoreConfig;
 pub use automation::{
     CatchUp, Criteria, DeliveryId, Overlap, ScheduleConfig, SignatureKind, TriggerConfig,
 };
@@ -40,17 +39,18 @@ pub use budgets::{Each, LimitConfig, LimitKind, Measure, OnExceed, Per, RunawayC
 pub use components::{PluginConfig, PolicyConfig};
 pub use limits::{DEFAULT_PLUGIN_LIMITS, DEFAULT_POLICY_LIMITS, Limits};
 pub use server::{ServerConfig, valid_principal};
+pub use store::StoreConfig;
 pub use upstreams::{OnChange, UpstreamConfig};
 
 use crate::grants::Grants;
 use approvals::{RawApprovals, check_approvals};
 use audit::{RawAudit, check_audit};
-use store::{RawStore, check_store};
 use automation::{RawSchedule, RawTrigger, check_schedules, check_triggers};
 use budgets::{RawLimit, RawRunaway, check_limits_list, check_runaway};
 use components::{RawPlugin, RawPolicy, check_component, check_costs, check_id, check_sha256};
 use limits::check_limits;
 use server::{RawServer, RawToken, check_server, check_tokens};
+use store::{RawStore, check_store};
 use upstreams::{RawUpstream, check_upstreams};
 
 /// A config error, located in its file.

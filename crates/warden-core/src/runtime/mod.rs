@@ -279,9 +279,7 @@ impl Runtime {
             None => {
                 let runs = RunStore::open(&config.runs_db).map_err(|e| store(&e))?;
                 let approvals = if config.approvals.enabled {
-                    Some(Arc::new(
-                        open_queue(&config).map_err(|e| store(&e))?,
-                    ))
+                    Some(Arc::new(open_queue(&config).map_err(|e| store(&e))?))
                 } else {
                     None
                 };

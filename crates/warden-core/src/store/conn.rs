@@ -70,10 +70,7 @@ impl Conn {
                     let _ = tx.send(f(db));
                 });
                 let stopped = || SqlError("the store's connection thread has stopped".into());
-                let sent = jobs
-                    .lock()
-                    .map(|j| j.send(job).is_ok())
-                    .unwrap_or(false);
+                let sent = jobs.lock().map(|j| j.send(job).is_ok()).unwrap_or(false);
                 if !sent {
                     return Err(stopped());
                 }

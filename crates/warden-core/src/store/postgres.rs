@@ -521,9 +521,16 @@ impl<C: GenericClient> PgSql<'_, C> {
 /// Statements that cannot be prepared (transaction control, settings).
 fn utility(sql: &str) -> bool {
     let head = sql.trim_start().to_ascii_uppercase();
-    ["SAVEPOINT", "RELEASE", "ROLLBACK", "SET", "NOTIFY", "LISTEN"]
-        .iter()
-        .any(|w| head.starts_with(w))
+    [
+        "SAVEPOINT",
+        "RELEASE",
+        "ROLLBACK",
+        "SET",
+        "NOTIFY",
+        "LISTEN",
+    ]
+    .iter()
+    .any(|w| head.starts_with(w))
 }
 
 impl<C: GenericClient> Sql for PgSql<'_, C> {

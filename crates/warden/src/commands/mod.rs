@@ -25,8 +25,8 @@ pub mod runs;
 pub mod schedules;
 pub mod secrets;
 pub mod serve;
-pub mod tokens;
 pub mod store;
+pub mod tokens;
 pub mod tools;
 pub mod upstreams;
 

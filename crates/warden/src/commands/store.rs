@@ -45,9 +45,7 @@ fn on_thread(config: &Config, command: &StoreCommand) -> Result<ExitCode> {
     };
     match command {
         StoreCommand::Migrate => {
-            let mut client = target
-                .connect()
-                .with_context(|| target.shown.clone())?;
+            let mut client = target.connect().with_context(|| target.shown.clone())?;
             let version = postgres::migrate(&mut client)
                 .with_context(|| format!("migrating {}", target.shown))?;
             println!("{}: schema version {version}", target.shown);
@@ -93,7 +91,11 @@ fn on_thread(config: &Config, command: &StoreCommand) -> Result<ExitCode> {
                     Err(e) => print(&format!("store: {}\nreachable: no: {e}\n", target.shown))?,
                 }
             }
-            Ok(ExitCode::from(if ok { exit::OK } else { exit::NOT_RECORDED }))
+            Ok(ExitCode::from(if ok {
+                exit::OK
+            } else {
+                exit::NOT_RECORDED
+            }))
         }
     }
 }

@@ -27,12 +27,12 @@ mod threads;
 
 use super::rules::already;
 use super::{
-    Approval, ApprovalError, Ballot, Choice, HoldSet, Notice, REMOVED, Ran, SEALED, Sealer, may_decide,
-    tier_name,
+    Approval, ApprovalError, Ballot, Choice, HoldSet, Notice, REMOVED, Ran, SEALED, Sealer,
+    may_decide, tier_name,
 };
+use crate::store::conn::Conn;
 use rows::{Cast, add_vote, load, set_state, settle_expired};
 use threads::{Heartbeat, Job, Reply, RunJob};
-use crate::store::conn::Conn;
 
 /// The queue over one store.
 pub struct ApprovalQueue {
@@ -279,11 +279,7 @@ impl ApprovalQueue {
                 }));
             }
         });
-        let job = Job {
-            run,
-            fail,
-            durable,
-        };
+        let job = Job { run, fail, durable };
         let sent = self
             .jobs
             .lock()

@@ -119,7 +119,11 @@ impl Cluster {
                 } else {
                     resets - start
                 };
-                let bucket = if rolling { now_ms - now_ms % len } else { start };
+                let bucket = if rolling {
+                    now_ms - now_ms % len
+                } else {
+                    start
+                };
                 let (limit, k) = (name.clone(), key.to_string());
                 let row = self
                     .conn

@@ -140,7 +140,9 @@ mod tests {
         );
         let b = log(
             "b",
-            vec![json!({"kind": "approval-vote", "run": "r1", "approval": "q1", "principal": "alice", "vote": "approve"})],
+            vec![
+                json!({"kind": "approval-vote", "run": "r1", "approval": "q1", "principal": "alice", "vote": "approve"}),
+            ],
         );
         let c = log(
             "c",
@@ -149,10 +151,7 @@ mod tests {
                 json!({"kind": "run-end", "run": "r1"}),
             ],
         );
-        assert_eq!(
-            cross_check(&[a.clone(), b.clone(), c.clone()]),
-            (1, vec![])
-        );
+        assert_eq!(cross_check(&[a.clone(), b.clone(), c.clone()]), (1, vec![]));
         let (_, missing) = cross_check(&[b.clone(), c.clone()]);
         assert!(missing[0].contains("in no log"), "{missing:?}");
         let twice = log(

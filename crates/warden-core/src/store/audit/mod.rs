@@ -28,8 +28,8 @@ use std::path::Path;
 
 use thiserror::Error;
 
-pub use cluster::cross_check;
 pub use checkpoint::{Signer, WitnessConfig, parse_public_key, public_path};
+pub use cluster::cross_check;
 pub use entry::Entry;
 pub use head::Head;
 pub use search::{Search, each_from, each_matching, last_matching, read_all};

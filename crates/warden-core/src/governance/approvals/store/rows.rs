@@ -212,7 +212,10 @@ pub(super) fn load(
         votes: Vec::new(),
         started_by: r.opt_text(20)?,
     };
-    for r in rows.iter().filter(|r| r.opt_int(21).ok().flatten().is_some()) {
+    for r in rows
+        .iter()
+        .filter(|r| r.opt_int(21).ok().flatten().is_some())
+    {
         a.votes.push(Vote {
             seq: r.int(21)?,
             principal: r.text(22)?,

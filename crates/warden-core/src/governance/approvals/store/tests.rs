@@ -1,7 +1,7 @@
 use super::*;
-use rusqlite::Connection;
 use crate::call::PolicyHold;
 use crate::governance::approvals::{NewRequest, prepare};
+use rusqlite::Connection;
 
 fn config() -> ApprovalsConfig {
     ApprovalsConfig {
@@ -84,7 +84,10 @@ async fn a_request_is_approved_claimed_once_and_its_input_sealed_then_removed() 
     assert!(matches!(again, Err(ApprovalError::AlreadyDecided { .. })));
 
     assert!(queue.claim(&a.id, vec![1], 3_000).await.unwrap().is_some());
-    assert!(queue.claim(&a.id, vec![], 3_001).await.unwrap().is_none(), "twice");
+    assert!(
+        queue.claim(&a.id, vec![], 3_001).await.unwrap().is_none(),
+        "twice"
+    );
     queue
         .finish(&a.id, ApprovalState::Executed, "ok", None, 4_000)
         .await
