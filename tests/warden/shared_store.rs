@@ -795,3 +795,70 @@ host = "host-{i}"
         "ran once, on host-0"
     );
 }
+
+/// The kill switch holds in the whole cluster: what one host suspends, another refuses
+/// after its next look at the store, and a resume on either lifts it everywhere.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_suspension_made_on_one_host_holds_on_every_host() {
+    use warden_core::call::CallRequest;
+    use warden_core::governance::budgets::Target as Suspended;
+    use warden_core::{Config, Runtime};
+    let url = postgres().database();
+    let mut hosts = Vec::new();
+    for i in 0..2 {
+        let env = Env::new("");
+        env.write_config(&format!(
+            "{tokens}\n[[plugin]]\nid = \"text-stats\"\ncomponent = \"{{text-stats}}\"\n\n[store]\nurl = \"{url}\"\nhost = \"host-{i}\"\n",
+            tokens = super::approvals::test_tokens()
+        ));
+        let rt = Runtime::load(Config::load(&env.config()).unwrap())
+            .await
+            .unwrap();
+        hosts.push((env, rt));
+    }
+    let request = CallRequest {
+        principal: "alice",
+        tool: "text_stats",
+        input: r#"{"text":"x"}"#,
+        started_by: None,
+    };
+    fn call<'a>(
+        rt: &'a Runtime,
+        request: CallRequest<'a>,
+    ) -> impl std::future::Future<Output = Result<warden_core::CallReport, warden_core::CallError>> + 'a
+    {
+        rt.call(request)
+    }
+    assert_eq!(
+        call(&hosts[1].1, request).await.unwrap().outcome.status(),
+        "ok"
+    );
+    hosts[0]
+        .1
+        .suspend(Suspended::Principal, "alice", "incident 42", "ops")
+        .await
+        .unwrap();
+    hosts[1].1.drive().await.unwrap();
+    let refused = call(&hosts[1].1, request).await.unwrap();
+    assert_ne!(refused.outcome.status(), "ok");
+    assert!(
+        format!("{:?}", refused.outcome).contains("incident 42"),
+        "{:?}",
+        refused.outcome
+    );
+    assert!(
+        hosts[1]
+            .1
+            .unsuspend(Suspended::Principal, "alice", "ops")
+            .await
+            .unwrap()
+    );
+    hosts[0].1.drive().await.unwrap();
+    assert_eq!(
+        call(&hosts[0].1, request).await.unwrap().outcome.status(),
+        "ok"
+    );
+    for (_, rt) in &hosts {
+        rt.close();
+    }
+}

@@ -79,6 +79,17 @@ impl Runtime {
         Ok(true)
     }
 
+    /// Take the kill switch from the store again (hosts sharing one change it for each
+    /// other).
+    pub fn refresh_suspensions(&self) -> Result<(), SuspendError> {
+        let all = self.suspended()?;
+        self.budgets.suspensions.replace(
+            all.into_iter()
+                .filter_map(|s| Some((Target::parse(&s.kind)?, s.name, s.reason))),
+        );
+        Ok(())
+    }
+
     /// What is suspended, oldest first.
     pub fn suspended(&self) -> Result<Vec<Suspension>, SuspendError> {
         self.suspensions

@@ -85,6 +85,11 @@ impl Runtime {
 
     /// One pass over the whole queue (webhook notices are [`Runtime::deliver_notices`]).
     pub async fn drive(&self) -> Result<Pass, CallError> {
+        if self.config.store.shared.is_some() {
+            // Another host may have suspended or resumed something.
+            self.refresh_suspensions()
+                .map_err(|e| CallError::NotRecorded(e.to_string()))?;
+        }
         let Some(queue) = &self.approvals else {
             return Ok(Pass::default());
         };

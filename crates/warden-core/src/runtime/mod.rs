@@ -289,7 +289,7 @@ impl Runtime {
                     None
                 };
                 let suspensions =
-                    Arc::new(SuspensionStore::open(&config.runs_db).map_err(|e| store(&e))?);
+                    Arc::new(SuspensionStore::for_config(&config).map_err(|e| store(&e))?);
                 (
                     Arc::new(runs),
                     approvals,

@@ -21,7 +21,8 @@ use super::sql::{Db, Row, Sql, SqlError, Val, dollar_placeholders};
 /// with integers as BIGINT; `hosts` is what a lease is: each host's last heartbeat.
 const MIGRATIONS: &[&str] = &[
     // 1: the approval queue, its votes and webhook notices; schedules' pauses and fire
-    // times claimed; trigger deliveries seen; limits' shared counts; hosts' heartbeats.
+    // times claimed; trigger deliveries seen; limits' shared counts; the kill switch;
+    // hosts' heartbeats.
     "
     CREATE TABLE approvals (
         id             TEXT PRIMARY KEY,
@@ -177,6 +178,16 @@ const MIGRATIONS: &[&str] = &[
     CREATE TRIGGER approvals_announce AFTER INSERT OR UPDATE ON approvals
         FOR EACH STATEMENT EXECUTE FUNCTION warden_announce();
     CREATE TRIGGER votes_announce AFTER INSERT OR UPDATE ON approval_votes
+        FOR EACH STATEMENT EXECUTE FUNCTION warden_announce();
+    CREATE TABLE suspensions (
+        kind           TEXT NOT NULL,
+        name           TEXT NOT NULL,
+        reason         TEXT NOT NULL,
+        by             TEXT NOT NULL,
+        at_ms          BIGINT NOT NULL,
+        PRIMARY KEY (kind, name)
+    );
+    CREATE TRIGGER suspensions_announce AFTER INSERT OR UPDATE OR DELETE ON suspensions
         FOR EACH STATEMENT EXECUTE FUNCTION warden_announce();
     CREATE TABLE hosts (
         token          TEXT PRIMARY KEY,

@@ -1,11 +1,13 @@
-//! The kill switch's state in the embedded store: which principals, plugins, tools and
-//! schedules are suspended, by whom, when and why. It survives restarts; every change
-//! is committed durably before the caller is told it took effect.
+//! The kill switch's state in the embedded store (or the shared PostgreSQL, so a
+//! suspension made on one host holds on every host): which principals, plugins, tools
+//! and schedules are suspended, by whom, when and why. It survives restarts; every
+//! change is committed durably before the caller is told it took effect.
 
 use std::path::Path;
-use std::sync::Mutex;
 
-use rusqlite::{Connection, params};
+use super::conn::Conn;
+use super::postgres::{PgDb, Target};
+use super::sql::{LiteDb, SqlError, vals};
 
 #[derive(Debug, thiserror::Error)]
 #[error("suspensions store {path}: {message}")]
@@ -26,7 +28,7 @@ pub struct Suspension {
 }
 
 pub struct SuspensionStore {
-    conn: Mutex<Connection>,
+    conn: Conn,
     path: String,
 }
 
@@ -37,61 +39,92 @@ impl SuspensionStore {
             message: e.to_string(),
         })?;
         Ok(SuspensionStore {
-            conn: Mutex::new(conn),
+            conn: Conn::local(LiteDb(conn)),
             path: path.display().to_string(),
         })
     }
 
-    fn err(&self, e: rusqlite::Error) -> SuspensionsError {
-        SuspensionsError {
-            path: self.path.clone(),
-            message: e.to_string(),
+    /// The kill switch in the PostgreSQL at `target`, shared by every host.
+    pub fn open_shared(target: &Target) -> Result<SuspensionStore, SuspensionsError> {
+        let err = |message: String| SuspensionsError {
+            path: target.shown.clone(),
+            message,
+        };
+        let them = target.clone();
+        let db = std::thread::spawn(move || PgDb::open(&them))
+            .join()
+            .map_err(|_| err("connecting panicked".into()))?
+            .map_err(|e| err(e.0))?;
+        Ok(SuspensionStore {
+            conn: Conn::thread(db, "warden-suspensions-db").map_err(|e| err(e.to_string()))?,
+            path: target.shown.clone(),
+        })
+    }
+
+    /// The store `config` names: the shared one when `[store]` sets it.
+    pub fn for_config(config: &crate::Config) -> Result<SuspensionStore, SuspensionsError> {
+        match &config.store.shared {
+            Some(target) => SuspensionStore::open_shared(target),
+            None => SuspensionStore::open(&config.runs_db),
         }
     }
 
-    fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
-        self.conn.lock().unwrap_or_else(|p| p.into_inner())
+    fn err(&self, e: SqlError) -> SuspensionsError {
+        SuspensionsError {
+            path: self.path.clone(),
+            message: e.0,
+        }
     }
 
     pub fn list(&self) -> Result<Vec<Suspension>, SuspensionsError> {
-        let conn = self.conn();
-        let mut stmt = conn
-            .prepare_cached("SELECT kind, name, reason, by, at_ms FROM suspensions ORDER BY at_ms")
-            .map_err(|e| self.err(e))?;
-        let rows = stmt
-            .query_map([], |r| {
-                Ok(Suspension {
-                    kind: r.get(0)?,
-                    name: r.get(1)?,
-                    reason: r.get(2)?,
-                    by: r.get(3)?,
-                    at_ms: r.get(4)?,
+        self.conn
+            .read(|sql| {
+                sql.query(
+                    "SELECT kind, name, reason, by, at_ms FROM suspensions ORDER BY at_ms",
+                    &[],
+                )?
+                .iter()
+                .map(|r| {
+                    Ok(Suspension {
+                        kind: r.text(0)?,
+                        name: r.text(1)?,
+                        reason: r.text(2)?,
+                        by: r.text(3)?,
+                        at_ms: r.int(4)?,
+                    })
                 })
+                .collect()
             })
-            .map_err(|e| self.err(e))?;
-        rows.collect::<Result<Vec<_>, _>>().map_err(|e| self.err(e))
+            .map_err(|e| self.err(e))
     }
 
     /// Suspend (or suspend again, with a new reason).
     pub fn suspend(&self, s: &Suspension) -> Result<(), SuspensionsError> {
-        self.conn()
-            .execute(
-                "INSERT OR REPLACE INTO suspensions (kind, name, reason, by, at_ms)
-                 VALUES (?1, ?2, ?3, ?4, ?5)",
-                params![s.kind, s.name, s.reason, s.by, s.at_ms],
-            )
-            .map(drop)
+        let s = s.clone();
+        self.conn
+            .write(true, move |tx| {
+                tx.execute(
+                    "INSERT INTO suspensions (kind, name, reason, by, at_ms)
+                     VALUES (?1, ?2, ?3, ?4, ?5)
+                     ON CONFLICT (kind, name) DO UPDATE SET reason = excluded.reason,
+                         by = excluded.by, at_ms = excluded.at_ms",
+                    vals![s.kind, s.name, s.reason, s.by, s.at_ms],
+                )?;
+                Ok(())
+            })
             .map_err(|e| self.err(e))
     }
 
     /// Lift a suspension; whether there was one.
     pub fn resume(&self, kind: &str, name: &str) -> Result<bool, SuspensionsError> {
-        self.conn()
-            .execute(
-                "DELETE FROM suspensions WHERE kind = ?1 AND name = ?2",
-                params![kind, name],
-            )
-            .map(|n| n > 0)
+        let (kind, name) = (kind.to_string(), name.to_string());
+        self.conn
+            .write(true, move |tx| {
+                Ok(tx.execute(
+                    "DELETE FROM suspensions WHERE kind = ?1 AND name = ?2",
+                    vals![kind, name],
+                )? > 0)
+            })
             .map_err(|e| self.err(e))
     }
 }

@@ -62,6 +62,16 @@ impl Suspensions {
         }
     }
 
+    /// Make the set exactly `all` (kind, name, reason): what the shared store says,
+    /// when another host may have changed it.
+    pub fn replace(&self, all: impl IntoIterator<Item = (Target, String, String)>) {
+        let mut fresh: HashMap<Target, HashMap<String, String>> = HashMap::new();
+        for (target, name, reason) in all {
+            fresh.entry(target).or_default().insert(name, reason);
+        }
+        *self.0.write().unwrap_or_else(|p| p.into_inner()) = fresh;
+    }
+
     /// Why the call `who` may not run, if something it involves is suspended.
     pub fn check(&self, who: &Who<'_>) -> Option<String> {
         let map = self.0.read().unwrap_or_else(|p| p.into_inner());
