@@ -18,6 +18,8 @@ use super::repo_root;
 pub struct Postgres {
     pub port: u16,
     pub dir: PathBuf,
+    /// Speaks TLS only (its URLs say `sslmode=require`).
+    tls: bool,
     next: AtomicUsize,
     /// The running server's pid, and the way to start it again after it stopped.
     pid: std::sync::Mutex<u32>,
@@ -37,9 +39,100 @@ pub fn postgres() -> &'static Postgres {
 /// one must stay up for the tests running beside it).
 pub fn private(name: &str) -> Postgres {
     let name = name.to_string();
-    std::thread::spawn(move || start(&name))
+    std::thread::spawn(move || start(&name, false))
         .join()
         .expect("start postgres")
+}
+
+/// A PostgreSQL of its own that speaks TLS only, with a certificate for 127.0.0.1
+/// signed by a throw-away CA; the CA's certificate (PEM) is `<dir>/ca.crt`.
+pub fn private_tls(name: &str) -> Postgres {
+    let name = name.to_string();
+    std::thread::spawn(move || start(&name, true))
+        .join()
+        .expect("start postgres")
+}
+
+/// A CA and a server certificate for 127.0.0.1 in `dir` (openssl comes with the
+/// postgresql package, through ssl-cert).
+fn make_certificates(dir: &Path, user: Option<(u32, u32)>) {
+    let run = |args: &[&str]| {
+        let out = Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .expect("run openssl");
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    let mut ca = vec!["req", "-x509"];
+    ca.extend(ec);
+    ca.extend([
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.crt",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=warden-test-ca",
+        "-addext",
+        "basicConstraints=critical,CA:TRUE",
+        "-addext",
+        "keyUsage=critical,keyCertSign,cRLSign",
+    ]);
+    run(&ca);
+    let mut csr = vec!["req"];
+    csr.extend(ec);
+    csr.extend([
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+        "-subj",
+        "/CN=localhost",
+    ]);
+    run(&csr);
+    std::fs::write(
+        dir.join("server.ext"),
+        "subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
+    )
+    .expect("write server.ext");
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.crt",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "server.crt",
+        "-days",
+        "2",
+        "-extfile",
+        "server.ext",
+    ]);
+    use std::os::unix::fs::PermissionsExt;
+    let key = dir.join("server.key");
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).expect("chmod key");
+    if let Some((uid, gid)) = user {
+        for f in ["server.key", "server.crt"] {
+            std::os::unix::fs::chown(dir.join(f), Some(uid), Some(gid)).expect("chown");
+        }
+    }
 }
 
 /// Where the server's programs are: on PATH, else the Debian layout.
@@ -118,7 +211,7 @@ fn remove_dead_clusters(root: &Path) {
     }
 }
 
-fn start(name: &str) -> Postgres {
+fn start(name: &str, tls: bool) -> Postgres {
     let bin = bin_dir();
     let user = server_user();
     let root = repo_root().join("target/test-postgres");
@@ -147,6 +240,25 @@ fn start(name: &str) -> Postgres {
         "initdb failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
+    let mut tls_args = Vec::new();
+    if tls {
+        make_certificates(&dir, user);
+        tls_args = vec![
+            "-c".to_string(),
+            "ssl=on".to_string(),
+            "-c".to_string(),
+            format!("ssl_cert_file={}", dir.join("server.crt").display()),
+            "-c".to_string(),
+            format!("ssl_key_file={}", dir.join("server.key").display()),
+        ];
+        // TLS only: a connection in the clear is refused.
+        let hba = data.join("pg_hba.conf");
+        std::fs::write(
+            &hba,
+            "local all all trust\nhostssl all all 127.0.0.1/32 trust\n",
+        )
+        .expect("write pg_hba.conf");
+    }
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .expect("a free port")
@@ -171,6 +283,7 @@ fn start(name: &str) -> Postgres {
                 .arg("-c")
                 .arg(format!("unix_socket_directories={}", socket_dir.display()))
                 .args(["-c", "max_connections=300", "-c", "shared_buffers=32MB"])
+                .args(&tls_args)
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
                 .stderr(log.try_clone().expect("log"));
@@ -198,6 +311,7 @@ fn start(name: &str) -> Postgres {
     let pg = Postgres {
         port,
         dir,
+        tls,
         next: AtomicUsize::new(0),
         pid: std::sync::Mutex::new(pid),
         start_again: std::sync::Mutex::new(again_tx),
@@ -211,9 +325,11 @@ impl Postgres {
     fn wait_until_up(&self) {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
-            let admin = warden_core::store::postgres::Target::parse(&self.url("postgres"))
-                .expect("url")
-                .connect();
+            let ca = self.ca();
+            let admin =
+                warden_core::store::postgres::Target::parse(&self.url("postgres"), ca.as_deref())
+                    .expect("url")
+                    .connect();
             if admin.is_ok() {
                 return;
             }
@@ -262,8 +378,14 @@ impl Postgres {
         self.wait_until_up();
     }
 
+    /// The CA certificate a TLS cluster's server certificate is signed by.
+    pub fn ca(&self) -> Option<PathBuf> {
+        self.tls.then(|| self.dir.join("ca.crt"))
+    }
+
     pub fn url(&self, db: &str) -> String {
-        format!("postgres://warden@127.0.0.1:{}/{db}", self.port)
+        let tls = if self.tls { "?sslmode=require" } else { "" };
+        format!("postgres://warden@127.0.0.1:{}/{db}{tls}", self.port)
     }
 
     /// A new, empty database; its URL.
@@ -276,9 +398,9 @@ impl Postgres {
     /// Run `sql` in database `db` (as the superuser), on a thread of its own (the
     /// driver must not block an async test's runtime).
     pub fn sql(&self, db: &str, sql: &str) {
-        let (url, sql) = (self.url(db), sql.to_string());
+        let (url, sql, ca) = (self.url(db), sql.to_string(), self.ca());
         std::thread::spawn(move || {
-            let mut client = warden_core::store::postgres::Target::parse(&url)
+            let mut client = warden_core::store::postgres::Target::parse(&url, ca.as_deref())
                 .expect("url")
                 .connect()
                 .expect("connect as the superuser");

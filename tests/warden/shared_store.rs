@@ -65,7 +65,7 @@ fn ballot<'a>(who: &'a str, choice: Choice, sha: &'a str, now_ms: i64) -> Ballot
 }
 
 fn shared(url: &str, lease: Duration) -> ApprovalQueue {
-    let target = Target::parse(url).expect("a valid url");
+    let target = Target::parse(url, None).expect("a valid url");
     ApprovalQueue::open_shared(&target, lease, "test-host", Some(Sealer::new(&[7; 32])))
         .expect("open the shared queue")
 }
@@ -472,7 +472,7 @@ fn a_call_held_on_one_host_and_approved_through_another_runs_once_in_the_cluster
 #[test]
 fn each_fire_time_and_each_trigger_delivery_is_claimed_once_across_hosts() {
     use warden_core::store::automation::{AutomationStore, Fire};
-    let target = Target::parse(&postgres().database()).unwrap();
+    let target = Target::parse(&postgres().database(), None).unwrap();
     let hosts: Vec<Arc<AutomationStore>> = (0..3)
         .map(|_| Arc::new(AutomationStore::open_shared(&target).unwrap()))
         .collect();
@@ -861,4 +861,44 @@ async fn a_suspension_made_on_one_host_holds_on_every_host() {
     for (_, rt) in &hosts {
         rt.close();
     }
+}
+
+/// TLS to the shared store: with the CA that signed the server's certificate, warden
+/// connects over TLS; without it, `sslmode=require` fails closed naming why; a server
+/// that refuses connections in the clear is never spoken to in the clear.
+#[test]
+fn the_shared_store_is_reached_over_tls_checked_against_the_given_ca() {
+    let pg = crate::support::postgres::private_tls("tls");
+    let url = pg.database();
+    let ca = pg.ca().unwrap();
+    let env = Env::new("");
+    let config = |extra: &str| format!("[store]\nurl_env = \"WARDEN_TEST_STORE\"\n{extra}");
+    env.write_config(&config(&format!(
+        "ca_file = {:?}\n",
+        ca.display().to_string()
+    )));
+    let envs = [("WARDEN_TEST_STORE", url.as_str())];
+    let migrate = env.warden_with_env(&["store", "migrate"], &envs);
+    assert_eq!(migrate.code, OK, "{migrate:?}");
+    let check = env.warden_with_env(&["store", "check", "--json"], &envs);
+    assert_eq!(check.code, OK, "{check:?}");
+    let report: Value = serde_json::from_str(&check.stdout).unwrap();
+    assert_eq!(report["tls"], true, "{report}");
+
+    env.write_config(&config(""));
+    let untrusted = env.warden_with_env(&["store", "check"], &envs);
+    assert_eq!(untrusted.code, NOT_RECORDED, "{untrusted:?}");
+    assert!(
+        untrusted.stdout.contains("reachable: no") && untrusted.stdout.contains("certificate"),
+        "{untrusted:?}"
+    );
+    let clear = url.replace("sslmode=require", "sslmode=disable");
+    let refused = env.warden_with_env(&["store", "check"], &[("WARDEN_TEST_STORE", &clear)]);
+    assert_eq!(refused.code, NOT_RECORDED, "{refused:?}");
+    assert!(refused.stdout.contains("reachable: no"), "{refused:?}");
+
+    env.write_config(&config("ca_file = \"missing.pem\"\n"));
+    let missing = env.warden_with_env(&["store", "check"], &envs);
+    assert_eq!(missing.code, USAGE, "{missing:?}");
+    assert!(missing.stderr.contains("store.ca_file"), "{missing:?}");
 }

@@ -50,7 +50,7 @@ fn in_schema(url: &str, schema: &str) -> String {
 fn admin(url: &str, sql: &str) -> Result<()> {
     let (url, sql) = (url.to_string(), sql.to_string());
     std::thread::spawn(move || -> Result<()> {
-        let target = Target::parse(&url).map_err(anyhow::Error::msg)?;
+        let target = Target::parse(&url, None).map_err(anyhow::Error::msg)?;
         let mut client = target.connect()?;
         client.batch_execute(&sql)?;
         Ok(())
@@ -70,7 +70,7 @@ fn host(base: &Config, url: Option<&str>, n: usize, tag: &str) -> Result<Config>
     c.audit.dir = c.data_dir.join("audit");
     c.store = StoreConfig {
         shared: url
-            .map(|u| Target::parse(u).map_err(anyhow::Error::msg))
+            .map(|u| Target::parse(u, None).map_err(anyhow::Error::msg))
             .transpose()?,
         lease: Duration::from_secs(3),
         host: format!("bench-{n}"),
@@ -95,7 +95,7 @@ pub async fn run(
 fn floor(url: &str) -> Result<()> {
     let url = url.to_string();
     let (trip, commit) = std::thread::spawn(move || -> Result<(Duration, Duration)> {
-        let target = Target::parse(&url).map_err(anyhow::Error::msg)?;
+        let target = Target::parse(&url, None).map_err(anyhow::Error::msg)?;
         let mut client = target.connect()?;
         client.batch_execute("CREATE TABLE bench_floor (n BIGINT)")?;
         let select = client.prepare("SELECT 1")?;
@@ -289,7 +289,7 @@ async fn lifecycle(rts: &[Arc<Runtime>], i: usize, call: &(String, String)) -> R
 
 /// A host claims an approved call and dies; another notices within its lease.
 async fn lease_recovery(base: &Config, url: &str) -> Result<()> {
-    let target = Target::parse(url).map_err(anyhow::Error::msg)?;
+    let target = Target::parse(url, None).map_err(anyhow::Error::msg)?;
     let lease = Duration::from_secs(3);
     let mut times = Vec::new();
     let survivor = ApprovalQueue::open_shared(&target, lease, "bench-survivor", None)?;

@@ -235,7 +235,7 @@ impl Config {
         }
         let runs_db = data_dir.join("runs.db");
         let audit = check_audit(&locate, base, &data_dir, key_dir.as_deref(), &raw.audit)?;
-        let store = check_store(&locate, &raw.store)?;
+        let store = check_store(&locate, base, &raw.store)?;
         let legacy = data_dir.join("master.key");
         let key_file = match &raw.vault.key_file {
             Some(p) => Some(base.join(p)),

@@ -14,7 +14,9 @@ use crate::store::postgres::Target;
 pub struct StoreConfig {
     /// `url` (or the environment variable `url_env` names): the PostgreSQL the approval
     /// queue lives in, shared by every host pointing at it. The URL (its password) is
-    /// never shown: errors and `warden store check` name `Target::shown`.
+    /// never shown: errors and `warden store check` name `Target::shown`. TLS unless
+    /// the URL says `sslmode=disable`, checked against the public roots and `ca_file`
+    /// (PEM, relative to the config file).
     pub shared: Option<Target>,
     /// `lease_secs` (default 15): how long a host's claim on a call it is running
     /// outlives its last heartbeat before another host ends that call `failed`
@@ -40,6 +42,7 @@ pub(super) struct RawStore {
     url_env: Option<Spanned<String>>,
     lease_secs: Option<Spanned<u64>>,
     host: Option<Spanned<String>>,
+    ca_file: Option<Spanned<String>>,
 }
 
 /// The machine's host name (`localhost` when it has none).
@@ -55,7 +58,11 @@ fn host_name() -> String {
     }
 }
 
-pub(super) fn check_store(locate: &Locator, raw: &RawStore) -> Result<StoreConfig, ConfigError> {
+pub(super) fn check_store(
+    locate: &Locator,
+    base: &std::path::Path,
+    raw: &RawStore,
+) -> Result<StoreConfig, ConfigError> {
     let host = match &raw.host {
         Some(h) => {
             let name = h.get_ref();
@@ -120,7 +127,17 @@ pub(super) fn check_store(locate: &Locator, raw: &RawStore) -> Result<StoreConfi
             "only PostgreSQL is supported as a shared store (a postgres:// URL)",
         ));
     }
-    let target = Target::parse(&url).map_err(|m| locate.error(at, key, &m))?;
+    let ca_file = raw
+        .ca_file
+        .as_ref()
+        .map(|c| (base.join(c.get_ref()), c.span().start));
+    let target =
+        Target::parse(&url, ca_file.as_ref().map(|c| c.0.as_path())).map_err(|m| {
+            match (&ca_file, m.starts_with("ca_file")) {
+                (Some((_, at)), true) => locate.error(*at, "store.ca_file", &m),
+                _ => locate.error(at, key, &m),
+            }
+        })?;
     Ok(StoreConfig {
         shared: Some(target),
         lease,

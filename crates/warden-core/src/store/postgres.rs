@@ -243,6 +243,8 @@ pub struct Target {
     config: postgres::Config,
     /// `postgres://user@host:port/db`: what errors and `store check` show.
     pub shown: String,
+    /// How TLS is spoken: `None` when the URL says `sslmode=disable`.
+    tls: Option<tokio_postgres_rustls::MakeRustlsConnect>,
 }
 
 impl std::fmt::Debug for Target {
@@ -253,8 +255,11 @@ impl std::fmt::Debug for Target {
 
 impl Target {
     /// Parse `url` (a `postgres://` URL or `key=value` pairs). The error never
-    /// repeats the URL (it may hold a password).
-    pub fn parse(url: &str) -> Result<Target, String> {
+    /// repeats the URL (it may hold a password). TLS is spoken unless the URL says
+    /// `sslmode=disable`, with the server's certificate checked against the public
+    /// roots (Mozilla's) and the certificates in `ca_file` (PEM), host name included:
+    /// `sslmode=require` fails closed on a certificate it cannot check.
+    pub fn parse(url: &str, ca_file: Option<&std::path::Path>) -> Result<Target, String> {
         let mut config: postgres::Config = url
             .parse()
             .map_err(|e| format!("not a PostgreSQL connection URL: {e}"))?;
@@ -277,14 +282,21 @@ impl Target {
             hosts.join(","),
             config.get_dbname().unwrap_or("")
         );
-        Ok(Target { config, shown })
+        let tls = match config.get_ssl_mode() {
+            postgres::config::SslMode::Disable => None,
+            _ => Some(tls(ca_file)?),
+        };
+        Ok(Target { config, shown, tls })
     }
 
-    /// A new connection (TLS is not offered: a URL with `sslmode=require` fails here,
-    /// closed, rather than talk in the clear).
+    /// A new connection.
     pub fn connect(&self) -> Result<postgres::Client, SqlError> {
         STATS.connects.fetch_add(1, Ordering::Relaxed);
-        match self.config.connect(NoTls) {
+        let connected = match &self.tls {
+            Some(tls) => self.config.connect(tls.clone()),
+            None => self.config.connect(NoTls),
+        };
+        match connected {
             Ok(client) => {
                 STATS.up.store(1, Ordering::Relaxed);
                 Ok(client)
@@ -296,6 +308,39 @@ impl Target {
             }
         }
     }
+}
+
+/// A TLS client that trusts the public roots and `ca_file`'s certificates.
+fn tls(
+    ca_file: Option<&std::path::Path>,
+) -> Result<tokio_postgres_rustls::MakeRustlsConnect, String> {
+    use rustls_pki_types::CertificateDer;
+    use rustls_pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    if let Some(path) = ca_file {
+        let shown = path.display();
+        let mut added = 0;
+        for cert in
+            CertificateDer::pem_file_iter(path).map_err(|e| format!("ca_file {shown}: {e}"))?
+        {
+            let cert = cert.map_err(|e| format!("ca_file {shown}: {e}"))?;
+            roots
+                .add(cert)
+                .map_err(|e| format!("ca_file {shown}: {e}"))?;
+            added += 1;
+        }
+        if added == 0 {
+            return Err(format!("ca_file {shown}: no certificate in it"));
+        }
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("TLS: {e}"))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(tokio_postgres_rustls::MakeRustlsConnect::new(config))
 }
 
 /// A driver error with its cause (the server's message), never a parameter's value.

@@ -57,17 +57,22 @@ fn on_thread(config: &Config, command: &StoreCommand) -> Result<ExitCode> {
                 let connect_ms = started.elapsed().as_secs_f64() * 1000.0;
                 let version = postgres::version(&mut client)?;
                 let at = Instant::now();
-                client
-                    .simple_query("SELECT 1")
-                    .map_err(|e| warden_core::store::sql::SqlError(e.to_string()))?;
-                Ok((connect_ms, version, at.elapsed().as_secs_f64() * 1000.0))
+                let tls: bool = client
+                    .query_one(
+                        "SELECT coalesce((SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()), false)",
+                        &[],
+                    )
+                    .map_err(|e| warden_core::store::sql::SqlError(e.to_string()))?
+                    .get(0);
+                Ok((connect_ms, version, at.elapsed().as_secs_f64() * 1000.0, tls))
             });
             let known = postgres::SCHEMA_VERSION;
             let (ok, report) = match &reached {
-                Ok((connect_ms, version, rtt_ms)) => (
+                Ok((connect_ms, version, rtt_ms, tls)) => (
                     *version == known,
                     json!({"store": target.shown, "reachable": true, "schema_version": version,
-                           "known_version": known, "connect_ms": connect_ms, "round_trip_ms": rtt_ms}),
+                           "known_version": known, "connect_ms": connect_ms, "round_trip_ms": rtt_ms,
+                           "tls": tls}),
                 ),
                 Err(e) => (
                     false,
@@ -79,9 +84,10 @@ fn on_thread(config: &Config, command: &StoreCommand) -> Result<ExitCode> {
                 print(&format!("{report:#}\n"))?;
             } else {
                 match &reached {
-                    Ok((connect_ms, version, rtt_ms)) => print(&format!(
-                        "store: {}\nreachable: yes (connect {connect_ms:.1} ms, round trip {rtt_ms:.2} ms)\nschema version: {version} (this warden: {known}){}\n",
+                    Ok((connect_ms, version, rtt_ms, tls)) => print(&format!(
+                        "store: {}\nreachable: yes (connect {connect_ms:.1} ms, round trip {rtt_ms:.2} ms, {})\nschema version: {version} (this warden: {known}){}\n",
                         target.shown,
+                        if *tls { "TLS" } else { "no TLS" },
                         match version.cmp(&known) {
                             std::cmp::Ordering::Equal => "",
                             std::cmp::Ordering::Less => " - run `warden store migrate`",
