@@ -14,6 +14,8 @@ mod config;
 mod console;
 #[path = "warden/files.rs"]
 mod files;
+#[path = "warden/hosts.rs"]
+mod hosts;
 #[path = "warden/isolation.rs"]
 mod isolation;
 #[path = "warden/languages.rs"]

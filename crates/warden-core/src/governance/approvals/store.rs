@@ -22,6 +22,8 @@ use crate::store::sql::{LiteDb, Sql, SqlError, Val, vals};
 
 use super::owner::Owner;
 
+mod audited;
+mod notices;
 mod rows;
 mod threads;
 
@@ -405,13 +407,6 @@ impl ApprovalQueue {
         self.scalar("SELECT min(expires_ms) FROM approvals WHERE state = 'pending'")
     }
 
-    /// When the next notice is due to be sent or retried.
-    pub fn next_notice_ms(&self) -> Result<Option<i64>, ApprovalError> {
-        self.scalar(
-            "SELECT min(next_ms) FROM approval_notices WHERE delivered_ms IS NULL AND gave_up = 0",
-        )
-    }
-
     /// How many requests are pending and when the newest of them was made: what a
     /// watcher compares to see the inbox changed (in this process or another).
     pub fn pending_mark(&self) -> Result<(u64, i64), ApprovalError> {
@@ -704,143 +699,6 @@ impl ApprovalQueue {
             }
         }
         Ok(out)
-    }
-
-    /// Requests with votes this process should write to its audit log, oldest vote
-    /// first: every unaudited vote in the embedded store (one audit log per data dir);
-    /// on the shared store, the votes this host cast, and those of hosts gone past
-    /// their lease (so each vote reaches one host's log, and a dead host's still do).
-    pub fn with_unaudited_votes(&self) -> Result<Vec<String>, ApprovalError> {
-        let (filter, params) = self.audited_here(vec![]);
-        self.read(move |sql| {
-            sql.query(
-                &format!(
-                    "SELECT approval_id FROM approval_votes WHERE audited = 0{filter}
-                     GROUP BY approval_id ORDER BY min(at_ms)"
-                ),
-                &params,
-            )?
-            .iter()
-            .map(|r| r.text(0))
-            .collect()
-        })
-    }
-
-    /// The votes of request `id` this process should write to its audit log (see
-    /// `with_unaudited_votes`), by number.
-    pub fn votes_due(&self, id: &str) -> Result<Vec<i64>, ApprovalError> {
-        let (filter, params) = self.audited_here(vals![id].to_vec());
-        self.read(move |sql| {
-            sql.query(
-                &format!(
-                    "SELECT seq FROM approval_votes WHERE approval_id = ?1 AND audited = 0{filter}"
-                ),
-                &params,
-            )?
-            .iter()
-            .map(|r| r.int(0))
-            .collect()
-        })
-    }
-
-    /// The condition (and its parameters, after `params`) that picks the votes this
-    /// process audits: none in the embedded store; on the shared store, its own and
-    /// those of hosts not seen for their lease.
-    fn audited_here(&self, mut params: Vec<Val>) -> (String, Vec<Val>) {
-        let Holder::Host { token, lease } = &self.holder else {
-            return (String::new(), params);
-        };
-        let (me, window) = (params.len() + 1, params.len() + 2);
-        params.push(Val::from(token.as_str()));
-        params.push(Val::Int(lease.as_millis() as i64));
-        (
-            format!(
-                " AND (coalesce(cast_by, '') = ?{me} OR coalesce(cast_by, '') NOT IN
-                   (SELECT token FROM hosts WHERE seen_ms >=
-                       (extract(epoch from clock_timestamp()) * 1000)::bigint - ?{window}))"
-            ),
-            params,
-        )
-    }
-
-    pub async fn mark_audited(&self, votes: Vec<(String, i64)>) -> Result<(), ApprovalError> {
-        if votes.is_empty() {
-            return Ok(());
-        }
-        self.write_with(false, move |tx| {
-            for (id, seq) in &votes {
-                tx.execute(
-                    "UPDATE approval_votes SET audited = 1 WHERE approval_id = ?1 AND seq = ?2",
-                    vals![id, *seq],
-                )?;
-            }
-            Ok(())
-        })
-        .await
-    }
-
-    /// Webhook notices due for a delivery attempt: (approval id, payload, attempts so far).
-    pub fn due_notices(&self, now_ms: i64) -> Result<Vec<(String, String, u32)>, ApprovalError> {
-        self.read(move |sql| {
-            sql.query(
-                "SELECT approval_id, payload, attempts FROM approval_notices
-                 WHERE delivered_ms IS NULL AND gave_up = 0 AND next_ms <= ?1 ORDER BY next_ms",
-                vals![now_ms],
-            )?
-            .iter()
-            .map(|r| Ok((r.text(0)?, r.text(1)?, r.u32(2)?)))
-            .collect()
-        })
-    }
-
-    /// Record one delivery attempt: delivered, or failed with the next attempt at
-    /// `retry_at` (`None`: give up).
-    pub async fn notice_attempted(
-        &self,
-        id: &str,
-        outcome: Result<(), String>,
-        retry_at: Option<i64>,
-        now_ms: i64,
-    ) -> Result<(), ApprovalError> {
-        let id = id.to_string();
-        self.write_with(false, move |tx| {
-            let r = match &outcome {
-                Ok(()) => tx.execute(
-                    "UPDATE approval_notices SET attempts = attempts + 1, delivered_ms = ?2, last_error = NULL
-                     WHERE approval_id = ?1",
-                    vals![&id, now_ms],
-                ),
-                Err(e) => tx.execute(
-                    "UPDATE approval_notices SET attempts = attempts + 1, last_error = ?2,
-                     next_ms = coalesce(?3, next_ms),
-                     gave_up = CASE WHEN CAST(?3 AS BIGINT) IS NULL THEN 1 ELSE 0 END WHERE approval_id = ?1",
-                    vals![&id, e, retry_at],
-                ),
-            };
-            r?;
-            Ok(())
-        })
-        .await
-    }
-
-    pub fn notice(&self, id: &str) -> Result<Option<Notice>, ApprovalError> {
-        let id = id.to_string();
-        self.read(move |sql| {
-            let Some(r) = sql.query_opt(
-                "SELECT attempts, CASE WHEN delivered_ms IS NULL THEN 0 ELSE 1 END, gave_up, last_error
-                 FROM approval_notices WHERE approval_id = ?1",
-                vals![id],
-            )?
-            else {
-                return Ok(None);
-            };
-            Ok(Some(Notice {
-                attempts: r.u32(0)?,
-                delivered: r.bool(1)?,
-                gave_up: r.bool(2)?,
-                last_error: r.opt_text(3)?,
-            }))
-        })
     }
 }
 

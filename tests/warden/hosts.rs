@@ -1,0 +1,455 @@
+//! Several `warden` hosts on one PostgreSQL, end to end: real servers and runtimes
+//! with data dirs of their own sharing a database the suite starts. A call held on
+//! one host runs once in the cluster; limits and the kill switch hold in the whole
+//! cluster; a host killed mid-call and a database restarted under load lose nothing.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::Value;
+
+use super::OK;
+use crate::support::Env;
+use crate::support::postgres::postgres;
+
+/// Three hosts (data dirs, audit logs, run histories of their own) on one PostgreSQL:
+/// a call held on the first, whose caller waits there, is approved through the
+/// second's API; it runs on exactly one host, and the waiting caller gets its result
+/// whichever host ran it.
+#[test]
+fn a_call_held_on_one_host_and_approved_through_another_runs_once_in_the_cluster() {
+    use super::approvals::{note_exists, queue_env, wait_until};
+    let url = postgres().database();
+    let hosts: Vec<Env> = (0..3)
+        .map(|i| {
+            let env = queue_env(
+                "tools = { notes_write = \"hard\" }",
+                super::approvals::ONCALL,
+            );
+            env.append_config(&format!(
+                "\n[store]\nurl = \"{url}\"\nlease_secs = 5\nhost = \"host-{i}\"\n"
+            ));
+            env
+        })
+        .collect();
+    let mut servers = [hosts[1].serve(), hosts[2].serve()];
+    let input = r#"{"name":"cluster","text":"written once"}"#;
+    let waiter = std::process::Command::new(env!("CARGO_BIN_EXE_warden"))
+        .arg("-c")
+        .arg(hosts[0].config())
+        .args([
+            "call",
+            "notes_write",
+            "--input",
+            input,
+            "--as",
+            "agent",
+            "--wait",
+            "60",
+        ])
+        .current_dir(hosts[0].path())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut id = String::new();
+    wait_until("the held request to reach every host", || {
+        let listed = hosts[2].warden(&["approvals", "list", "--json"]);
+        // One JSON object per line.
+        let first = listed.stdout.lines().next().unwrap_or_default();
+        match serde_json::from_str::<Value>(first).ok() {
+            Some(a) => {
+                id = a["id"].as_str().unwrap_or_default().to_string();
+                true
+            }
+            None => false,
+        }
+    });
+    let approve = hosts[1].warden(&["approvals", "approve", &id, "--token", "token-alice"]);
+    assert_eq!(approve.code, OK, "{approve:?}");
+    assert!(approve.stderr.contains("through the server"), "{approve:?}");
+    let waited = crate::support::Run::from(waiter.wait_with_output().unwrap());
+    assert_eq!(
+        waited.code, OK,
+        "the waiting caller gets the result: {waited:?}"
+    );
+    let report: Value = serde_json::from_str(&waited.stdout).unwrap();
+    assert_eq!(report["name"], "cluster", "the tool's output: {waited:?}");
+    // Give every host its chance to run it a second time.
+    std::thread::sleep(Duration::from_millis(1500));
+    let ran: Vec<usize> = (0..3)
+        .filter(|&i| note_exists(&hosts[i], "cluster"))
+        .collect();
+    assert_eq!(ran.len(), 1, "ran on hosts {ran:?}");
+    assert_eq!(
+        super::approvals::approval(&hosts[2], &id)["state"],
+        "executed"
+    );
+    for s in &mut servers {
+        assert!(s.stop().success());
+    }
+
+    // Each host's chain, and the request's records across them.
+    let dirs: Vec<String> = hosts
+        .iter()
+        .map(|h| h.path().join("data/audit").display().to_string())
+        .collect();
+    let mut args = vec!["audit", "verify", "--cluster"];
+    args.extend(dirs.iter().map(String::as_str));
+    let verified = hosts[0].warden(&args);
+    assert_eq!(verified.code, OK, "{verified:?}");
+    assert!(
+        verified.stdout.contains("host host-1:")
+            && verified
+                .stdout
+                .contains("1 approval requests, every record where it belongs"),
+        "{verified:?}"
+    );
+    let without_first = hosts[0].warden(&["audit", "verify", "--cluster", &dirs[1], &dirs[2]]);
+    let decided_on = if ran == [0] { "" } else { "recorded on" };
+    assert_eq!(without_first.code, 1, "{without_first:?}");
+    assert!(
+        without_first.stdout.contains(decided_on)
+            && without_first.stdout.contains("its request is in no log"),
+        "{without_first:?}"
+    );
+}
+
+/// Three hosts' runtimes on one PostgreSQL, callers racing on all of them: a quota of
+/// 10 calls and a rate with a burst of 4 admit exactly 10 and 4 in the whole cluster.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_limit_of_n_admits_exactly_n_across_hosts() {
+    use warden_core::call::CallRequest;
+    use warden_core::{Config, Runtime};
+    let url = postgres().database();
+    let mut hosts = Vec::new();
+    for _ in 0..3 {
+        let env = Env::new("");
+        env.write_config(&format!(
+            r#"
+{tokens}
+[[plugin]]
+id = "text-stats"
+component = "{{text-stats}}"
+
+[[limit]]
+name = "ten"
+scope = {{ principal = "alice" }}
+kind = "quota"
+measure = "calls"
+max = 10
+per = "hour"
+
+[[limit]]
+name = "burst"
+scope = {{ principal = "bob" }}
+kind = "rate"
+rate = 1
+per = "hour"
+burst = 4
+
+[store]
+url = "{url}"
+"#,
+            tokens = super::approvals::test_tokens()
+        ));
+        let rt = Runtime::load(Config::load(&env.config()).unwrap())
+            .await
+            .unwrap();
+        hosts.push((env, Arc::new(rt)));
+    }
+    let barrier = Arc::new(tokio::sync::Barrier::new(60));
+    let mut tasks = Vec::new();
+    for i in 0..60 {
+        let rt = hosts[i % 3].1.clone();
+        let barrier = barrier.clone();
+        tasks.push(tokio::spawn(async move {
+            let who = if i < 36 { "alice" } else { "bob" };
+            let input = format!(r#"{{"text":"caller {i}"}}"#);
+            barrier.wait().await;
+            let report = rt
+                .call(CallRequest {
+                    principal: who,
+                    tool: "text_stats",
+                    input: &input,
+                    started_by: None,
+                })
+                .await
+                .unwrap();
+            (who, report.outcome.status().to_string())
+        }));
+    }
+    let mut ok = std::collections::HashMap::new();
+    for t in tasks {
+        let (who, status) = t.await.unwrap();
+        assert!(status == "ok" || status == "limited", "{who}: {status}");
+        *ok.entry(who).or_insert(0) += usize::from(status == "ok");
+    }
+    assert_eq!((ok["alice"], ok["bob"]), (10, 4), "admitted in the cluster");
+    for (_, rt) in &hosts {
+        rt.close();
+    }
+}
+
+/// The shared PostgreSQL stops for a while under a stream of held calls: meanwhile
+/// calls fail with a clear error and the server says it is not ready; every call that
+/// was told "held" is in the queue afterwards; when the database is back, so is warden.
+#[test]
+fn the_database_restarted_under_load_loses_no_held_call_and_says_so_meanwhile() {
+    use super::approvals::{ONCALL, queue_env};
+    use crate::support::postgres::private;
+    use warden_core::call::{CallRequest, Outcome};
+    use warden_core::{Config, Runtime};
+    let pg = private("restart");
+    let url = pg.database();
+    let with_password = url.replace("warden@", "warden:pg-pass-3317@");
+    let env_for = |host: &str| {
+        let env = queue_env("tools = { notes_write = \"hard\" }", ONCALL);
+        env.append_config(&format!(
+            "\n[store]\nurl = \"{with_password}\"\nlease_secs = 3\nhost = \"{host}\"\n"
+        ));
+        env
+    };
+    let (served_env, caller_env) = (env_for("served"), env_for("caller"));
+    let mut served = served_env.serve();
+    let ready =
+        |s: &crate::support::Served| crate::support::http("GET", &s.url("/readyz"), &[], None).0;
+    assert_eq!(ready(&served), 200);
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let rt = Arc::new(
+        runtime
+            .block_on(Runtime::load(Config::load(&caller_env.config()).unwrap()))
+            .unwrap(),
+    );
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut callers = Vec::new();
+    for c in 0..3 {
+        let (rt, stop) = (rt.clone(), stop.clone());
+        callers.push(runtime.spawn(async move {
+            let mut held = Vec::new();
+            let mut errors = Vec::new();
+            let mut i = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                i += 1;
+                let input = format!(r#"{{"name":"n-{c}-{i}","text":"x"}}"#);
+                let call = rt
+                    .call(CallRequest {
+                        principal: "agent",
+                        tool: "notes_write",
+                        input: &input,
+                        started_by: None,
+                    })
+                    .await;
+                match call {
+                    Ok(report) => match (&report.outcome, &report.approval) {
+                        (Outcome::Held { .. }, Some(a)) => held.push(a.id.clone()),
+                        _ => errors.push(format!("{:?}", report.outcome)),
+                    },
+                    Err(e) => errors.push(e.to_string()),
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            (held, errors)
+        }));
+    }
+    std::thread::sleep(Duration::from_millis(1500));
+    pg.stop();
+    super::approvals::wait_until("readyz to say not ready", || ready(&served) == 503);
+    std::thread::sleep(Duration::from_millis(1000));
+    pg.start();
+    super::approvals::wait_until("readyz to say ready again", || ready(&served) == 200);
+    std::thread::sleep(Duration::from_millis(1500));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (mut held, mut errors) = (Vec::new(), Vec::new());
+    for c in callers {
+        let (h, e) = runtime.block_on(c).unwrap();
+        held.extend(h);
+        errors.extend(e);
+    }
+    assert!(
+        held.len() > 10,
+        "calls were held before and after: {held:?}"
+    );
+    assert!(
+        !errors.is_empty(),
+        "calls failed while the database was down"
+    );
+    for e in &errors {
+        assert!(
+            e.contains("the database is unreachable"),
+            "a clear error: {e}"
+        );
+        assert!(!e.contains("pg-pass-3317"), "the password never shows: {e}");
+    }
+    let queued = caller_env.warden(&["approvals", "list", "--limit", "10000", "--json"]);
+    assert_eq!(queued.code, OK, "{queued:?}");
+    for id in &held {
+        assert!(
+            queued.stdout.contains(id.as_str()),
+            "held call {id} is in the queue"
+        );
+    }
+    assert!(!served.log().contains("pg-pass-3317"));
+    assert!(served.stop().success());
+    rt.close();
+}
+
+/// A host is killed (`kill -9`) while it runs an approved call it claimed: another
+/// host ends the request `failed` once the dead host's lease has run out, and never
+/// runs it again; the hosts' audit logs, read together, show it ran once.
+#[test]
+fn a_host_killed_while_it_runs_a_claimed_call_is_recovered_by_another_never_run_twice() {
+    use super::approvals::{ONCALL, approval, test_tokens, wait_until};
+    let url = postgres().database();
+    let hosts: Vec<Env> = (0..2)
+        .map(|i| {
+            let env = Env::new("");
+            env.write_config(&format!(
+                r#"
+{tokens}
+[approvals]
+{ONCALL}
+
+[[plugin]]
+id = "hostile"
+component = "{{hostile}}"
+[plugin.limits]
+timeout_ms = 20000
+
+[[policy]]
+id = "tiers"
+component = "{{tiered-approval}}"
+[policy.config]
+tools = {{ spin = "hard" }}
+
+[store]
+url = "{url}"
+lease_secs = 3
+host = "host-{i}"
+"#,
+                tokens = test_tokens(),
+            ));
+            env
+        })
+        .collect();
+    let held = hosts[1].warden(&["call", "spin", "--input", "{}", "--as", "agent"]);
+    assert_eq!(held.code, super::HELD, "{held:?}");
+    let id = serde_json::from_str::<Value>(&held.stdout).unwrap()["approval_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let mut doomed = hosts[0].serve();
+    let approve = hosts[0].warden(&["approvals", "approve", &id, "--token", "token-alice"]);
+    assert_eq!(approve.code, OK, "{approve:?}");
+    wait_until("host-0 to run it", || {
+        approval(&hosts[1], &id)["state"] == "executing"
+    });
+    doomed.child.kill().unwrap();
+    doomed.child.wait().unwrap();
+
+    let mut survivor = hosts[1].serve();
+    wait_until("host-1 to end it after the lease", || {
+        approval(&hosts[1], &id)["state"] == "failed"
+    });
+    let ended = approval(&hosts[1], &id);
+    assert!(
+        ended["result"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("not run again"),
+        "{ended}"
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(survivor.stop().success());
+
+    let dirs: Vec<String> = hosts
+        .iter()
+        .map(|h| h.path().join("data/audit").display().to_string())
+        .collect();
+    let verified = hosts[1].warden(&["audit", "verify", "--cluster", &dirs[0], &dirs[1], "--json"]);
+    assert_eq!(verified.code, OK, "{verified:?}");
+    let resumed = |dir: &str| {
+        warden_core::store::audit::read_all(std::path::Path::new(dir))
+            .unwrap()
+            .iter()
+            .filter(|r| r["kind"] == "run-resume" && r["approval"] == id.as_str())
+            .count()
+    };
+    assert_eq!(
+        (resumed(&dirs[0]), resumed(&dirs[1])),
+        (1, 0),
+        "ran once, on host-0"
+    );
+}
+
+/// The kill switch holds in the whole cluster: what one host suspends, another refuses
+/// after its next look at the store, and a resume on either lifts it everywhere.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_suspension_made_on_one_host_holds_on_every_host() {
+    use warden_core::call::CallRequest;
+    use warden_core::governance::budgets::Target as Suspended;
+    use warden_core::{Config, Runtime};
+    let url = postgres().database();
+    let mut hosts = Vec::new();
+    for i in 0..2 {
+        let env = Env::new("");
+        env.write_config(&format!(
+            "{tokens}\n[[plugin]]\nid = \"text-stats\"\ncomponent = \"{{text-stats}}\"\n\n[store]\nurl = \"{url}\"\nhost = \"host-{i}\"\n",
+            tokens = super::approvals::test_tokens()
+        ));
+        let rt = Runtime::load(Config::load(&env.config()).unwrap())
+            .await
+            .unwrap();
+        hosts.push((env, rt));
+    }
+    let request = CallRequest {
+        principal: "alice",
+        tool: "text_stats",
+        input: r#"{"text":"x"}"#,
+        started_by: None,
+    };
+    fn call<'a>(
+        rt: &'a Runtime,
+        request: CallRequest<'a>,
+    ) -> impl std::future::Future<Output = Result<warden_core::CallReport, warden_core::CallError>> + 'a
+    {
+        rt.call(request)
+    }
+    assert_eq!(
+        call(&hosts[1].1, request).await.unwrap().outcome.status(),
+        "ok"
+    );
+    hosts[0]
+        .1
+        .suspend(Suspended::Principal, "alice", "incident 42", "ops")
+        .await
+        .unwrap();
+    hosts[1].1.drive().await.unwrap();
+    let refused = call(&hosts[1].1, request).await.unwrap();
+    assert_ne!(refused.outcome.status(), "ok");
+    assert!(
+        format!("{:?}", refused.outcome).contains("incident 42"),
+        "{:?}",
+        refused.outcome
+    );
+    assert!(
+        hosts[1]
+            .1
+            .unsuspend(Suspended::Principal, "alice", "ops")
+            .await
+            .unwrap()
+    );
+    hosts[0].1.drive().await.unwrap();
+    assert_eq!(
+        call(&hosts[0].1, request).await.unwrap().outcome.status(),
+        "ok"
+    );
+    for (_, rt) in &hosts {
+        rt.close();
+    }
+}
