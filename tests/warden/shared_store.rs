@@ -460,3 +460,39 @@ fn the_shared_store_is_reached_over_tls_checked_against_the_given_ca() {
     assert_eq!(missing.code, USAGE, "{missing:?}");
     assert!(missing.stderr.contains("store.ca_file"), "{missing:?}");
 }
+
+/// Every command that opens the shared queue is a host with a heartbeat: hosts not
+/// seen for a day are forgotten, unless a claim still names them.
+#[test]
+fn hosts_gone_for_a_day_are_forgotten_unless_a_claim_names_them() {
+    let pg = postgres();
+    let url = pg.database();
+    drop(shared(&url, Duration::from_secs(15)));
+    let db = url.rsplit('/').next().unwrap().to_string();
+    pg.sql(
+        &db,
+        "INSERT INTO hosts VALUES ('old-idle', 'a', 0, 0), ('old-busy', 'b', 0, 0);
+         INSERT INTO approvals (id, run_id, principal, tool, plugin, plugin_digest, input,
+             input_sha256, decisions, tier, reasons, approvers, required, created_ms,
+             expires_ms, state, state_ms, owner)
+         VALUES ('apr-x', 'run-x', 'p', 't', 'p', 'd', '{}', 's', 'null', 'hard', '[]', '[]',
+             1, 0, 0, 'executing', 0, 'old-busy');",
+    );
+    drop(shared(&url, Duration::from_secs(15)));
+    let target = Target::parse(&url, None).unwrap();
+    let left: Vec<String> = std::thread::spawn(move || {
+        let mut client = target.connect().unwrap();
+        client
+            .query(
+                "SELECT token FROM hosts WHERE token LIKE 'old-%' ORDER BY token",
+                &[],
+            )
+            .unwrap()
+            .iter()
+            .map(|r| r.get::<_, String>(0))
+            .collect()
+    })
+    .join()
+    .unwrap();
+    assert_eq!(left, ["old-busy"]);
+}

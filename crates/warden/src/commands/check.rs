@@ -149,6 +149,14 @@ pub async fn run(config: &Path) -> Result<ExitCode> {
         out += "audit log: DISABLED ([audit] enabled = false): calls and host calls are NOT recorded\n";
     }
     out += &format!("run history: {}\n", c.runs_db.display());
+    if let Some(target) = &c.store.shared {
+        out += &format!(
+            "shared store: {} (host {}, lease {} s): approval queue, limits' counts, schedules and triggers, kill switch\n",
+            target.shown,
+            c.store.host,
+            c.store.lease.as_secs()
+        );
+    }
     if !c.schedules.is_empty() {
         out += &format!("\nschedules ({}):\n", c.schedules.len());
         for s in &c.schedules {

@@ -135,6 +135,7 @@ impl ApprovalQueue {
             let mut writer = PgDb::open(&them)?;
             // Seen before its first claim, so no other host takes that claim for orphaned.
             crate::store::sql::Db::transaction(&mut writer, true, &mut |sql| {
+                threads::forget_old_hosts(sql)?;
                 threads::beat(sql, &first, &name)
             })?;
             Ok((writer, PgDb::open(&them)?))

@@ -49,6 +49,17 @@ pub(super) fn beat(sql: &mut dyn Sql, token: &str, host: &str) -> Result<(), Sql
     Ok(())
 }
 
+/// Forget hosts not seen for a day that hold no claim (every short-lived command that
+/// opened the shared queue left one).
+pub(super) fn forget_old_hosts(sql: &mut dyn Sql) -> Result<(), SqlError> {
+    sql.execute(
+        "DELETE FROM hosts WHERE seen_ms < (extract(epoch from clock_timestamp()) * 1000)::bigint - 86400000
+           AND token NOT IN (SELECT owner FROM approvals WHERE state = 'executing' AND owner IS NOT NULL)",
+        &[],
+    )?;
+    Ok(())
+}
+
 /// The writer thread's loop: batches until every sender is gone.
 pub(super) fn write_loop(
     db: &mut dyn Db,
