@@ -496,3 +496,37 @@ fn hosts_gone_for_a_day_are_forgotten_unless_a_claim_names_them() {
     .unwrap();
     assert_eq!(left, ["old-busy"]);
 }
+
+/// An upstream tool's definition accepted on one host is the accepted one on every
+/// host (and the store keeps one per tool).
+#[test]
+fn an_accepted_upstream_definition_is_the_same_on_every_host() {
+    use warden_core::store::upstream_pins::{Pin, PinStore};
+    let url = postgres().database();
+    let config = |host: &str| {
+        let env = Env::new("");
+        env.write_config(&format!("[store]\nurl = \"{url}\"\nhost = \"{host}\"\n"));
+        warden_core::Config::load(&env.config()).unwrap()
+    };
+    let (a, b) = (config("a"), config("b"));
+    let (on_a, on_b) = (
+        PinStore::for_config(&a).unwrap(),
+        PinStore::for_config(&b).unwrap(),
+    );
+    let pin = |digest: &str| Pin {
+        upstream: "files".into(),
+        tool: "read".into(),
+        digest: digest.into(),
+        definition: "{}".into(),
+        accepted_by: "ops".into(),
+        accepted_ms: 1,
+    };
+    on_a.put(&pin("sha256:1")).unwrap();
+    assert_eq!(
+        on_b.get("files", "read").unwrap().unwrap().digest,
+        "sha256:1"
+    );
+    on_b.put(&pin("sha256:2")).unwrap();
+    let all = on_a.all("files").unwrap();
+    assert_eq!((all.len(), all[0].digest.as_str()), (1, "sha256:2"));
+}

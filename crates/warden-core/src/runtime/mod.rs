@@ -195,7 +195,7 @@ impl Runtime {
         // Read in every mode (what `warden tools` shows must be what is served); written
         // (definitions seen for the first time) only when the stores are open.
         let pins =
-            Arc::new(PinStore::open(&config.runs_db).map_err(|e| LoadError::Store(e.to_string()))?);
+            Arc::new(PinStore::for_config(&config).map_err(|e| LoadError::Store(e.to_string()))?);
         let running = stores.as_ref().map_or(&[][..], |s| &s.upstreams[..]);
         let from_upstreams = upstreams::load(
             &config,

@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use super::conn::Conn;
-use super::postgres::{PgDb, Target};
+use super::postgres::Target;
 use super::sql::{LiteDb, Row, Sql, SqlError, vals};
 
 /// Fire times and deliveries older than this are forgotten (the run history keeps the
@@ -69,17 +69,13 @@ impl AutomationStore {
     /// The store in the PostgreSQL at `target`, shared with other hosts: each fire time
     /// and each delivery is claimed once in the cluster.
     pub fn open_shared(target: &Target) -> Result<AutomationStore, AutomationError> {
-        let err = |message: String| AutomationError {
-            path: target.shown.clone(),
-            message,
-        };
-        let them = target.clone();
-        let db = std::thread::spawn(move || PgDb::open(&them))
-            .join()
-            .map_err(|_| err("connecting panicked".into()))?
-            .map_err(|e| err(e.0))?;
         Ok(AutomationStore {
-            conn: Conn::thread(db, "warden-automation-db").map_err(|e| err(e.to_string()))?,
+            conn: Conn::shared(target, "warden-automation-db", false).map_err(|message| {
+                AutomationError {
+                    path: target.shown.clone(),
+                    message,
+                }
+            })?,
             path: target.shown.clone(),
         })
     }

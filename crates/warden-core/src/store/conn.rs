@@ -8,6 +8,7 @@
 use std::sync::Mutex;
 use std::sync::mpsc::Sender;
 
+use super::postgres::{PgDb, Target};
 use super::sql::{Db, Sql, SqlError};
 
 type Job = Box<dyn FnOnce(&mut dyn Db) + Send>;
@@ -35,6 +36,23 @@ impl Conn {
                 }
             })?;
         Ok(Conn::Thread(Mutex::new(tx)))
+    }
+
+    /// A connection to the shared store at `target`, on a thread named `name`
+    /// (connected there, too: the driver blocks). `relaxed`: see `PgDb::relaxed`.
+    pub fn shared(target: &Target, name: &str, relaxed: bool) -> Result<Conn, String> {
+        let them = target.clone();
+        let db = std::thread::spawn(move || {
+            if relaxed {
+                PgDb::relaxed(&them)
+            } else {
+                PgDb::open(&them)
+            }
+        })
+        .join()
+        .map_err(|_| "connecting panicked".to_string())?
+        .map_err(|e| e.0)?;
+        Conn::thread(db, name).map_err(|e| e.to_string())
     }
 
     /// Run `f` on the connection, outside a transaction.

@@ -22,7 +22,7 @@ use super::sql::{Db, Row, Sql, SqlError, Val, dollar_placeholders};
 const MIGRATIONS: &[&str] = &[
     // 1: the approval queue, its votes and webhook notices; schedules' pauses and fire
     // times claimed; trigger deliveries seen; limits' shared counts; the kill switch;
-    // hosts' heartbeats.
+    // accepted upstream definitions; hosts' heartbeats.
     "
     CREATE TABLE approvals (
         id             TEXT PRIMARY KEY,
@@ -189,6 +189,15 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE TRIGGER suspensions_announce AFTER INSERT OR UPDATE OR DELETE ON suspensions
         FOR EACH STATEMENT EXECUTE FUNCTION warden_announce();
+    CREATE TABLE upstream_pins (
+        upstream       TEXT NOT NULL,
+        tool           TEXT NOT NULL,
+        digest         TEXT NOT NULL,
+        definition     TEXT NOT NULL,
+        accepted_by    TEXT NOT NULL,
+        accepted_ms    BIGINT NOT NULL,
+        PRIMARY KEY (upstream, tool)
+    );
     CREATE TABLE hosts (
         token          TEXT PRIMARY KEY,
         host           TEXT NOT NULL,

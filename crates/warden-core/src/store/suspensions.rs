@@ -6,7 +6,7 @@
 use std::path::Path;
 
 use super::conn::Conn;
-use super::postgres::{PgDb, Target};
+use super::postgres::Target;
 use super::sql::{LiteDb, SqlError, vals};
 
 #[derive(Debug, thiserror::Error)]
@@ -46,17 +46,13 @@ impl SuspensionStore {
 
     /// The kill switch in the PostgreSQL at `target`, shared by every host.
     pub fn open_shared(target: &Target) -> Result<SuspensionStore, SuspensionsError> {
-        let err = |message: String| SuspensionsError {
-            path: target.shown.clone(),
-            message,
-        };
-        let them = target.clone();
-        let db = std::thread::spawn(move || PgDb::open(&them))
-            .join()
-            .map_err(|_| err("connecting panicked".into()))?
-            .map_err(|e| err(e.0))?;
         Ok(SuspensionStore {
-            conn: Conn::thread(db, "warden-suspensions-db").map_err(|e| err(e.to_string()))?,
+            conn: Conn::shared(target, "warden-suspensions-db", false).map_err(|message| {
+                SuspensionsError {
+                    path: target.shown.clone(),
+                    message,
+                }
+            })?,
             path: target.shown.clone(),
         })
     }

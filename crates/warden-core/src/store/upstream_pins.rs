@@ -1,11 +1,12 @@
-//! The accepted definition of each upstream tool: recorded at first sight, replaced only
-//! by an operator accepting a changed one. It stores digests and definitions; it never
+//! The accepted definition of each upstream tool (in the embedded store, or the shared
+//! one so every host agrees): recorded at first sight, replaced only by an operator
+//! accepting a changed one. It stores digests and definitions; it never
 //! decides what a changed definition means for a call (the runtime does).
 
 use std::path::Path;
-use std::sync::Mutex;
 
-use rusqlite::{Connection, OptionalExtension, params};
+use super::conn::Conn;
+use super::sql::{LiteDb, Row, SqlError, vals};
 
 #[derive(Debug, thiserror::Error)]
 #[error("upstream pins in {path}: {message}")]
@@ -26,19 +27,19 @@ pub struct Pin {
 }
 
 /// A row of `SELECT upstream, tool, digest, definition, accepted_by, accepted_ms`.
-fn pin(r: &rusqlite::Row<'_>) -> rusqlite::Result<Pin> {
+fn pin(r: &Row) -> Result<Pin, SqlError> {
     Ok(Pin {
-        upstream: r.get(0)?,
-        tool: r.get(1)?,
-        digest: r.get(2)?,
-        definition: r.get(3)?,
-        accepted_by: r.get(4)?,
-        accepted_ms: r.get(5)?,
+        upstream: r.text(0)?,
+        tool: r.text(1)?,
+        digest: r.text(2)?,
+        definition: r.text(3)?,
+        accepted_by: r.text(4)?,
+        accepted_ms: r.int(5)?,
     })
 }
 
 pub struct PinStore {
-    conn: Mutex<Connection>,
+    conn: Conn,
     path: String,
 }
 
@@ -49,67 +50,80 @@ impl PinStore {
             message: e.to_string(),
         })?;
         Ok(PinStore {
-            conn: Mutex::new(conn),
+            conn: Conn::local(LiteDb(conn)),
             path: path.display().to_string(),
         })
     }
 
-    fn err(&self, e: rusqlite::Error) -> PinsError {
+    /// The store `config` names: the shared one when `[store]` sets it, so a
+    /// definition accepted on one host is accepted on every host.
+    pub fn for_config(config: &crate::Config) -> Result<PinStore, PinsError> {
+        let Some(target) = &config.store.shared else {
+            return PinStore::open(&config.runs_db);
+        };
+        Ok(PinStore {
+            conn: Conn::shared(target, "warden-pins-db", false).map_err(|message| PinsError {
+                path: target.shown.clone(),
+                message,
+            })?,
+            path: target.shown.clone(),
+        })
+    }
+
+    fn err(&self, e: SqlError) -> PinsError {
         PinsError {
             path: self.path.clone(),
-            message: e.to_string(),
+            message: e.0,
         }
     }
 
-    fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
-        self.conn.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
     pub fn get(&self, upstream: &str, tool: &str) -> Result<Option<Pin>, PinsError> {
-        self.conn()
-            .query_row(
-                "SELECT upstream, tool, digest, definition, accepted_by, accepted_ms
-                 FROM upstream_pins WHERE upstream = ?1 AND tool = ?2",
-                params![upstream, tool],
-                pin,
-            )
-            .optional()
+        let (upstream, tool) = (upstream.to_string(), tool.to_string());
+        self.conn
+            .read(move |sql| {
+                sql.query_opt(
+                    "SELECT upstream, tool, digest, definition, accepted_by, accepted_ms
+                     FROM upstream_pins WHERE upstream = ?1 AND tool = ?2",
+                    vals![upstream, tool],
+                )?
+                .map(|r| pin(&r))
+                .transpose()
+            })
             .map_err(|e| self.err(e))
     }
 
     /// Every accepted definition of `upstream`'s tools.
     pub fn all(&self, upstream: &str) -> Result<Vec<Pin>, PinsError> {
-        let conn = self.conn();
-        let mut stmt = conn
-            .prepare_cached(
-                "SELECT upstream, tool, digest, definition, accepted_by, accepted_ms
-                 FROM upstream_pins WHERE upstream = ?1 ORDER BY tool",
-            )
-            .map_err(|e| self.err(e))?;
-        let rows = stmt
-            .query_map(params![upstream], pin)
-            .map_err(|e| self.err(e))?;
-        rows.collect::<Result<_, _>>().map_err(|e| self.err(e))
+        let upstream = upstream.to_string();
+        self.conn
+            .read(move |sql| {
+                sql.query(
+                    "SELECT upstream, tool, digest, definition, accepted_by, accepted_ms
+                     FROM upstream_pins WHERE upstream = ?1 ORDER BY tool",
+                    vals![upstream],
+                )?
+                .iter()
+                .map(pin)
+                .collect()
+            })
+            .map_err(|e| self.err(e))
     }
 
     /// Record `pin` as the accepted definition, replacing any other.
     pub fn put(&self, pin: &Pin) -> Result<(), PinsError> {
-        self.conn()
-            .execute(
-                "INSERT INTO upstream_pins (upstream, tool, digest, definition, accepted_by, accepted_ms)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)
-                 ON CONFLICT (upstream, tool) DO UPDATE SET digest = ?3, definition = ?4,
-                 accepted_by = ?5, accepted_ms = ?6",
-                params![
-                    pin.upstream,
-                    pin.tool,
-                    pin.digest,
-                    pin.definition,
-                    pin.accepted_by,
-                    pin.accepted_ms
-                ],
-            )
-            .map(drop)
+        let p = pin.clone();
+        self.conn
+            .write(true, move |tx| {
+                tx.execute(
+                    "INSERT INTO upstream_pins (upstream, tool, digest, definition, accepted_by, accepted_ms)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                     ON CONFLICT (upstream, tool) DO UPDATE SET digest = excluded.digest,
+                     definition = excluded.definition, accepted_by = excluded.accepted_by,
+                     accepted_ms = excluded.accepted_ms",
+                    vals![p.upstream, p.tool, p.digest, p.definition, p.accepted_by, p.accepted_ms],
+                )?;
+                Ok(())
+            })
             .map_err(|e| self.err(e))
     }
 }

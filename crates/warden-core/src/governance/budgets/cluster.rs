@@ -15,7 +15,7 @@
 use super::{Budgets, Refusal, window};
 use crate::config::{LimitKind, Measure};
 use crate::store::conn::Conn;
-use crate::store::postgres::{PgDb, Target};
+use crate::store::postgres::Target;
 use crate::store::sql::{SqlError, vals};
 
 /// The shared counts.
@@ -45,13 +45,8 @@ pub(super) enum Taken {
 
 impl Cluster {
     pub fn open(target: &Target) -> Result<Cluster, String> {
-        let them = target.clone();
-        let db = std::thread::spawn(move || PgDb::relaxed(&them))
-            .join()
-            .map_err(|_| "connecting panicked".to_string())?
-            .map_err(|e| e.0)?;
         Ok(Cluster {
-            conn: Conn::thread(db, "warden-limits-db").map_err(|e| e.to_string())?,
+            conn: Conn::shared(target, "warden-limits-db", true)?,
             shown: target.shown.clone(),
         })
     }
