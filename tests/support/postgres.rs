@@ -1,5 +1,6 @@
 //! A throw-away PostgreSQL for the suite: one cluster per test process, made with the
-//! distribution's `initdb` under `target/test-postgres/<pid>/` and served on a loopback
+//! distribution's `initdb` under `target/test-postgres/<pid>/` (or the temporary
+//! directory, when the server's user could not reach `target/`) and served on a loopback
 //! port; each test gets a database of its own. The server dies with the test process
 //! (its parent-death signal), and a later run removes the directories of dead ones.
 //!
@@ -198,6 +199,21 @@ fn as_user(cmd: &mut Command, user: Option<(u32, u32)>) {
     }
 }
 
+/// Where clusters live: `target/test-postgres`, unless the server runs as another
+/// user who could not reach it (a checkout under a home directory closed to others):
+/// then under the system's temporary directory.
+fn cluster_root(other_user: bool) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let target = repo_root().join("target");
+    let reachable = target
+        .ancestors()
+        .all(|dir| std::fs::metadata(dir).is_ok_and(|m| m.permissions().mode() & 0o001 != 0));
+    if !other_user || reachable {
+        return target.join("test-postgres");
+    }
+    std::env::temp_dir().join("warden-test-postgres")
+}
+
 fn remove_dead_clusters(root: &Path) {
     for entry in std::fs::read_dir(root).into_iter().flatten().flatten() {
         let alive = entry
@@ -214,7 +230,7 @@ fn remove_dead_clusters(root: &Path) {
 fn start(name: &str, tls: bool) -> Postgres {
     let bin = bin_dir();
     let user = server_user();
-    let root = repo_root().join("target/test-postgres");
+    let root = cluster_root(user.is_some());
     let mine = root.join(std::process::id().to_string());
     if !mine.exists() {
         remove_dead_clusters(&root);
