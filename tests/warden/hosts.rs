@@ -1,7 +1,8 @@
 //! Several `warden` hosts on one PostgreSQL, end to end: real servers and runtimes
-//! with data dirs of their own sharing a database the suite starts. A call held on
-//! one host runs once in the cluster; limits and the kill switch hold in the whole
-//! cluster; a host killed mid-call and a database restarted under load lose nothing.
+//! with data dirs of their own sharing a database the suite starts, reached by real
+//! MCP clients. A call held on one host runs once in the cluster; limits and the kill
+//! switch hold in the whole cluster; a host killed mid-call and a database restarted
+//! under load lose nothing.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -451,5 +452,67 @@ async fn a_suspension_made_on_one_host_holds_on_every_host() {
     );
     for (_, rt) in &hosts {
         rt.close();
+    }
+}
+
+/// Agents reach three servers over MCP (the official Python SDK, streamable HTTP),
+/// all at once: a quota of 5 calls in the whole cluster admits 5 of their 12 calls.
+#[test]
+fn agents_over_mcp_on_three_hosts_share_one_quota() {
+    let url = postgres().database();
+    let hosts: Vec<Env> = (0..3)
+        .map(|i| {
+            let env = Env::new("");
+            env.write_config(&format!(
+                r#"
+{tokens}
+[[plugin]]
+id = "text-stats"
+component = "{{text-stats}}"
+
+[[limit]]
+name = "five"
+scope = {{ principal = "agent" }}
+kind = "quota"
+measure = "calls"
+max = 5
+per = "hour"
+
+[store]
+url = "{url}"
+host = "host-{i}"
+"#,
+                tokens = super::approvals::test_tokens(),
+            ));
+            env
+        })
+        .collect();
+    let mut servers: Vec<_> = hosts.iter().map(Env::serve).collect();
+    let clients: Vec<_> = servers
+        .iter()
+        .map(|s| {
+            crate::support::mcp_client_spawn(&[
+                "--http",
+                &s.url("/mcp"),
+                "--token",
+                "token-agent",
+                "load",
+                "4",
+                "text_stats",
+                r#"{"text":"one of twelve"}"#,
+            ])
+        })
+        .collect();
+    let (mut ok, mut refused) = (0, 0);
+    for c in clients {
+        let run = crate::support::Run::from(c.wait_with_output().unwrap());
+        assert_eq!(run.code, 0, "{run:?}");
+        let out: Value = serde_json::from_str(run.stdout.trim()).unwrap();
+        ok += out["ok"].as_u64().unwrap();
+        refused += out["errors"].as_u64().unwrap();
+    }
+    assert_eq!((ok, refused), (5, 7), "one quota for the cluster");
+    for s in &mut servers {
+        assert!(s.stop().success());
     }
 }
