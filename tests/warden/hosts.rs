@@ -516,3 +516,66 @@ host = "host-{i}"
         assert!(s.stop().success());
     }
 }
+
+/// Three servers with the same schedule every second: each fire time runs on exactly
+/// one host of the cluster.
+#[test]
+fn a_schedule_fires_once_per_time_across_three_hosts() {
+    let url = postgres().database();
+    let hosts: Vec<Env> = (0..3)
+        .map(|i| {
+            let env = Env::new("");
+            env.write_config(&format!(
+                r#"
+[[plugin]]
+id = "text-stats"
+component = "{{text-stats}}"
+
+[[schedule]]
+name = "tick"
+cron = "* * * * * *"
+tool = "text_stats"
+input = {{ text = "scheduled work" }}
+
+[store]
+url = "{url}"
+host = "host-{i}"
+"#
+            ));
+            env
+        })
+        .collect();
+    let mut servers: Vec<_> = hosts.iter().map(Env::serve).collect();
+    std::thread::sleep(Duration::from_millis(4500));
+    for s in &mut servers {
+        assert!(s.stop().success());
+    }
+    let mut times = Vec::new();
+    for h in &hosts {
+        let run = h.warden(&[
+            "runs",
+            "list",
+            "--started-by",
+            "schedule:tick",
+            "--limit",
+            "1000",
+            "--json",
+        ]);
+        assert_eq!(run.code, OK, "{run:?}");
+        for line in run.stdout.lines() {
+            let r: Value = serde_json::from_str(line).unwrap();
+            assert_eq!(r["status"], "ok", "{r}");
+            times.push(r["started_ms"].as_i64().unwrap());
+        }
+    }
+    times.sort_unstable();
+    assert!(times.len() >= 3, "the schedule fired: {times:?}");
+    // Fire times are a second apart; one fire run on two hosts would start within
+    // milliseconds of itself.
+    for pair in times.windows(2) {
+        assert!(
+            pair[1] - pair[0] > 200,
+            "a fire time ran twice in the cluster: {times:?}"
+        );
+    }
+}
