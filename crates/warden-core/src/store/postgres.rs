@@ -366,6 +366,18 @@ fn cause(e: &postgres::Error) -> String {
 /// Create or migrate the schema at `target`; the version it is at. Refuses a schema
 /// a newer warden wrote.
 pub fn migrate(client: &mut postgres::Client) -> Result<i64, SqlError> {
+    let newer = |found: i64| {
+        SqlError(format!(
+            "schema version {found} was written by a newer warden (this one knows {SCHEMA_VERSION})"
+        ))
+    };
+    // Every connection a host opens comes here: when the schema is current (the usual
+    // case) that is two reads, with no lock and no write.
+    match version(client)? {
+        SCHEMA_VERSION => return Ok(SCHEMA_VERSION),
+        found if found > SCHEMA_VERSION => return Err(newer(found)),
+        _ => {}
+    }
     let err = |e: postgres::Error| SqlError(cause(&e));
     let mut tx = client.transaction().map_err(err)?;
     tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
@@ -377,9 +389,7 @@ pub fn migrate(client: &mut postgres::Client) -> Result<i64, SqlError> {
         .map_err(err)?
         .get(0);
     if found > SCHEMA_VERSION {
-        return Err(SqlError(format!(
-            "schema version {found} was written by a newer warden (this one knows {SCHEMA_VERSION})"
-        )));
+        return Err(newer(found));
     }
     let start = usize::try_from(found).unwrap_or(0);
     for migration in &MIGRATIONS[start..] {
@@ -507,20 +517,42 @@ impl PgDb {
     }
 }
 
+impl PgDb {
+    /// Run `f` on the live connection (reconnecting first if it was lost) and its
+    /// prepared statements; a failure that ended the session is noted for the next use.
+    fn with_client(
+        &mut self,
+        f: impl FnOnce(
+            &mut postgres::Client,
+            &mut HashMap<String, postgres::Statement>,
+        ) -> Result<(), SqlError>,
+    ) -> Result<(), SqlError> {
+        let result = self.client().map(drop).and_then(|()| {
+            let PgDb {
+                client, statements, ..
+            } = self;
+            match client.as_mut() {
+                Some(client) => f(client, statements),
+                None => Err(SqlError("not connected".into())),
+            }
+        });
+        match result {
+            Ok(()) => {
+                STATS.up.store(1, Ordering::Relaxed);
+                Ok(())
+            }
+            Err(e) => Err(self.settle(e)),
+        }
+    }
+}
+
 impl Db for PgDb {
     fn transaction(
         &mut self,
         durable: bool,
         body: &mut dyn FnMut(&mut dyn Sql) -> Result<(), SqlError>,
     ) -> Result<(), SqlError> {
-        let result = (|| {
-            self.client()?;
-            let PgDb {
-                client, statements, ..
-            } = self;
-            let Some(client) = client.as_mut() else {
-                return Err(SqlError("not connected".into()));
-            };
+        self.with_client(|client, statements| {
             let err = |e: postgres::Error| SqlError(cause(&e));
             trip(2);
             let mut tx = client.transaction().map_err(err)?;
@@ -534,31 +566,14 @@ impl Db for PgDb {
                 statements,
             })?;
             tx.commit().map_err(err)
-        })();
-        if result.is_ok() {
-            STATS.up.store(1, Ordering::Relaxed);
-        }
-        result.map_err(|e| self.settle(e))
+        })
     }
 
     fn read(
         &mut self,
         body: &mut dyn FnMut(&mut dyn Sql) -> Result<(), SqlError>,
     ) -> Result<(), SqlError> {
-        let result = (|| {
-            self.client()?;
-            let PgDb {
-                client, statements, ..
-            } = self;
-            let Some(client) = client.as_mut() else {
-                return Err(SqlError("not connected".into()));
-            };
-            body(&mut PgSql { client, statements })
-        })();
-        if result.is_ok() {
-            STATS.up.store(1, Ordering::Relaxed);
-        }
-        result.map_err(|e| self.settle(e))
+        self.with_client(|client, statements| body(&mut PgSql { client, statements }))
     }
 }
 
