@@ -13,6 +13,31 @@ use super::OK;
 use crate::support::Env;
 use crate::support::postgres::postgres;
 
+/// `n` hosts, each a data dir of its own with `body` (after the test tokens) and a
+/// `[store]` on the database at `url` naming it `host-I` (plus `store`'s keys).
+fn cluster(n: usize, url: &str, body: &str, store: &str) -> Vec<Env> {
+    (0..n)
+        .map(|i| {
+            let env = Env::new("");
+            env.write_config(&format!(
+                "{}\n{body}\n[store]\nurl = \"{url}\"\nhost = \"host-{i}\"\n{store}",
+                super::approvals::test_tokens()
+            ));
+            env
+        })
+        .collect()
+}
+
+/// A runtime (in this process) for each host.
+async fn runtimes(hosts: &[Env]) -> Vec<Arc<warden_core::Runtime>> {
+    let mut out = Vec::new();
+    for env in hosts {
+        let config = warden_core::Config::load(&env.config()).unwrap();
+        out.push(Arc::new(warden_core::Runtime::load(config).await.unwrap()));
+    }
+    out
+}
+
 /// Three hosts (data dirs, audit logs, run histories of their own) on one PostgreSQL:
 /// a call held on the first, whose caller waits there, is approved through the
 /// second's API; it runs on exactly one host, and the waiting caller gets its result
@@ -121,21 +146,18 @@ fn a_call_held_on_one_host_and_approved_through_another_runs_once_in_the_cluster
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_limit_of_n_admits_exactly_n_across_hosts() {
     use warden_core::call::CallRequest;
-    use warden_core::{Config, Runtime};
     let url = postgres().database();
-    let mut hosts = Vec::new();
-    for _ in 0..3 {
-        let env = Env::new("");
-        env.write_config(&format!(
-            r#"
-{tokens}
+    let envs = cluster(
+        3,
+        &url,
+        r#"
 [[plugin]]
 id = "text-stats"
-component = "{{text-stats}}"
+component = "{text-stats}"
 
 [[limit]]
 name = "ten"
-scope = {{ principal = "alice" }}
+scope = { principal = "alice" }
 kind = "quota"
 measure = "calls"
 max = 10
@@ -143,26 +165,19 @@ per = "hour"
 
 [[limit]]
 name = "burst"
-scope = {{ principal = "bob" }}
+scope = { principal = "bob" }
 kind = "rate"
 rate = 1
 per = "hour"
 burst = 4
-
-[store]
-url = "{url}"
 "#,
-            tokens = super::approvals::test_tokens()
-        ));
-        let rt = Runtime::load(Config::load(&env.config()).unwrap())
-            .await
-            .unwrap();
-        hosts.push((env, Arc::new(rt)));
-    }
+        "",
+    );
+    let hosts = runtimes(&envs).await;
     let barrier = Arc::new(tokio::sync::Barrier::new(60));
     let mut tasks = Vec::new();
     for i in 0..60 {
-        let rt = hosts[i % 3].1.clone();
+        let rt = hosts[i % 3].clone();
         let barrier = barrier.clone();
         tasks.push(tokio::spawn(async move {
             let who = if i < 36 { "alice" } else { "bob" };
@@ -187,7 +202,7 @@ url = "{url}"
         *ok.entry(who).or_insert(0) += usize::from(status == "ok");
     }
     assert_eq!((ok["alice"], ok["bob"]), (10, 4), "admitted in the cluster");
-    for (_, rt) in &hosts {
+    for rt in &hosts {
         rt.close();
     }
 }
@@ -305,14 +320,13 @@ fn the_database_restarted_under_load_loses_no_held_call_and_says_so_meanwhile() 
 /// runs it again; the hosts' audit logs, read together, show it ran once.
 #[test]
 fn a_host_killed_while_it_runs_a_claimed_call_is_recovered_by_another_never_run_twice() {
-    use super::approvals::{ONCALL, approval, test_tokens, wait_until};
+    use super::approvals::{ONCALL, approval, wait_until};
     let url = postgres().database();
-    let hosts: Vec<Env> = (0..2)
-        .map(|i| {
-            let env = Env::new("");
-            env.write_config(&format!(
-                r#"
-{tokens}
+    let hosts = cluster(
+        2,
+        &url,
+        &format!(
+            r#"
 [approvals]
 {ONCALL}
 
@@ -327,17 +341,10 @@ id = "tiers"
 component = "{{tiered-approval}}"
 [policy.config]
 tools = {{ spin = "hard" }}
-
-[store]
-url = "{url}"
-lease_secs = 3
-host = "host-{i}"
-"#,
-                tokens = test_tokens(),
-            ));
-            env
-        })
-        .collect();
+"#
+        ),
+        "lease_secs = 3\n",
+    );
     let held = hosts[1].warden(&["call", "spin", "--input", "{}", "--as", "agent"]);
     assert_eq!(held.code, super::HELD, "{held:?}");
     let id = serde_json::from_str::<Value>(&held.stdout).unwrap()["approval_id"]
@@ -394,20 +401,15 @@ host = "host-{i}"
 async fn a_suspension_made_on_one_host_holds_on_every_host() {
     use warden_core::call::CallRequest;
     use warden_core::governance::budgets::Target as Suspended;
-    use warden_core::{Config, Runtime};
+    use warden_core::Runtime;
     let url = postgres().database();
-    let mut hosts = Vec::new();
-    for i in 0..2 {
-        let env = Env::new("");
-        env.write_config(&format!(
-            "{tokens}\n[[plugin]]\nid = \"text-stats\"\ncomponent = \"{{text-stats}}\"\n\n[store]\nurl = \"{url}\"\nhost = \"host-{i}\"\n",
-            tokens = super::approvals::test_tokens()
-        ));
-        let rt = Runtime::load(Config::load(&env.config()).unwrap())
-            .await
-            .unwrap();
-        hosts.push((env, rt));
-    }
+    let envs = cluster(
+        2,
+        &url,
+        "[[plugin]]\nid = \"text-stats\"\ncomponent = \"{text-stats}\"\n",
+        "",
+    );
+    let hosts = runtimes(&envs).await;
     let request = CallRequest {
         principal: "alice",
         tool: "text_stats",
@@ -422,16 +424,15 @@ async fn a_suspension_made_on_one_host_holds_on_every_host() {
         rt.call(request)
     }
     assert_eq!(
-        call(&hosts[1].1, request).await.unwrap().outcome.status(),
+        call(&hosts[1], request).await.unwrap().outcome.status(),
         "ok"
     );
     hosts[0]
-        .1
         .suspend(Suspended::Principal, "alice", "incident 42", "ops")
         .await
         .unwrap();
-    hosts[1].1.drive().await.unwrap();
-    let refused = call(&hosts[1].1, request).await.unwrap();
+    hosts[1].drive().await.unwrap();
+    let refused = call(&hosts[1], request).await.unwrap();
     assert_ne!(refused.outcome.status(), "ok");
     assert!(
         format!("{:?}", refused.outcome).contains("incident 42"),
@@ -440,17 +441,16 @@ async fn a_suspension_made_on_one_host_holds_on_every_host() {
     );
     assert!(
         hosts[1]
-            .1
             .unsuspend(Suspended::Principal, "alice", "ops")
             .await
             .unwrap()
     );
-    hosts[0].1.drive().await.unwrap();
+    hosts[0].drive().await.unwrap();
     assert_eq!(
-        call(&hosts[0].1, request).await.unwrap().outcome.status(),
+        call(&hosts[0], request).await.unwrap().outcome.status(),
         "ok"
     );
-    for (_, rt) in &hosts {
+    for rt in &hosts {
         rt.close();
     }
 }
@@ -460,33 +460,24 @@ async fn a_suspension_made_on_one_host_holds_on_every_host() {
 #[test]
 fn agents_over_mcp_on_three_hosts_share_one_quota() {
     let url = postgres().database();
-    let hosts: Vec<Env> = (0..3)
-        .map(|i| {
-            let env = Env::new("");
-            env.write_config(&format!(
-                r#"
-{tokens}
+    let hosts = cluster(
+        3,
+        &url,
+        r#"
 [[plugin]]
 id = "text-stats"
-component = "{{text-stats}}"
+component = "{text-stats}"
 
 [[limit]]
 name = "five"
-scope = {{ principal = "agent" }}
+scope = { principal = "agent" }
 kind = "quota"
 measure = "calls"
 max = 5
 per = "hour"
-
-[store]
-url = "{url}"
-host = "host-{i}"
 "#,
-                tokens = super::approvals::test_tokens(),
-            ));
-            env
-        })
-        .collect();
+        "",
+    );
     let mut servers: Vec<_> = hosts.iter().map(Env::serve).collect();
     let clients: Vec<_> = servers
         .iter()
@@ -522,29 +513,22 @@ host = "host-{i}"
 #[test]
 fn a_schedule_fires_once_per_time_across_three_hosts() {
     let url = postgres().database();
-    let hosts: Vec<Env> = (0..3)
-        .map(|i| {
-            let env = Env::new("");
-            env.write_config(&format!(
-                r#"
+    let hosts = cluster(
+        3,
+        &url,
+        r#"
 [[plugin]]
 id = "text-stats"
-component = "{{text-stats}}"
+component = "{text-stats}"
 
 [[schedule]]
 name = "tick"
 cron = "* * * * * *"
 tool = "text_stats"
-input = {{ text = "scheduled work" }}
-
-[store]
-url = "{url}"
-host = "host-{i}"
-"#
-            ));
-            env
-        })
-        .collect();
+input = { text = "scheduled work" }
+"#,
+        "",
+    );
     let mut servers: Vec<_> = hosts.iter().map(Env::serve).collect();
     std::thread::sleep(Duration::from_millis(4500));
     for s in &mut servers {

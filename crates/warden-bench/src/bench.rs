@@ -513,6 +513,35 @@ pub(crate) fn median(mut values: Vec<f64>) -> f64 {
 
 /// Run `one` `per_task` times over in each of `concurrency` tasks at once; how long
 /// they all took.
+/// Hold every call of `config` (soft tier) for `bench-approver`.
+pub(crate) fn hold_every_call(config: &mut Config) {
+    config.approvals.approvers = vec!["bench-approver".into()];
+    for policy in &mut config.policies {
+        if let Some(table) = policy.config.as_object_mut() {
+            table.insert("default".into(), "soft".into());
+        }
+    }
+}
+
+/// `bench-approver` approves `held` through `rt`'s queue.
+pub(crate) async fn approve(rt: &Runtime, held: &warden_core::call::ApprovalRef) -> Result<()> {
+    use warden_core::governance::approvals::{Ballot, Choice};
+    let ballot = Ballot {
+        principal: "bench-approver",
+        choice: Choice::Approve,
+        reason: None,
+        via: "api",
+        input_sha256: &held.input_sha256,
+        on_behalf_of: None,
+        now_ms: warden_core::now_ms() as i64,
+    };
+    let queue = rt.approvals.as_ref().context("queue disabled")?;
+    queue
+        .decide(&rt.config.approvals, &held.id, &ballot)
+        .await?;
+    Ok(())
+}
+
 pub(crate) async fn in_flight<F, Fut>(
     concurrency: usize,
     per_task: usize,
@@ -613,7 +642,6 @@ async fn audit_on_off(config: &Path, args: &BenchArgs) -> Result<()> {
 /// alternating rounds), and held calls/s through enqueue + decide + execute, with the
 /// durable audit log on as in production.
 async fn approvals(config: &Path, args: &BenchArgs, rt: &Arc<Runtime>) -> Result<()> {
-    use warden_core::governance::approvals::{Ballot, Choice};
     use warden_core::runtime::driver::Resume;
 
     let mut off_config = Config::load(config)?;
@@ -657,12 +685,7 @@ async fn approvals(config: &Path, args: &BenchArgs, rt: &Arc<Runtime>) -> Result
     for suffix in ["", "-wal", "-shm"] {
         let _ = std::fs::remove_file(format!("{}{suffix}", held_config.runs_db.display()));
     }
-    held_config.approvals.approvers = vec!["bench-approver".into()];
-    for policy in &mut held_config.policies {
-        if let Some(table) = policy.config.as_object_mut() {
-            table.insert("default".into(), "soft".into());
-        }
-    }
+    hold_every_call(&mut held_config);
     let held = Arc::new(Runtime::load(held_config).await?);
     let call = Arc::new((args.call.tool.clone(), args.call.input.clone()));
     let calls = (args.iterations / 5).max(500);
@@ -681,18 +704,8 @@ async fn approvals(config: &Path, args: &BenchArgs, rt: &Arc<Runtime>) -> Result
                     })
                     .await?;
                 let held = report.approval.context("the benchmark call was not held")?;
-                let id = held.id;
-                let queue = rt.approvals.as_ref().context("queue disabled")?;
-                let ballot = Ballot {
-                    principal: "bench-approver",
-                    choice: Choice::Approve,
-                    reason: None,
-                    via: "api",
-                    input_sha256: &held.input_sha256,
-                    on_behalf_of: None,
-                    now_ms: warden_core::now_ms() as i64,
-                };
-                queue.decide(&rt.config.approvals, &id, &ballot).await?;
+                let id = held.id.clone();
+                approve(&rt, &held).await?;
                 match rt.resume(&id).await? {
                     Resume::Ran(report) if matches!(report.outcome, Outcome::Ok { .. }) => Ok(()),
                     other => bail!("approved call did not run: {other:?}"),

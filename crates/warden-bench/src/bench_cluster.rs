@@ -14,12 +14,12 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use warden_core::call::{CallRequest, Outcome};
 use warden_core::config::{Config, StoreConfig};
-use warden_core::governance::approvals::{ApprovalQueue, Ballot, Choice};
+use warden_core::governance::approvals::ApprovalQueue;
 use warden_core::runtime::Runtime;
 use warden_core::runtime::driver::Resume;
 use warden_core::store::postgres::{STATS, Target};
 
-use crate::bench::{BenchCall, in_flight, stats};
+use crate::bench::{BenchCall, approve, hold_every_call, in_flight, stats};
 
 #[derive(clap::Args)]
 pub struct BenchClusterArgs {
@@ -183,12 +183,7 @@ async fn measure(config: &std::path::Path, args: &BenchClusterArgs, url: &str) -
     // Held calls: enqueued on one host, decided on the next, run where the caller waits.
     let mut held_base = base.clone();
     held_base.audit.enabled = true;
-    held_base.approvals.approvers = vec!["bench-approver".into()];
-    for policy in &mut held_base.policies {
-        if let Some(table) = policy.config.as_object_mut() {
-            table.insert("default".into(), "soft".into());
-        }
-    }
+    hold_every_call(&mut held_base);
     for hosts in [1usize, 3] {
         for (label, store) in [("SQLite", None), ("PostgreSQL", Some(url))] {
             if store.is_none() && hosts > 1 {
@@ -266,19 +261,7 @@ async fn lifecycle(rts: &[Arc<Runtime>], i: usize, call: &(String, String)) -> R
         .await?;
     let held_at = round_trips();
     let held = report.approval.context("the benchmark call was not held")?;
-    let ballot = Ballot {
-        principal: "bench-approver",
-        choice: Choice::Approve,
-        reason: None,
-        via: "api",
-        input_sha256: &held.input_sha256,
-        on_behalf_of: None,
-        now_ms: warden_core::now_ms() as i64,
-    };
-    let queue = there.approvals.as_ref().context("queue disabled")?;
-    queue
-        .decide(&there.config.approvals, &held.id, &ballot)
-        .await?;
+    approve(there, &held).await?;
     match here.resume(&held.id).await? {
         Resume::Ran(r) if matches!(r.outcome, Outcome::Ok { .. }) => {
             Ok((held_at - t0, round_trips() - t0))
@@ -306,19 +289,8 @@ async fn lease_recovery(base: &Config, url: &str) -> Result<()> {
                 })
                 .await?;
             let held = report.approval.context("not held")?;
+            approve(&doomed, &held).await?;
             let queue = doomed.approvals.as_ref().context("queue disabled")?;
-            let ballot = Ballot {
-                principal: "bench-approver",
-                choice: Choice::Approve,
-                reason: None,
-                via: "api",
-                input_sha256: &held.input_sha256,
-                on_behalf_of: None,
-                now_ms: warden_core::now_ms() as i64,
-            };
-            queue
-                .decide(&doomed.config.approvals, &held.id, &ballot)
-                .await?;
             if queue.claim(&held.id, vec![], 0).await?.is_none() {
                 bail!("the doomed host did not win its claim");
             }
