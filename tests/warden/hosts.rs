@@ -399,9 +399,9 @@ tools = {{ spin = "hard" }}
 /// after its next look at the store, and a resume on either lifts it everywhere.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_suspension_made_on_one_host_holds_on_every_host() {
+    use warden_core::Runtime;
     use warden_core::call::CallRequest;
     use warden_core::governance::budgets::Target as Suspended;
-    use warden_core::Runtime;
     let url = postgres().database();
     let envs = cluster(
         2,
