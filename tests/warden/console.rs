@@ -40,7 +40,7 @@ fn sign_in(b: &Browser, served: &Served, token: &str) {
 }
 
 /// Sign in over raw HTTP: the session cookie (`warden_session=…`), if one was set.
-fn session_cookie(served: &Served, token: &str) -> Option<String> {
+pub(super) fn session_cookie(served: &Served, token: &str) -> Option<String> {
     let (_, head, _) = exchange(
         "POST",
         &served.url("/console/login"),
@@ -54,11 +54,11 @@ fn session_cookie(served: &Served, token: &str) -> Option<String> {
 }
 
 /// GET `path` with `cookie`: (status, headers, body).
-fn get(served: &Served, path: &str, cookie: &str) -> (u16, String, String) {
+pub(super) fn get(served: &Served, path: &str, cookie: &str) -> (u16, String, String) {
     exchange("GET", &served.url(path), &[("cookie", cookie)], None)
 }
 
-fn field(page: &str, name: &str) -> String {
+pub(super) fn field(page: &str, name: &str) -> String {
     let marker = format!("name=\"{name}\" value=\"");
     let start = page.find(&marker).map(|i| i + marker.len()).unwrap_or(0);
     page[start..start + page[start..].find('"').unwrap_or(0)].to_string()

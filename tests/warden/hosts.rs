@@ -111,6 +111,26 @@ fn a_call_held_on_one_host_and_approved_through_another_runs_once_in_the_cluster
         super::approvals::approval(&hosts[2], &id)["state"],
         "executed"
     );
+    // One run history for the cluster: the run's row, as any host reads it, is its
+    // outcome (the held row written on host 0 never replaces it) and names the host
+    // that ran it.
+    let runs = hosts[2].warden(&["runs", "list", "--tool", "notes_write", "--json"]);
+    let rows: Vec<Value> = runs
+        .stdout
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    assert_eq!(rows.len(), 1, "{runs:?}");
+    assert_eq!(rows[0]["status"], "ok", "{runs:?}");
+    assert_eq!(rows[0]["host"], format!("host-{}", ran[0]), "{runs:?}");
+    let check = hosts[0].warden(&["store", "check"]);
+    assert_eq!(check.code, OK, "{check:?}");
+    assert!(
+        check.stdout.contains("host host-1: heartbeat")
+            && check.stdout.contains("host host-2: heartbeat")
+            && check.stdout.contains("replicas: none"),
+        "{check:?}"
+    );
     for s in &mut servers {
         assert!(s.stop().success());
     }
@@ -154,6 +174,16 @@ async fn a_limit_of_n_admits_exactly_n_across_hosts() {
 [[plugin]]
 id = "text-stats"
 component = "{text-stats}"
+[plugin.limits]
+fuel = 100000000
+
+[[limit]]
+name = "fuel"
+scope = { principal = "carol" }
+kind = "quota"
+measure = "fuel"
+max = 1
+per = "hour"
 
 [[limit]]
 name = "ten"
@@ -202,6 +232,37 @@ burst = 4
         *ok.entry(who).or_insert(0) += usize::from(status == "ok");
     }
     assert_eq!((ok["alice"], ok["bob"]), (10, 4), "admitted in the cluster");
+
+    // Fuel is known when a call ends: one call on host 0 uses the quota up, and the
+    // other hosts refuse once its count has reached the store (it is not waited for).
+    let call = |rt: Arc<warden_core::Runtime>| async move {
+        let report = rt
+            .call(CallRequest {
+                principal: "carol",
+                tool: "text_stats",
+                input: r#"{"text":"fuel"}"#,
+                started_by: None,
+            })
+            .await
+            .unwrap();
+        report.outcome.status().to_string()
+    };
+    assert_eq!(call(hosts[0].clone()).await, "ok");
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    for rt in &hosts[1..] {
+        loop {
+            let status = call(rt.clone()).await;
+            if status == "limited" {
+                break;
+            }
+            assert_eq!(status, "ok");
+            assert!(
+                std::time::Instant::now() < deadline,
+                "another host still admits carol after host 0 used the fuel quota up"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
     for rt in &hosts {
         rt.close();
     }
@@ -534,23 +595,26 @@ input = { text = "scheduled work" }
     for s in &mut servers {
         assert!(s.stop().success());
     }
+    // The cluster's one run history, read through any host.
+    let run = hosts[1].warden(&[
+        "runs",
+        "list",
+        "--started-by",
+        "schedule:tick",
+        "--limit",
+        "1000",
+        "--json",
+    ]);
+    assert_eq!(run.code, OK, "{run:?}");
     let mut times = Vec::new();
-    for h in &hosts {
-        let run = h.warden(&[
-            "runs",
-            "list",
-            "--started-by",
-            "schedule:tick",
-            "--limit",
-            "1000",
-            "--json",
-        ]);
-        assert_eq!(run.code, OK, "{run:?}");
-        for line in run.stdout.lines() {
-            let r: Value = serde_json::from_str(line).unwrap();
-            assert_eq!(r["status"], "ok", "{r}");
-            times.push(r["started_ms"].as_i64().unwrap());
-        }
+    for line in run.stdout.lines() {
+        let r: Value = serde_json::from_str(line).unwrap();
+        assert_eq!(r["status"], "ok", "{r}");
+        assert!(
+            r["host"].as_str().is_some_and(|h| h.starts_with("host-")),
+            "{r}"
+        );
+        times.push(r["started_ms"].as_i64().unwrap());
     }
     times.sort_unstable();
     assert!(times.len() >= 3, "the schedule fired: {times:?}");
@@ -561,5 +625,44 @@ input = { text = "scheduled work" }
             pair[1] - pair[0] > 200,
             "a fire time ran twice in the cluster: {times:?}"
         );
+    }
+}
+
+/// Signed in through one host is signed in on every host (a load balancer may send the
+/// next request anywhere); signed out through another, the cookie signs no one in on
+/// any host.
+#[test]
+fn a_console_session_holds_on_every_host_until_signed_out_on_any() {
+    use super::approvals::{ONCALL, queue_env};
+    use super::console::{field, get, session_cookie};
+    let url = postgres().database();
+    let hosts: Vec<Env> = (0..2)
+        .map(|i| {
+            let env = queue_env("tools = { notes_write = \"hard\" }", ONCALL);
+            env.append_config(&format!(
+                "\n[store]\nurl = \"{url}\"\nhost = \"host-{i}\"\n"
+            ));
+            env
+        })
+        .collect();
+    let served: Vec<_> = hosts.iter().map(Env::serve).collect();
+    let cookie = session_cookie(&served[0], "token-alice").expect("alice signs in");
+    let (status, _, page) = get(&served[1], "/console/approvals", &cookie);
+    assert_eq!(status, 200, "the other host knows the session: {page}");
+    let csrf = field(&page, "csrf");
+    let (status, head, _) = crate::support::exchange(
+        "POST",
+        &served[1].url("/console/logout"),
+        &[
+            ("content-type", "application/x-www-form-urlencoded"),
+            ("cookie", &cookie),
+        ],
+        Some(&format!("csrf={csrf}")),
+    );
+    assert_eq!(status, 303, "{head}");
+    for s in &served {
+        let (status, head, _) = get(s, "/console/approvals", &cookie);
+        assert_eq!(status, 303, "signed out everywhere: {head}");
+        assert!(head.contains("/console/login"), "{head}");
     }
 }

@@ -13,6 +13,7 @@ use warden_core::governance::approvals::{
     Approval, ApprovalError, ApprovalQueue, Ballot, Choice, NewRequest, Ran, Sealer, prepare,
 };
 use warden_core::store::postgres::Target;
+use warden_core::store::runs::{RunFilter, RunRow, RunStore};
 
 use super::{NOT_RECORDED, OK, USAGE};
 use crate::support::Env;
@@ -331,6 +332,11 @@ fn store_check_and_migrate_name_the_server_never_its_password_and_refuse_a_newer
     assert_eq!(check.code, OK, "{check:?}");
     let report: Value = serde_json::from_str(&check.stdout).unwrap();
     assert_eq!(report["schema_version"], report["known_version"]);
+    assert_eq!(
+        (&report["standby"], &report["replicas"]),
+        (&Value::from(false), &Value::from(0))
+    );
+    assert!(report["hosts"].is_array(), "{report}");
     for run in [&check, &migrate] {
         assert!(!run.stdout.contains("pg-pass-8841") && !run.stderr.contains("pg-pass-8841"));
     }
@@ -362,6 +368,37 @@ fn store_check_and_migrate_name_the_server_never_its_password_and_refuse_a_newer
         bad.stderr.contains("store.url") && bad.stderr.contains(":5:"),
         "{bad:?}"
     );
+}
+
+/// The URL (with its password) kept in the vault: read when the config loads, never
+/// shown; a secret the vault lacks is named with the config key.
+#[test]
+fn the_store_url_comes_from_the_vault_and_is_never_shown() {
+    let url = postgres()
+        .database()
+        .replace("warden@", "warden:pg-pass-5120@");
+    let env = Env::new("");
+    env.write_config("[store]\nurl_secret = \"store_url\"\n");
+    let missing = env.warden(&["store", "check"]);
+    assert_eq!(missing.code, USAGE, "{missing:?}");
+    assert!(
+        missing.stderr.contains("warden.toml:") && missing.stderr.contains("store.url_secret"),
+        "{missing:?}"
+    );
+    assert_eq!(env.warden(&["secrets", "init"]).code, OK);
+    let set = env.warden_stdin(&["secrets", "set", "store_url"], &format!("{url}\n"));
+    assert_eq!(set.code, OK, "{set:?}");
+    let migrate = env.warden(&["store", "migrate"]);
+    assert_eq!(migrate.code, OK, "{migrate:?}");
+    let check = env.warden(&["store", "check"]);
+    assert_eq!(check.code, OK, "{check:?}");
+    for run in [&missing, &set, &migrate, &check] {
+        assert!(!format!("{run:?}").contains("pg-pass-5120"), "{run:?}");
+    }
+    env.write_config("[store]\nurl_secret = \"store_url\"\nurl_env = \"X\"\n");
+    let both = env.warden(&["store", "check"]);
+    assert_eq!(both.code, USAGE, "{both:?}");
+    assert!(both.stderr.contains("set one of url"), "{both:?}");
 }
 
 /// Hosts racing for the same fire times and the same trigger deliveries: each is
@@ -529,4 +566,170 @@ fn an_accepted_upstream_definition_is_the_same_on_every_host() {
     on_b.put(&pin("sha256:2")).unwrap();
     let all = on_a.all("files").unwrap();
     assert_eq!((all.len(), all[0].digest.as_str()), (1, "sha256:2"));
+}
+
+fn run(id: &str, status: &str, started_ms: i64, tool: &str) -> RunRow {
+    RunRow {
+        id: id.into(),
+        started_ms,
+        principal: "agent".into(),
+        tool: tool.into(),
+        plugin: "mail".into(),
+        plugin_digest: "sha256:0".into(),
+        status: status.into(),
+        input: "{\"to\":\"ops@example.com\"}".into(),
+        output: (status == "ok").then(|| "{\"sent\":true}".to_string()),
+        error: None,
+        backtrace: None,
+        decisions: serde_json::json!([{ "policy": "p", "decision": "allow" }]),
+        log: serde_json::json!([]),
+        denied_requests: serde_json::json!([]),
+        secret_reveals: serde_json::json!([]),
+        policy_us: 1,
+        instantiate_us: 2,
+        execute_us: 3,
+        total_us: 2_000,
+        fuel_used: Some(10),
+        peak_memory: 4096,
+        host_calls: 1,
+        approval: None,
+        started_by: None,
+        cost: 0.25,
+        egress_requests: 1,
+        egress_bytes: 10,
+        host: String::new(),
+    }
+}
+
+/// Run history's behaviours, the same on either backend, written by two hosts (`a`
+/// and `b`, naming themselves `names` in their rows): a held row never replaces its
+/// outcome written elsewhere, a run is summed once, filters and cursors page.
+async fn run_history_behaviours(a: &RunStore, b: &RunStore, names: [&str; 2]) {
+    // A whole minute (1_800_000_000_000 is one).
+    let minute: i64 = 1_800_000_000_000;
+    a.commit(run("r1", "held", minute + 1, "send"))
+        .await
+        .unwrap();
+    b.commit(run("r1", "ok", minute + 1, "send")).await.unwrap();
+    // Host a's held row again (late): the outcome stands.
+    a.commit(run("r1", "held", minute + 1, "send"))
+        .await
+        .unwrap();
+    b.commit(run("r1", "ok", minute + 1, "send")).await.unwrap();
+    a.commit(run("r2", "tool-error", minute + 2, "send"))
+        .await
+        .unwrap();
+    a.commit(run("r3", "limited", minute + 3, "send"))
+        .await
+        .unwrap();
+    a.commit(run("r4", "ok", minute + 4, "read")).await.unwrap();
+
+    let r1 = a.get("r1").unwrap().expect("r1 is stored");
+    assert_eq!((r1.status.as_str(), r1.host.as_str()), ("ok", names[1]));
+    assert_eq!(r1.output.as_deref(), Some("{\"sent\":true}"));
+    assert_eq!(r1.decisions[0]["decision"], "allow");
+    assert_eq!((r1.fuel_used, r1.cost), (Some(10), 0.25));
+    assert!(b.get("nothing").unwrap().is_none());
+
+    let ids = |rows: Vec<RunRow>| rows.into_iter().map(|r| r.id).collect::<Vec<_>>();
+    let all = RunFilter {
+        limit: 10,
+        ..RunFilter::default()
+    };
+    assert_eq!(ids(b.list(&all).unwrap()), ["r4", "r3", "r2", "r1"]);
+    let sends = RunFilter {
+        tool: Some("send".into()),
+        status: Some("ok".into()),
+        ..all.clone()
+    };
+    assert_eq!(ids(b.list(&sends).unwrap()), ["r1"]);
+    let page = RunFilter {
+        limit: 2,
+        ..all.clone()
+    };
+    let first = b.list(&page).unwrap();
+    let last = first.last().unwrap();
+    let next = RunFilter {
+        before: Some((last.started_ms, last.id.clone())),
+        ..page.clone()
+    };
+    assert_eq!(ids(b.list(&next).unwrap()), ["r2", "r1"]);
+
+    let totals = a.totals(minute, Some("agent"), None, Some("send")).unwrap();
+    assert_eq!(totals.len(), 1, "{totals:?}");
+    let t = &totals[0];
+    assert_eq!((t.calls, t.limited, t.cost), (2, 1, 0.75));
+    assert_eq!((t.wall_ms, t.egress_requests, t.egress_bytes), (6.0, 3, 30));
+
+    // Summed once per run, per host: r1 (host b), r2 and r4 (host a).
+    let mut usage = a.usage_since(minute).unwrap();
+    usage.sort_by(|x, y| (&x.host, &x.tool).cmp(&(&y.host, &y.tool)));
+    let seen: Vec<(&str, &str, i64)> = usage
+        .iter()
+        .map(|u| (u.host.as_str(), u.tool.as_str(), u.calls))
+        .collect();
+    let mut want = vec![
+        (names[0], "read", 1),
+        (names[0], "send", 1),
+        (names[1], "send", 1),
+    ];
+    if names[0] == names[1] {
+        want = vec![("", "read", 1), ("", "send", 2)];
+    }
+    want.sort();
+    assert_eq!(seen, want);
+
+    let mut counted = Vec::new();
+    b.each_since(minute + 2, |ms, tool, status, us| {
+        counted.push((ms, tool.to_string(), status.to_string(), us));
+    })
+    .unwrap();
+    assert_eq!(
+        counted,
+        [
+            (minute + 2, "send".into(), "tool-error".into(), 2_000),
+            (minute + 3, "send".into(), "limited".into(), 2_000),
+            (minute + 4, "read".into(), "ok".into(), 2_000),
+        ]
+    );
+
+    // Rows queued together (one batch): a run's held row and its outcome twice, and an
+    // output with a NUL character (which PostgreSQL's text cannot hold).
+    let later = minute + 120_000;
+    let mut odd = run("r6", "ok", later + 1, "send");
+    odd.output = Some("a\0b".into());
+    for r in [
+        run("r5", "held", later, "send"),
+        run("r5", "ok", later, "send"),
+        run("r5", "ok", later, "send"),
+        odd,
+    ] {
+        b.insert(r, None).unwrap();
+    }
+    b.commit(run("r7", "denied", later + 2, "send"))
+        .await
+        .unwrap();
+    assert_eq!(a.get("r5").unwrap().unwrap().status, "ok");
+    let nul = a.get("r6").unwrap().unwrap().output.unwrap();
+    assert!(nul == "a\0b" || nul == "a\u{fffd}b", "{nul:?}");
+    let usage = a.usage_since(later).unwrap();
+    assert_eq!(usage.len(), 1, "{usage:?}");
+    assert_eq!((usage[0].calls, usage[0].host.as_str()), (2, names[1]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_history_behaves_the_same_on_postgresql_and_sqlite_with_two_writers() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("runs.db");
+    let (a, b) = (
+        RunStore::open(&path).unwrap(),
+        RunStore::open(&path).unwrap(),
+    );
+    run_history_behaviours(&a, &b, ["", ""]).await;
+    let target = Target::parse(&postgres().database(), None).unwrap();
+    let (a, b) = (
+        RunStore::open_shared(&target, "host-a").unwrap(),
+        RunStore::open_shared(&target, "host-b").unwrap(),
+    );
+    run_history_behaviours(&a, &b, ["host-a", "host-b"]).await;
 }

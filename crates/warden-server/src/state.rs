@@ -145,6 +145,8 @@ impl Server {
     pub fn new(rt: Runtime, config_path: &Path) -> anyhow::Result<Arc<Server>> {
         let signer = LinkSigner::open(&rt.config.links_key())?;
         let automation = Arc::new(AutomationStore::for_config(&rt.config)?);
+        let console = crate::console::Sessions::for_config(&rt.config)
+            .map_err(|e| anyhow::anyhow!("console sessions: {e}"))?;
         let metrics = Arc::new(Metrics::default());
         let calls = Tally::default();
         let scheduler = Scheduler::new(
@@ -168,7 +170,7 @@ impl Server {
             stopping: AtomicBool::new(false),
             reloading: tokio::sync::Mutex::new(()),
             auth_failures: crate::auth_failures::Ledger::default(),
-            console: crate::console::Sessions::default(),
+            console,
             last_verify: Mutex::default(),
             last_reload: Mutex::default(),
         }))

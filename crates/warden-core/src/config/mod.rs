@@ -161,21 +161,36 @@ struct RawVault {
     key_file: Option<String>,
 }
 
+fn read(path: &Path) -> Result<String, ConfigError> {
+    std::fs::read_to_string(path).map_err(|e| ConfigError {
+        file: path.to_path_buf(),
+        line: 0,
+        column: 0,
+        key: String::new(),
+        message: format!("cannot read config: {e}"),
+    })
+}
+
 impl Config {
     /// Read and validate `path`. Relative paths inside are relative to the file's directory.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
-            file: path.to_path_buf(),
-            line: 0,
-            column: 0,
-            key: String::new(),
-            message: format!("cannot read config: {e}"),
-        })?;
-        Config::parse(path, &text)
+        Config::parse(path, &read(path)?)
+    }
+
+    /// As `load`, but a shared store's URL kept in the vault (`store.url_secret`) is not
+    /// read (the store is left unset): for the vault's own commands, which must work
+    /// before that secret is in it.
+    pub fn load_for_vault(path: &Path) -> Result<Config, ConfigError> {
+        Config::parse_with(path, &read(path)?, false)
     }
 
     /// Validate `text` as if read from `path`.
     pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
+        Config::parse_with(path, text, true)
+    }
+
+    /// `parse`; `vault_store`: read `store.url_secret` from the vault.
+    fn parse_with(path: &Path, text: &str, vault_store: bool) -> Result<Config, ConfigError> {
         let locate = Locator { file: path, text };
         let raw: RawConfig = toml::from_str(text).map_err(|e| {
             let offset = e.span().map(|s| s.start).unwrap_or(0);
@@ -235,7 +250,6 @@ impl Config {
         }
         let runs_db = data_dir.join("runs.db");
         let audit = check_audit(&locate, base, &data_dir, key_dir.as_deref(), &raw.audit)?;
-        let store = check_store(&locate, base, &raw.store)?;
         let legacy = data_dir.join("master.key");
         let key_file = match &raw.vault.key_file {
             Some(p) => Some(base.join(p)),
@@ -262,6 +276,9 @@ impl Config {
                 vault_path.display()
             );
         }
+
+        let vault = (vault_path.as_path(), key_file.as_deref());
+        let store = check_store(&locate, base, &raw.store, vault_store.then_some(vault))?;
 
         let approvals = match &raw.approvals {
             None => ApprovalsConfig::default(),

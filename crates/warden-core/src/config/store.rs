@@ -1,5 +1,6 @@
-//! `[store]`: where the approval queue lives when several hosts share it. Absent, it is
-//! the embedded SQLite file in the data dir (no server to run).
+//! `[store]`: the PostgreSQL several hosts share (the approval queue, run history,
+//! limits' counts, schedules' claims, the kill switch, console sessions). Absent, all
+//! of it is in the embedded SQLite file in the data dir (no server to run).
 
 use std::time::Duration;
 
@@ -12,8 +13,10 @@ use crate::store::postgres::Target;
 /// `[store]`: the shared store. Default: none (the embedded store).
 #[derive(Debug, Clone, Default)]
 pub struct StoreConfig {
-    /// `url` (or the environment variable `url_env` names): the PostgreSQL the approval
-    /// queue lives in, shared by every host pointing at it. The URL (its password) is
+    /// `url` (or the environment variable `url_env` names, or the vault's secret
+    /// `url_secret` names): the PostgreSQL the approval queue, run history, limits'
+    /// counts, schedules' claims and the kill switch live in, shared by every host
+    /// pointing at it. The URL (its password) is
     /// never shown: errors and `warden store check` name `Target::shown`. TLS unless
     /// the URL says `sslmode=disable`, checked against the public roots and `ca_file`
     /// (PEM, relative to the config file).
@@ -40,6 +43,7 @@ impl PartialEq for StoreConfig {
 pub(super) struct RawStore {
     url: Option<Spanned<String>>,
     url_env: Option<Spanned<String>>,
+    url_secret: Option<Spanned<String>>,
     lease_secs: Option<Spanned<u64>>,
     host: Option<Spanned<String>>,
     ca_file: Option<Spanned<String>>,
@@ -58,10 +62,13 @@ fn host_name() -> String {
     }
 }
 
+/// `vault`: the vault's file and master key file, for `url_secret` (`None`: leave a
+/// store whose URL is in the vault unset).
 pub(super) fn check_store(
     locate: &Locator,
     base: &std::path::Path,
     raw: &RawStore,
+    vault: Option<(&std::path::Path, Option<&std::path::Path>)>,
 ) -> Result<StoreConfig, ConfigError> {
     let host = match &raw.host {
         Some(h) => {
@@ -93,26 +100,60 @@ pub(super) fn check_store(
         Some(s) => Duration::from_secs(*s.get_ref()),
         None => Duration::from_secs(15),
     };
-    let (url, at, key) = match (&raw.url, &raw.url_env) {
-        (Some(_), Some(e)) => {
-            return Err(locate.error(
-                e.span().start,
-                "store.url_env",
-                "set either url or url_env, not both",
-            ));
-        }
-        (Some(u), None) => (u.get_ref().clone(), u.span().start, "store.url"),
-        (None, Some(e)) => match std::env::var(e.get_ref()) {
-            Ok(url) if !url.is_empty() => (url, e.span().start, "store.url_env"),
+    let given = [
+        (&raw.url, "store.url"),
+        (&raw.url_env, "store.url_env"),
+        (&raw.url_secret, "store.url_secret"),
+    ];
+    let mut set = given
+        .iter()
+        .filter_map(|(v, key)| v.as_ref().map(|v| (v, *key)));
+    let (first, second) = (set.next(), set.next());
+    if let Some((v, key)) = second {
+        return Err(locate.error(
+            v.span().start,
+            key,
+            "set one of url, url_env and url_secret",
+        ));
+    }
+    let (url, at, key) = match first {
+        Some((u, key @ "store.url")) => (u.get_ref().clone(), u.span().start, key),
+        Some((e, key @ "store.url_env")) => match std::env::var(e.get_ref()) {
+            Ok(url) if !url.is_empty() => (url, e.span().start, key),
             _ => {
                 return Err(locate.error(
                     e.span().start,
-                    "store.url_env",
+                    key,
                     &format!("the environment variable {} is not set", e.get_ref()),
                 ));
             }
         },
-        (None, None) => {
+        Some((name, key)) => {
+            let Some((vault, key_file)) = vault else {
+                return Ok(StoreConfig {
+                    shared: None,
+                    lease,
+                    host,
+                });
+            };
+            let read = crate::vault::MasterKey::resolve(key_file)
+                .and_then(|master| crate::vault::Vault::open(vault, &master))
+                .and_then(|v| v.get(name.get_ref()));
+            match read {
+                Ok(url) => (url.to_string(), name.span().start, key),
+                Err(e) => {
+                    return Err(locate.error(
+                        name.span().start,
+                        key,
+                        &format!(
+                            "cannot read secret {:?} from the vault: {e}",
+                            name.get_ref()
+                        ),
+                    ));
+                }
+            }
+        }
+        None => {
             return Ok(StoreConfig {
                 shared: None,
                 lease,

@@ -277,7 +277,7 @@ impl Runtime {
                 s.suspensions,
             ),
             None => {
-                let runs = RunStore::open(&config.runs_db).map_err(|e| store(&e))?;
+                let runs = RunStore::for_config(&config).map_err(|e| store(&e))?;
                 let approvals = if config.approvals.enabled {
                     Some(Arc::new(open_queue(&config).map_err(|e| store(&e))?))
                 } else {
@@ -342,7 +342,8 @@ impl Runtime {
         let fresh = previous.is_none();
         let budgets = Budgets::new(&config.limits, &config.runaway, previous.as_ref());
         if fresh {
-            rebuild_budgets(&budgets, &runs, &suspensions).map_err(|e| store(&e))?;
+            rebuild_budgets(&budgets, &runs, &suspensions, &config.store.host)
+                .map_err(|e| store(&e))?;
             if let Some(target) = &config.store.shared
                 && !config.limits.is_empty()
                 && mode == Stores::Open
@@ -648,11 +649,15 @@ struct OpenStores {
 }
 
 /// At start: the kill switch from the store, and every quota's count from the runs in
-/// its current window (so counters survive restarts).
+/// its current window (so counters survive restarts). On a shared store other hosts'
+/// runs count their calls and cost (as the cluster's count does: a host's own count
+/// never exceeds it) but not their wall time, fuel or egress, which a host's own count
+/// holds for its own calls only (the cluster's count of those is checked at admission).
 fn rebuild_budgets(
     budgets: &Budgets,
     runs: &RunStore,
     suspensions: &SuspensionStore,
+    host: &str,
 ) -> Result<(), String> {
     for s in suspensions.list().map_err(|e| e.to_string())? {
         if let Some(target) = Target::parse(&s.kind) {
@@ -673,13 +678,18 @@ fn rebuild_budgets(
                 .as_deref()
                 .and_then(|s| s.strip_prefix("schedule:")),
         };
+        let ours = if run.host.is_empty() || run.host == host {
+            1.0
+        } else {
+            0.0
+        };
         let used = Used {
             calls: run.calls as f64,
             cost: run.cost,
-            wall_ms: run.total_us as f64 / 1000.0,
-            fuel: run.fuel_used as f64,
-            egress_requests: run.egress_requests as f64,
-            egress_bytes: run.egress_bytes as f64,
+            wall_ms: ours * run.total_us as f64 / 1000.0,
+            fuel: ours * run.fuel_used as f64,
+            egress_requests: ours * run.egress_requests as f64,
+            egress_bytes: ours * run.egress_bytes as f64,
         };
         budgets.replay(&who, run.started_ms, &used, now);
     }

@@ -520,5 +520,6 @@ pub fn run_row(report: &CallReport, input: &str) -> RunRow {
         cost: report.usage.cost,
         egress_requests: to_i64(report.usage.egress_requests),
         egress_bytes: to_i64(report.usage.egress_bytes),
+        host: String::new(),
     }
 }

@@ -190,5 +190,6 @@ fn rebuilt_row(id: &str, seen: &Seen, end: &Value) -> RunRow {
         cost: end["cost"].as_f64().unwrap_or(0.0),
         egress_requests: n("egress_requests"),
         egress_bytes: n("egress_bytes"),
+        host: String::new(),
     }
 }

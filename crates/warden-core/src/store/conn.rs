@@ -73,6 +73,24 @@ impl Conn {
         self.on(move |db| once(f, |body| db.transaction(durable, body)))
     }
 
+    /// Run `f` (one statement, committing on its own) on the connection's thread
+    /// without waiting for it; a failure is logged. On a local connection it runs now.
+    pub fn detach(&self, f: impl FnOnce(&mut dyn Sql) -> Result<(), SqlError> + Send + 'static) {
+        let job = move |db: &mut dyn Db| {
+            if let Err(e) = once(f, |body| db.autocommit(body)) {
+                tracing::warn!("the shared store: {e}");
+            }
+        };
+        match self {
+            Conn::Local(db) => job(&mut **db.lock().unwrap_or_else(|p| p.into_inner())),
+            Conn::Thread(jobs) => {
+                if let Ok(jobs) = jobs.lock() {
+                    let _ = jobs.send(Box::new(job));
+                }
+            }
+        }
+    }
+
     fn on<T: Send + 'static>(
         &self,
         f: impl FnOnce(&mut dyn Db) -> Result<T, SqlError> + Send + 'static,

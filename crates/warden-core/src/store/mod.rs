@@ -1,7 +1,7 @@
 //! What warden keeps: the audit log (files), and the embedded database (run history and
 //! the approval queue's tables, schedules' and limits' state) with its migrations;
-//! the approval queue on a shared PostgreSQL when `[store] url` is set (`postgres`),
-//! its queries written once for both (`sql`).
+//! the same on a shared PostgreSQL when `[store] url` is set (`postgres`), with the
+//! console's sessions (`sessions`), its queries written once for both (`sql`).
 
 pub mod audit;
 pub mod automation;
@@ -9,6 +9,7 @@ pub mod conn;
 pub(crate) mod db;
 pub mod postgres;
 pub mod runs;
+pub mod sessions;
 pub mod sql;
 pub mod suspensions;
 pub mod upstream_pins;

@@ -11,6 +11,7 @@ use std::error::Error as StdError;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+pub use postgres::Client;
 use postgres::types::{IsNull, ToSql, Type, to_sql_checked};
 use postgres::{GenericClient, NoTls};
 
@@ -202,6 +203,67 @@ const MIGRATIONS: &[&str] = &[
         token          TEXT PRIMARY KEY,
         host           TEXT NOT NULL,
         started_ms     BIGINT NOT NULL,
+        seen_ms        BIGINT NOT NULL
+    );
+    ",
+    // 2: run history (every host's runs, each naming its host) and what runs used, per
+    // minute, caller and host; the console's sessions.
+    "
+    CREATE TABLE runs (
+        id              TEXT PRIMARY KEY,
+        started_ms      BIGINT NOT NULL,
+        principal       TEXT NOT NULL,
+        tool            TEXT NOT NULL,
+        plugin          TEXT NOT NULL,
+        plugin_digest   TEXT NOT NULL,
+        status          TEXT NOT NULL,
+        input           TEXT NOT NULL,
+        output          TEXT,
+        error           TEXT,
+        backtrace       TEXT,
+        decisions       TEXT NOT NULL,
+        log             TEXT NOT NULL,
+        denied_requests TEXT NOT NULL,
+        secret_reveals  TEXT NOT NULL,
+        policy_us       BIGINT NOT NULL,
+        instantiate_us  BIGINT NOT NULL,
+        execute_us      BIGINT NOT NULL,
+        total_us        BIGINT NOT NULL,
+        fuel_used       BIGINT,
+        peak_memory     BIGINT NOT NULL,
+        host_calls      BIGINT NOT NULL,
+        approval        TEXT,
+        started_by      TEXT,
+        cost            DOUBLE PRECISION NOT NULL DEFAULT 0,
+        egress_requests BIGINT NOT NULL DEFAULT 0,
+        egress_bytes    BIGINT NOT NULL DEFAULT 0,
+        host            TEXT NOT NULL DEFAULT ''
+    );
+    CREATE INDEX runs_by_time ON runs(started_ms, id);
+    CREATE INDEX runs_by_tool ON runs(tool, started_ms);
+    CREATE INDEX runs_by_status ON runs(status, started_ms);
+    CREATE INDEX runs_by_origin ON runs(started_by, started_ms) WHERE started_by IS NOT NULL;
+    CREATE TABLE usage_minutes (
+        minute_ms       BIGINT NOT NULL,
+        principal       TEXT NOT NULL,
+        plugin          TEXT NOT NULL,
+        tool            TEXT NOT NULL,
+        started_by      TEXT NOT NULL,
+        host            TEXT NOT NULL,
+        calls           BIGINT NOT NULL,
+        cost            DOUBLE PRECISION NOT NULL,
+        wall_us         BIGINT NOT NULL,
+        fuel            BIGINT NOT NULL,
+        egress_requests BIGINT NOT NULL,
+        egress_bytes    BIGINT NOT NULL,
+        PRIMARY KEY (minute_ms, principal, plugin, tool, started_by, host)
+    );
+    CREATE TABLE console_sessions (
+        key            TEXT PRIMARY KEY,
+        token          TEXT NOT NULL,
+        principal      TEXT NOT NULL,
+        csrf           TEXT NOT NULL,
+        created_ms     BIGINT NOT NULL,
         seen_ms        BIGINT NOT NULL
     );
     ",

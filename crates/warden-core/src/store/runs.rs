@@ -1,46 +1,44 @@
-//! Run history: one row per governed call in the embedded store (`db`). Owns writing
-//! rows (batched on one writer thread, off the call path) and reading them back. It
-//! must never store an unredacted value or an unbounded one.
+//! Run history: one row per governed call, in the embedded store (`db`) or the shared
+//! PostgreSQL (`[store] url`, where every host's runs are, each naming its host). Owns
+//! writing rows (batched on one writer thread, off the call path) and reading them
+//! back. It must never store an unredacted value or an unbounded one.
 //!
 //! A call's row is queued, not waited for: the audit log (durable before the call
 //! returns) is the record, and each queued row carries its run's audit guard until it
 //! is committed, so after a crash the next start reads the log back far enough to
 //! rebuild a row that never reached the store (`recovery`). A row that cannot be
-//! written keeps its guard for good (the next start rebuilds it) and refuses the rows
-//! after it until a write succeeds again: nothing runs unrecorded.
+//! written keeps its guard and is tried again (every second) until it is written or the
+//! process ends (the next start then rebuilds it); meanwhile new rows are refused:
+//! nothing runs unrecorded.
 
 use std::path::Path;
+use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
-use rusqlite::{Connection, OptionalExtension, params};
 use serde::Serialize;
 use serde_json::Value;
+
+use super::conn::Conn;
+use super::postgres::{PgDb, Target};
+use super::sql::{Db, LiteDb, Row, Sql, SqlError, Val, vals};
 
 /// Most rows committed together.
 const MAX_BATCH: usize = 1024;
 /// How long the writer waits after a row arrives for more to commit with it: one
 /// wake-up and one commit per batch, not per call.
-const LINGER: std::time::Duration = std::time::Duration::from_millis(5);
+const LINGER: Duration = Duration::from_millis(5);
+/// How long the writer waits before trying rows that could not be written again.
+const RETRY: Duration = Duration::from_secs(1);
 
 /// Largest input or output text kept per run.
 pub const MAX_TEXT: usize = 64 * 1024;
 
 #[derive(Debug, thiserror::Error)]
-#[error("run history {path}: {cause}")]
+#[error("run history {path}: {message}")]
 pub struct RunsError {
     path: String,
-    cause: StoreError,
-}
-
-/// What went wrong under the run history.
-#[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    #[error(transparent)]
-    Sql(#[from] rusqlite::Error),
-    #[error(transparent)]
-    Schema(#[from] crate::store::db::SchemaError),
-    #[error("cannot start the writer: {0}")]
-    Thread(String),
+    message: String,
 }
 
 /// One run, as stored.
@@ -76,6 +74,10 @@ pub struct RunRow {
     pub cost: f64,
     pub egress_requests: i64,
     pub egress_bytes: i64,
+    /// The host that ran it, on a shared store ('' on the embedded one); the store
+    /// fills it in.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub host: String,
 }
 
 /// What the runs of one caller used in one minute (`started_ms`, its start), for
@@ -93,6 +95,8 @@ pub struct RunUsage {
     pub fuel_used: i64,
     pub egress_requests: i64,
     pub egress_bytes: i64,
+    /// The host whose runs these were ('' on the embedded store).
+    pub host: String,
 }
 
 /// Filters for `runs list`.
@@ -114,14 +118,15 @@ pub struct RunFilter {
 /// A row, what to keep until it is committed, and who to tell once it is.
 struct Queued {
     row: RunRow,
+    #[expect(dead_code, reason = "held until the row is written, then dropped")]
     keep: Option<Box<dyn Send>>,
     done: Option<tokio::sync::oneshot::Sender<Result<(), String>>>,
 }
 
 pub struct RunStore {
     /// For reads; writes go through the writer thread, which batches them.
-    conn: Mutex<Connection>,
-    writer: Mutex<Option<std::sync::mpsc::Sender<Queued>>>,
+    reader: Conn,
+    writer: Mutex<Option<Sender<Queued>>>,
     /// Why the last write failed, while nothing has been written since.
     failure: Arc<Mutex<Option<String>>>,
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
@@ -129,82 +134,99 @@ pub struct RunStore {
 }
 
 impl RunStore {
+    /// The run history in the embedded store at `path`.
     pub fn open(path: &Path) -> Result<RunStore, RunsError> {
         let shown = path.display().to_string();
-        let conn = crate::store::db::open(path, false).map_err(|source| RunsError {
-            path: shown.clone(),
-            cause: source.into(),
-        })?;
-        let failure = Arc::new(Mutex::new(None));
-        let (writer, thread) = RunStore::start_writer(path, failure.clone())?;
-        Ok(RunStore {
-            conn: Mutex::new(conn),
-            writer: Mutex::new(Some(writer)),
-            failure,
-            thread: Mutex::new(Some(thread)),
-            path: shown,
+        let lite = || {
+            crate::store::db::open(path, false)
+                .map(LiteDb)
+                .map_err(|e| RunsError {
+                    path: shown.clone(),
+                    message: e.to_string(),
+                })
+        };
+        let reader = Conn::local(lite()?);
+        let writer = lite()?;
+        RunStore::start(reader, shown.clone(), String::new(), false, move || {
+            Ok(writer)
         })
     }
 
-    /// One connection that inserts whatever is queued, in a single transaction: rows
-    /// that arrive while a commit runs share the next one.
-    fn start_writer(
-        path: &Path,
-        failure: Arc<Mutex<Option<String>>>,
-    ) -> Result<(std::sync::mpsc::Sender<Queued>, std::thread::JoinHandle<()>), RunsError> {
-        let shown = path.display().to_string();
-        let mut conn = crate::store::db::open(path, false).map_err(|source| RunsError {
-            path: shown.clone(),
-            cause: source.into(),
-        })?;
-        let (tx, rx) = std::sync::mpsc::channel::<Queued>();
-        let thread = std::thread::Builder::new()
-            .name("warden-runs".into())
-            .spawn(move || {
-                // Guards of rows that could not be written: kept until the process ends,
-                // so the log is not closed clean and the next start rebuilds those rows.
-                let mut lost: Vec<Box<dyn Send>> = Vec::new();
-                while let Ok(first) = rx.recv() {
-                    if first.done.is_none() {
-                        std::thread::sleep(LINGER);
-                    }
-                    let mut batch = vec![first];
-                    while batch.len() < MAX_BATCH {
-                        match rx.try_recv() {
-                            Ok(more) => batch.push(more),
-                            Err(_) => break,
-                        }
-                    }
-                    let written = insert_all(&mut conn, batch.iter().map(|q| &q.row))
-                        .map_err(|e| format!("run history {shown}: {e}"));
-                    if let Ok(mut f) = failure.lock() {
-                        *f = written.as_ref().err().cloned();
-                    }
-                    if let Err(e) = &written {
-                        tracing::error!(runs = batch.len(), "{e}");
-                    }
-                    for q in batch {
-                        if written.is_err() {
-                            lost.extend(q.keep);
-                        }
-                        if let Some(done) = q.done {
-                            let _ = done.send(written.clone());
-                        }
-                    }
-                }
-                drop(lost);
-            })
-            .map_err(|e| RunsError {
-                path: path.display().to_string(),
-                cause: StoreError::Thread(e.to_string()),
+    /// The run history in the PostgreSQL at `target`, this host's rows naming `host`.
+    pub fn open_shared(target: &Target, host: &str) -> Result<RunStore, RunsError> {
+        let shown = target.shown.clone();
+        let reader =
+            Conn::shared(target, "warden-runs-reader", false).map_err(|message| RunsError {
+                path: shown.clone(),
+                message,
             })?;
-        Ok((tx, thread))
+        let target = target.clone();
+        // Rows may be lost with the server's last fraction of a second (as with SQLite's
+        // `synchronous = NORMAL` on a power cut): the audit log is the record.
+        RunStore::start(reader, shown, host.to_string(), true, move || {
+            PgDb::relaxed(&target)
+        })
     }
 
-    fn err(&self, source: rusqlite::Error) -> RunsError {
+    /// The run history `config` names: the shared store's when `[store]` sets one.
+    pub fn for_config(config: &crate::Config) -> Result<RunStore, RunsError> {
+        match &config.store.shared {
+            Some(target) => RunStore::open_shared(target, &config.store.host),
+            None => RunStore::open(&config.runs_db),
+        }
+    }
+
+    /// Start the writer thread on the connection `connect` makes there (PostgreSQL's
+    /// driver must connect off the async runtime); fails if it cannot connect.
+    fn start<D: Db + 'static>(
+        reader: Conn,
+        path: String,
+        host: String,
+        postgres: bool,
+        connect: impl FnOnce() -> Result<D, SqlError> + Send + 'static,
+    ) -> Result<RunStore, RunsError> {
+        let err = |message: String| RunsError {
+            path: path.clone(),
+            message,
+        };
+        let failure = Arc::new(Mutex::new(None));
+        let (tx, rx) = std::sync::mpsc::channel::<Queued>();
+        let (ready, connected) = std::sync::mpsc::sync_channel::<Result<(), String>>(1);
+        let writer = Writer {
+            path: path.clone(),
+            host,
+            failure: failure.clone(),
+            postgres,
+        };
+        let thread = std::thread::Builder::new()
+            .name("warden-runs".into())
+            .spawn(move || match connect() {
+                Ok(mut db) => {
+                    let _ = ready.send(Ok(()));
+                    writer.run(&mut db, &rx);
+                }
+                Err(e) => {
+                    let _ = ready.send(Err(e.0));
+                }
+            })
+            .map_err(|e| err(format!("cannot start the writer: {e}")))?;
+        connected
+            .recv()
+            .unwrap_or_else(|_| Err("the writer stopped".into()))
+            .map_err(err)?;
+        Ok(RunStore {
+            reader,
+            writer: Mutex::new(Some(tx)),
+            failure,
+            thread: Mutex::new(Some(thread)),
+            path,
+        })
+    }
+
+    fn err(&self, e: SqlError) -> RunsError {
         RunsError {
             path: self.path.clone(),
-            cause: source.into(),
+            message: e.0,
         }
     }
 
@@ -248,120 +270,152 @@ impl RunStore {
     }
 
     pub fn get(&self, id: &str) -> Result<Option<RunRow>, RunsError> {
-        let conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
-        conn.query_row("SELECT * FROM runs WHERE id = ?1", [id], row_from_sql)
-            .optional()
+        let id = id.to_string();
+        self.reader
+            .read(move |sql| {
+                let query = format!("SELECT {COLUMNS} FROM runs WHERE id = ?1");
+                sql.query_opt(&query, vals![id])?
+                    .map(|r| run_from(&r))
+                    .transpose()
+            })
             .map_err(|e| self.err(e))
     }
 
     /// Runs matching `filter`, newest first. Only the conditions given are in the SQL,
     /// so each uses its index (a `?N IS NULL OR` disjunction would keep SQLite from it).
     pub fn list(&self, filter: &RunFilter) -> Result<Vec<RunRow>, RunsError> {
-        use rusqlite::types::Value as Sql;
-        let mut conditions: Vec<&str> = Vec::new();
-        let mut values: Vec<Sql> = Vec::new();
-        let mut text = |condition: &'static str, value: &Option<String>| {
-            if let Some(v) = value {
-                conditions.push(condition);
-                values.push(Sql::Text(v.clone()));
-            }
+        let mut conditions: Vec<String> = Vec::new();
+        let mut values: Vec<Val> = Vec::new();
+        let mut condition = |column: &str, value: Val, values: &mut Vec<Val>| {
+            values.push(value);
+            conditions.push(format!("{column} ?{}", values.len()));
         };
-        text("tool = ?", &filter.tool);
-        text("status = ?", &filter.status);
-        text("started_by = ?", &filter.started_by);
-        text("principal = ?", &filter.principal);
+        for (column, value) in [
+            ("tool =", &filter.tool),
+            ("status =", &filter.status),
+            ("started_by =", &filter.started_by),
+            ("principal =", &filter.principal),
+        ] {
+            if let Some(v) = value {
+                condition(column, v.into(), &mut values);
+            }
+        }
         if let Some(since) = filter.since_ms {
-            conditions.push("started_ms >= ?");
-            values.push(Sql::Integer(since));
+            condition("started_ms >=", since.into(), &mut values);
         }
         if let Some((ms, id)) = &filter.before {
             // The first term bounds the index range; the second breaks ties.
-            conditions.push("started_ms <= ? AND (started_ms < ? OR id < ?)");
-            values.extend([Sql::Integer(*ms), Sql::Integer(*ms), Sql::Text(id.clone())]);
+            values.extend([Val::Int(*ms), Val::Text(id.clone())]);
+            let (m, i) = (values.len() - 1, values.len());
+            conditions.push(format!(
+                "started_ms <= ?{m} AND (started_ms < ?{m} OR id < ?{i})"
+            ));
         }
-        let mut sql = String::from("SELECT * FROM runs");
+        let mut query = format!("SELECT {COLUMNS} FROM runs");
         if !conditions.is_empty() {
-            sql += " WHERE ";
-            sql += &conditions.join(" AND ");
+            query += " WHERE ";
+            query += &conditions.join(" AND ");
         }
-        sql += " ORDER BY started_ms DESC, id DESC LIMIT ?";
-        values.push(Sql::Integer(
+        values.push(Val::Int(
             i64::try_from(filter.limit.max(1)).unwrap_or(i64::MAX),
         ));
-        let conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
-        let mut stmt = conn.prepare_cached(&sql).map_err(|e| self.err(e))?;
-        let rows = stmt
-            .query_map(rusqlite::params_from_iter(values), row_from_sql)
-            .map_err(|e| self.err(e))?;
-        rows.collect::<Result<Vec<_>, _>>().map_err(|e| self.err(e))
+        query += &format!(" ORDER BY started_ms DESC, id DESC LIMIT ?{}", values.len());
+        self.reader
+            .read(move |sql| sql.query(&query, &values)?.iter().map(run_from).collect())
+            .map_err(|e| self.err(e))
     }
-}
 
-impl RunStore {
     /// Call `each(started_ms, tool, status, total_us)` for every run since `since_ms`,
-    /// oldest first, without copying a string (a day of a busy deployment is 100k rows).
+    /// oldest first (a day of a busy deployment is 100k rows: names are kept once each,
+    /// not copied per row).
     pub fn each_since(
         &self,
         since_ms: i64,
         mut each: impl FnMut(i64, &str, &str, i64),
     ) -> Result<(), RunsError> {
-        let conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
-        let mut stmt = conn
-            .prepare_cached(
-                "SELECT started_ms, tool, status, total_us FROM runs WHERE started_ms >= ?1
-                 ORDER BY started_ms",
-            )
+        let (names, seen) = self
+            .reader
+            .read(move |sql| {
+                let mut names = Names::default();
+                let mut seen: Vec<(i64, u32, u32, i64)> = Vec::new();
+                sql.each(
+                    "SELECT started_ms, tool, status, total_us FROM runs WHERE started_ms >= ?1
+                     ORDER BY started_ms",
+                    vals![since_ms],
+                    &mut |r| {
+                        let (tool, status) = (names.of(r.str(1)?), names.of(r.str(2)?));
+                        seen.push((r.int(0)?, tool, status, r.int(3)?));
+                        Ok(())
+                    },
+                )?;
+                Ok((names.all, seen))
+            })
             .map_err(|e| self.err(e))?;
-        let mut rows = stmt.query([since_ms]).map_err(|e| self.err(e))?;
-        while let Some(r) = rows.next().map_err(|e| self.err(e))? {
-            let text = |i: usize| {
-                r.get_ref(i)
-                    .ok()
-                    .and_then(|v| v.as_str().ok())
-                    .unwrap_or("")
-            };
-            each(
-                r.get(0).map_err(|e| self.err(e))?,
-                text(1),
-                text(2),
-                r.get(3).map_err(|e| self.err(e))?,
-            );
+        let name = |i: u32| names.get(i as usize).map_or("", String::as_str);
+        for (started_ms, tool, status, total_us) in seen {
+            each(started_ms, name(tool), name(status), total_us);
         }
         Ok(())
     }
+
+    /// What runs that ran a tool used since `since_ms`, summed per minute, caller and
+    /// host, oldest first (limits are rebuilt from these at start).
+    pub fn usage_since(&self, since_ms: i64) -> Result<Vec<RunUsage>, RunsError> {
+        let from = since_ms - since_ms.rem_euclid(60_000);
+        self.reader
+            .read(move |sql| {
+                sql.query(
+                    "SELECT minute_ms, principal, tool, plugin, started_by, calls, cost, wall_us,
+                            fuel, egress_requests, egress_bytes, host
+                     FROM usage_minutes WHERE minute_ms >= ?1 ORDER BY minute_ms",
+                    vals![from],
+                )?
+                .iter()
+                .map(|r| {
+                    let started_by = r.text(4)?;
+                    Ok(RunUsage {
+                        started_ms: r.int(0)?,
+                        principal: r.text(1)?,
+                        tool: r.text(2)?,
+                        plugin: r.text(3)?,
+                        started_by: (!started_by.is_empty()).then_some(started_by),
+                        calls: r.int(5)?,
+                        cost: r.number(6),
+                        total_us: r.int(7)?,
+                        fuel_used: r.int(8)?,
+                        egress_requests: r.int(9)?,
+                        egress_bytes: r.int(10)?,
+                        host: r.text(11)?,
+                    })
+                })
+                .collect()
+            })
+            .map_err(|e| self.err(e))
+    }
 }
 
-impl RunStore {
-    /// What runs that ran a tool used since `since_ms`, summed per minute and caller,
-    /// oldest first (limits are rebuilt from these at start).
-    pub fn usage_since(&self, since_ms: i64) -> Result<Vec<RunUsage>, RunsError> {
-        let conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
-        let mut stmt = conn
-            .prepare(
-                "SELECT minute_ms, principal, tool, plugin, started_by, calls, cost, wall_us, fuel,
-                        egress_requests, egress_bytes
-                 FROM usage_minutes WHERE minute_ms >= ?1 ORDER BY minute_ms",
-            )
-            .map_err(|e| self.err(e))?;
-        let rows = stmt
-            .query_map([since_ms - since_ms.rem_euclid(60_000)], |r| {
-                let started_by: String = r.get(4)?;
-                Ok(RunUsage {
-                    started_ms: r.get(0)?,
-                    principal: r.get(1)?,
-                    tool: r.get(2)?,
-                    plugin: r.get(3)?,
-                    started_by: (!started_by.is_empty()).then_some(started_by),
-                    calls: r.get(5)?,
-                    cost: r.get(6)?,
-                    total_us: r.get(7)?,
-                    fuel_used: r.get(8)?,
-                    egress_requests: r.get(9)?,
-                    egress_bytes: r.get(10)?,
-                })
-            })
-            .map_err(|e| self.err(e))?;
-        rows.collect::<Result<Vec<_>, _>>().map_err(|e| self.err(e))
+/// Each distinct name once, numbered.
+#[derive(Default)]
+struct Names {
+    all: Vec<String>,
+    index: std::collections::HashMap<String, u32>,
+}
+
+impl Names {
+    fn of(&mut self, name: &str) -> u32 {
+        // A day's runs name a few tools and statuses: comparing with each is cheaper
+        // than hashing (100k rows, two names each); many names go through the map.
+        if self.all.len() <= 16 {
+            if let Some(i) = self.all.iter().position(|n| n == name) {
+                return i as u32;
+            }
+        } else if let Some(i) = self.index.get(name) {
+            return *i;
+        }
+        let i = u32::try_from(self.all.len()).unwrap_or(u32::MAX);
+        self.all.push(name.to_string());
+        self.index.insert(name.to_string(), i);
+        i
     }
 }
 
@@ -388,34 +442,45 @@ impl RunStore {
         plugin: Option<&str>,
         tool: Option<&str>,
     ) -> Result<Vec<Totals>, RunsError> {
-        let conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
-        let mut stmt = conn
-            .prepare(
-                "SELECT principal, tool,
-                        SUM(status NOT IN ('held', 'denied', 'limited')),
-                        SUM(status = 'limited'),
-                        SUM(cost), SUM(total_us) / 1000.0, SUM(egress_requests), SUM(egress_bytes)
-                 FROM runs
-                 WHERE started_ms >= ?1 AND (?2 IS NULL OR principal = ?2)
-                   AND (?3 IS NULL OR plugin = ?3) AND (?4 IS NULL OR tool = ?4)
-                 GROUP BY principal, tool ORDER BY principal, tool",
-            )
-            .map_err(|e| self.err(e))?;
-        let rows = stmt
-            .query_map(params![since_ms, principal, plugin, tool], |r| {
-                Ok(Totals {
-                    principal: r.get(0)?,
-                    tool: r.get(1)?,
-                    calls: r.get(2)?,
-                    limited: r.get(3)?,
-                    cost: r.get(4)?,
-                    wall_ms: r.get(5)?,
-                    egress_requests: r.get(6)?,
-                    egress_bytes: r.get(7)?,
+        let params = vec![
+            Val::from(since_ms),
+            Val::from(principal),
+            Val::from(plugin),
+            Val::from(tool),
+        ];
+        self.reader
+            .read(move |sql| {
+                // Sums are cast back: PostgreSQL sums BIGINTs as NUMERIC.
+                sql.query(
+                    "SELECT principal, tool,
+                        CAST(SUM(CASE WHEN status IN ('held', 'denied', 'limited') THEN 0 ELSE 1 END)
+                             AS BIGINT),
+                        CAST(SUM(CASE WHEN status = 'limited' THEN 1 ELSE 0 END) AS BIGINT),
+                        SUM(cost), CAST(SUM(total_us) AS DOUBLE PRECISION) / 1000.0,
+                        CAST(SUM(egress_requests) AS BIGINT), CAST(SUM(egress_bytes) AS BIGINT)
+                     FROM runs
+                     WHERE started_ms >= ?1 AND (CAST(?2 AS TEXT) IS NULL OR principal = ?2)
+                       AND (CAST(?3 AS TEXT) IS NULL OR plugin = ?3)
+                       AND (CAST(?4 AS TEXT) IS NULL OR tool = ?4)
+                     GROUP BY principal, tool ORDER BY principal, tool",
+                    &params,
+                )?
+                .iter()
+                .map(|r| {
+                    Ok(Totals {
+                        principal: r.text(0)?,
+                        tool: r.text(1)?,
+                        calls: r.int(2)?,
+                        limited: r.int(3)?,
+                        cost: r.number(4),
+                        wall_ms: r.number(5),
+                        egress_requests: r.int(6)?,
+                        egress_bytes: r.int(7)?,
+                    })
                 })
+                .collect()
             })
-            .map_err(|e| self.err(e))?;
-        rows.collect::<Result<Vec<_>, _>>().map_err(|e| self.err(e))
+            .map_err(|e| self.err(e))
     }
 }
 
@@ -430,70 +495,175 @@ impl Drop for RunStore {
     }
 }
 
+/// The writer thread: commits whatever is queued in one transaction (rows that arrive
+/// while a commit runs share the next one).
+struct Writer {
+    path: String,
+    host: String,
+    failure: Arc<Mutex<Option<String>>>,
+    /// The batch goes in one statement (see `insert_batch`).
+    postgres: bool,
+}
+
+impl Writer {
+    fn run(&self, db: &mut dyn Db, rx: &Receiver<Queued>) {
+        // Rows not yet written, with their guards: after a failure they wait here and
+        // are tried again, so the log is not closed clean while one is missing.
+        let mut pending: Vec<Queued> = Vec::new();
+        loop {
+            if pending.is_empty() {
+                let Ok(first) = rx.recv() else { break };
+                if first.done.is_none() {
+                    std::thread::sleep(LINGER);
+                }
+                pending.push(first);
+            } else {
+                match rx.recv_timeout(RETRY) {
+                    Ok(more) => pending.push(more),
+                    Err(RecvTimeoutError::Timeout) => {}
+                    Err(RecvTimeoutError::Disconnected) => break,
+                }
+            }
+            while pending.len() < MAX_BATCH {
+                match rx.try_recv() {
+                    Ok(more) => pending.push(more),
+                    Err(_) => break,
+                }
+            }
+            let batch: Vec<Queued> = pending.drain(..pending.len().min(MAX_BATCH)).collect();
+            let rows = || batch.iter().map(|q| &q.row);
+            let written = if self.postgres {
+                let batch = batch_json(rows(), &self.host);
+                db.autocommit(&mut |sql| insert_batch(sql, &batch))
+            } else {
+                db.transaction(false, &mut |sql| insert_all(sql, &self.host, rows()))
+            }
+            .map_err(|e| format!("run history {}: {e}", self.path));
+            let failed_before = self
+                .failure
+                .lock()
+                .ok()
+                .and_then(|mut f| std::mem::replace(&mut *f, written.as_ref().err().cloned()));
+            if let Err(e) = &written
+                && failed_before.as_ref() != Some(e)
+            {
+                tracing::error!(runs = batch.len(), "{e}");
+            }
+            let mut kept = Vec::new();
+            for mut q in batch {
+                if let Some(done) = q.done.take() {
+                    let _ = done.send(written.clone());
+                } else if written.is_err() {
+                    kept.push(q);
+                }
+            }
+            kept.append(&mut pending);
+            pending = kept;
+        }
+        drop(pending);
+    }
+}
+
 /// Did a run with this status run its tool (and so use what limits count)?
 fn used_something(status: &str) -> bool {
     !matches!(status, "held" | "denied" | "limited")
 }
 
-/// Insert `rows` in one transaction.
+/// The columns of `runs`, in the order `run_from` reads and `insert_all` writes them.
+const COLUMNS: &str = "id, started_ms, principal, tool, plugin, plugin_digest, status, input, \
+    output, error, backtrace, decisions, log, denied_requests, secret_reveals, policy_us, \
+    instantiate_us, execute_us, total_us, fuel_used, peak_memory, host_calls, approval, \
+    started_by, cost, egress_requests, egress_bytes, host";
+
+/// `INSERT INTO runs` of every column, then `tail` (what to do when the id is there).
+fn insert_run(tail: &str) -> String {
+    let places: Vec<String> = (1..=COLUMNS.split(',').count())
+        .map(|i| format!("?{i}"))
+        .collect();
+    format!(
+        "INSERT INTO runs ({COLUMNS}) VALUES ({}) ON CONFLICT (id) {tail}",
+        places.join(", ")
+    )
+}
+
+/// A held run's row never replaces its outcome: the host that ran the approved call
+/// (perhaps another one) may have written that first.
+static INSERT_HELD: std::sync::LazyLock<String> =
+    std::sync::LazyLock::new(|| insert_run("DO NOTHING"));
+static INSERT_OTHER: std::sync::LazyLock<String> =
+    std::sync::LazyLock::new(|| insert_run(&format!("DO UPDATE SET {}", replace_all())));
+
+/// `column = excluded.column` for every column but the id.
+fn replace_all() -> String {
+    let set: Vec<String> = COLUMNS
+        .split(',')
+        .map(str::trim)
+        .filter(|c| *c != "id")
+        .map(|c| format!("{c} = excluded.{c}"))
+        .collect();
+    set.join(", ")
+}
+
+/// Insert `rows` (run by `host`) in the caller's transaction, one statement at a time
+/// (SQLite: its statements are calls into a library, not round trips).
 fn insert_all<'a>(
-    conn: &mut Connection,
+    sql: &mut dyn Sql,
+    host: &str,
     rows: impl Iterator<Item = &'a RunRow>,
-) -> rusqlite::Result<()> {
-    // Immediate: the write lock is taken (waiting for another writer) at the start. A
-    // transaction that reads first (the runs' prior status below) and writes later
-    // could not wait for it: SQLite refuses such an upgrade at once.
-    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-    {
-        const COLUMNS: &str = "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27)";
-        // A held run's row never replaces its outcome: the process that ran the approved
-        // call (perhaps another one) may have written that first.
-        let mut held = tx.prepare_cached(&format!("INSERT OR IGNORE INTO runs {COLUMNS}"))?;
-        let mut other = tx.prepare_cached(&format!("INSERT OR REPLACE INTO runs {COLUMNS}"))?;
-        let mut before = tx.prepare_cached("SELECT status FROM runs WHERE id = ?1")?;
-        let mut minute = tx.prepare_cached(
-            "INSERT INTO usage_minutes VALUES (?1, ?2, ?3, ?4, ?5, 1, ?6, ?7, ?8, ?9, ?10)
-             ON CONFLICT DO UPDATE SET calls = calls + 1, cost = cost + ?6,
-               wall_us = wall_us + ?7, fuel = fuel + ?8,
-               egress_requests = egress_requests + ?9, egress_bytes = egress_bytes + ?10",
-        )?;
-        for row in rows {
-            // A run that ran a tool is summed once: when its row first says so (a held
-            // row is replaced by its outcome; a row written again is not summed again).
-            if used_something(&row.status) {
-                let was: Option<String> = before.query_row([&row.id], |r| r.get(0)).optional()?;
-                if was.as_deref().is_none_or(|s| !used_something(s)) {
-                    minute.execute(params![
+) -> Result<(), SqlError> {
+    for row in rows {
+        // A run that ran a tool is summed once: when its row first says so (a held row
+        // is replaced by its outcome; a row written again is not summed again).
+        if used_something(&row.status) {
+            let was = sql.query_opt("SELECT status FROM runs WHERE id = ?1", vals![&row.id])?;
+            let was = was.map(|r| r.text(0)).transpose()?;
+            if was.as_deref().is_none_or(|s| !used_something(s)) {
+                sql.execute(
+                    "INSERT INTO usage_minutes (minute_ms, principal, plugin, tool, started_by,
+                         host, calls, cost, wall_us, fuel, egress_requests, egress_bytes)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, 1, ?7, ?8, ?9, ?10, ?11)
+                     ON CONFLICT (minute_ms, principal, plugin, tool, started_by, host)
+                     DO UPDATE SET calls = usage_minutes.calls + 1,
+                       cost = usage_minutes.cost + excluded.cost,
+                       wall_us = usage_minutes.wall_us + excluded.wall_us,
+                       fuel = usage_minutes.fuel + excluded.fuel,
+                       egress_requests = usage_minutes.egress_requests + excluded.egress_requests,
+                       egress_bytes = usage_minutes.egress_bytes + excluded.egress_bytes",
+                    vals![
                         row.started_ms - row.started_ms.rem_euclid(60_000),
-                        row.principal,
-                        row.plugin,
-                        row.tool,
+                        &row.principal,
+                        &row.plugin,
+                        &row.tool,
                         row.started_by.as_deref().unwrap_or_default(),
+                        host,
                         row.cost,
                         row.total_us,
                         row.fuel_used.unwrap_or(0),
                         row.egress_requests,
                         row.egress_bytes,
-                    ])?;
-                }
+                    ],
+                )?;
             }
-            let stmt = if row.status == "held" {
-                &mut held
-            } else {
-                &mut other
-            };
-            stmt.execute(params![
-                row.id,
+        }
+        let insert = if row.status == "held" {
+            &INSERT_HELD
+        } else {
+            &INSERT_OTHER
+        };
+        sql.execute(
+            insert,
+            vals![
+                &row.id,
                 row.started_ms,
-                row.principal,
-                row.tool,
-                row.plugin,
-                row.plugin_digest,
-                row.status,
-                row.input,
-                row.output,
-                row.error,
-                row.backtrace,
+                &row.principal,
+                &row.tool,
+                &row.plugin,
+                &row.plugin_digest,
+                &row.status,
+                &row.input,
+                row.output.as_deref(),
+                row.error.as_deref(),
+                row.backtrace.as_deref(),
                 row.decisions.to_string(),
                 row.log.to_string(),
                 row.denied_requests.to_string(),
@@ -505,50 +675,151 @@ fn insert_all<'a>(
                 row.fuel_used,
                 row.peak_memory,
                 row.host_calls,
-                row.approval,
-                row.started_by,
+                row.approval.as_deref(),
+                row.started_by.as_deref(),
                 row.cost,
                 row.egress_requests,
                 row.egress_bytes,
-            ])?;
-        }
+                host,
+            ],
+        )?;
     }
-    tx.commit()
+    Ok(())
 }
 
-fn row_from_sql(r: &rusqlite::Row<'_>) -> rusqlite::Result<RunRow> {
-    let json = |i: usize| -> rusqlite::Result<Value> {
-        let text: String = r.get(i)?;
-        Ok(serde_json::from_str(&text).unwrap_or(Value::Null))
+/// The batch for `insert_batch`: one JSON object per run id, keyed by column (each
+/// id's last row that is not `held`, else its held row: what writing them in order
+/// would leave), its JSON columns as text, no NUL character (PostgreSQL's text has
+/// none).
+fn batch_json<'a>(rows: impl Iterator<Item = &'a RunRow>, host: &str) -> String {
+    let mut last: Vec<&RunRow> = Vec::new();
+    let mut at: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
+    for row in rows {
+        match at.get(row.id.as_str()) {
+            Some(&i) if row.status == "held" && last[i].status != "held" => {}
+            Some(&i) => last[i] = row,
+            None => {
+                at.insert(&row.id, last.len());
+                last.push(row);
+            }
+        }
+    }
+    let text = |s: &str| -> Value {
+        if s.contains('\0') {
+            Value::from(s.replace('\0', "\u{fffd}"))
+        } else {
+            Value::from(s)
+        }
+    };
+    let opt = |s: &Option<String>| s.as_deref().map_or(Value::Null, text);
+    let objects: Vec<Value> = last
+        .iter()
+        .map(|r| {
+            serde_json::json!({
+                "id": text(&r.id),
+                "started_ms": r.started_ms,
+                "principal": text(&r.principal),
+                "tool": text(&r.tool),
+                "plugin": text(&r.plugin),
+                "plugin_digest": text(&r.plugin_digest),
+                "status": text(&r.status),
+                "input": text(&r.input),
+                "output": opt(&r.output),
+                "error": opt(&r.error),
+                "backtrace": opt(&r.backtrace),
+                "decisions": text(&r.decisions.to_string()),
+                "log": text(&r.log.to_string()),
+                "denied_requests": text(&r.denied_requests.to_string()),
+                "secret_reveals": text(&r.secret_reveals.to_string()),
+                "policy_us": r.policy_us,
+                "instantiate_us": r.instantiate_us,
+                "execute_us": r.execute_us,
+                "total_us": r.total_us,
+                "fuel_used": r.fuel_used,
+                "peak_memory": r.peak_memory,
+                "host_calls": r.host_calls,
+                "approval": opt(&r.approval),
+                "started_by": opt(&r.started_by),
+                "cost": r.cost,
+                "egress_requests": r.egress_requests,
+                "egress_bytes": r.egress_bytes,
+                "host": text(host),
+            })
+        })
+        .collect();
+    Value::from(objects).to_string()
+}
+
+/// Write a batch (`batch_json`) to PostgreSQL in one statement, one round trip however
+/// many rows: the runs (a held row never replaces an outcome) and what the runs that
+/// first say they ran a tool used, summed into their minutes. What the statement reads
+/// of `runs` is from before it writes.
+fn insert_batch(sql: &mut dyn Sql, batch: &str) -> Result<(), SqlError> {
+    const NOT_USED: &str = "('held', 'denied', 'limited')";
+    static INSERT: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+        format!(
+            "WITH batch AS (SELECT * FROM json_populate_recordset(NULL::runs, CAST(?1 AS json))),
+             used AS (
+                SELECT * FROM batch b WHERE b.status NOT IN {NOT_USED} AND NOT EXISTS
+                    (SELECT 1 FROM runs r WHERE r.id = b.id AND r.status NOT IN {NOT_USED})
+             ),
+             minutes AS (
+                INSERT INTO usage_minutes (minute_ms, principal, plugin, tool, started_by,
+                    host, calls, cost, wall_us, fuel, egress_requests, egress_bytes)
+                SELECT started_ms - MOD(started_ms, 60000), principal, plugin, tool,
+                    COALESCE(started_by, ''), host, COUNT(*), SUM(cost), SUM(total_us),
+                    SUM(COALESCE(fuel_used, 0)), SUM(egress_requests), SUM(egress_bytes)
+                FROM used GROUP BY 1, 2, 3, 4, 5, 6
+                ON CONFLICT (minute_ms, principal, plugin, tool, started_by, host)
+                DO UPDATE SET calls = usage_minutes.calls + excluded.calls,
+                    cost = usage_minutes.cost + excluded.cost,
+                    wall_us = usage_minutes.wall_us + excluded.wall_us,
+                    fuel = usage_minutes.fuel + excluded.fuel,
+                    egress_requests = usage_minutes.egress_requests + excluded.egress_requests,
+                    egress_bytes = usage_minutes.egress_bytes + excluded.egress_bytes
+             )
+             INSERT INTO runs SELECT * FROM batch
+             ON CONFLICT (id) DO UPDATE SET {} WHERE excluded.status <> 'held'",
+            replace_all()
+        )
+    });
+    sql.execute(&INSERT, vals![batch])?;
+    Ok(())
+}
+
+fn run_from(r: &Row) -> Result<RunRow, SqlError> {
+    let json = |i: usize| -> Result<Value, SqlError> {
+        Ok(serde_json::from_str(r.str(i)?).unwrap_or(Value::Null))
     };
     Ok(RunRow {
-        id: r.get(0)?,
-        started_ms: r.get(1)?,
-        principal: r.get(2)?,
-        tool: r.get(3)?,
-        plugin: r.get(4)?,
-        plugin_digest: r.get(5)?,
-        status: r.get(6)?,
-        input: r.get(7)?,
-        output: r.get(8)?,
-        error: r.get(9)?,
-        backtrace: r.get(10)?,
+        id: r.text(0)?,
+        started_ms: r.int(1)?,
+        principal: r.text(2)?,
+        tool: r.text(3)?,
+        plugin: r.text(4)?,
+        plugin_digest: r.text(5)?,
+        status: r.text(6)?,
+        input: r.text(7)?,
+        output: r.opt_text(8)?,
+        error: r.opt_text(9)?,
+        backtrace: r.opt_text(10)?,
         decisions: json(11)?,
         log: json(12)?,
         denied_requests: json(13)?,
         secret_reveals: json(14)?,
-        policy_us: r.get(15)?,
-        instantiate_us: r.get(16)?,
-        execute_us: r.get(17)?,
-        total_us: r.get(18)?,
-        fuel_used: r.get(19)?,
-        peak_memory: r.get(20)?,
-        host_calls: r.get(21)?,
-        approval: r.get(22)?,
-        started_by: r.get(23)?,
-        cost: r.get(24)?,
-        egress_requests: r.get(25)?,
-        egress_bytes: r.get(26)?,
+        policy_us: r.int(15)?,
+        instantiate_us: r.int(16)?,
+        execute_us: r.int(17)?,
+        total_us: r.int(18)?,
+        fuel_used: r.opt_int(19)?,
+        peak_memory: r.int(20)?,
+        host_calls: r.int(21)?,
+        approval: r.opt_text(22)?,
+        started_by: r.opt_text(23)?,
+        cost: r.number(24),
+        egress_requests: r.int(25)?,
+        egress_bytes: r.int(26)?,
+        host: r.text(27)?,
     })
 }
 
@@ -590,6 +861,7 @@ mod tests {
             cost,
             egress_requests: 1,
             egress_bytes: 10,
+            host: String::new(),
         }
     }
 

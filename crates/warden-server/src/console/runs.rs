@@ -259,6 +259,7 @@ fn run_page(
             dt { "Tool" } dd { (r.tool) " (plugin " (r.plugin) ", " code { (r.plugin_digest) } ")" }
             dt { "Principal" } dd { (r.principal) @if let Some(by) = &r.started_by { " — started by " (by) } }
             dt { "Started" } dd { (when(r.started_ms)) }
+            @if !r.host.is_empty() { dt { "Host" } dd { (r.host) } }
             dt { "Timings" } dd {
                 "policies " (micros(r.policy_us)) ", sandbox " (micros(r.instantiate_us))
                 ", execution " (micros(r.execute_us)) ", total " (micros(r.total_us))

@@ -1,8 +1,9 @@
 //! Console sessions: sign-in with a token, the session cookie, the CSRF token of every
 //! form, and who each console request speaks for (`Viewer`).
 //!
-//! A session is kept in memory only, keyed by the hash of its cookie (a server restart
-//! signs everyone out). It ends after `[server] session_idle_secs` without a request,
+//! A session is kept in memory, keyed by the hash of its cookie (a server restart
+//! signs everyone out), or, when hosts share a store, in it (`SharedSessions`: signed
+//! in on one host is signed in on all of them, and signing out ends it everywhere). It ends after `[server] session_idle_secs` without a request,
 //! `session_max_secs` after sign-in, on sign-out, or when its token leaves the config;
 //! roles are read from the current config on every request, so a reload that takes a
 //! role away takes it from open sessions too. Failed sign-ins go through the same
@@ -24,6 +25,7 @@ use serde::Deserialize;
 
 use super::{Nav, refusal, render};
 use crate::state::Server;
+use warden_core::store::sessions::{SharedSessions, StoredSession};
 use warden_core::tokens::{self, Principal, Role};
 
 const COOKIE: &str = "warden_session";
@@ -43,6 +45,8 @@ struct Session {
 #[derive(Default)]
 pub(crate) struct Sessions {
     open: Mutex<HashMap<String, Session>>,
+    /// Where they are kept instead, when hosts share a store.
+    shared: Option<SharedSessions>,
 }
 
 /// Where a session stands.
@@ -53,6 +57,18 @@ enum Found {
 }
 
 impl Sessions {
+    /// The sessions of a server with `config`: in the shared store when it sets one.
+    pub(crate) fn for_config(config: &warden_core::Config) -> Result<Sessions, String> {
+        let shared = match &config.store.shared {
+            Some(target) => Some(SharedSessions::open(target)?),
+            None => None,
+        };
+        Ok(Sessions {
+            open: Mutex::default(),
+            shared,
+        })
+    }
+
     fn open(
         &self,
         token: &str,
@@ -63,6 +79,18 @@ impl Sessions {
     ) -> Result<(String, String), String> {
         let id = tokens::generate()?;
         let csrf = tokens::generate()?;
+        if let Some(shared) = &self.shared {
+            let session = StoredSession {
+                token: token.to_string(),
+                principal: principal.to_string(),
+                csrf: csrf.clone(),
+            };
+            let ms = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+            shared
+                .insert(&key(&id), &session, ms(now_ms), ms(idle_ms), ms(max_ms))
+                .map_err(|e| e.to_string())?;
+            return Ok((id, csrf));
+        }
         let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
         open.retain(|_, s| live(s, now_ms, idle_ms, max_ms));
         if open.len() >= MAX_SESSIONS
@@ -88,8 +116,20 @@ impl Sessions {
 
     /// The session of cookie `id`, its idle time restarted, if it is still open.
     fn touch(&self, id: &str, now_ms: u64, idle_ms: u64, max_ms: u64) -> Found {
-        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
         let k = key(id);
+        if let Some(shared) = &self.shared {
+            let ms = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+            // An unreachable store signs no one in (the sign-in page then says why).
+            return match shared.touch(&k, ms(now_ms), ms(idle_ms), ms(max_ms)) {
+                Ok(Some(s)) => Found::Open(s.token, s.principal, s.csrf),
+                Ok(None) => Found::Ended,
+                Err(e) => {
+                    tracing::warn!("console sessions: {e}");
+                    Found::Ended
+                }
+            };
+        }
+        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
         match open.get_mut(&k) {
             Some(s) if live(s, now_ms, idle_ms, max_ms) => {
                 s.seen_ms = now_ms;
@@ -104,6 +144,11 @@ impl Sessions {
     }
 
     fn close(&self, key: &str) {
+        if let Some(shared) = &self.shared
+            && let Err(e) = shared.remove(key)
+        {
+            tracing::warn!("console sessions: {e}");
+        }
         self.open
             .lock()
             .unwrap_or_else(|p| p.into_inner())

@@ -48,7 +48,7 @@ pub enum RunsCommand {
 
 pub fn run(config: &Path, command: &RunsCommand) -> Result<ExitCode> {
     let config = Config::load(config)?;
-    let store = RunStore::open(&config.runs_db)?;
+    let store = RunStore::for_config(&config)?;
     // Written at once at the end: a closed pipe (`| head`) is an error returned, never
     // a panic.
     let mut out = String::new();
@@ -105,6 +105,9 @@ pub fn run(config: &Path, command: &RunsCommand) -> Result<ExitCode> {
                 row.plugin_digest,
                 row.principal
             );
+            if !row.host.is_empty() {
+                outln!(out, "  on host {}", row.host);
+            }
             outln!(out, "  input  {}", row.input);
             if let Some(output) = &row.output {
                 outln!(out, "  output {output}");

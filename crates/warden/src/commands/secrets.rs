@@ -37,7 +37,7 @@ pub enum SecretsCommand {
 }
 
 pub fn run(config: &Path, command: &SecretsCommand) -> Result<ExitCode> {
-    let config = Config::load(config)?;
+    let config = Config::load_for_vault(config)?;
     let open = || -> Result<Vault> {
         let key = MasterKey::resolve(config.key_file.as_deref())?;
         Ok(Vault::open(&config.vault_path, &key)?)

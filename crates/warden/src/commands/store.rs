@@ -14,6 +14,7 @@ use clap::Subcommand;
 use serde_json::json;
 use warden_core::config::Config;
 use warden_core::store::postgres;
+use warden_core::store::sql::SqlError;
 
 use crate::exit;
 use crate::output::print;
@@ -64,15 +65,21 @@ fn on_thread(config: &Config, command: &StoreCommand) -> Result<ExitCode> {
                     )
                     .map_err(|e| warden_core::store::sql::SqlError(e.to_string()))?
                     .get(0);
-                Ok((connect_ms, version, at.elapsed().as_secs_f64() * 1000.0, tls))
+                let rtt_ms = at.elapsed().as_secs_f64() * 1000.0;
+                let cluster = cluster(&mut client, version)?;
+                Ok((connect_ms, version, rtt_ms, tls, cluster))
             });
             let known = postgres::SCHEMA_VERSION;
             let (ok, report) = match &reached {
-                Ok((connect_ms, version, rtt_ms, tls)) => (
-                    *version == known,
+                Ok((connect_ms, version, rtt_ms, tls, cluster)) => (
+                    *version == known && !cluster.standby,
                     json!({"store": target.shown, "reachable": true, "schema_version": version,
                            "known_version": known, "connect_ms": connect_ms, "round_trip_ms": rtt_ms,
-                           "tls": tls}),
+                           "tls": tls, "standby": cluster.standby, "replicas": cluster.replicas,
+                           "replay_lag_ms": cluster.lag_ms,
+                           "hosts": cluster.hosts.iter()
+                               .map(|(h, ago)| json!({"host": h, "seen_ms_ago": ago}))
+                               .collect::<Vec<_>>()}),
                 ),
                 Err(e) => (
                     false,
@@ -84,15 +91,16 @@ fn on_thread(config: &Config, command: &StoreCommand) -> Result<ExitCode> {
                 print(&format!("{report:#}\n"))?;
             } else {
                 match &reached {
-                    Ok((connect_ms, version, rtt_ms, tls)) => print(&format!(
-                        "store: {}\nreachable: yes (connect {connect_ms:.1} ms, round trip {rtt_ms:.2} ms, {})\nschema version: {version} (this warden: {known}){}\n",
+                    Ok((connect_ms, version, rtt_ms, tls, cluster)) => print(&format!(
+                        "store: {}\nreachable: yes (connect {connect_ms:.1} ms, round trip {rtt_ms:.2} ms, {})\nschema version: {version} (this warden: {known}){}\n{}",
                         target.shown,
                         if *tls { "TLS" } else { "no TLS" },
                         match version.cmp(&known) {
                             std::cmp::Ordering::Equal => "",
                             std::cmp::Ordering::Less => " - run `warden store migrate`",
                             std::cmp::Ordering::Greater => " - written by a newer warden",
-                        }
+                        },
+                        cluster.describe()
                     ))?,
                     Err(e) => print(&format!("store: {}\nreachable: no: {e}\n", target.shown))?,
                 }
@@ -104,6 +112,69 @@ fn on_thread(config: &Config, command: &StoreCommand) -> Result<ExitCode> {
             }))
         }
     }
+}
+
+/// The server's place among its replicas, and the hosts using it.
+struct Cluster {
+    /// The server is a standby (read-only): warden needs the primary.
+    standby: bool,
+    replicas: i64,
+    /// The largest replay lag of a replica, when the server knows it.
+    lag_ms: Option<f64>,
+    /// Each host's name and how long ago its last heartbeat was.
+    hosts: Vec<(String, i64)>,
+}
+
+impl Cluster {
+    fn describe(&self) -> String {
+        let mut out = String::new();
+        if self.standby {
+            out += "server: a standby (read-only): point [store] url at the primary\n";
+        }
+        out += &match (self.replicas, self.lag_ms) {
+            (0, _) => "replicas: none\n".to_string(),
+            (n, Some(lag)) => format!("replicas: {n} (replay lag at most {lag:.1} ms)\n"),
+            (n, None) => format!("replicas: {n} (replay lag unknown)\n"),
+        };
+        if self.hosts.is_empty() {
+            out += "hosts: none seen\n";
+        }
+        for (host, ago) in &self.hosts {
+            out += &format!("host {host}: heartbeat {:.1} s ago\n", *ago as f64 / 1000.0);
+        }
+        out
+    }
+}
+
+fn cluster(client: &mut postgres::Client, version: i64) -> Result<Cluster, SqlError> {
+    let row = client
+        .query_one(
+            "SELECT pg_is_in_recovery(), (SELECT count(*) FROM pg_stat_replication),
+                    (SELECT CAST(EXTRACT(EPOCH FROM max(replay_lag)) * 1000 AS DOUBLE PRECISION)
+                     FROM pg_stat_replication)",
+            &[],
+        )
+        .map_err(|e| SqlError(e.to_string()))?;
+    let hosts = if version >= 1 {
+        client
+            .query(
+                "SELECT host, CAST(EXTRACT(EPOCH FROM clock_timestamp()) * 1000 AS BIGINT) - seen_ms
+                 FROM hosts ORDER BY host",
+                &[],
+            )
+            .map_err(|e| SqlError(e.to_string()))?
+            .iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect()
+    } else {
+        Vec::new()
+    };
+    Ok(Cluster {
+        standby: row.get(0),
+        replicas: row.get(1),
+        lag_ms: row.get(2),
+        hosts,
+    })
 }
 
 /// The embedded store: opening it migrates it.

@@ -375,18 +375,22 @@ impl ApprovalQueue {
         let limit = i64::try_from(limit.max(1)).unwrap_or(i64::MAX);
         let before = before.map(|(ms, id)| (ms, id.to_string()));
         let sealer = self.sealer.clone();
+        // Only the conditions given are in the SQL, so each uses its index (a `?N IS
+        // NULL OR` disjunction would keep SQLite from it).
+        let mut query = String::from("SELECT id FROM approvals WHERE 1 = 1");
+        let mut params = vec![Val::from(limit)];
+        if let Some(state) = state {
+            params.push(state.as_str().into());
+            query += &format!(" AND state = ?{}", params.len());
+        }
+        if let Some((ms, id)) = before {
+            params.extend([Val::from(ms), Val::from(id)]);
+            let (m, i) = (params.len() - 1, params.len());
+            query += &format!(" AND created_ms <= ?{m} AND (created_ms < ?{m} OR id < ?{i})");
+        }
+        query += " ORDER BY created_ms DESC, id DESC LIMIT ?1";
         self.read(move |sql| {
-            let ids = sql.query(
-                "SELECT id FROM approvals WHERE (CAST(?1 AS TEXT) IS NULL OR state = ?1)
-                 AND (CAST(?3 AS BIGINT) IS NULL OR created_ms < ?3 OR (created_ms = ?3 AND id < ?4))
-                 ORDER BY created_ms DESC, id DESC LIMIT ?2",
-                vals![
-                    state.map(ApprovalState::as_str),
-                    limit,
-                    before.as_ref().map(|b| b.0),
-                    before.as_ref().map(|b| b.1.clone())
-                ],
-            )?;
+            let ids = sql.query(&query, &params)?;
             let mut out = Vec::new();
             for row in ids {
                 if let Some(a) = load(sql, &row.text(0)?, sealer.as_ref().as_ref(), false)? {

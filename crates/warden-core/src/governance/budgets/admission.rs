@@ -65,6 +65,17 @@ impl Admission {
         self.settled = true;
         let mut crossings = std::mem::take(&mut self.crossings);
         let budgets = &self.budgets;
+        if let Some(cluster) = budgets.cluster.get() {
+            for (i, key, _) in &self.held {
+                if let LimitKind::Quota { measure, .. } = budgets.limits[*i].kind
+                    && !budgets.limits[*i].counted_at_admission()
+                    && used.of(measure) > 0.0
+                {
+                    let key = key.as_deref().unwrap_or_default();
+                    cluster.record(budgets, *i, key, used.of(measure), now_ms);
+                }
+            }
+        }
         let pending = self.held.iter().filter(|(i, ..)| {
             let l = &budgets.limits[*i];
             // Egress was counted as it moved and fuel is counted when some was used: a

@@ -6,11 +6,14 @@
 //! or refuses it.
 //!
 //! The host's own counts still run first (they are free and refuse most calls over a
-//! limit without a round trip); the shared count decides. Concurrency bounds and what
-//! is counted when a call ends (wall time, fuel, egress) stay per host. Takes are
-//! committed without waiting for the server's disk (a PostgreSQL crash may forget the
-//! last fraction of a second of them; nothing else can). It must never admit a call
-//! it could not count: an unreachable store refuses.
+//! limit without a round trip); the shared count decides. What is counted when a call
+//! ends (wall time, fuel, egress) is checked against the cluster's count at admission
+//! (a call is refused once the cluster has used the quota up) and added to it when the
+//! call ends, off the call's path; egress is held to the host's own count while the
+//! call runs. Concurrency bounds stay per host (a call in flight is a host's). Takes
+//! are committed without waiting for the server's disk (a PostgreSQL crash may forget
+//! the last fraction of a second of them; nothing else can). It must never admit a
+//! call it could not count: an unreachable store refuses.
 
 use super::{Budgets, Refusal, window};
 use crate::config::{LimitKind, Measure};
@@ -96,29 +99,25 @@ impl Cluster {
                 Err(budgets.refusal(i, 0.0, burst, "calls left of the burst", Some(next)))
             }
             LimitKind::Quota {
-                measure: measure @ (Measure::Calls | Measure::Cost),
+                measure,
                 max,
                 per,
                 rolling,
                 zone,
             } => {
-                let amount = if measure == Measure::Calls { 1.0 } else { cost };
-                let (start, resets) = if rolling {
-                    (now_ms - per.ms(), now_ms + per.ms())
-                } else {
-                    window::calendar(per, zone, now_ms)
+                // What a call uses of the other measures is known when it ends: now, the
+                // quota must only not be used up.
+                let amount = match measure {
+                    Measure::Calls => 1.0,
+                    Measure::Cost => cost,
+                    _ => 0.0,
                 };
-                // A calendar window is one bucket; a rolling one, sixty.
-                let len = if rolling {
-                    (per.ms() / 60).max(1)
-                } else {
-                    resets - start
-                };
-                let bucket = if rolling {
-                    now_ms - now_ms % len
-                } else {
-                    start
-                };
+                let Buckets {
+                    start,
+                    resets,
+                    len,
+                    bucket,
+                } = Buckets::at(per, rolling, zone, now_ms);
                 let (limit, k) = (name.clone(), key.to_string());
                 let row = self
                     .conn
@@ -147,6 +146,30 @@ impl Cluster {
             }
             _ => Ok(None),
         }
+    }
+
+    /// Add what a call used of quota `i`'s measure (known when it ended) to the
+    /// cluster's count, on the connection's thread: the call does not wait for it.
+    pub(super) fn record(&self, budgets: &Budgets, i: usize, key: &str, amount: f64, now_ms: i64) {
+        let LimitKind::Quota {
+            max,
+            per,
+            rolling,
+            zone,
+            ..
+        } = budgets.limits[i].kind
+        else {
+            return;
+        };
+        let b = Buckets::at(per, rolling, zone, now_ms);
+        let (limit, key) = (budgets.configs[i].name.clone(), key.to_string());
+        self.conn.detach(move |sql| {
+            sql.query_one(
+                "SELECT taken, used_before FROM warden_quota_take(?1, ?2, ?3, ?4, ?5, ?6, ?7, true)",
+                vals![limit, key, b.start, b.bucket, b.len, amount, max],
+            )
+            .map(drop)
+        });
     }
 
     /// Give back what a call took and never used.
@@ -182,6 +205,42 @@ impl Cluster {
         });
         if let Err(e) = given {
             tracing::warn!("limits: giving back to the shared count: {e}");
+        }
+    }
+}
+
+/// Where a quota's window is at `now_ms` in the shared count: a calendar window is one
+/// bucket, a rolling one sixty (a straddling bucket counts whole: it refuses a little
+/// early, never over-admits).
+struct Buckets {
+    start: i64,
+    resets: i64,
+    len: i64,
+    bucket: i64,
+}
+
+impl Buckets {
+    fn at(per: crate::config::Per, rolling: bool, zone: chrono_tz::Tz, now_ms: i64) -> Buckets {
+        let (start, resets) = if rolling {
+            (now_ms - per.ms(), now_ms + per.ms())
+        } else {
+            window::calendar(per, zone, now_ms)
+        };
+        let len = if rolling {
+            (per.ms() / 60).max(1)
+        } else {
+            resets - start
+        };
+        let bucket = if rolling {
+            now_ms - now_ms % len
+        } else {
+            start
+        };
+        Buckets {
+            start,
+            resets,
+            len,
+            bucket,
         }
     }
 }

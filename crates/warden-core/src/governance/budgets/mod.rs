@@ -479,9 +479,6 @@ impl Budgets {
         }
         if let Some(cluster) = self.cluster.get() {
             for (i, key, _) in &admission.held {
-                if !self.limits[*i].counted_at_admission() {
-                    continue;
-                }
                 let key = key.as_deref().unwrap_or_default();
                 // A refusal drops the admission, which gives back what was taken.
                 if let Some(t) = cluster.take(self, *i, key, cost, force, now_ms)? {
