@@ -161,11 +161,22 @@ fn a_call_held_on_one_host_and_approved_through_another_runs_once_in_the_cluster
     );
 }
 
+/// The status of a `text_stats` call made by `who` on `rt`.
+async fn text_stats_as(rt: &warden_core::Runtime, who: &str, input: &str) -> String {
+    let request = warden_core::call::CallRequest {
+        principal: who,
+        tool: "text_stats",
+        input,
+        started_by: None,
+    };
+    let report = rt.call(request).await.expect("the call is made");
+    report.outcome.status().to_string()
+}
+
 /// Three hosts' runtimes on one PostgreSQL, callers racing on all of them: a quota of
 /// 10 calls and a rate with a burst of 4 admit exactly 10 and 4 in the whole cluster.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_limit_of_n_admits_exactly_n_across_hosts() {
-    use warden_core::call::CallRequest;
     let url = postgres().database();
     let envs = cluster(
         3,
@@ -213,16 +224,7 @@ burst = 4
             let who = if i < 36 { "alice" } else { "bob" };
             let input = format!(r#"{{"text":"caller {i}"}}"#);
             barrier.wait().await;
-            let report = rt
-                .call(CallRequest {
-                    principal: who,
-                    tool: "text_stats",
-                    input: &input,
-                    started_by: None,
-                })
-                .await
-                .unwrap();
-            (who, report.outcome.status().to_string())
+            (who, text_stats_as(&rt, who, &input).await)
         }));
     }
     let mut ok = std::collections::HashMap::new();
@@ -236,16 +238,7 @@ burst = 4
     // Fuel is known when a call ends: one call on host 0 uses the quota up, and the
     // other hosts refuse once its count has reached the store (it is not waited for).
     let call = |rt: Arc<warden_core::Runtime>| async move {
-        let report = rt
-            .call(CallRequest {
-                principal: "carol",
-                tool: "text_stats",
-                input: r#"{"text":"fuel"}"#,
-                started_by: None,
-            })
-            .await
-            .unwrap();
-        report.outcome.status().to_string()
+        text_stats_as(&rt, "carol", r#"{"text":"fuel"}"#).await
     };
     assert_eq!(call(hosts[0].clone()).await, "ok");
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
