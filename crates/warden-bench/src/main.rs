@@ -7,6 +7,8 @@
 //!
 //! A separate binary so that `warden` ships without benchmark code; it uses warden-core
 //! the way the server does.
+//! `mcp-echo`, the crate's second binary, is the smallest native MCP server: the floor
+//! `mcp --server` measures warden's start-up and first call against.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
