@@ -380,12 +380,15 @@ fn sigterm_lets_the_call_in_flight_finish_and_flushes_the_audit_log() {
     assert_eq!(runs.stdout.lines().count(), 1, "{runs:?}");
 }
 
-#[test]
-fn sigterm_on_stdio_answers_the_call_in_flight_and_refuses_new_ones() {
-    use std::io::Write;
+/// `warden serve --stdio` on `env`'s config: the child, its stdin, its stdout by line.
+fn stdio_server(
+    env: &Env,
+) -> (
+    std::process::Child,
+    std::process::ChildStdin,
+    std::io::BufReader<std::process::ChildStdout>,
+) {
     use std::process::{Command, Stdio};
-    let (env, _) = served_env("[server]\nstdio_principal = \"desktop-agent\"");
-    env.append_config("[[plugin]]\nid = \"hostile\"\ncomponent = \"{hostile}\"\n[plugin.limits]\ntimeout_ms = 3000\n");
     let mut server = Command::new(env!("CARGO_BIN_EXE_warden"))
         .args(["-c", env.config().to_str().unwrap(), "serve", "--stdio"])
         .stdin(Stdio::piped())
@@ -393,8 +396,45 @@ fn sigterm_on_stdio_answers_the_call_in_flight_and_refuses_new_ones() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let mut to = server.stdin.take().unwrap();
-    let mut from = std::io::BufReader::new(server.stdout.take().unwrap());
+    let to = server.stdin.take().unwrap();
+    let from = std::io::BufReader::new(server.stdout.take().unwrap());
+    (server, to, from)
+}
+
+#[test]
+fn serve_runs_without_transparent_huge_pages_from_its_first_allocation() {
+    use std::io::Write;
+    let (env, _) = served_env("[server]\nstdio_principal = \"desktop-agent\"");
+    let (mut server, mut to, mut from) = stdio_server(&env);
+    writeln!(
+        to,
+        r#"{{"jsonrpc":"2.0","id":1,"method":"initialize","params":{{"protocolVersion":"2025-06-18","capabilities":{{}},"clientInfo":{{"name":"t","version":"1"}}}}}}"#
+    )
+    .unwrap();
+    let mut line = String::new();
+    from.read_line(&mut line).unwrap();
+    assert!(line.contains(r#""id":1"#), "{line}");
+    let status = std::fs::read_to_string(format!("/proc/{}/status", server.id())).unwrap();
+    let smaps = std::fs::read_to_string(format!("/proc/{}/smaps_rollup", server.id())).unwrap();
+    drop(to);
+    server.wait().unwrap();
+    // The flag is set before the allocator's constructor, so no huge page was taken
+    // even before `main` (set from `main`, 6 MiB of them stayed resident).
+    assert!(status.contains("THP_enabled:\t0"), "{status}");
+    let huge = smaps
+        .lines()
+        .find_map(|l| l.strip_prefix("AnonHugePages:"))
+        .map(|v| v.trim().to_string());
+    assert_eq!(huge.as_deref(), Some("0 kB"), "{smaps}");
+}
+
+#[test]
+fn sigterm_on_stdio_answers_the_call_in_flight_and_refuses_new_ones() {
+    use std::io::Write;
+    use std::process::Command;
+    let (env, _) = served_env("[server]\nstdio_principal = \"desktop-agent\"");
+    env.append_config("[[plugin]]\nid = \"hostile\"\ncomponent = \"{hostile}\"\n[plugin.limits]\ntimeout_ms = 3000\n");
+    let (mut server, mut to, mut from) = stdio_server(&env);
     let mut send = |line: &str| writeln!(to, "{line}").unwrap();
     let mut answers = Vec::new();
     let mut answer = || -> Value {

@@ -15,6 +15,7 @@ mod client;
 mod commands;
 mod exit;
 mod output;
+mod thp;
 
 use commands::{
     approvals, audit, budgets, call, check, inspect, new, policy, runs, schedules, secrets, serve,
@@ -199,14 +200,6 @@ fn run() -> Result<ExitCode> {
             return Ok(ExitCode::from(code));
         }
     };
-    if matches!(cli.command, Command::Serve { .. }) {
-        // A server lives long, and its resident memory is what it costs the operator:
-        // without transparent huge pages its RSS fell from 49 to 35 MiB and its slowest
-        // starts from 200-390 to 75 ms, with the same CPU per call (BENCHMARKS.md). A
-        // short command pays for the extra page faults instead, so it keeps them.
-        // SAFETY: prctl with PR_SET_THP_DISABLE only sets a flag of this process.
-        unsafe { libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0) };
-    }
     let filter = if cli.verbose {
         "warden=debug"
     } else {
