@@ -564,8 +564,13 @@ impl PgDb {
     fn settle(&mut self, e: SqlError) -> SqlError {
         STATS.errors.fetch_add(1, Ordering::Relaxed);
         // SQLSTATE class 57 (the server is shutting down or restarting) and 08 (the
-        // connection failed) end the session even before the driver notices.
-        let session_over = e.0.starts_with("57P") || e.0.starts_with("08");
+        // connection failed) end the session even before the driver notices; so do
+        // the driver's own I/O and closed-connection errors, which can reach here
+        // before its connection task has marked the client closed.
+        let session_over = e.0.starts_with("57P")
+            || e.0.starts_with("08")
+            || e.0.starts_with("error communicating with the server")
+            || e.0.starts_with("connection closed");
         if session_over || self.client.as_ref().is_none_or(postgres::Client::is_closed) {
             STATS.up.store(0, Ordering::Relaxed);
             self.client = None;
