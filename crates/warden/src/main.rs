@@ -15,6 +15,8 @@ mod client;
 mod commands;
 mod exit;
 mod output;
+// glibc passes argc and argv to `.init_array` entries; other C libraries do not.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
 mod thp;
 
 use commands::{

@@ -6,9 +6,10 @@
 //! process's RSS was 49 MiB and its slowest starts 200-390 ms (the kernel zeroing 2 MiB
 //! pages). `prctl(PR_SET_THP_DISABLE)` stops that, but only for pages not yet faulted
 //! in, and mimalloc takes its first ones in its own constructor, before `main`: set
-//! from `main`, 6 MiB of huge pages stayed (RSS 37 against 33 MiB, BENCHMARKS.md). So it
-//! is set here, by a constructor that runs before mimalloc's (a prioritized
-//! `.init_array` entry runs before the unprioritized ones).
+//! from `main`, 6 MiB of huge pages stayed (RSS 36.4 against 32.0 MiB, BENCHMARKS.md). So
+//! it is set here, by a constructor that runs before mimalloc's (a prioritized
+//! `.init_array` entry runs before the unprioritized ones). Like any prctl flag it is
+//! inherited by the processes `serve` starts (stdio upstreams), as it was from `main`.
 //!
 //! Short commands keep huge pages: they would pay in page faults for memory they give
 //! back within a second. `serve` is recognised as any argument equal to "serve": a
